@@ -1,0 +1,82 @@
+//! `thumbnail`: a real CPU-bound job.
+//!
+//! `POST /thumbnail?width=W&height=H` with a PNG or JPEG body answers a PNG
+//! that fits in W×H, keeping the aspect ratio (defaults from `[config]`).
+//! Headers `x-original-size` and `x-thumbnail-size` give both sizes as `WxH`.
+//! A body that is not an image is a permanent failure (`fail`), so a queue
+//! would dead-letter it rather than retry.
+
+use fnhost_sdk::{Error, Event, Output, Result, job};
+use image::{ImageFormat, ImageReader};
+use std::io::Cursor;
+
+/// The largest box a caller may ask for.
+const MAX_SIDE: u32 = 4096;
+
+fn dimension(asked: Option<String>, config_key: &str) -> Result<u32> {
+    let text = asked
+        .or_else(|| fnhost_sdk::config(config_key))
+        .unwrap_or_else(|| "128".into());
+    match text.parse::<u32>() {
+        Ok(n) if (1..=MAX_SIDE).contains(&n) => Ok(n),
+        _ => Err(Error::fail(format!(
+            "{config_key} must be a whole number from 1 to {MAX_SIDE}, got {text:?}"
+        ))),
+    }
+}
+
+/// Decode `bytes`, shrink to fit `width`×`height`, encode as PNG.
+fn thumbnail(bytes: &[u8], width: u32, height: u32) -> Result<(Vec<u8>, (u32, u32), (u32, u32))> {
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::fail(format!("cannot read the image: {e}")))?;
+    if !matches!(reader.format(), Some(ImageFormat::Png | ImageFormat::Jpeg)) {
+        return Err(Error::fail("the body is not a PNG or JPEG image"));
+    }
+    let img = reader
+        .decode()
+        .map_err(|e| Error::fail(format!("cannot decode the image: {e}")))?;
+    let original = (img.width(), img.height());
+    let small = if img.width() <= width && img.height() <= height {
+        img
+    } else {
+        img.resize(width, height, image::imageops::FilterType::Triangle)
+    };
+    let size = (small.width(), small.height());
+    let mut out = Vec::new();
+    small
+        .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+        .map_err(|e| Error::fail(format!("cannot encode the thumbnail: {e}")))?;
+    Ok((out, original, size))
+}
+
+#[job]
+fn handle(event: Event) -> Result<Output> {
+    let (bytes, width, height) = match &event {
+        Event::Http(req) => (
+            req.body.as_slice(),
+            dimension(req.query_param("width"), "max_width")?,
+            dimension(req.query_param("height"), "max_height")?,
+        ),
+        Event::Invoke(data) => (
+            data.as_slice(),
+            dimension(None, "max_width")?,
+            dimension(None, "max_height")?,
+        ),
+        other => {
+            return Err(Error::fail(format!(
+                "thumbnail does not handle {} events yet",
+                other.kind()
+            )));
+        }
+    };
+    if bytes.is_empty() {
+        return Err(Error::fail("send the image as the request body"));
+    }
+    fnhost_sdk::progress(10, "decoding")?;
+    let (png, (ow, oh), (tw, th)) = thumbnail(bytes, width, height)?;
+    fnhost_sdk::progress(100, "done")?;
+    Ok(Output::bytes("image/png", png)
+        .with_header("x-original-size", &format!("{ow}x{oh}"))
+        .with_header("x-thumbnail-size", &format!("{tw}x{th}")))
+}

@@ -1,0 +1,149 @@
+//! Capabilities: what a function may reach outside its sandbox, checked in
+//! one place.
+//!
+//! Grants come from the manifest and are validated at deploy time; every
+//! guest call to `storage` or `queue` asks [`Grants`] first, and a denial is
+//! an error value for the guest, never a trap. Deny by default: a function
+//! with no grants reaches nothing.
+//!
+//! This module knows nothing of wasm, HTTP or the storage backends.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// What a storage grant allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    /// `get`, `head`, `list`.
+    Read,
+    /// `put`, `delete`.
+    Write,
+    /// Both.
+    ReadWrite,
+}
+
+impl Access {
+    fn allows(self, wanted: Access) -> bool {
+        self == Access::ReadWrite || self == wanted
+    }
+}
+
+/// Access to one bucket, optionally only below a key prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageGrant {
+    /// The bucket's name.
+    pub bucket: String,
+    /// What may be done there.
+    pub access: Access,
+    /// Only keys starting with this prefix (all keys when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+/// Everything a function is granted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    /// Buckets the function may read or write.
+    #[serde(default)]
+    pub storage: Vec<StorageGrant>,
+    /// Queues the function may send to.
+    #[serde(default)]
+    pub queues: Vec<String>,
+}
+
+impl Grants {
+    /// May the function do `wanted` on `key` in `bucket`? The error names
+    /// what was asked, for the guest to report.
+    pub fn check_storage(&self, bucket: &str, key: &str, wanted: Access) -> Result<(), String> {
+        let granted = self.storage.iter().any(|g| {
+            g.bucket == bucket
+                && g.access.allows(wanted)
+                && g.prefix.as_deref().is_none_or(|p| key.starts_with(p))
+        });
+        if granted {
+            Ok(())
+        } else {
+            let what = match wanted {
+                Access::Read => "read",
+                Access::Write | Access::ReadWrite => "write",
+            };
+            Err(format!(
+                "no storage grant allows {what} of key {key:?} in bucket {bucket:?}; add one under [[grants.storage]] in fnhost.toml"
+            ))
+        }
+    }
+
+    /// May the function send to `queue`?
+    pub fn check_queue_send(&self, queue: &str) -> Result<(), String> {
+        if self.queues.iter().any(|q| q == queue) {
+            Ok(())
+        } else {
+            Err(format!(
+                "no grant allows sending to queue {queue:?}; add it to grants.queues in fnhost.toml"
+            ))
+        }
+    }
+}
+
+/// What one deployed function version may reach: its grants and config.
+#[derive(Debug, Clone, Default)]
+pub struct Capabilities {
+    /// The function's grants.
+    pub grants: Grants,
+    /// The manifest's `[config]` values.
+    pub config: BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grants() -> Grants {
+        Grants {
+            storage: vec![
+                StorageGrant {
+                    bucket: "in".into(),
+                    access: Access::Read,
+                    prefix: None,
+                },
+                StorageGrant {
+                    bucket: "out".into(),
+                    access: Access::ReadWrite,
+                    prefix: Some("thumbs/".into()),
+                },
+            ],
+            queues: vec!["outbox".into()],
+        }
+    }
+
+    #[test]
+    fn storage_is_denied_unless_granted() {
+        let g = grants();
+        assert!(g.check_storage("in", "a.png", Access::Read).is_ok());
+        assert!(g.check_storage("in", "a.png", Access::Write).is_err());
+        assert!(
+            g.check_storage("out", "thumbs/a.png", Access::Write)
+                .is_ok()
+        );
+        assert!(g.check_storage("out", "a.png", Access::Read).is_err());
+        let err = g.check_storage("secrets", "k", Access::Read).unwrap_err();
+        assert!(
+            err.contains("\"secrets\"") && err.contains("[[grants.storage]]"),
+            "{err}"
+        );
+        assert!(
+            Grants::default()
+                .check_storage("in", "a", Access::Read)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn queues_are_denied_unless_granted() {
+        assert!(grants().check_queue_send("outbox").is_ok());
+        assert!(grants().check_queue_send("orders").is_err());
+    }
+}

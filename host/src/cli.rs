@@ -1,0 +1,209 @@
+//! The `fnhost` command line: `serve` runs the host; the other commands talk
+//! to a host's admin API (`deploy`, `list`, `invoke`, `rollback`, `remove`)
+//! or work on job crates locally (`new`, `build`).
+
+mod client;
+mod project;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// A host for background jobs written in Rust and run as WebAssembly components.
+#[derive(Parser, Debug)]
+#[command(name = "fnhost", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the host on its embedded store.
+    Serve(ServeArgs),
+    /// Upload a function (a directory with fnhost.toml, or the manifest itself) and activate it.
+    Deploy {
+        /// The function's directory or its fnhost.toml.
+        path: PathBuf,
+        #[command(flatten)]
+        conn: client::Connection,
+    },
+    /// List deployed functions.
+    List {
+        #[command(flatten)]
+        conn: client::Connection,
+    },
+    /// Invoke a function directly and print its output.
+    Invoke {
+        /// The function's name.
+        name: String,
+        /// The payload: JSON text, or @FILE to read it from a file.
+        #[arg(long, short)]
+        data: Option<String>,
+        #[command(flatten)]
+        conn: client::Connection,
+    },
+    /// Activate an earlier version (the previous one unless --to is given).
+    Rollback {
+        /// The function's name.
+        name: String,
+        /// The version to activate.
+        #[arg(long)]
+        to: Option<u32>,
+        #[command(flatten)]
+        conn: client::Connection,
+    },
+    /// Remove a function and all its versions.
+    Remove {
+        /// The function's name.
+        name: String,
+        #[command(flatten)]
+        conn: client::Connection,
+    },
+    /// Create a new job crate with a manifest.
+    New {
+        /// The function's name (lower-case letters, digits, '-').
+        name: String,
+        /// Where to create it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Build a job crate for wasm32-wasip2 and check that it is an fnhost job.
+    Build {
+        /// The crate's directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+}
+
+/// Settings of `fnhost serve`; each has an `FNHOST_*` environment equivalent.
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "FNHOST_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Where the host keeps its database, components and token.
+    #[arg(long, env = "FNHOST_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// How long to drain in-flight invocations on shutdown, e.g. 30s.
+    #[arg(long, env = "FNHOST_STOPPING_WAIT_TIME", default_value = "30s", value_parser = humantime::parse_duration)]
+    stopping_wait_time: Duration,
+    /// Largest HTTP-trigger request body in bytes.
+    #[arg(long, env = "FNHOST_MAX_BODY_BYTES", default_value_t = 10 << 20)]
+    max_body_bytes: usize,
+    /// Largest deploy upload in bytes.
+    #[arg(long, env = "FNHOST_MAX_UPLOAD_BYTES", default_value_t = 64 << 20)]
+    max_upload_bytes: usize,
+    /// Invocations that may run at once, host-wide.
+    #[arg(long, env = "FNHOST_MAX_CONCURRENCY", default_value_t = 64)]
+    max_concurrency: usize,
+    /// Use on-demand instance allocation instead of the pooling allocator.
+    #[arg(long, env = "FNHOST_NO_POOLING")]
+    no_pooling: bool,
+}
+
+/// The data dir when none is given: `$FNHOST_DATA_DIR`, else
+/// `$XDG_DATA_HOME/fnhost`, else `~/.local/share/fnhost`, else `./.fnhost`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("fnhost");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/share/fnhost"),
+        None => PathBuf::from(".fnhost"),
+    }
+}
+
+impl Cli {
+    /// Run the command.
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Deploy { path, conn } => client::deploy(&conn, &path).await,
+            Command::List { conn } => client::list(&conn).await,
+            Command::Invoke { name, data, conn } => {
+                client::invoke(&conn, &name, data.as_deref()).await
+            }
+            Command::Rollback { name, to, conn } => client::rollback(&conn, &name, to).await,
+            Command::Remove { name, conn } => client::remove(&conn, &name).await,
+            Command::New { name, dir } => project::new(&name, dir),
+            Command::Build { dir } => project::build(&dir).map(|_| ()),
+        }
+    }
+
+    /// True for `serve`, which logs at INFO; the client commands log only warnings.
+    pub fn is_serve(&self) -> bool {
+        matches!(self.command, Command::Serve(_))
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir).with_context(|| {
+        format!("failed to create the data dir {data_dir:?}; pass --data-dir with a writable path")
+    })?;
+    let (token, created) =
+        crate::server::load_or_create_token(&data_dir, std::env::var("FNHOST_TOKEN").ok())
+            .with_context(|| format!("failed to read or create the admin token in {data_dir:?}"))?;
+    if created {
+        println!(
+            "admin token (saved in {:?}; the CLI finds it there): {token}",
+            crate::server::token_path(&data_dir)
+        );
+    }
+    let sandbox = Arc::new(crate::sandbox::Sandbox::new(
+        crate::sandbox::SandboxConfig {
+            pooling: !args.no_pooling,
+            max_instances: (args.max_concurrency as u32).max(1) * 2,
+            ..crate::sandbox::SandboxConfig::new(data_dir.join("cache"))
+        },
+    )?);
+    let registry = Arc::new(
+        crate::registry::Registry::open(&data_dir)
+            .with_context(|| format!("failed to open the registry in {data_dir:?}"))?,
+    );
+    let dispatcher =
+        crate::dispatcher::Dispatcher::start(sandbox.clone(), registry, args.max_concurrency)
+            .await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "failed to listen on {}; is another host running there? pass --listen",
+                args.listen
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = ?data_dir, pooling = sandbox.pooling(), "fnhost started");
+    println!("fnhost listening on http://{addr}");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+    let config = crate::server::ServerConfig {
+        token,
+        max_body_bytes: args.max_body_bytes,
+        max_upload_bytes: args.max_upload_bytes,
+        stopping_wait_time: args.stopping_wait_time,
+        max_concurrency: args.max_concurrency,
+    };
+    crate::server::serve(listener, dispatcher, config, shutdown).await
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for shutdown signals");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,200 @@
+//! The CLI's side of the admin API: one function per command, each a single
+//! HTTP request with the bearer token, printing what a person wants to see.
+
+use anyhow::{Context as _, anyhow, bail};
+use clap::Args;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// Where the host is and how to authenticate.
+#[derive(Args, Debug, Clone)]
+pub struct Connection {
+    /// The host's base URL.
+    #[arg(long, env = "FNHOST_HOST", default_value = "http://127.0.0.1:7070")]
+    host: String,
+    /// The admin token (default: the local host's token file).
+    #[arg(long, env = "FNHOST_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The local host's data dir, where its token is.
+    #[arg(long, env = "FNHOST_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl Connection {
+    fn token(&self) -> anyhow::Result<String> {
+        if let Some(t) = self.token.as_ref().filter(|t| !t.is_empty()) {
+            return Ok(t.clone());
+        }
+        let dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(super::default_data_dir);
+        let path = crate::server::token_path(&dir);
+        std::fs::read_to_string(&path).map(|t| t.trim().to_string()).map_err(|e| {
+            anyhow!(
+                "no admin token: --token and FNHOST_TOKEN are unset and {path:?} cannot be read ({e}); \
+                 start the host with `fnhost serve` first, or pass the host's token"
+            )
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/v1{path}", self.host.trim_end_matches('/'))
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let req = req.bearer_auth(self.token()?);
+        req.send().await.map_err(|e| {
+            anyhow!(
+                "cannot reach the fnhost host at {}: {e}; is `fnhost serve` running there?",
+                self.host
+            )
+        })
+    }
+}
+
+/// Turn a non-2xx response into an error carrying the host's message.
+async fn check(what: &str, resp: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let body = resp.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or(body);
+    bail!("{what} failed ({status}): {message}")
+}
+
+/// `fnhost deploy PATH`.
+pub async fn deploy(conn: &Connection, path: &Path) -> anyhow::Result<()> {
+    let (manifest_path, manifest_text, component_path) = super::project::locate(path)?;
+    let wasm = std::fs::read(&component_path)
+        .with_context(|| format!("failed to read the component {component_path:?}"))?;
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "manifest",
+            reqwest::multipart::Part::text(manifest_text).file_name("fnhost.toml"),
+        )
+        .part(
+            "component",
+            reqwest::multipart::Part::bytes(wasm).file_name("component.wasm"),
+        );
+    let resp = conn
+        .send(
+            reqwest::Client::new()
+                .post(conn.url("/functions"))
+                .multipart(form),
+        )
+        .await?;
+    let resp = check(&format!("deploying {manifest_path:?}"), resp).await?;
+    let v: Value = resp.json().await?;
+    let routes: Vec<String> = v["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["path"].as_str().map(str::to_string))
+        .collect();
+    println!(
+        "deployed {} v{} ({} bytes, sha256 {}){}",
+        v["name"].as_str().unwrap_or("?"),
+        v["version"],
+        v["size"],
+        &v["digest"].as_str().unwrap_or("")[..12.min(v["digest"].as_str().unwrap_or("").len())],
+        if routes.is_empty() {
+            String::new()
+        } else {
+            format!("; routes: {}", routes.join(", "))
+        }
+    );
+    Ok(())
+}
+
+/// `fnhost list`.
+pub async fn list(conn: &Connection) -> anyhow::Result<()> {
+    let resp = check(
+        "listing functions",
+        conn.send(reqwest::Client::new().get(conn.url("/functions")))
+            .await?,
+    )
+    .await?;
+    let v: Value = resp.json().await?;
+    let functions = v["functions"].as_array().cloned().unwrap_or_default();
+    if functions.is_empty() {
+        println!("no functions deployed; deploy one with `fnhost deploy DIR`");
+        return Ok(());
+    }
+    println!("{:<24} {:>7} {:>9}  ROUTES", "NAME", "ACTIVE", "VERSIONS");
+    for f in functions {
+        let routes: Vec<String> = f["routes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["path"].as_str().map(str::to_string))
+            .collect();
+        println!(
+            "{:<24} {:>7} {:>9}  {}",
+            f["name"].as_str().unwrap_or("?"),
+            format!("v{}", f["active_version"]),
+            f["versions"].as_array().map(|a| a.len()).unwrap_or(0),
+            routes.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `fnhost invoke NAME [--data JSON|@FILE]`: prints the output body.
+pub async fn invoke(conn: &Connection, name: &str, data: Option<&str>) -> anyhow::Result<()> {
+    let body = match data {
+        Some(d) if d.starts_with('@') => std::fs::read(&d[1..])
+            .with_context(|| format!("failed to read the payload file {:?}", &d[1..]))?,
+        Some(d) => d.as_bytes().to_vec(),
+        None => Vec::new(),
+    };
+    let url = conn.url(&format!("/functions/{name}/invoke"));
+    let resp = check(
+        &format!("invoking {name:?}"),
+        conn.send(reqwest::Client::new().post(url).body(body))
+            .await?,
+    )
+    .await?;
+    let bytes = resp.bytes().await?;
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    out.write_all(&bytes)?;
+    if !bytes.ends_with(b"\n") {
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// `fnhost rollback NAME [--to N]`.
+pub async fn rollback(conn: &Connection, name: &str, to: Option<u32>) -> anyhow::Result<()> {
+    let body = match to {
+        Some(v) => serde_json::json!({ "version": v }).to_string(),
+        None => String::new(),
+    };
+    let url = conn.url(&format!("/functions/{name}/rollback"));
+    let resp = conn
+        .send(reqwest::Client::new().post(url).body(body))
+        .await?;
+    let v: Value = check(&format!("rolling back {name:?}"), resp)
+        .await?
+        .json()
+        .await?;
+    println!("{name} is now at v{}", v["version"]);
+    Ok(())
+}
+
+/// `fnhost remove NAME`.
+pub async fn remove(conn: &Connection, name: &str) -> anyhow::Result<()> {
+    let url = conn.url(&format!("/functions/{name}"));
+    check(
+        &format!("removing {name:?}"),
+        conn.send(reqwest::Client::new().delete(url)).await?,
+    )
+    .await?;
+    println!("removed {name}");
+    Ok(())
+}

@@ -1,0 +1,368 @@
+//! The dispatcher: which version of each function is active, which HTTP
+//! routes lead to it, and how many invocations may run at once.
+//!
+//! Deploys, rollbacks and removals go through here so that the registry (on
+//! disk) and the active set (in memory) change together; activation swaps an
+//! `Arc`, so in-flight invocations finish on the version they started with.
+//! Triggers ask it to [`Dispatcher::invoke`]; it knows nothing of HTTP.
+
+use crate::capabilities::Capabilities;
+use crate::manifest::{HttpTrigger, Manifest};
+use crate::registry::{Registry, RegistryError, VersionRecord};
+use crate::sandbox::{self, Event, Invocation, Limits, LoadError, Loaded, Outcome, Sandbox};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::{Mutex, Semaphore};
+use tracing::Instrument;
+
+/// A deployed, loaded function version.
+pub struct Deployed {
+    /// The version's registry record.
+    pub record: VersionRecord,
+    /// Its parsed manifest.
+    pub manifest: Manifest,
+    limits: Limits,
+    caps: Arc<Capabilities>,
+    loaded: Loaded,
+}
+
+/// Where an HTTP request goes.
+#[derive(Clone)]
+pub struct RouteTarget {
+    /// The function's name.
+    pub function: String,
+    /// Methods accepted; all when empty.
+    pub methods: Vec<String>,
+}
+
+/// Why a deploy, rollback or removal was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The manifest is invalid.
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::ManifestError),
+    /// The component is not an fnhost job.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// A route is taken by another function.
+    #[error("{0}")]
+    Conflict(String),
+    /// No such function or version.
+    #[error("{0}")]
+    NotFound(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// Active functions, routes and the concurrency cap.
+pub struct Dispatcher {
+    sandbox: Arc<Sandbox>,
+    registry: Arc<Registry>,
+    active: RwLock<HashMap<String, Arc<Deployed>>>,
+    routes: RwLock<Arc<matchit::Router<RouteTarget>>>,
+    permits: Arc<Semaphore>,
+    /// Deploys, rollbacks and removals run one at a time.
+    admin: Mutex<()>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Dispatcher {
+    /// Load every active version from the registry.
+    pub async fn start(
+        sandbox: Arc<Sandbox>,
+        registry: Arc<Registry>,
+        max_concurrency: usize,
+    ) -> anyhow::Result<Arc<Dispatcher>> {
+        let dispatcher = Arc::new(Dispatcher {
+            sandbox,
+            registry: registry.clone(),
+            active: RwLock::default(),
+            routes: RwLock::new(Arc::new(matchit::Router::new())),
+            permits: Arc::new(Semaphore::new(max_concurrency)),
+            admin: Mutex::new(()),
+        });
+        let records = blocking(move || registry.active_versions()).await?;
+        for record in records {
+            let name = record.name.clone();
+            let version = record.version;
+            match dispatcher.load(record).await {
+                Ok(deployed) => {
+                    dispatcher
+                        .active
+                        .write()
+                        .unwrap()
+                        .insert(name, Arc::new(deployed));
+                }
+                Err(err) => {
+                    tracing::error!(function = %name, version, error = %err, "cannot load a deployed function; it stays unavailable")
+                }
+            }
+        }
+        let routes = build_routes(&dispatcher.active.read().unwrap())
+            .map_err(|e| anyhow::anyhow!("deployed routes conflict: {e}"))?;
+        *dispatcher.routes.write().unwrap() = Arc::new(routes);
+        Ok(dispatcher)
+    }
+
+    async fn load(&self, record: VersionRecord) -> Result<Deployed, DeployError> {
+        let manifest = Manifest::parse(
+            &format!("{} v{}", record.name, record.version),
+            &record.manifest,
+        )?;
+        let registry = self.registry.clone();
+        let sandbox = self.sandbox.clone();
+        let digest = record.digest.clone();
+        let loaded = blocking(move || -> Result<Loaded, DeployError> {
+            let wasm = registry.component(&digest)?;
+            Ok(sandbox.load(&wasm)?)
+        })
+        .await?;
+        Ok(Deployed {
+            limits: manifest.limits(),
+            caps: Arc::new(manifest.capabilities()),
+            manifest,
+            record,
+            loaded,
+        })
+    }
+
+    /// Validate and activate a new version. Nothing is stored unless the
+    /// manifest is valid, the component is an fnhost job and its routes are free.
+    pub async fn deploy(
+        &self,
+        manifest_text: String,
+        wasm: Vec<u8>,
+    ) -> Result<Arc<Deployed>, DeployError> {
+        let manifest = Manifest::parse(crate::manifest::FILE_NAME, &manifest_text)?;
+        let sandbox = self.sandbox.clone();
+        let (wasm, loaded) = blocking(move || sandbox.load(&wasm).map(|l| (wasm, l))).await?;
+        let _admin = self.admin.lock().await;
+        let name = manifest.name.clone();
+        // Check the routes against every other active function first.
+        let mut candidate = self.active.read().unwrap().clone();
+        candidate.remove(&name);
+        let probe = build_routes_with(&candidate, Some((&name, &manifest.triggers.http)))
+            .map_err(DeployError::Conflict)?;
+        let registry = self.registry.clone();
+        let size = wasm.len() as u64;
+        let (n, text) = (name.clone(), manifest_text);
+        let record = blocking(move || -> Result<VersionRecord, RegistryError> {
+            let digest = registry.store_component(&wasm)?;
+            registry.add_version(&n, &digest, &text, size)
+        })
+        .await?;
+        let deployed = Arc::new(Deployed {
+            limits: manifest.limits(),
+            caps: Arc::new(manifest.capabilities()),
+            manifest,
+            record,
+            loaded,
+        });
+        self.swap(&name, Some(deployed.clone()), Some(probe));
+        Ok(deployed)
+    }
+
+    /// Activate an earlier version: `to`, or the one before the active one.
+    pub async fn rollback(
+        &self,
+        name: &str,
+        to: Option<u32>,
+    ) -> Result<Arc<Deployed>, DeployError> {
+        let _admin = self.admin.lock().await;
+        let current = self.get(name).ok_or_else(|| {
+            DeployError::NotFound(format!("no function named {name:?} is deployed"))
+        })?;
+        let target = match to {
+            Some(v) => v,
+            None => {
+                let registry = self.registry.clone();
+                let n = name.to_string();
+                let fns = blocking(move || registry.functions()).await?;
+                let versions = fns
+                    .into_iter()
+                    .find(|f| f.name == n)
+                    .map(|f| f.versions)
+                    .unwrap_or_default();
+                versions
+                    .into_iter()
+                    .filter(|v| *v < current.record.version)
+                    .max()
+                    .ok_or_else(|| {
+                        DeployError::NotFound(format!(
+                            "{name:?} has no version before v{}; nothing to roll back to",
+                            current.record.version
+                        ))
+                    })?
+            }
+        };
+        let registry = self.registry.clone();
+        let n = name.to_string();
+        let record = blocking(move || registry.version(&n, target))
+            .await?
+            .ok_or_else(|| DeployError::NotFound(format!("{name:?} has no version {target}")))?;
+        let deployed = Arc::new(self.load(record).await?);
+        let mut candidate = self.active.read().unwrap().clone();
+        candidate.remove(name);
+        let routes = build_routes_with(&candidate, Some((name, &deployed.manifest.triggers.http)))
+            .map_err(DeployError::Conflict)?;
+        let registry = self.registry.clone();
+        let n = name.to_string();
+        blocking(move || registry.activate(&n, target)).await?;
+        self.swap(name, Some(deployed.clone()), Some(routes));
+        Ok(deployed)
+    }
+
+    /// Remove a function and all its versions.
+    pub async fn remove(&self, name: &str) -> Result<(), DeployError> {
+        let _admin = self.admin.lock().await;
+        let registry = self.registry.clone();
+        let n = name.to_string();
+        if !blocking(move || registry.remove(&n)).await? {
+            return Err(DeployError::NotFound(format!(
+                "no function named {name:?} is deployed"
+            )));
+        }
+        self.swap(name, None, None);
+        Ok(())
+    }
+
+    fn swap(
+        &self,
+        name: &str,
+        deployed: Option<Arc<Deployed>>,
+        routes: Option<matchit::Router<RouteTarget>>,
+    ) {
+        let mut active = self.active.write().unwrap();
+        match deployed {
+            Some(d) => active.insert(name.to_string(), d),
+            None => active.remove(name),
+        };
+        let routes = match routes {
+            Some(r) => r,
+            // Removing a function cannot create a conflict.
+            None => build_routes(&active).unwrap_or_default(),
+        };
+        *self.routes.write().unwrap() = Arc::new(routes);
+    }
+
+    /// The active version of a function.
+    pub fn get(&self, name: &str) -> Option<Arc<Deployed>> {
+        self.active.read().unwrap().get(name).cloned()
+    }
+
+    /// The current route table.
+    pub fn routes(&self) -> Arc<matchit::Router<RouteTarget>> {
+        self.routes.read().unwrap().clone()
+    }
+
+    /// The registry behind this dispatcher.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Invocations running now.
+    pub fn in_flight(&self, max: usize) -> usize {
+        max.saturating_sub(self.permits.available_permits())
+    }
+
+    /// Run one invocation of `deployed`, waiting for a free slot under the
+    /// host-wide concurrency cap.
+    pub async fn invoke(&self, deployed: Arc<Deployed>, event: Event) -> (String, Outcome) {
+        let id = uuid::Uuid::now_v7().to_string();
+        let span = tracing::info_span!(
+            "invocation",
+            function = %deployed.record.name,
+            version = deployed.record.version,
+            invocation = %id,
+        );
+        let outcome = async {
+            let _permit = self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+            let inv = Invocation {
+                id: id.clone(),
+                function: deployed.record.name.clone(),
+                version: deployed.record.version,
+                attempt: 1,
+                job_id: None,
+                checkpoint: None,
+                deadline_ms: now_ms() + deployed.limits.timeout.as_millis() as u64,
+            };
+            let outcome = self
+                .sandbox
+                .invoke(&deployed.loaded, &deployed.limits, deployed.caps.clone(), inv, event)
+                .await;
+            outcome.logs.emit();
+            match &outcome.result {
+                Ok(out) => tracing::info!(status = out.status, fuel = outcome.fuel_used, elapsed_us = outcome.elapsed.as_micros() as u64, "invocation succeeded"),
+                Err(failure) => tracing::warn!(fuel = outcome.fuel_used, elapsed_us = outcome.elapsed.as_micros() as u64, reason = %failure, "invocation failed"),
+            }
+            outcome
+        }
+        .instrument(span)
+        .await;
+        (id, outcome)
+    }
+}
+
+fn build_routes(
+    active: &HashMap<String, Arc<Deployed>>,
+) -> Result<matchit::Router<RouteTarget>, String> {
+    build_routes_with(active, None)
+}
+
+/// The route table of `active` plus, optionally, one more function's routes.
+/// Errors name both functions when two routes collide.
+fn build_routes_with(
+    active: &HashMap<String, Arc<Deployed>>,
+    extra: Option<(&str, &Vec<HttpTrigger>)>,
+) -> Result<matchit::Router<RouteTarget>, String> {
+    let mut router = matchit::Router::new();
+    let mut owners: Vec<(String, String)> = Vec::new();
+    let mut names: Vec<&String> = active.keys().collect();
+    names.sort();
+    let all = names
+        .into_iter()
+        .map(|n| (n.as_str(), &active[n].manifest.triggers.http))
+        .chain(extra);
+    for (function, triggers) in all {
+        for t in triggers {
+            let target = RouteTarget {
+                function: function.to_string(),
+                methods: t.methods.clone(),
+            };
+            if let Err(e) = router.insert(t.path.clone(), target) {
+                let other = owners
+                    .iter()
+                    .find(
+                        |(_, p)| matches!(&e, matchit::InsertError::Conflict { with } if with == p),
+                    )
+                    .map(|(f, _)| f.as_str())
+                    .unwrap_or("another function");
+                return Err(format!(
+                    "route {:?} of function {function:?} conflicts with a route of {other:?}: {e}; change or remove one of them",
+                    t.path
+                ));
+            }
+            owners.push((function.to_string(), t.path.clone()));
+        }
+    }
+    Ok(router)
+}
+
+/// Run blocking work (SQLite, files, compilation) off the async threads.
+async fn blocking<T: Send + 'static, E: Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, E> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("blocking task panicked")
+}
+
+pub use sandbox::Failure;

@@ -1,0 +1,18 @@
+//! fnhost: a host for background jobs written as WebAssembly components.
+//!
+//! The layers, each in its own module (see `docs/architecture.md`):
+//! - [`manifest`]: `fnhost.toml`, parsed and validated;
+//! - [`sandbox`]: wasmtime: engine, compiled components, one store per invocation;
+//! - [`capabilities`]: grants, checked in one place for every guest call;
+//! - [`registry`]: deployed functions and their versions, on disk;
+//! - [`dispatcher`]: active versions, routes and the host-wide concurrency cap;
+//! - [`server`]: the admin API and the HTTP trigger;
+//! - [`cli`]: the `fnhost` command line.
+
+pub mod capabilities;
+pub mod cli;
+pub mod dispatcher;
+pub mod manifest;
+pub mod registry;
+pub mod sandbox;
+pub mod server;

@@ -1,0 +1,346 @@
+//! `fnhost.toml`: a function's manifest, parsed and validated.
+//!
+//! One manifest per function: its name, where its component is, its triggers,
+//! limits, grants and config values. Parsing is strict (unknown fields are
+//! errors) and every error names the file, the field and what is wrong, so
+//! nothing half-valid is ever deployed.
+//!
+//! This module knows nothing of wasm or of how triggers are served.
+
+use crate::capabilities::{Capabilities, Grants};
+use crate::sandbox::Limits;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The manifest file's conventional name.
+pub const FILE_NAME: &str = "fnhost.toml";
+
+/// Paths the host serves itself; function routes may not shadow them.
+pub const RESERVED_PREFIXES: &[&str] = &["/v1", "/healthz"];
+
+/// A function's manifest, as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The function's name: lower-case letters, digits and `-`, starting with a letter.
+    pub name: String,
+    /// Path of the component, relative to the manifest. When absent, the CLI
+    /// uses the crate's `wasm32-wasip2` release build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<String>,
+    /// What starts the function besides direct invocation.
+    #[serde(default)]
+    pub triggers: Triggers,
+    /// Per-invocation limits; each has a default.
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    /// What the function may reach; nothing when absent.
+    #[serde(default)]
+    pub grants: Grants,
+    /// String values the job reads with `fnhost_sdk::config`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+/// The function's triggers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Triggers {
+    /// HTTP routes that invoke the function synchronously.
+    #[serde(default)]
+    pub http: Vec<HttpTrigger>,
+}
+
+/// One HTTP route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTrigger {
+    /// The path, e.g. `/hello` or `/hello/{name}` or `/files/{*rest}`.
+    pub path: String,
+    /// Methods it answers; every method when empty.
+    #[serde(default)]
+    pub methods: Vec<String>,
+}
+
+/// Per-invocation limits as written; absent fields take the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    /// Fuel units (roughly wasm instructions) per invocation. Default 10 billion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+    /// Linear memory in MiB. Default 128, at most 1024.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    /// Wall-clock limit, e.g. `"30s"` or `"2m"`. Default 30 s, at most 15 min.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Bytes of stdout and of stderr logged per invocation. Default 65536.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_bytes: Option<usize>,
+}
+
+/// A manifest that failed to parse or validate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {field}: {reason}")]
+pub struct ManifestError {
+    /// The manifest's file name or path.
+    pub file: String,
+    /// The field at fault (dotted path), or `(syntax)` for a parse error.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub reason: String,
+}
+
+const MAX_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+impl Manifest {
+    /// Parse and validate manifest text; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Manifest, ManifestError> {
+        let manifest: Manifest = toml::from_str(text).map_err(|e| {
+            let field = e
+                .message()
+                .split('`')
+                .nth(1)
+                .filter(|_| e.message().starts_with("unknown field"))
+                .map(|f| format!("unknown field `{f}`"))
+                .unwrap_or_else(|| "(syntax)".into());
+            ManifestError {
+                file: file.into(),
+                field,
+                reason: e.to_string().trim().replace('\n', " "),
+            }
+        })?;
+        manifest.validate(file)?;
+        Ok(manifest)
+    }
+
+    /// Check everything serde cannot: names, routes, limits, grants.
+    pub fn validate(&self, file: &str) -> Result<(), ManifestError> {
+        let err = |field: &str, reason: String| ManifestError {
+            file: file.into(),
+            field: field.into(),
+            reason,
+        };
+        if !valid_name(&self.name) {
+            return Err(err(
+                "name",
+                format!(
+                    "{:?} is not a valid function name; use 1-63 lower-case letters, digits and '-', starting with a letter",
+                    self.name
+                ),
+            ));
+        }
+        let mut router = matchit::Router::new();
+        for (i, route) in self.triggers.http.iter().enumerate() {
+            let field = format!("triggers.http[{i}].path");
+            let path = &route.path;
+            if !path.starts_with('/') {
+                return Err(err(&field, format!("{path:?} must start with '/'")));
+            }
+            if let Some(reserved) = RESERVED_PREFIXES.iter().find(|p| {
+                path == *p
+                    || path.starts_with(&format!("{p}/"))
+                    || path.starts_with(&format!("{p}{{"))
+            }) {
+                return Err(err(
+                    &field,
+                    format!(
+                        "{path:?} would shadow the host's own {reserved} paths; choose another path"
+                    ),
+                ));
+            }
+            if path.starts_with("/{") {
+                return Err(err(
+                    &field,
+                    format!(
+                        "{path:?} starts with a parameter and would capture the host's own paths; start with a fixed segment"
+                    ),
+                ));
+            }
+            if let Err(e) = router.insert(path.clone(), ()) {
+                return Err(err(&field, format!("{path:?} is not a valid route: {e}")));
+            }
+            for (j, m) in route.methods.iter().enumerate() {
+                if !METHODS.contains(&m.as_str()) {
+                    return Err(err(
+                        &format!("triggers.http[{i}].methods[{j}]"),
+                        format!(
+                            "{m:?} is not a method fnhost routes; use one of {}",
+                            METHODS.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        let limits = &self.limits;
+        if limits.fuel == Some(0) {
+            return Err(err("limits.fuel", "must be more than 0".into()));
+        }
+        if let Some(mb) = limits.memory_mb {
+            let max = (crate::sandbox::MAX_MEMORY_BYTES >> 20) as u64;
+            if mb == 0 || mb > max {
+                return Err(err(
+                    "limits.memory_mb",
+                    format!("{mb} is out of range; use 1 to {max}"),
+                ));
+            }
+        }
+        if let Some(t) = &limits.timeout {
+            match humantime::parse_duration(t) {
+                Ok(d) if d.is_zero() || d > MAX_TIMEOUT => {
+                    return Err(err(
+                        "limits.timeout",
+                        format!("{t:?} is out of range; use more than 0 and at most 15m"),
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(err(
+                        "limits.timeout",
+                        format!("{t:?} is not a duration ({e}); write e.g. \"30s\" or \"2m\""),
+                    ));
+                }
+            }
+        }
+        for (i, g) in self.grants.storage.iter().enumerate() {
+            if !valid_name(&g.bucket) {
+                return Err(err(
+                    &format!("grants.storage[{i}].bucket"),
+                    format!(
+                        "{:?} is not a valid bucket name; use lower-case letters, digits and '-'",
+                        g.bucket
+                    ),
+                ));
+            }
+        }
+        for (i, q) in self.grants.queues.iter().enumerate() {
+            if !valid_name(q) {
+                return Err(err(
+                    &format!("grants.queues[{i}]"),
+                    format!(
+                        "{q:?} is not a valid queue name; use lower-case letters, digits and '-'"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The limits with defaults filled in. Call on a validated manifest.
+    pub fn limits(&self) -> Limits {
+        let d = Limits::default();
+        let l = &self.limits;
+        Limits {
+            fuel: l.fuel.unwrap_or(d.fuel),
+            memory_bytes: l
+                .memory_mb
+                .map(|mb| (mb as usize) << 20)
+                .unwrap_or(d.memory_bytes),
+            timeout: l
+                .timeout
+                .as_deref()
+                .and_then(|t| humantime::parse_duration(t).ok())
+                .unwrap_or(d.timeout),
+            log_bytes: l.log_bytes.unwrap_or(d.log_bytes),
+        }
+    }
+
+    /// The grants and config the sandbox hands to the function's imports.
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            grants: self.grants.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// Function, bucket and queue names: `[a-z][a-z0-9-]{0,62}`.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some('a'..='z'))
+        && name.len() <= 63
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse("fnhost.toml", text)
+    }
+
+    #[test]
+    fn a_full_manifest_parses_with_defaults_filled() {
+        let m = parse(
+            r#"
+            name = "hello"
+            component = "hello.wasm"
+            [[triggers.http]]
+            path = "/hello/{name}"
+            methods = ["GET"]
+            [limits]
+            memory_mb = 32
+            timeout = "2s"
+            [grants]
+            queues = ["outbox"]
+            [[grants.storage]]
+            bucket = "thumbnails"
+            access = "write"
+            prefix = "small/"
+            [config]
+            greeting = "Hi"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(m.name, "hello");
+        let limits = m.limits();
+        assert_eq!(limits.memory_bytes, 32 << 20);
+        assert_eq!(limits.timeout, Duration::from_secs(2));
+        assert_eq!(limits.fuel, Limits::default().fuel);
+        assert_eq!(m.capabilities().config["greeting"], "Hi");
+    }
+
+    #[test]
+    fn errors_name_the_file_the_field_and_the_reason() {
+        let e = parse("name = \"Hello\"").unwrap_err();
+        assert_eq!((e.file.as_str(), e.field.as_str()), ("fnhost.toml", "name"));
+        assert!(e.reason.contains("lower-case"), "{e}");
+
+        let e = parse("name = \"a\"\nmemory = 3").unwrap_err();
+        assert_eq!(e.field, "unknown field `memory`", "{e}");
+
+        let e = parse("name = \"a\"\n[limits]\ntimeout = \"soon\"").unwrap_err();
+        assert_eq!(e.field, "limits.timeout");
+
+        let e = parse("name = \"a\"\n[limits]\nmemory_mb = 4096").unwrap_err();
+        assert_eq!(e.field, "limits.memory_mb");
+        assert!(e.reason.contains("1 to 1024"), "{e}");
+
+        let e = parse("name = \"a\"\n[[triggers.http]]\npath = \"/x\"\nmethods = [\"FETCH\"]")
+            .unwrap_err();
+        assert_eq!(e.field, "triggers.http[0].methods[0]");
+
+        let e = parse("name = [").unwrap_err();
+        assert_eq!(e.field, "(syntax)");
+        assert!(e.to_string().starts_with("fnhost.toml: (syntax): "), "{e}");
+    }
+
+    #[test]
+    fn routes_may_not_shadow_the_host() {
+        for path in ["/v1/functions", "/v1", "/healthz", "/{any}", "hello"] {
+            let text = format!("name = \"a\"\n[[triggers.http]]\npath = \"{path}\"");
+            let e = parse(&text).unwrap_err();
+            assert_eq!(e.field, "triggers.http[0].path", "{path}: {e}");
+        }
+        assert!(parse("name = \"a\"\n[[triggers.http]]\npath = \"/v1x\"").is_ok());
+        let e = parse(
+            "name = \"a\"\n[[triggers.http]]\npath = \"/a\"\n[[triggers.http]]\npath = \"/a\"",
+        )
+        .unwrap_err();
+        assert!(e.reason.contains("not a valid route"), "{e}");
+    }
+}

@@ -1,0 +1,317 @@
+//! The registry: deployed functions, every version of each, and which one is
+//! active, kept in the host's SQLite database; component files kept by
+//! content hash under `<data-dir>/components`.
+//!
+//! It stores and answers; it knows nothing of wasm (compiling is the
+//! sandbox's job) or HTTP. Calls block: run them on a blocking thread.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A registry failure.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The database refused or failed.
+    #[error("the registry database failed: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// A component file could not be read or written.
+    #[error("cannot access component file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+}
+
+/// One deployed version of a function.
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionRecord {
+    /// The function's name.
+    pub name: String,
+    /// 1, 2, 3, … per function.
+    pub version: u32,
+    /// SHA-256 of the component, hex.
+    pub digest: String,
+    /// The manifest text as deployed.
+    pub manifest: String,
+    /// The component's size in bytes.
+    pub size: u64,
+    /// Deploy time, milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+}
+
+/// A function and its active version.
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionRecord {
+    /// The function's name.
+    pub name: String,
+    /// The version that serves invocations.
+    pub active_version: u32,
+    /// Every version kept, oldest first.
+    pub versions: Vec<u32>,
+}
+
+/// The registry's handle.
+pub struct Registry {
+    db: Mutex<Connection>,
+    components: PathBuf,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS functions (
+    name TEXT PRIMARY KEY,
+    active_version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS versions (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (name, version)
+);
+";
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Registry {
+    /// Open (or create) the registry in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Registry, RegistryError> {
+        let components = data_dir.join("components");
+        std::fs::create_dir_all(&components).map_err(|source| RegistryError::Io {
+            path: components.clone(),
+            source,
+        })?;
+        let conn = Connection::open(data_dir.join("fnhost.db"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Registry {
+            db: Mutex::new(conn),
+            components,
+        })
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.db.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn component_path(&self, digest: &str) -> PathBuf {
+        self.components.join(format!("{digest}.wasm"))
+    }
+
+    /// Store component bytes by content hash (atomically); returns the digest.
+    pub fn store_component(&self, wasm: &[u8]) -> Result<String, RegistryError> {
+        let digest = crate::sandbox::hex(&Sha256::digest(wasm));
+        let path = self.component_path(&digest);
+        if !path.exists() {
+            crate::sandbox::write_atomic(&path, wasm).map_err(|source| RegistryError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok(digest)
+    }
+
+    /// The bytes of a stored component.
+    pub fn component(&self, digest: &str) -> Result<Vec<u8>, RegistryError> {
+        let path = self.component_path(digest);
+        std::fs::read(&path).map_err(|source| RegistryError::Io { path, source })
+    }
+
+    /// Record a new version and make it active, in one transaction.
+    pub fn add_version(
+        &self,
+        name: &str,
+        digest: &str,
+        manifest: &str,
+        size: u64,
+    ) -> Result<VersionRecord, RegistryError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let version: u32 = tx.query_row(
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )?;
+        let created_at_ms = now_ms();
+        tx.execute(
+            "INSERT INTO versions (name, version, digest, manifest, size, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![name, version, digest, manifest, size, created_at_ms],
+        )?;
+        tx.execute(
+            "INSERT INTO functions (name, active_version) VALUES (?1, ?2)
+             ON CONFLICT(name) DO UPDATE SET active_version = excluded.active_version",
+            params![name, version],
+        )?;
+        tx.commit()?;
+        Ok(VersionRecord {
+            name: name.into(),
+            version,
+            digest: digest.into(),
+            manifest: manifest.into(),
+            size,
+            created_at_ms,
+        })
+    }
+
+    /// One version of a function.
+    pub fn version(
+        &self,
+        name: &str,
+        version: u32,
+    ) -> Result<Option<VersionRecord>, RegistryError> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT name, version, digest, manifest, size, created_at_ms FROM versions WHERE name = ?1 AND version = ?2",
+                params![name, version],
+                row_to_version,
+            )
+            .optional()?)
+    }
+
+    /// The active version of every function (what a starting host loads).
+    pub fn active_versions(&self) -> Result<Vec<VersionRecord>, RegistryError> {
+        let db = self.db();
+        let mut stmt = db.prepare(
+            "SELECT v.name, v.version, v.digest, v.manifest, v.size, v.created_at_ms
+             FROM functions f JOIN versions v ON v.name = f.name AND v.version = f.active_version
+             ORDER BY v.name",
+        )?;
+        let rows = stmt
+            .query_map([], row_to_version)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Every function with its versions.
+    pub fn functions(&self) -> Result<Vec<FunctionRecord>, RegistryError> {
+        let db = self.db();
+        let mut stmt = db.prepare(
+            "SELECT f.name, f.active_version, v.version FROM functions f
+             JOIN versions v ON v.name = f.name ORDER BY f.name, v.version",
+        )?;
+        let mut out: Vec<FunctionRecord> = Vec::new();
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))?;
+        for row in rows {
+            let (name, active_version, version) = row?;
+            match out.last_mut() {
+                Some(f) if f.name == name => f.versions.push(version),
+                _ => out.push(FunctionRecord {
+                    name,
+                    active_version,
+                    versions: vec![version],
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Make `version` of `name` active.
+    pub fn activate(&self, name: &str, version: u32) -> Result<(), RegistryError> {
+        self.db().execute(
+            "UPDATE functions SET active_version = ?2 WHERE name = ?1",
+            params![name, version],
+        )?;
+        Ok(())
+    }
+
+    /// Forget a function and all its versions; delete component files no
+    /// other version uses. False when there was no such function.
+    pub fn remove(&self, name: &str) -> Result<bool, RegistryError> {
+        let digests: Vec<String> = {
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            let digests = {
+                let mut stmt = tx.prepare(
+                    "SELECT DISTINCT digest FROM versions WHERE name = ?1
+                     AND digest NOT IN (SELECT digest FROM versions WHERE name != ?1)",
+                )?;
+                stmt.query_map([name], |r| r.get(0))?
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            let removed = tx.execute("DELETE FROM functions WHERE name = ?1", [name])?;
+            tx.execute("DELETE FROM versions WHERE name = ?1", [name])?;
+            tx.commit()?;
+            if removed == 0 {
+                return Ok(false);
+            }
+            digests
+        };
+        for digest in digests {
+            let _ = std::fs::remove_file(self.component_path(&digest));
+        }
+        Ok(true)
+    }
+}
+
+fn row_to_version(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRecord> {
+    Ok(VersionRecord {
+        name: r.get(0)?,
+        version: r.get(1)?,
+        digest: r.get(2)?,
+        manifest: r.get(3)?,
+        size: r.get(4)?,
+        created_at_ms: r.get(5)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_kept_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let reg = Registry::open(dir.path()).unwrap();
+            let d1 = reg.store_component(b"one").unwrap();
+            let d2 = reg.store_component(b"two").unwrap();
+            assert_eq!(
+                reg.add_version("a", &d1, "name = \"a\"", 3)
+                    .unwrap()
+                    .version,
+                1
+            );
+            assert_eq!(
+                reg.add_version("a", &d2, "name = \"a\"", 3)
+                    .unwrap()
+                    .version,
+                2
+            );
+            reg.add_version("b", &d1, "name = \"b\"", 3).unwrap();
+            reg.activate("a", 1).unwrap();
+        }
+        let reg = Registry::open(dir.path()).unwrap();
+        let active = reg.active_versions().unwrap();
+        assert_eq!(
+            active
+                .iter()
+                .map(|v| (v.name.as_str(), v.version))
+                .collect::<Vec<_>>(),
+            [("a", 1), ("b", 1)]
+        );
+        assert_eq!(reg.component(&active[0].digest).unwrap(), b"one");
+        let fns = reg.functions().unwrap();
+        assert_eq!(fns[0].versions, [1, 2]);
+
+        // Removing `a` keeps the component `b` still uses.
+        assert!(reg.remove("a").unwrap());
+        assert!(!reg.remove("a").unwrap());
+        assert_eq!(reg.component(&active[1].digest).unwrap(), b"one");
+        assert_eq!(reg.functions().unwrap().len(), 1);
+    }
+}

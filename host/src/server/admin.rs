@@ -1,0 +1,241 @@
+//! The admin API under `/v1/`: deploy, list, show, roll back, remove and
+//! invoke functions. Every route requires the bearer token.
+
+use super::{AppState, auth, error, trigger};
+use crate::dispatcher::{DeployError, Deployed};
+use crate::sandbox::{Event, LoadError};
+use axum::Json;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+pub(crate) fn routes(state: AppState) -> axum::Router<AppState> {
+    let upload = state.config.max_upload_bytes;
+    let body = state.config.max_body_bytes;
+    axum::Router::new()
+        .route(
+            "/functions",
+            get(list).post(deploy).layer(DefaultBodyLimit::max(upload)),
+        )
+        .route("/functions/{name}", get(show).delete(remove))
+        .route("/functions/{name}/rollback", post(rollback))
+        .route(
+            "/functions/{name}/invoke",
+            post(invoke).layer(DefaultBodyLimit::max(body)),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            auth::require_token,
+        ))
+}
+
+fn describe(d: &Deployed) -> Value {
+    let limits = d.manifest.limits();
+    json!({
+        "name": d.record.name,
+        "version": d.record.version,
+        "digest": d.record.digest,
+        "size": d.record.size,
+        "deployed_at_ms": d.record.created_at_ms,
+        "routes": d.manifest.triggers.http,
+        "limits": {
+            "fuel": limits.fuel,
+            "memory_bytes": limits.memory_bytes,
+            "timeout_ms": limits.timeout.as_millis() as u64,
+            "log_bytes": limits.log_bytes,
+        },
+    })
+}
+
+fn deploy_error(err: DeployError) -> Response {
+    match err {
+        DeployError::Manifest(e) => {
+            error(StatusCode::BAD_REQUEST, "invalid_manifest", e.to_string())
+        }
+        DeployError::Load(e @ (LoadError::NotAComponent(_) | LoadError::WrongWorld(_))) => {
+            error(StatusCode::BAD_REQUEST, "invalid_component", e.to_string())
+        }
+        DeployError::Conflict(m) => error(StatusCode::CONFLICT, "route_conflict", m),
+        DeployError::NotFound(m) => error(StatusCode::NOT_FOUND, "not_found", m),
+        e @ (DeployError::Load(_) | DeployError::Registry(_)) => {
+            tracing::error!(error = %e, "admin request failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the host failed to store the function; see the host log",
+            )
+        }
+    }
+}
+
+async fn list(State(state): State<AppState>) -> Response {
+    let registry = state.dispatcher.registry().clone();
+    let functions = match tokio::task::spawn_blocking(move || registry.functions()).await {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => return deploy_error(e.into()),
+        Err(_) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "listing failed",
+            );
+        }
+    };
+    let out: Vec<Value> = functions
+        .into_iter()
+        .map(|f| {
+            let mut v = state
+                .dispatcher
+                .get(&f.name)
+                .map(|d| describe(&d))
+                .unwrap_or_else(|| json!({"name": f.name, "loaded": false}));
+            v["active_version"] = json!(f.active_version);
+            v["versions"] = json!(f.versions);
+            v
+        })
+        .collect();
+    Json(json!({ "functions": out })).into_response()
+}
+
+async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    match state.dispatcher.get(&name) {
+        Some(d) => {
+            let mut v = describe(&d);
+            v["manifest"] = json!(d.record.manifest);
+            Json(v).into_response()
+        }
+        None => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no function named {name:?} is deployed"),
+        ),
+    }
+}
+
+async fn deploy(State(state): State<AppState>, mut form: Multipart) -> Response {
+    let mut manifest: Option<String> = None;
+    let mut component: Option<Bytes> = None;
+    loop {
+        let field = match form.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                return error(
+                    e.status(),
+                    "bad_upload",
+                    format!("cannot read the upload: {}", e.body_text()),
+                );
+            }
+        };
+        let name = field.name().unwrap_or("").to_string();
+        let data = match field.bytes().await {
+            Ok(d) => d,
+            Err(e) => {
+                return error(
+                    e.status(),
+                    "bad_upload",
+                    format!("cannot read field {name:?}: {}", e.body_text()),
+                );
+            }
+        };
+        match name.as_str() {
+            "manifest" => match String::from_utf8(data.to_vec()) {
+                Ok(text) => manifest = Some(text),
+                Err(_) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_manifest",
+                        "fnhost.toml: (syntax): the manifest is not UTF-8 text",
+                    );
+                }
+            },
+            "component" => component = Some(data),
+            other => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_upload",
+                    format!(
+                        "unexpected form field {other:?}; send `manifest` (fnhost.toml) and `component` (the .wasm)"
+                    ),
+                );
+            }
+        }
+    }
+    let (Some(manifest), Some(component)) = (manifest, component) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_upload",
+            "a deploy is a multipart form with two fields: `manifest` (fnhost.toml) and `component` (the .wasm)",
+        );
+    };
+    match state.dispatcher.deploy(manifest, component.to_vec()).await {
+        Ok(d) => {
+            tracing::info!(function = %d.record.name, version = d.record.version, digest = %d.record.digest, "deployed");
+            (StatusCode::CREATED, Json(describe(&d))).into_response()
+        }
+        Err(e) => deploy_error(e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    version: Option<u32>,
+}
+
+async fn rollback(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let req: RollbackRequest = if body.is_empty() {
+        RollbackRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("the body must be {{\"version\": N}} or empty: {e}"),
+                );
+            }
+        }
+    };
+    match state.dispatcher.rollback(&name, req.version).await {
+        Ok(d) => {
+            tracing::info!(function = %name, version = d.record.version, "rolled back");
+            Json(describe(&d)).into_response()
+        }
+        Err(e) => deploy_error(e),
+    }
+}
+
+async fn remove(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    match state.dispatcher.remove(&name).await {
+        Ok(()) => {
+            tracing::info!(function = %name, "removed");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => deploy_error(e),
+    }
+}
+
+async fn invoke(State(state): State<AppState>, Path(name): Path<String>, body: Bytes) -> Response {
+    let Some(deployed) = state.dispatcher.get(&name) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no function named {name:?} is deployed"),
+        );
+    };
+    let (id, outcome) = state
+        .dispatcher
+        .invoke(deployed, Event::Invoke(body.to_vec()))
+        .await;
+    trigger::outcome_response(&id, outcome.result)
+}

@@ -1,0 +1,121 @@
+//! The HTTP trigger: a request to a route a function declares invokes it
+//! synchronously, and its output becomes the response.
+//!
+//! Unknown route → 404, wrong method → 405, body over the limit → 413,
+//! function error → 500 with a JSON body that names the failure but no host
+//! internals.
+
+use super::{AppState, error};
+use crate::dispatcher::Failure;
+use crate::sandbox::{Event, HttpRequest, Output, TrapReason};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+/// The fallback handler: route, invoke, respond.
+pub(crate) async fn handle(State(state): State<AppState>, req: Request) -> Response {
+    let routes = state.dispatcher.routes();
+    let path = req.uri().path().to_string();
+    let Ok(matched) = routes.at(&path) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no_route",
+            format!("no function is bound to {path}"),
+        );
+    };
+    let target = matched.value.clone();
+    let params: Vec<(String, String)> = matched
+        .params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let method = req.method().as_str().to_string();
+    if !target.methods.is_empty() && !target.methods.iter().any(|m| *m == method) {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{path} answers {}, not {method}", target.methods.join(", ")),
+        );
+    }
+    let Some(deployed) = state.dispatcher.get(&target.function) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no_route",
+            format!("no function is bound to {path}"),
+        );
+    };
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, state.config.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!(
+                    "the request body is over the host's limit of {} bytes",
+                    state.config.max_body_bytes
+                ),
+            );
+        }
+    };
+    let headers = parts
+        .headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let event = Event::Http(HttpRequest {
+        method,
+        path,
+        query: parts.uri.query().unwrap_or("").to_string(),
+        params,
+        headers,
+        body: body.to_vec(),
+    });
+    let (id, outcome) = state.dispatcher.invoke(deployed, event).await;
+    outcome_response(&id, outcome.result)
+}
+
+/// An invocation's result as an HTTP response, tagged with its invocation id.
+pub(crate) fn outcome_response(id: &str, result: Result<Output, Failure>) -> Response {
+    let mut response = match result {
+        Ok(output) => output_response(output),
+        Err(failure) => failure_response(&failure),
+    };
+    if let Ok(v) = HeaderValue::from_str(id) {
+        response.headers_mut().insert("fnhost-invocation-id", v);
+    }
+    response
+}
+
+fn output_response(output: Output) -> Response {
+    let status = StatusCode::from_u16(output.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, Body::from(output.body)).into_response();
+    for (name, value) in output.headers {
+        let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value))
+        else {
+            continue;
+        };
+        // Framing is the server's job, not the guest's.
+        if matches!(
+            name.as_str(),
+            "content-length" | "transfer-encoding" | "connection"
+        ) {
+            continue;
+        }
+        response.headers_mut().append(name, value);
+    }
+    response
+}
+
+fn failure_response(failure: &Failure) -> Response {
+    let (code, message) = match failure {
+        Failure::Retry(_) | Failure::Fail(_) => ("function_error", failure.to_string()),
+        Failure::Trap(TrapReason::Host(_)) => (
+            "host_error",
+            "the host could not run the invocation; see the host log".to_string(),
+        ),
+        Failure::Trap(reason) => ("function_trapped", reason.to_string()),
+    };
+    error(StatusCode::INTERNAL_SERVER_ERROR, code, message)
+}
