@@ -294,6 +294,7 @@ impl Dispatcher {
                 checkpoint: None,
                 deadline_ms: now_ms() + deployed.limits.timeout.as_millis() as u64,
             };
+            tracing::debug!("invocation started");
             let outcome = self
                 .sandbox
                 .invoke(&deployed.loaded, &deployed.limits, deployed.caps.clone(), inv, event)

@@ -12,7 +12,7 @@ use syn::{FnArg, ItemFn, parse_macro_input, spanned::Spanned};
 /// The function takes either the event alone or the invocation and the
 /// event, and returns `fnhost_sdk::Result<Output>`:
 ///
-/// ```ignore
+/// ```text
 /// #[fnhost_sdk::job]
 /// fn hello(event: fnhost_sdk::Event) -> fnhost_sdk::Result<fnhost_sdk::Output> { … }
 ///

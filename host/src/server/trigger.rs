@@ -31,7 +31,7 @@ pub(crate) async fn handle(State(state): State<AppState>, req: Request) -> Respo
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let method = req.method().as_str().to_string();
-    if !target.methods.is_empty() && !target.methods.iter().any(|m| *m == method) {
+    if !target.methods.is_empty() && !target.methods.contains(&method) {
         return error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",

@@ -1,0 +1,86 @@
+//! A job that misbehaves on request, to prove the sandbox's limits.
+//!
+//! The mode comes from the route parameter `{mode}` or the invoke payload:
+//! `ok`, `loop`, `memory`, `recursion`, `panic`, `stdout`, `retry`, `fail`,
+//! `config`, `storage`, `queue`, `checkpoint`, `busy-<ms>`, `grow-<mb>`.
+
+use fnhost_sdk::{Error, Event, Output, Result, job};
+use std::hint::black_box;
+
+#[allow(unconditional_recursion)]
+fn recurse(n: u64) -> u64 {
+    // Not a tail call: every level keeps a frame.
+    black_box(recurse(black_box(n + 1))) + 1
+}
+
+#[job]
+fn adversary(event: Event) -> Result<Output> {
+    let mode = match &event {
+        Event::Http(req) => req.param("mode").unwrap_or("ok").to_string(),
+        other => String::from_utf8_lossy(other.payload()).trim().to_string(),
+    };
+    match mode.as_str() {
+        "ok" => Ok(Output::text("ok")),
+        "loop" => {
+            let mut i: u64 = 0;
+            loop {
+                i = black_box(i.wrapping_add(1));
+            }
+        }
+        "memory" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(black_box(vec![1u8; 1 << 20]));
+            }
+        }
+        "recursion" => Ok(Output::text(recurse(0).to_string())),
+        "panic" => panic!("boom: the adversary panicked on purpose"),
+        "stdout" => {
+            let line = "x".repeat(1023);
+            for _ in 0..(16 * 1024) {
+                println!("{line}");
+            }
+            Ok(Output::text("printed 16 MiB"))
+        }
+        "retry" => Err(Error::retry("the backend is busy")),
+        "fail" => Err(Error::fail("this input can never work")),
+        "config" => Ok(Output::text(fnhost_sdk::config("secret-word").unwrap_or_default())),
+        "storage" => match fnhost_sdk::storage::get("secrets", "key") {
+            Ok(_) => Ok(Output::text("storage allowed")),
+            Err(e) => Ok(Output::text(format!("storage error: {e}"))),
+        },
+        "queue" => {
+            let opts = fnhost_sdk::queue::SendOptions {
+                delay_ms: None,
+                dedup_id: None,
+                group: None,
+                priority: None,
+                correlation_id: None,
+                reply_to: None,
+                attributes: Vec::new(),
+            };
+            match fnhost_sdk::queue::send("elsewhere", b"hi", &opts) {
+                Ok(id) => Ok(Output::text(format!("sent {id}"))),
+                Err(e) => Ok(Output::text(format!("queue error: {e}"))),
+            }
+        }
+        "checkpoint" => match fnhost_sdk::checkpoint(&1) {
+            Ok(()) => Ok(Output::text("checkpoint saved")),
+            Err(e) => Ok(Output::text(format!("checkpoint error: {e}"))),
+        },
+        m if m.starts_with("busy-") => {
+            let ms: u64 = m[5..].parse().map_err(|_| Error::fail("busy-<ms>"))?;
+            let start = std::time::Instant::now();
+            while start.elapsed().as_millis() < ms as u128 {
+                black_box(0);
+            }
+            Ok(Output::text(format!("busy for {ms} ms")))
+        }
+        m if m.starts_with("grow-") => {
+            let mb: usize = m[5..].parse().map_err(|_| Error::fail("grow-<mb>"))?;
+            let v = black_box(vec![7u8; mb << 20]);
+            Ok(Output::text(format!("held {} MiB", v.len() >> 20)))
+        }
+        other => Err(Error::fail(format!("unknown mode {other:?}"))),
+    }
+}

@@ -1,0 +1,333 @@
+//! The end-to-end harness: builds the `fnhost` binary and the guest
+//! components once per test run, starts real hosts on `127.0.0.1:0` with a
+//! temp data dir, and talks to them over real HTTP and through the CLI.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// The `fnhost` binary, built (or found fresh) once per test run.
+pub fn fnhost_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = cargo()
+            .current_dir(repo_root())
+            .args([
+                "build",
+                "-p",
+                "fnhost",
+                "--bin",
+                "fnhost",
+                "--message-format=json-render-diagnostics",
+            ])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run cargo build");
+        assert!(out.status.success(), "building fnhost failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"]["name"] == "fnhost" && v["executable"].is_string())
+            .map(|v| PathBuf::from(v["executable"].as_str().unwrap()))
+            .next_back()
+            .expect("cargo reported no fnhost executable")
+    })
+}
+
+/// Paths of the guest components.
+pub struct Guests {
+    /// `functions/hello`.
+    pub hello: PathBuf,
+    /// `functions/thumbnail`.
+    pub thumbnail: PathBuf,
+    /// `tests/guests/adversary`.
+    pub adversary: PathBuf,
+    /// `tests/guests/empty`.
+    pub empty: PathBuf,
+    /// `tests/guests/not-a-job`: a wasi command, not a job.
+    pub not_a_job: PathBuf,
+}
+
+/// Build the example functions and the test guests for wasm32-wasip2 once,
+/// adding the target with rustup when it is missing.
+pub fn guests() -> &'static Guests {
+    static GUESTS: OnceLock<Guests> = OnceLock::new();
+    GUESTS.get_or_init(|| {
+        let status = Command::new("bash")
+            .arg(repo_root().join("scripts/ensure-wasm-target"))
+            .status()
+            .expect("run scripts/ensure-wasm-target");
+        assert!(status.success(), "adding the wasm32-wasip2 target failed");
+        for ws in ["functions", "tests/guests"] {
+            let status = cargo()
+                .current_dir(repo_root().join(ws))
+                .args(["build", "--release", "--target", "wasm32-wasip2"])
+                .status()
+                .expect("run cargo build for the guests");
+            assert!(status.success(), "building the {ws} guests failed");
+        }
+        let f = repo_root().join("functions/target/wasm32-wasip2/release");
+        let t = repo_root().join("tests/guests/target/wasm32-wasip2/release");
+        Guests {
+            hello: f.join("hello.wasm"),
+            thumbnail: f.join("thumbnail.wasm"),
+            adversary: t.join("adversary.wasm"),
+            empty: t.join("empty.wasm"),
+            not_a_job: t.join("not-a-job.wasm"),
+        }
+    })
+}
+
+/// A response: status, headers (lower-case names) and body.
+pub struct Resp {
+    /// The status code.
+    pub status: u16,
+    /// The headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+}
+
+/// A running `fnhost serve`.
+pub struct Host {
+    child: Option<Child>,
+    /// The base URL, e.g. `http://127.0.0.1:41234`.
+    pub url: String,
+    /// The admin token.
+    pub token: String,
+    /// The data dir.
+    pub data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    client: reqwest::blocking::Client,
+}
+
+impl Host {
+    /// A host on a fresh temp data dir.
+    pub fn start() -> Host {
+        let temp = tempfile::tempdir().unwrap();
+        let mut host = Host::start_in(temp.path(), &[]);
+        host._temp = Some(temp);
+        host
+    }
+
+    /// A host on a fresh temp data dir with extra `serve` arguments.
+    pub fn start_with(args: &[&str]) -> Host {
+        let temp = tempfile::tempdir().unwrap();
+        let mut host = Host::start_in(temp.path(), args);
+        host._temp = Some(temp);
+        host
+    }
+
+    /// A host on `data_dir` (which outlives it) with extra `serve` arguments.
+    pub fn start_in(data_dir: &Path, args: &[&str]) -> Host {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("host.log"))
+            .unwrap();
+        let mut child = Command::new(fnhost_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(args)
+            .env_remove("FNHOST_TOKEN")
+            .env("FNHOST_LOG", "info,fnhost::dispatcher=debug")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start fnhost serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("fnhost listening on ") {
+                    let _ = tx.send(url.to_string());
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "fnhost serve did not start; its log:\n{}",
+                    std::fs::read_to_string(data_dir.join("host.log")).unwrap_or_default()
+                );
+            }
+        };
+        let token = std::fs::read_to_string(data_dir.join("token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        Host {
+            child: Some(child),
+            url,
+            token,
+            data_dir: data_dir.to_path_buf(),
+            _temp: None,
+            client: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// What the host has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("host.log")).unwrap_or_default()
+    }
+
+    /// Run the `fnhost` CLI against this host.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(fnhost_bin())
+            .args(args)
+            .env("FNHOST_HOST", &self.url)
+            .env("FNHOST_DATA_DIR", &self.data_dir)
+            .env_remove("FNHOST_TOKEN")
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run the fnhost CLI")
+    }
+
+    /// Run the CLI and insist that it succeeds; returns its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "fnhost {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Deploy `component` with `manifest` (the `component` field is added)
+    /// through the CLI; returns the CLI's output.
+    pub fn deploy(&self, manifest: &str, component: &Path) -> Output {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "component = {:?}\n{manifest}",
+            component.display().to_string()
+        );
+        std::fs::write(dir.path().join("fnhost.toml"), text).unwrap();
+        self.cli(&["deploy", dir.path().to_str().unwrap()])
+    }
+
+    /// [`Host::deploy`] that must succeed.
+    pub fn deploy_ok(&self, manifest: &str, component: &Path) -> String {
+        let out = self.deploy(manifest, component);
+        assert!(
+            out.status.success(),
+            "deploy failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A request with optional body and bearer token.
+    pub fn request(&self, method: &str, path: &str, body: Vec<u8>, token: Option<&str>) -> Resp {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.url))
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req
+            .send()
+            .unwrap_or_else(|e| panic!("request to {path} failed: {e}"));
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        Resp {
+            status,
+            headers,
+            body: resp.bytes().unwrap().to_vec(),
+        }
+    }
+
+    /// `GET path` without a token.
+    pub fn get(&self, path: &str) -> Resp {
+        self.request("GET", path, Vec::new(), None)
+    }
+
+    /// `POST path` without a token.
+    pub fn post(&self, path: &str, body: impl Into<Vec<u8>>) -> Resp {
+        self.request("POST", path, body.into(), None)
+    }
+
+    /// An admin request with this host's token.
+    pub fn admin(&self, method: &str, path: &str, body: impl Into<Vec<u8>>) -> Resp {
+        self.request(method, path, body.into(), Some(&self.token.clone()))
+    }
+
+    /// Send SIGTERM and wait for the process to exit; returns whether it exited 0.
+    pub fn stop(mut self) -> bool {
+        let mut child = self.child.take().unwrap();
+        terminate(&child);
+        child.wait().unwrap().success()
+    }
+
+    /// Send SIGTERM without waiting.
+    pub fn term(&self) {
+        terminate(self.child.as_ref().unwrap());
+    }
+
+    /// Wait for the process to exit; returns whether it exited 0.
+    pub fn wait(&mut self) -> bool {
+        self.child.take().unwrap().wait().unwrap().success()
+    }
+}
+
+/// Send SIGTERM to a child process.
+pub fn terminate(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
