@@ -74,9 +74,11 @@ pub fn guests() -> &'static Guests {
             .expect("run scripts/ensure-wasm-target");
         assert!(status.success(), "adding the wasm32-wasip2 target failed");
         for ws in ["functions", "tests/guests"] {
+            // Each guest workspace keeps its own target dir, whatever
+            // CARGO_TARGET_DIR says for the host.
             let status = cargo()
                 .current_dir(repo_root().join(ws))
-                .args(["build", "--release", "--target", "wasm32-wasip2"])
+                .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir", "target"])
                 .status()
                 .expect("run cargo build for the guests");
             assert!(status.success(), "building the {ws} guests failed");

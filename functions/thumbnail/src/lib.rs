@@ -25,8 +25,15 @@ fn dimension(asked: Option<String>, config_key: &str) -> Result<u32> {
     }
 }
 
+/// An encoded thumbnail with the original's and its own size.
+struct Thumbnail {
+    png: Vec<u8>,
+    original: (u32, u32),
+    size: (u32, u32),
+}
+
 /// Decode `bytes`, shrink to fit `width`×`height`, encode as PNG.
-fn thumbnail(bytes: &[u8], width: u32, height: u32) -> Result<(Vec<u8>, (u32, u32), (u32, u32))> {
+fn thumbnail(bytes: &[u8], width: u32, height: u32) -> Result<Thumbnail> {
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::fail(format!("cannot read the image: {e}")))?;
@@ -47,7 +54,11 @@ fn thumbnail(bytes: &[u8], width: u32, height: u32) -> Result<(Vec<u8>, (u32, u3
     small
         .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
         .map_err(|e| Error::fail(format!("cannot encode the thumbnail: {e}")))?;
-    Ok((out, original, size))
+    Ok(Thumbnail {
+        png: out,
+        original,
+        size,
+    })
 }
 
 #[job]
@@ -74,7 +85,11 @@ fn handle(event: Event) -> Result<Output> {
         return Err(Error::fail("send the image as the request body"));
     }
     fnhost_sdk::progress(10, "decoding")?;
-    let (png, (ow, oh), (tw, th)) = thumbnail(bytes, width, height)?;
+    let Thumbnail {
+        png,
+        original: (ow, oh),
+        size: (tw, th),
+    } = thumbnail(bytes, width, height)?;
     fnhost_sdk::progress(100, "done")?;
     Ok(Output::bytes("image/png", png)
         .with_header("x-original-size", &format!("{ow}x{oh}"))

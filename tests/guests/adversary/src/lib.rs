@@ -44,7 +44,9 @@ fn adversary(event: Event) -> Result<Output> {
         }
         "retry" => Err(Error::retry("the backend is busy")),
         "fail" => Err(Error::fail("this input can never work")),
-        "config" => Ok(Output::text(fnhost_sdk::config("secret-word").unwrap_or_default())),
+        "config" => Ok(Output::text(
+            fnhost_sdk::config("secret-word").unwrap_or_default(),
+        )),
         "storage" => match fnhost_sdk::storage::get("secrets", "key") {
             Ok(_) => Ok(Output::text("storage allowed")),
             Err(e) => Ok(Output::text(format!("storage error: {e}"))),
