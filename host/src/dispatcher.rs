@@ -8,11 +8,10 @@
 
 use crate::capabilities::Capabilities;
 use crate::manifest::{HttpTrigger, Manifest};
-use crate::registry::{Registry, RegistryError, VersionRecord};
+use crate::registry::{Registry, RegistryError, VersionRecord, now_ms};
 use crate::sandbox::{self, Event, Invocation, Limits, LoadError, Loaded, Outcome, Sandbox};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{Mutex, Semaphore};
 use tracing::Instrument;
 
@@ -65,13 +64,6 @@ pub struct Dispatcher {
     permits: Arc<Semaphore>,
     /// Deploys, rollbacks and removals run one at a time.
     admin: Mutex<()>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Dispatcher {

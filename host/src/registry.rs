@@ -78,7 +78,8 @@ CREATE TABLE IF NOT EXISTS versions (
 );
 ";
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

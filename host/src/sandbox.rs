@@ -57,6 +57,21 @@ pub struct SandboxConfig {
     /// How often, in fuel units, a running guest yields to the async runtime so
     /// that wall-clock timeouts and other tasks get a turn.
     pub fuel_yield_interval: u64,
+    /// How a running guest is made to yield so its wall-clock limit can be enforced.
+    pub wall_clock: WallClock,
+}
+
+/// How the sandbox interrupts a running guest so that its wall-clock limit
+/// (a tokio timeout around the call) can fire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WallClock {
+    /// Yield every `fuel_yield_interval` fuel units. Fuel is metered anyway
+    /// for the fuel limit, so this adds only the yields (the default).
+    FuelYield,
+    /// Epoch interruption: a ticker thread bumps the engine's epoch every
+    /// 10 ms and the guest yields at each tick. Adds epoch checks to the
+    /// compiled code on top of fuel; kept to measure against (BENCHMARKS.md).
+    Epoch,
 }
 
 impl SandboxConfig {
@@ -68,6 +83,7 @@ impl SandboxConfig {
             max_memory_bytes: limits::MAX_MEMORY_BYTES,
             pooling: true,
             fuel_yield_interval: 100_000,
+            wall_clock: WallClock::FuelYield,
         }
     }
 }
@@ -199,6 +215,33 @@ pub struct Sandbox {
     linker: Linker<HostState>,
     config: SandboxConfig,
     pooling: bool,
+    /// Stops the epoch ticker thread (with [`WallClock::Epoch`]) when dropped.
+    _ticker: Option<EpochTicker>,
+}
+
+struct EpochTicker(Arc<std::sync::atomic::AtomicBool>);
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("fnhost-epoch".into())
+            .spawn(move || {
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(10));
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawn the epoch ticker thread");
+        EpochTicker(stop)
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Sandbox {
@@ -227,11 +270,14 @@ impl Sandbox {
                 config.cache_dir
             )
         })?;
+        let _ticker =
+            (config.wall_clock == WallClock::Epoch).then(|| EpochTicker::start(engine.clone()));
         Ok(Sandbox {
             engine,
             linker,
             config,
             pooling,
+            _ticker,
         })
     }
 
@@ -354,11 +400,18 @@ impl Sandbox {
         event: &Event,
     ) -> Result<wasmtime::Result<Result<Output, JobError>>, tokio::time::error::Elapsed> {
         // All per-invocation limits are set here, in one place.
-        if let Err(err) = store
-            .set_fuel(limits.fuel)
-            .and_then(|()| store.fuel_async_yield_interval(Some(self.config.fuel_yield_interval)))
-        {
+        if let Err(err) = store.set_fuel(limits.fuel) {
             return Ok(Err(err));
+        }
+        match self.config.wall_clock {
+            WallClock::FuelYield => {
+                if let Err(err) =
+                    store.fuel_async_yield_interval(Some(self.config.fuel_yield_interval))
+                {
+                    return Ok(Err(err));
+                }
+            }
+            WallClock::Epoch => store.epoch_deadline_async_yield_and_update(1),
         }
         tokio::time::timeout(limits.timeout, async {
             let job = loaded.pre.instantiate_async(&mut *store).await?;
@@ -372,6 +425,7 @@ fn engine_config(config: &SandboxConfig, pooling: bool) -> Config {
     let mut c = Config::new();
     c.wasm_component_model(true);
     c.consume_fuel(true);
+    c.epoch_interruption(config.wall_clock == WallClock::Epoch);
     c.parallel_compilation(true);
     if pooling {
         let n = config.max_instances;

@@ -78,7 +78,14 @@ pub fn guests() -> &'static Guests {
             // CARGO_TARGET_DIR says for the host.
             let status = cargo()
                 .current_dir(repo_root().join(ws))
-                .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir", "target"])
+                .args([
+                    "build",
+                    "--release",
+                    "--target",
+                    "wasm32-wasip2",
+                    "--target-dir",
+                    "target",
+                ])
                 .status()
                 .expect("run cargo build for the guests");
             assert!(status.success(), "building the {ws} guests failed");

@@ -147,14 +147,7 @@ fn a_bad_manifest_is_refused_with_file_field_and_reason_and_nothing_is_stored() 
             .contains("name")
     );
 
-    let r = host.admin("GET", "/v1/functions", "");
-    assert_eq!(r.json()["functions"], serde_json::json!([]));
-    assert_eq!(
-        std::fs::read_dir(host.data_dir.join("components"))
-            .unwrap()
-            .count(),
-        0
-    );
+    assert_nothing_stored(&host);
 }
 
 #[test]
@@ -175,14 +168,7 @@ fn wasm_that_is_not_an_fnhost_job_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("core WebAssembly module"), "{err}");
 
-    let r = host.admin("GET", "/v1/functions", "");
-    assert_eq!(r.json()["functions"], serde_json::json!([]));
-    assert_eq!(
-        std::fs::read_dir(host.data_dir.join("components"))
-            .unwrap()
-            .count(),
-        0
-    );
+    assert_nothing_stored(&host);
 }
 
 #[test]
@@ -209,6 +195,16 @@ fn routes_may_not_collide_or_shadow_the_host() {
     );
     // The original still answers.
     assert_eq!(host.get("/hello").status, 200);
+}
+
+/// No function is listed and no component file was kept.
+fn assert_nothing_stored(host: &Host) {
+    let r = host.admin("GET", "/v1/functions", "");
+    assert_eq!(r.json()["functions"], serde_json::json!([]));
+    let files = std::fs::read_dir(host.data_dir.join("components"))
+        .unwrap()
+        .count();
+    assert_eq!(files, 0, "a refused deploy left component files behind");
 }
 
 /// A multipart deploy body built by hand, so the host's own checks are
@@ -245,4 +241,31 @@ impl Multipart for Host {
             body: resp.bytes().unwrap().to_vec(),
         }
     }
+}
+
+#[test]
+fn in_flight_invocations_finish_on_the_version_they_started_on() {
+    let g = guests();
+    let host = std::sync::Arc::new(Host::start());
+    let manifest = |word: &str| {
+        format!(
+            "name = \"adv\"\n[[triggers.http]]\npath = \"/adv/{{mode}}\"\n[config]\nsecret-word = \"{word}\"\n"
+        )
+    };
+    host.deploy_ok(&manifest("one"), &g.adversary);
+    let slow = {
+        let host = host.clone();
+        std::thread::spawn(move || host.get("/adv/busy-3000"))
+    };
+    while !host.log().contains("invocation started") {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    host.deploy_ok(&manifest("two"), &g.adversary);
+    // New requests see v2 at once, while the running one finishes on v1.
+    assert_eq!(host.get("/adv/config").text(), "two");
+    assert!(
+        !slow.is_finished(),
+        "the slow invocation should still be running"
+    );
+    assert_eq!(slow.join().unwrap().text(), "busy for 3000 ms (one)");
 }

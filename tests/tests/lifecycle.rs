@@ -26,7 +26,7 @@ fn sigterm_drains_in_flight_invocations_then_exits() {
     let r = busy.join().unwrap();
     assert_eq!(
         (r.status, r.text().as_str()),
-        (200, "busy for 1500 ms"),
+        (200, "busy for 1500 ms ()"),
         "the in-flight invocation finished"
     );
     let mut host = std::sync::Arc::into_inner(host).unwrap();
@@ -38,53 +38,44 @@ fn sigterm_drains_in_flight_invocations_then_exits() {
     );
 }
 
+/// Run the CLI with extra environment; insist that it succeeds.
+fn fnhost_ok(args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) -> String {
+    let out = std::process::Command::new(fnhost_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "fnhost {args:?} failed: {stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn new_and_build_make_a_deployable_job() {
     guests(); // the wasm target and a warm dependency cache
     let dir = tempfile::tempdir().unwrap();
     let job = dir.path().join("greeter");
-    let out = std::process::Command::new(fnhost_bin())
-        .args(["new", "greeter", "--dir"])
-        .arg(&job)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    fnhost_ok(
+        &[os("new"), os("greeter"), os("--dir"), job.as_os_str()],
+        &[],
     );
     for f in ["Cargo.toml", "src/lib.rs", "fnhost.toml"] {
         assert!(job.join(f).is_file(), "{f} missing");
     }
     // Reuse the test guests' build cache so this does not rebuild the SDK from scratch.
-    let out = std::process::Command::new(fnhost_bin())
-        .arg("build")
-        .arg(&job)
-        .env("CARGO_TARGET_DIR", repo_root().join("tests/guests/target"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("an fnhost:job@0.1.0 component"), "{stdout}");
+    let target = repo_root().join("tests/guests/target");
+    let cargo_target = ("CARGO_TARGET_DIR", target.as_os_str());
+    let built = fnhost_ok(&[os("build"), job.as_os_str()], &[cargo_target]);
+    assert!(built.contains("an fnhost:job@0.1.0 component"), "{built}");
 
     let host = Host::start();
-    let deploy = std::process::Command::new(fnhost_bin())
-        .arg("deploy")
-        .arg(&job)
-        .env("CARGO_TARGET_DIR", repo_root().join("tests/guests/target"))
-        .env("FNHOST_HOST", &host.url)
-        .env("FNHOST_DATA_DIR", &host.data_dir)
-        .output()
-        .unwrap();
-    assert!(
-        deploy.status.success(),
-        "{}",
-        String::from_utf8_lossy(&deploy.stderr)
-    );
+    let env = [
+        cargo_target,
+        ("FNHOST_HOST", std::ffi::OsStr::new(&host.url)),
+        ("FNHOST_DATA_DIR", host.data_dir.as_os_str()),
+    ];
+    fnhost_ok(&[os("deploy"), job.as_os_str()], &env);
     assert_eq!(
         host.get("/greeter?name=Ada").json()["message"],
         "Hello, Ada!"
@@ -97,4 +88,5 @@ fn new_and_build_make_a_deployable_job() {
         .output()
         .unwrap();
     assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
 }

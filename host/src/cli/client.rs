@@ -67,6 +67,14 @@ async fn check(what: &str, resp: reqwest::Response) -> anyhow::Result<reqwest::R
     bail!("{what} failed ({status}): {message}")
 }
 
+/// The route paths of a function as the API describes it.
+fn route_paths(function: &Value) -> Vec<String> {
+    let routes = function["routes"].as_array().into_iter().flatten();
+    routes
+        .filter_map(|r| r["path"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// `fnhost deploy PATH`.
 pub async fn deploy(conn: &Connection, path: &Path) -> anyhow::Result<()> {
     let (manifest_path, manifest_text, component_path) = super::project::locate(path)?;
@@ -90,12 +98,7 @@ pub async fn deploy(conn: &Connection, path: &Path) -> anyhow::Result<()> {
         .await?;
     let resp = check(&format!("deploying {manifest_path:?}"), resp).await?;
     let v: Value = resp.json().await?;
-    let routes: Vec<String> = v["routes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r["path"].as_str().map(str::to_string))
-        .collect();
+    let routes = route_paths(&v);
     println!(
         "deployed {} v{} ({} bytes, sha256 {}){}",
         v["name"].as_str().unwrap_or("?"),
@@ -127,12 +130,7 @@ pub async fn list(conn: &Connection) -> anyhow::Result<()> {
     }
     println!("{:<24} {:>7} {:>9}  ROUTES", "NAME", "ACTIVE", "VERSIONS");
     for f in functions {
-        let routes: Vec<String> = f["routes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|r| r["path"].as_str().map(str::to_string))
-            .collect();
+        let routes = route_paths(&f);
         println!(
             "{:<24} {:>7} {:>9}  {}",
             f["name"].as_str().unwrap_or("?"),

@@ -2,7 +2,8 @@
 //!
 //! The mode comes from the route parameter `{mode}` or the invoke payload:
 //! `ok`, `loop`, `memory`, `recursion`, `panic`, `stdout`, `retry`, `fail`,
-//! `config`, `storage`, `queue`, `checkpoint`, `busy-<ms>`, `grow-<mb>`.
+//! `config`, `storage`, `queue`, `checkpoint`, `busy-<ms>` (then answers with
+//! the `secret-word` config value), `grow-<mb>`.
 
 use fnhost_sdk::{Error, Event, Output, Result, job};
 use std::hint::black_box;
@@ -76,7 +77,8 @@ fn adversary(event: Event) -> Result<Output> {
             while start.elapsed().as_millis() < ms as u128 {
                 black_box(0);
             }
-            Ok(Output::text(format!("busy for {ms} ms")))
+            let word = fnhost_sdk::config("secret-word").unwrap_or_default();
+            Ok(Output::text(format!("busy for {ms} ms ({word})")))
         }
         m if m.starts_with("grow-") => {
             let mb: usize = m[5..].parse().map_err(|_| Error::fail("grow-<mb>"))?;
