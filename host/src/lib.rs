@@ -13,6 +13,7 @@ pub mod capabilities;
 pub mod cli;
 pub mod dispatcher;
 pub mod manifest;
+pub mod queue;
 pub mod registry;
 pub mod sandbox;
 pub mod server;

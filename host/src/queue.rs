@@ -1,0 +1,327 @@
+//! Queues: the durable message store behind queue triggers, guest sends and
+//! the queue API, with the delivery semantics users know from SQS and Azure
+//! queues (see `docs/architecture.md`, "Queues").
+//!
+//! [`QueueBackend`] is the seam: the embedded SQLite store
+//! ([`embedded::EmbeddedQueues`]) is the default; an SQS backend can sit
+//! behind the same trait. Backends store and lease messages; they know
+//! nothing of wasm, functions or HTTP. Retry policy (backoff, attempt limits)
+//! is the caller's; the backend only does what it is told.
+
+pub mod embedded;
+
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A boxed future, so the backend trait can be used as `dyn`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The time, for everything that leases, delays or expires.
+pub trait Clock: Send + Sync {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The real clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        crate::registry::now_ms()
+    }
+}
+
+/// A clock that moves only when told: for tests of leases, delays and backoff.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// A clock at `ms`.
+    pub fn at(ms: u64) -> Arc<Self> {
+        Arc::new(ManualClock(AtomicU64::new(ms)))
+    }
+    /// Move the clock forward.
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A message to enqueue.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewMessage {
+    /// The payload.
+    pub body: Vec<u8>,
+    /// Name/value attributes.
+    #[serde(default)]
+    pub attributes: Vec<(String, String)>,
+    /// Not receivable before this time (ms since the epoch).
+    #[serde(default)]
+    pub not_before_ms: Option<u64>,
+    /// Sends with the same dedup id within the dedup window enqueue once.
+    #[serde(default)]
+    pub dedup_id: Option<String>,
+    /// Messages sharing a group are delivered one at a time, in order.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Higher is received first; 0 by default.
+    #[serde(default)]
+    pub priority: u8,
+    /// Carried through to replies.
+    #[serde(default)]
+    pub correlation_id: Option<String>,
+    /// Where completion should be reported.
+    #[serde(default)]
+    pub reply_to: Option<String>,
+}
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Message {
+    /// Unique id (a UUIDv7, so ids sort by enqueue time).
+    pub id: String,
+    /// The queue's name.
+    pub queue: String,
+    /// The payload.
+    #[serde(skip)]
+    pub body: Vec<u8>,
+    /// Name/value attributes.
+    pub attributes: Vec<(String, String)>,
+    /// When it was enqueued.
+    pub enqueued_at_ms: u64,
+    /// When it may next be received.
+    pub visible_at_ms: u64,
+    /// How many times it has been handed out.
+    pub dequeue_count: u32,
+    /// Its dedup id, if any.
+    pub dedup_id: Option<String>,
+    /// Its group, if any.
+    pub group: Option<String>,
+    /// Its priority.
+    pub priority: u8,
+    /// Its correlation id, if any.
+    pub correlation_id: Option<String>,
+    /// Its reply queue, if any.
+    pub reply_to: Option<String>,
+    /// The error of the last failed attempt, if any.
+    pub last_error: Option<String>,
+}
+
+/// A leased message: process it, then ack, retry or dead-letter it with the receipt.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The message (its `dequeue_count` includes this delivery).
+    pub message: Message,
+    /// Proof of the lease; stale once the lease expires and the message is handed out again.
+    pub receipt: Receipt,
+}
+
+/// A lease on one message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The message id.
+    pub id: String,
+    /// The lease token.
+    pub lease: String,
+}
+
+/// What a send did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Sent {
+    /// The message id (the first message's, for a duplicate).
+    pub id: String,
+    /// True when the dedup id matched a message sent within the window: nothing was added.
+    pub duplicate: bool,
+}
+
+/// A message that will not be delivered again unless redriven.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadLetter {
+    /// The message as it was last delivered.
+    pub message: Message,
+    /// Why it was dead-lettered.
+    pub error: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The function (and version) that last failed it, if any.
+    pub function: Option<String>,
+    /// When it was dead-lettered.
+    pub dead_at_ms: u64,
+}
+
+/// A queue's counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct QueueStats {
+    /// The queue's name.
+    pub queue: String,
+    /// Receivable now.
+    pub ready: u64,
+    /// Waiting for a delay or a retry backoff.
+    pub delayed: u64,
+    /// Leased to a worker.
+    pub in_flight: u64,
+    /// In the dead-letter queue.
+    pub dead_letters: u64,
+    /// Age of the oldest receivable message, in ms.
+    pub oldest_ready_age_ms: Option<u64>,
+}
+
+/// A queue backend failure.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum QueueError {
+    /// The request is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// The backend failed; the operation may not have happened.
+    #[error("the queue store failed: {0}")]
+    Backend(String),
+}
+
+/// The largest message body, in bytes.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// How long a dedup id is remembered (as SQS FIFO's five minutes).
+pub const DEDUP_WINDOW: Duration = Duration::from_secs(5 * 60);
+
+/// Check a message before it is stored.
+pub fn validate(queue: &str, msg: &NewMessage) -> Result<(), QueueError> {
+    if !crate::manifest::valid_name(queue) {
+        return Err(QueueError::Invalid(format!(
+            "{queue:?} is not a valid queue name; use 1-63 lower-case letters, digits and '-', starting with a letter"
+        )));
+    }
+    if msg.body.len() > MAX_BODY_BYTES {
+        return Err(QueueError::Invalid(format!(
+            "the message body is {} bytes, over the limit of {MAX_BODY_BYTES}",
+            msg.body.len()
+        )));
+    }
+    for (field, value) in [
+        ("dedup_id", &msg.dedup_id),
+        ("group", &msg.group),
+        ("correlation_id", &msg.correlation_id),
+    ] {
+        if value
+            .as_ref()
+            .is_some_and(|v| v.is_empty() || v.len() > 128)
+        {
+            return Err(QueueError::Invalid(format!(
+                "{field} must be 1 to 128 characters"
+            )));
+        }
+    }
+    if let Some(reply_to) = &msg.reply_to
+        && !crate::manifest::valid_name(reply_to)
+    {
+        return Err(QueueError::Invalid(format!(
+            "reply_to {reply_to:?} is not a valid queue name"
+        )));
+    }
+    Ok(())
+}
+
+/// A durable queue store. Every method's effect is durable when it returns `Ok`.
+pub trait QueueBackend: Send + Sync {
+    /// Enqueue one message.
+    fn send(&self, queue: &str, msg: NewMessage) -> BoxFuture<'_, Result<Sent, QueueError>>;
+    /// Enqueue several messages in one durable step.
+    fn send_batch(
+        &self,
+        queue: &str,
+        msgs: Vec<NewMessage>,
+    ) -> BoxFuture<'_, Result<Vec<Sent>, QueueError>>;
+    /// Lease up to `max` receivable messages for `visibility`.
+    fn receive(
+        &self,
+        queue: &str,
+        max: usize,
+        visibility: Duration,
+    ) -> BoxFuture<'_, Result<Vec<Delivery>, QueueError>>;
+    /// Delete a processed message. False when the receipt is stale.
+    fn ack(&self, receipt: Receipt) -> BoxFuture<'_, Result<bool, QueueError>>;
+    /// Make a leased message receivable again after `delay`, recording the error.
+    fn retry(
+        &self,
+        receipt: Receipt,
+        delay: Duration,
+        error: String,
+    ) -> BoxFuture<'_, Result<bool, QueueError>>;
+    /// Extend a lease to `visibility` from now. False when the receipt is stale.
+    fn renew(
+        &self,
+        receipt: Receipt,
+        visibility: Duration,
+    ) -> BoxFuture<'_, Result<bool, QueueError>>;
+    /// Move a leased message to its queue's dead letters.
+    fn dead_letter(
+        &self,
+        receipt: Receipt,
+        error: String,
+        function: Option<String>,
+    ) -> BoxFuture<'_, Result<bool, QueueError>>;
+    /// Counts for one queue.
+    fn stats(&self, queue: &str) -> BoxFuture<'_, Result<QueueStats, QueueError>>;
+    /// Names of queues that hold messages or dead letters.
+    fn queues(&self) -> BoxFuture<'_, Result<Vec<String>, QueueError>>;
+    /// Look at up to `max` messages without leasing them, in delivery order.
+    fn peek(&self, queue: &str, max: usize) -> BoxFuture<'_, Result<Vec<Message>, QueueError>>;
+    /// A queue's dead letters, oldest first.
+    fn dead_letters(
+        &self,
+        queue: &str,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<DeadLetter>, QueueError>>;
+    /// Put dead letters back on their queue (all, or the given ids) with a fresh attempt count.
+    fn redrive(
+        &self,
+        queue: &str,
+        ids: Option<Vec<String>>,
+    ) -> BoxFuture<'_, Result<u64, QueueError>>;
+    /// Delete a queue's dead letters (all, or the given ids).
+    fn purge_dead_letters(
+        &self,
+        queue: &str,
+        ids: Option<Vec<String>>,
+    ) -> BoxFuture<'_, Result<u64, QueueError>>;
+    /// Delete every message of a queue (not its dead letters).
+    fn purge(&self, queue: &str) -> BoxFuture<'_, Result<u64, QueueError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_validated() {
+        let ok = NewMessage {
+            body: b"x".to_vec(),
+            ..Default::default()
+        };
+        assert!(validate("orders", &ok).is_ok());
+        assert!(validate("Orders", &ok).is_err());
+        let big = NewMessage {
+            body: vec![0; MAX_BODY_BYTES + 1],
+            ..Default::default()
+        };
+        assert!(
+            validate("orders", &big)
+                .unwrap_err()
+                .to_string()
+                .contains("over the limit")
+        );
+        let empty_group = NewMessage {
+            group: Some(String::new()),
+            ..Default::default()
+        };
+        assert!(validate("orders", &empty_group).is_err());
+    }
+}

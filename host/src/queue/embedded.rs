@@ -1,0 +1,684 @@
+//! The embedded queue store: SQLite (`<data-dir>/queues.db`, WAL,
+//! `synchronous=FULL`) behind one writer thread that commits in groups.
+//!
+//! Every operation is sent to the writer thread, which takes everything that
+//! is waiting (up to [`MAX_BATCH`]), applies it in one transaction and
+//! commits once: one fsync covers many enqueues, leases and acks, and no
+//! caller hears `Ok` before its change is on disk. Knows nothing of wasm,
+//! functions or HTTP.
+
+use super::{
+    BoxFuture, Clock, DEDUP_WINDOW, DeadLetter, Delivery, Message, NewMessage, QueueBackend,
+    QueueError, QueueStats, Receipt, Sent,
+};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+use tokio::sync::{Notify, oneshot};
+
+/// The most operations applied in one transaction.
+pub const MAX_BATCH: usize = 2048;
+
+/// Operations waiting for the writer; sends block (await) when it is full.
+const QUEUE_DEPTH: usize = 16 * 1024;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS queue_messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    queue TEXT NOT NULL,
+    body BLOB NOT NULL,
+    attributes TEXT NOT NULL,
+    enqueued_at_ms INTEGER NOT NULL,
+    visible_at_ms INTEGER NOT NULL,
+    dequeue_count INTEGER NOT NULL DEFAULT 0,
+    dedup_id TEXT,
+    group_key TEXT,
+    priority INTEGER NOT NULL DEFAULT 0,
+    correlation_id TEXT,
+    reply_to TEXT,
+    lease TEXT,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS queue_messages_order ON queue_messages (queue, priority DESC, seq);
+CREATE INDEX IF NOT EXISTS queue_messages_group ON queue_messages (queue, group_key, seq) WHERE group_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS queue_dead_letters (
+    id TEXT PRIMARY KEY,
+    queue TEXT NOT NULL,
+    body BLOB NOT NULL,
+    attributes TEXT NOT NULL,
+    enqueued_at_ms INTEGER NOT NULL,
+    dequeue_count INTEGER NOT NULL,
+    dedup_id TEXT,
+    group_key TEXT,
+    priority INTEGER NOT NULL,
+    correlation_id TEXT,
+    reply_to TEXT,
+    error TEXT NOT NULL,
+    function TEXT,
+    dead_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queue_dead_letters_queue ON queue_dead_letters (queue, dead_at_ms);
+CREATE TABLE IF NOT EXISTS queue_dedup (
+    queue TEXT NOT NULL,
+    dedup_id TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (queue, dedup_id)
+);
+";
+
+const MESSAGE_COLUMNS: &str = "id, queue, body, attributes, enqueued_at_ms, visible_at_ms, dequeue_count, dedup_id, group_key, priority, correlation_id, reply_to, last_error";
+
+type Reply<T> = oneshot::Sender<Result<T, QueueError>>;
+
+enum Op {
+    Send(String, Vec<NewMessage>, Reply<Vec<Sent>>),
+    Receive(String, usize, Duration, Reply<Vec<Delivery>>),
+    Ack(Receipt, Reply<bool>),
+    Retry(Receipt, Duration, String, Reply<bool>),
+    Renew(Receipt, Duration, Reply<bool>),
+    DeadLetter(Receipt, String, Option<String>, Reply<bool>),
+    Stats(String, Reply<QueueStats>),
+    Queues(Reply<Vec<String>>),
+    Peek(String, usize, Reply<Vec<Message>>),
+    DeadLetters(String, usize, Reply<Vec<DeadLetter>>),
+    Redrive(String, Option<Vec<String>>, Reply<u64>),
+    PurgeDead(String, Option<Vec<String>>, Reply<u64>),
+    Purge(String, Reply<u64>),
+}
+
+/// The embedded queue store's handle (cheap to clone).
+#[derive(Clone)]
+pub struct EmbeddedQueues {
+    tx: mpsc::SyncSender<Op>,
+    notify: Arc<Notify>,
+}
+
+impl EmbeddedQueues {
+    /// Open (or create) the store in `data_dir` and start its writer thread.
+    pub fn open(data_dir: &Path, clock: Arc<dyn Clock>) -> Result<EmbeddedQueues, QueueError> {
+        let conn = Connection::open(data_dir.join("queues.db")).map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db)?;
+        conn.execute_batch(SCHEMA).map_err(db)?;
+        let (tx, rx) = mpsc::sync_channel(QUEUE_DEPTH);
+        let notify = Arc::new(Notify::new());
+        let writer = Writer {
+            conn,
+            clock,
+            notify: notify.clone(),
+            batches: 0,
+        };
+        std::thread::Builder::new()
+            .name("fnhost-queue-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| QueueError::Backend(format!("cannot start the queue writer: {e}")))?;
+        Ok(EmbeddedQueues { tx, notify })
+    }
+
+    /// Woken whenever messages may have become receivable (sends, retries, redrives).
+    pub fn notified(&self) -> Arc<Notify> {
+        self.notify.clone()
+    }
+
+    fn call<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(Reply<T>) -> Op,
+    ) -> BoxFuture<'_, Result<T, QueueError>> {
+        let (reply, rx) = oneshot::channel();
+        let tx = self.tx.clone();
+        let op = op(reply);
+        Box::pin(async move {
+            // The channel is bounded: when the writer falls behind, wait off the
+            // async threads rather than grow without limit.
+            match tx.try_send(op) {
+                Ok(()) => {}
+                Err(mpsc::TrySendError::Full(op)) => {
+                    tokio::task::spawn_blocking(move || tx.send(op))
+                        .await
+                        .map_err(|_| stopped())?
+                        .map_err(|_| stopped())?;
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => return Err(stopped()),
+            }
+            rx.await.map_err(|_| stopped())?
+        })
+    }
+}
+
+fn stopped() -> QueueError {
+    QueueError::Backend("the queue writer has stopped".into())
+}
+
+fn db(e: rusqlite::Error) -> QueueError {
+    QueueError::Backend(e.to_string())
+}
+
+impl QueueBackend for EmbeddedQueues {
+    fn send(&self, queue: &str, msg: NewMessage) -> BoxFuture<'_, Result<Sent, QueueError>> {
+        let fut = self.send_batch(queue, vec![msg]);
+        Box::pin(async move { Ok(fut.await?.remove(0)) })
+    }
+
+    fn send_batch(
+        &self,
+        queue: &str,
+        msgs: Vec<NewMessage>,
+    ) -> BoxFuture<'_, Result<Vec<Sent>, QueueError>> {
+        if let Err(e) = msgs.iter().try_for_each(|m| super::validate(queue, m)) {
+            return Box::pin(async move { Err(e) });
+        }
+        self.call(|r| Op::Send(queue.to_string(), msgs, r))
+    }
+
+    fn receive(
+        &self,
+        queue: &str,
+        max: usize,
+        visibility: Duration,
+    ) -> BoxFuture<'_, Result<Vec<Delivery>, QueueError>> {
+        self.call(|r| Op::Receive(queue.to_string(), max, visibility, r))
+    }
+
+    fn ack(&self, receipt: Receipt) -> BoxFuture<'_, Result<bool, QueueError>> {
+        self.call(|r| Op::Ack(receipt, r))
+    }
+
+    fn retry(
+        &self,
+        receipt: Receipt,
+        delay: Duration,
+        error: String,
+    ) -> BoxFuture<'_, Result<bool, QueueError>> {
+        self.call(|r| Op::Retry(receipt, delay, error, r))
+    }
+
+    fn renew(
+        &self,
+        receipt: Receipt,
+        visibility: Duration,
+    ) -> BoxFuture<'_, Result<bool, QueueError>> {
+        self.call(|r| Op::Renew(receipt, visibility, r))
+    }
+
+    fn dead_letter(
+        &self,
+        receipt: Receipt,
+        error: String,
+        function: Option<String>,
+    ) -> BoxFuture<'_, Result<bool, QueueError>> {
+        self.call(|r| Op::DeadLetter(receipt, error, function, r))
+    }
+
+    fn stats(&self, queue: &str) -> BoxFuture<'_, Result<QueueStats, QueueError>> {
+        self.call(|r| Op::Stats(queue.to_string(), r))
+    }
+
+    fn queues(&self) -> BoxFuture<'_, Result<Vec<String>, QueueError>> {
+        self.call(Op::Queues)
+    }
+
+    fn peek(&self, queue: &str, max: usize) -> BoxFuture<'_, Result<Vec<Message>, QueueError>> {
+        self.call(|r| Op::Peek(queue.to_string(), max, r))
+    }
+
+    fn dead_letters(
+        &self,
+        queue: &str,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<DeadLetter>, QueueError>> {
+        self.call(|r| Op::DeadLetters(queue.to_string(), max, r))
+    }
+
+    fn redrive(
+        &self,
+        queue: &str,
+        ids: Option<Vec<String>>,
+    ) -> BoxFuture<'_, Result<u64, QueueError>> {
+        self.call(|r| Op::Redrive(queue.to_string(), ids, r))
+    }
+
+    fn purge_dead_letters(
+        &self,
+        queue: &str,
+        ids: Option<Vec<String>>,
+    ) -> BoxFuture<'_, Result<u64, QueueError>> {
+        self.call(|r| Op::PurgeDead(queue.to_string(), ids, r))
+    }
+
+    fn purge(&self, queue: &str) -> BoxFuture<'_, Result<u64, QueueError>> {
+        self.call(|r| Op::Purge(queue.to_string(), r))
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    clock: Arc<dyn Clock>,
+    notify: Arc<Notify>,
+    batches: u64,
+}
+
+/// Sends a reply, given the commit's error if it failed.
+type AfterCommit = Box<dyn FnOnce(Option<&QueueError>) + Send>;
+
+/// A reply to send once the batch's commit has succeeded or failed.
+struct Pending(AfterCommit);
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Op>) {
+        while let Ok(first) = rx.recv() {
+            let mut ops = vec![first];
+            while ops.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.apply(ops);
+        }
+    }
+
+    fn apply(&mut self, ops: Vec<Op>) {
+        let now = self.clock.now_ms();
+        self.batches += 1;
+        let tidy = self.batches.is_multiple_of(1000);
+        let tx = match self.conn.transaction() {
+            Ok(tx) => tx,
+            Err(e) => {
+                let err = db(e);
+                for op in ops {
+                    fail(op, &err);
+                }
+                return;
+            }
+        };
+        let mut pending = Vec::with_capacity(ops.len());
+        let mut wake = false;
+        for op in ops {
+            wake |= matches!(op, Op::Send(..) | Op::Retry(..) | Op::Redrive(..));
+            pending.push(apply_one(&tx, now, op));
+        }
+        if tidy {
+            let _ = tx.execute("DELETE FROM queue_dedup WHERE expires_at_ms <= ?1", [now]);
+        }
+        let committed = tx.commit().map_err(db);
+        for p in pending {
+            (p.0)(committed.as_ref().err());
+        }
+        if wake && committed.is_ok() {
+            self.notify.notify_waiters();
+        }
+    }
+}
+
+/// Answer an op with an error without applying it.
+fn fail(op: Op, err: &QueueError) {
+    match op {
+        Op::Send(_, _, r) => drop(r.send(Err(err.clone()))),
+        Op::Receive(_, _, _, r) => drop(r.send(Err(err.clone()))),
+        Op::Ack(_, r) | Op::Retry(_, _, _, r) | Op::Renew(_, _, r) | Op::DeadLetter(_, _, _, r) => {
+            drop(r.send(Err(err.clone())))
+        }
+        Op::Stats(_, r) => drop(r.send(Err(err.clone()))),
+        Op::Queues(r) => drop(r.send(Err(err.clone()))),
+        Op::Peek(_, _, r) => drop(r.send(Err(err.clone()))),
+        Op::DeadLetters(_, _, r) => drop(r.send(Err(err.clone()))),
+        Op::Redrive(_, _, r) | Op::PurgeDead(_, _, r) | Op::Purge(_, r) => {
+            drop(r.send(Err(err.clone())))
+        }
+    }
+}
+
+/// Apply one op inside the batch's transaction; its reply is sent after the commit.
+fn apply_one(tx: &Transaction<'_>, now: u64, op: Op) -> Pending {
+    fn later<T: Send + 'static>(reply: Reply<T>, result: Result<T, QueueError>) -> Pending {
+        Pending(Box::new(move |commit_err| {
+            let _ = reply.send(match commit_err {
+                Some(e) => Err(e.clone()),
+                None => result,
+            });
+        }))
+    }
+    match op {
+        Op::Send(queue, msgs, r) => later(r, msgs.into_iter().map(|m| send(tx, now, &queue, m)).collect()),
+        Op::Receive(queue, max, vis, r) => later(r, receive(tx, now, &queue, max, vis)),
+        Op::Ack(rc, r) => later(
+            r,
+            tx.execute("DELETE FROM queue_messages WHERE id = ?1 AND lease = ?2", params![rc.id, rc.lease])
+                .map(|n| n == 1)
+                .map_err(db),
+        ),
+        Op::Retry(rc, delay, error, r) => later(
+            r,
+            tx.execute(
+                "UPDATE queue_messages SET visible_at_ms = ?3, lease = NULL, last_error = ?4 WHERE id = ?1 AND lease = ?2",
+                params![rc.id, rc.lease, now + delay.as_millis() as u64, error],
+            )
+            .map(|n| n == 1)
+            .map_err(db),
+        ),
+        Op::Renew(rc, vis, r) => later(
+            r,
+            tx.execute(
+                "UPDATE queue_messages SET visible_at_ms = ?3 WHERE id = ?1 AND lease = ?2",
+                params![rc.id, rc.lease, now + vis.as_millis() as u64],
+            )
+            .map(|n| n == 1)
+            .map_err(db),
+        ),
+        Op::DeadLetter(rc, error, function, r) => later(r, dead_letter(tx, now, &rc, &error, function.as_deref())),
+        Op::Stats(queue, r) => later(r, stats(tx, now, &queue)),
+        Op::Queues(r) => later(r, queues(tx)),
+        Op::Peek(queue, max, r) => later(r, peek(tx, &queue, max)),
+        Op::DeadLetters(queue, max, r) => later(r, dead_letters(tx, &queue, max)),
+        Op::Redrive(queue, ids, r) => later(r, redrive(tx, now, &queue, ids.as_deref())),
+        Op::PurgeDead(queue, ids, r) => later(r, purge_dead(tx, &queue, ids.as_deref())),
+        Op::Purge(queue, r) => later(
+            r,
+            tx.execute("DELETE FROM queue_messages WHERE queue = ?1", [queue]).map(|n| n as u64).map_err(db),
+        ),
+    }
+}
+
+fn send(tx: &Transaction<'_>, now: u64, queue: &str, m: NewMessage) -> Result<Sent, QueueError> {
+    if let Some(dedup) = &m.dedup_id {
+        let existing: Option<String> = tx
+            .query_row(
+                "SELECT message_id FROM queue_dedup WHERE queue = ?1 AND dedup_id = ?2 AND expires_at_ms > ?3",
+                params![queue, dedup, now],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db)?;
+        if let Some(id) = existing {
+            return Ok(Sent {
+                id,
+                duplicate: true,
+            });
+        }
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    let attributes =
+        serde_json::to_string(&m.attributes).map_err(|e| QueueError::Invalid(e.to_string()))?;
+    tx.prepare_cached(
+        "INSERT INTO queue_messages (id, queue, body, attributes, enqueued_at_ms, visible_at_ms, dedup_id, group_key, priority, correlation_id, reply_to)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            id,
+            queue,
+            m.body,
+            attributes,
+            now,
+            m.not_before_ms.unwrap_or(now).max(now),
+            m.dedup_id,
+            m.group,
+            m.priority,
+            m.correlation_id,
+            m.reply_to
+        ])
+    })
+    .map_err(db)?;
+    if let Some(dedup) = &m.dedup_id {
+        tx.execute(
+            "INSERT OR REPLACE INTO queue_dedup (queue, dedup_id, message_id, expires_at_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![queue, dedup, id, now + DEDUP_WINDOW.as_millis() as u64],
+        )
+        .map_err(db)?;
+    }
+    Ok(Sent {
+        id,
+        duplicate: false,
+    })
+}
+
+fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
+    let attributes: String = r.get(3)?;
+    Ok(Message {
+        id: r.get(0)?,
+        queue: r.get(1)?,
+        body: r.get(2)?,
+        attributes: serde_json::from_str(&attributes).unwrap_or_default(),
+        enqueued_at_ms: r.get(4)?,
+        visible_at_ms: r.get(5)?,
+        dequeue_count: r.get(6)?,
+        dedup_id: r.get(7)?,
+        group: r.get(8)?,
+        priority: r.get(9)?,
+        correlation_id: r.get(10)?,
+        reply_to: r.get(11)?,
+        last_error: r.get(12)?,
+    })
+}
+
+/// Receivable messages in delivery order: by priority, then enqueue order;
+/// a grouped message only when no earlier message of its group remains.
+const READY: &str = "FROM queue_messages m WHERE m.queue = ?1 AND m.visible_at_ms <= ?2
+     AND (m.group_key IS NULL OR NOT EXISTS (
+         SELECT 1 FROM queue_messages o WHERE o.queue = m.queue AND o.group_key = m.group_key AND o.seq < m.seq))
+     ORDER BY m.priority DESC, m.seq LIMIT ?3";
+
+fn receive(
+    tx: &Transaction<'_>,
+    now: u64,
+    queue: &str,
+    max: usize,
+    vis: Duration,
+) -> Result<Vec<Delivery>, QueueError> {
+    if max == 0 {
+        return Ok(Vec::new());
+    }
+    let mut messages: Vec<Message> = {
+        let mut stmt = tx
+            .prepare_cached(&format!("SELECT {MESSAGE_COLUMNS} {READY}"))
+            .map_err(db)?;
+        stmt.query_map(params![queue, now, max as i64], row_to_message)
+            .map_err(db)?
+            .collect::<Result<_, _>>()
+            .map_err(db)?
+    };
+    let visible_at = now + vis.as_millis() as u64;
+    let mut update = tx
+        .prepare_cached(
+            "UPDATE queue_messages SET visible_at_ms = ?2, dequeue_count = dequeue_count + 1, lease = ?3 WHERE id = ?1",
+        )
+        .map_err(db)?;
+    let mut out = Vec::with_capacity(messages.len());
+    for mut m in messages.drain(..) {
+        let mut token = [0u8; 12];
+        getrandom::fill(&mut token).map_err(|e| QueueError::Backend(e.to_string()))?;
+        let lease = crate::sandbox::hex(&token);
+        update
+            .execute(params![m.id, visible_at, lease])
+            .map_err(db)?;
+        m.visible_at_ms = visible_at;
+        m.dequeue_count += 1;
+        out.push(Delivery {
+            receipt: Receipt {
+                id: m.id.clone(),
+                lease,
+            },
+            message: m,
+        });
+    }
+    Ok(out)
+}
+
+fn dead_letter(
+    tx: &Transaction<'_>,
+    now: u64,
+    rc: &Receipt,
+    error: &str,
+    function: Option<&str>,
+) -> Result<bool, QueueError> {
+    let moved = tx
+        .execute(
+            "INSERT INTO queue_dead_letters (id, queue, body, attributes, enqueued_at_ms, dequeue_count, dedup_id, group_key, priority, correlation_id, reply_to, error, function, dead_at_ms)
+             SELECT id, queue, body, attributes, enqueued_at_ms, dequeue_count, dedup_id, group_key, priority, correlation_id, reply_to, ?3, ?4, ?5
+             FROM queue_messages WHERE id = ?1 AND lease = ?2",
+            params![rc.id, rc.lease, error, function, now],
+        )
+        .map_err(db)?;
+    if moved == 1 {
+        tx.execute("DELETE FROM queue_messages WHERE id = ?1", [&rc.id])
+            .map_err(db)?;
+    }
+    Ok(moved == 1)
+}
+
+fn stats(tx: &Transaction<'_>, now: u64, queue: &str) -> Result<QueueStats, QueueError> {
+    let (ready, delayed, in_flight, oldest): (u64, u64, u64, Option<u64>) = tx
+        .query_row(
+            "SELECT
+                COALESCE(SUM(visible_at_ms <= ?2), 0),
+                COALESCE(SUM(visible_at_ms > ?2 AND lease IS NULL), 0),
+                COALESCE(SUM(visible_at_ms > ?2 AND lease IS NOT NULL), 0),
+                MIN(CASE WHEN visible_at_ms <= ?2 THEN enqueued_at_ms END)
+             FROM queue_messages WHERE queue = ?1",
+            params![queue, now],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .map_err(db)?;
+    let dead_letters: u64 = tx
+        .query_row(
+            "SELECT COUNT(*) FROM queue_dead_letters WHERE queue = ?1",
+            [queue],
+            |r| r.get(0),
+        )
+        .map_err(db)?;
+    Ok(QueueStats {
+        queue: queue.to_string(),
+        ready,
+        delayed,
+        in_flight,
+        dead_letters,
+        oldest_ready_age_ms: oldest.map(|t| now.saturating_sub(t)),
+    })
+}
+
+fn queues(tx: &Transaction<'_>) -> Result<Vec<String>, QueueError> {
+    let mut stmt = tx
+        .prepare("SELECT queue FROM queue_messages UNION SELECT queue FROM queue_dead_letters ORDER BY 1")
+        .map_err(db)?;
+    let names = stmt
+        .query_map([], |r| r.get(0))
+        .map_err(db)?
+        .collect::<Result<_, _>>()
+        .map_err(db)?;
+    Ok(names)
+}
+
+fn peek(tx: &Transaction<'_>, queue: &str, max: usize) -> Result<Vec<Message>, QueueError> {
+    let mut stmt = tx
+        .prepare(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM queue_messages WHERE queue = ?1 ORDER BY priority DESC, seq LIMIT ?2"
+        ))
+        .map_err(db)?;
+    let rows = stmt
+        .query_map(params![queue, max as i64], row_to_message)
+        .map_err(db)?;
+    rows.collect::<Result<_, _>>().map_err(db)
+}
+
+fn dead_letters(
+    tx: &Transaction<'_>,
+    queue: &str,
+    max: usize,
+) -> Result<Vec<DeadLetter>, QueueError> {
+    let mut stmt = tx
+        .prepare(
+            "SELECT id, queue, body, attributes, enqueued_at_ms, dead_at_ms, dequeue_count, dedup_id, group_key, priority, correlation_id, reply_to, error, function
+             FROM queue_dead_letters WHERE queue = ?1 ORDER BY dead_at_ms, id LIMIT ?2",
+        )
+        .map_err(db)?;
+    let rows = stmt
+        .query_map(params![queue, max as i64], |r| {
+            let error: String = r.get(12)?;
+            Ok(DeadLetter {
+                message: Message {
+                    last_error: Some(error.clone()),
+                    ..row_to_message(r)?
+                },
+                attempts: r.get(6)?,
+                error,
+                function: r.get(13)?,
+                dead_at_ms: r.get(5)?,
+            })
+        })
+        .map_err(db)?;
+    rows.collect::<Result<_, _>>().map_err(db)
+}
+
+/// `AND id IN (...)` for an optional id list, with its parameters after `first`.
+fn id_filter(ids: Option<&[String]>, first: usize) -> String {
+    match ids {
+        None => String::new(),
+        Some(ids) => {
+            let marks: Vec<String> = (0..ids.len()).map(|i| format!("?{}", first + i)).collect();
+            format!(" AND id IN ({})", marks.join(", "))
+        }
+    }
+}
+
+fn redrive(
+    tx: &Transaction<'_>,
+    now: u64,
+    queue: &str,
+    ids: Option<&[String]>,
+) -> Result<u64, QueueError> {
+    let filter = id_filter(ids, 3);
+    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&queue, &now];
+    for id in ids.unwrap_or_default() {
+        values.push(id);
+    }
+    let moved = tx
+        .execute(
+            &format!(
+                "INSERT INTO queue_messages (id, queue, body, attributes, enqueued_at_ms, visible_at_ms, dedup_id, group_key, priority, correlation_id, reply_to, last_error)
+                 SELECT id, queue, body, attributes, enqueued_at_ms, ?2, dedup_id, group_key, priority, correlation_id, reply_to, error
+                 FROM queue_dead_letters WHERE queue = ?1{filter} ORDER BY dead_at_ms, id"
+            ),
+            values.as_slice(),
+        )
+        .map_err(db)?;
+    values.remove(1);
+    tx.execute(
+        &format!(
+            "DELETE FROM queue_dead_letters WHERE queue = ?1{}",
+            id_filter(ids, 2)
+        ),
+        values.as_slice(),
+    )
+    .map_err(db)?;
+    Ok(moved as u64)
+}
+
+fn purge_dead(
+    tx: &Transaction<'_>,
+    queue: &str,
+    ids: Option<&[String]>,
+) -> Result<u64, QueueError> {
+    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&queue];
+    for id in ids.unwrap_or_default() {
+        values.push(id);
+    }
+    let n = tx
+        .execute(
+            &format!(
+                "DELETE FROM queue_dead_letters WHERE queue = ?1{}",
+                id_filter(ids, 2)
+            ),
+            values.as_slice(),
+        )
+        .map_err(db)?;
+    Ok(n as u64)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,250 @@
+//! Delivery rules of the embedded store, on a manual clock (no sleeps).
+
+use super::*;
+use crate::queue::ManualClock;
+
+const VIS: Duration = Duration::from_secs(30);
+
+fn open() -> (tempfile::TempDir, EmbeddedQueues, Arc<ManualClock>) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at(1_000_000);
+    let q = EmbeddedQueues::open(dir.path(), clock.clone()).unwrap();
+    (dir, q, clock)
+}
+
+fn msg(body: &str) -> NewMessage {
+    NewMessage {
+        body: body.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+fn bodies(ds: &[Delivery]) -> Vec<String> {
+    ds.iter()
+        .map(|d| String::from_utf8_lossy(&d.message.body).into_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_lease_hides_a_message_until_it_expires_then_it_comes_back() {
+    let (_d, q, clock) = open();
+    let sent = q.send("orders", msg("a")).await.unwrap();
+    let first = q.receive("orders", 10, VIS).await.unwrap();
+    assert_eq!(bodies(&first), ["a"]);
+    assert_eq!(first[0].message.id, sent.id);
+    assert_eq!(first[0].message.dequeue_count, 1);
+    assert!(
+        q.receive("orders", 10, VIS).await.unwrap().is_empty(),
+        "leased messages are hidden"
+    );
+
+    clock.advance(VIS + Duration::from_millis(1));
+    let second = q.receive("orders", 10, VIS).await.unwrap();
+    assert_eq!(second[0].message.dequeue_count, 2);
+    // The first lease is stale now: its ack is refused, the current one works.
+    assert!(!q.ack(first[0].receipt.clone()).await.unwrap());
+    assert!(q.ack(second[0].receipt.clone()).await.unwrap());
+    clock.advance(VIS * 2);
+    assert!(
+        q.receive("orders", 10, VIS).await.unwrap().is_empty(),
+        "acked messages are gone"
+    );
+}
+
+#[tokio::test]
+async fn renewing_a_lease_keeps_the_message_hidden() {
+    let (_d, q, clock) = open();
+    q.send("orders", msg("a")).await.unwrap();
+    let d = q.receive("orders", 1, VIS).await.unwrap().remove(0);
+    clock.advance(VIS / 2);
+    assert!(q.renew(d.receipt.clone(), VIS).await.unwrap());
+    clock.advance(VIS * 3 / 4);
+    assert!(q.receive("orders", 1, VIS).await.unwrap().is_empty());
+    assert!(q.ack(d.receipt).await.unwrap());
+}
+
+#[tokio::test]
+async fn retries_wait_for_their_delay_and_keep_the_error() {
+    let (_d, q, clock) = open();
+    q.send("orders", msg("a")).await.unwrap();
+    let d = q.receive("orders", 1, VIS).await.unwrap().remove(0);
+    assert!(
+        q.retry(d.receipt, Duration::from_secs(4), "busy".into())
+            .await
+            .unwrap()
+    );
+    let stats = q.stats("orders").await.unwrap();
+    assert_eq!((stats.ready, stats.delayed, stats.in_flight), (0, 1, 0));
+    clock.advance(Duration::from_secs(3));
+    assert!(q.receive("orders", 1, VIS).await.unwrap().is_empty());
+    clock.advance(Duration::from_secs(1));
+    let d = q.receive("orders", 1, VIS).await.unwrap().remove(0);
+    assert_eq!(d.message.dequeue_count, 2);
+    assert_eq!(d.message.last_error.as_deref(), Some("busy"));
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_redriven_and_purged() {
+    let (_d, q, _clock) = open();
+    for b in ["a", "b", "c"] {
+        q.send("orders", msg(b)).await.unwrap();
+    }
+    for d in q.receive("orders", 3, VIS).await.unwrap() {
+        let fnv = Some("processor@3".to_string());
+        assert!(
+            q.dead_letter(d.receipt, "bad input".into(), fnv)
+                .await
+                .unwrap()
+        );
+    }
+    let dead = q.dead_letters("orders", 10).await.unwrap();
+    assert_eq!(dead.len(), 3);
+    assert_eq!((dead[0].attempts, dead[0].error.as_str()), (1, "bad input"));
+    assert_eq!(dead[0].function.as_deref(), Some("processor@3"));
+    assert_eq!(q.stats("orders").await.unwrap().dead_letters, 3);
+
+    // Redrive one by id, purge one by id, redrive the rest.
+    assert_eq!(
+        q.redrive("orders", Some(vec![dead[0].message.id.clone()]))
+            .await
+            .unwrap(),
+        1
+    );
+    let purge = Some(vec![dead[1].message.id.clone()]);
+    assert_eq!(q.purge_dead_letters("orders", purge).await.unwrap(), 1);
+    assert_eq!(q.redrive("orders", None).await.unwrap(), 1);
+    assert!(q.dead_letters("orders", 10).await.unwrap().is_empty());
+    let again = q.receive("orders", 10, VIS).await.unwrap();
+    assert_eq!(bodies(&again), ["a", "c"]);
+    assert!(
+        again.iter().all(|d| d.message.dequeue_count == 1),
+        "a redrive starts the count over"
+    );
+    assert_eq!(q.purge("orders").await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn a_dedup_id_within_the_window_adds_nothing() {
+    let (_d, q, clock) = open();
+    let with = |body: &str| NewMessage {
+        dedup_id: Some("order-7".into()),
+        ..msg(body)
+    };
+    let first = q.send("orders", with("a")).await.unwrap();
+    let again = q.send("orders", with("b")).await.unwrap();
+    assert_eq!(
+        again,
+        Sent {
+            id: first.id.clone(),
+            duplicate: true
+        }
+    );
+    assert_eq!(q.stats("orders").await.unwrap().ready, 1);
+    // Another queue has its own ids.
+    assert!(!q.send("other", with("a")).await.unwrap().duplicate);
+    clock.advance(DEDUP_WINDOW);
+    let later = q.send("orders", with("c")).await.unwrap();
+    assert!(!later.duplicate);
+    assert_ne!(later.id, first.id);
+}
+
+#[tokio::test]
+async fn groups_run_one_at_a_time_in_order_and_different_groups_in_parallel() {
+    let (_d, q, _clock) = open();
+    let grouped = |body: &str, g: &str| NewMessage {
+        group: Some(g.into()),
+        ..msg(body)
+    };
+    for (b, g) in [
+        ("g1-1", "g1"),
+        ("g2-1", "g2"),
+        ("g1-2", "g1"),
+        ("g2-2", "g2"),
+        ("free", ""),
+    ] {
+        let m = if g.is_empty() { msg(b) } else { grouped(b, g) };
+        q.send("orders", m).await.unwrap();
+    }
+    let batch = q.receive("orders", 10, VIS).await.unwrap();
+    assert_eq!(bodies(&batch), ["g1-1", "g2-1", "free"]);
+    // Failing g1's head keeps the rest of g1 waiting behind it.
+    let g1 = batch[0].receipt.clone();
+    assert!(q.retry(g1, Duration::ZERO, "again".into()).await.unwrap());
+    assert!(q.ack(batch[1].receipt.clone()).await.unwrap());
+    let batch = q.receive("orders", 10, VIS).await.unwrap();
+    assert_eq!(bodies(&batch), ["g1-1", "g2-2"]);
+    assert!(q.ack(batch[0].receipt.clone()).await.unwrap());
+    assert_eq!(
+        bodies(&q.receive("orders", 10, VIS).await.unwrap()),
+        ["g1-2"]
+    );
+}
+
+#[tokio::test]
+async fn higher_priorities_and_due_delays_come_first() {
+    let (_d, q, clock) = open();
+    q.send("orders", msg("low")).await.unwrap();
+    q.send(
+        "orders",
+        NewMessage {
+            priority: 9,
+            ..msg("high")
+        },
+    )
+    .await
+    .unwrap();
+    let at = clock.now_ms() + 5_000;
+    let later = NewMessage {
+        not_before_ms: Some(at),
+        priority: 9,
+        ..msg("later")
+    };
+    q.send("orders", later).await.unwrap();
+    assert_eq!(
+        bodies(&q.receive("orders", 10, VIS).await.unwrap()),
+        ["high", "low"]
+    );
+    clock.advance(Duration::from_secs(5));
+    assert_eq!(
+        bodies(&q.receive("orders", 10, VIS).await.unwrap()),
+        ["later"]
+    );
+}
+
+#[tokio::test]
+async fn acknowledged_sends_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at(1_000);
+    {
+        let q = EmbeddedQueues::open(dir.path(), clock.clone()).unwrap();
+        let batch = (0..100).map(|i| msg(&i.to_string())).collect();
+        assert_eq!(q.send_batch("orders", batch).await.unwrap().len(), 100);
+        let leased = q.receive("orders", 10, VIS).await.unwrap();
+        assert!(q.ack(leased[0].receipt.clone()).await.unwrap());
+    }
+    let q = EmbeddedQueues::open(dir.path(), clock.clone()).unwrap();
+    let stats = q.stats("orders").await.unwrap();
+    assert_eq!(
+        (stats.ready, stats.in_flight),
+        (90, 9),
+        "leases survive too"
+    );
+    clock.advance(VIS);
+    assert_eq!(q.receive("orders", 1000, VIS).await.unwrap().len(), 99);
+    assert_eq!(q.queues().await.unwrap(), ["orders"]);
+}
+
+#[tokio::test]
+async fn bad_messages_are_refused_before_anything_is_stored() {
+    let (_d, q, _clock) = open();
+    let too_big = NewMessage {
+        body: vec![0; crate::queue::MAX_BODY_BYTES + 1],
+        ..Default::default()
+    };
+    assert!(matches!(
+        q.send_batch("orders", vec![msg("ok"), too_big]).await,
+        Err(QueueError::Invalid(_))
+    ));
+    assert!(q.send("Bad Name", msg("x")).await.is_err());
+    assert_eq!(q.stats("orders").await.unwrap().ready, 0);
+}
