@@ -6,10 +6,13 @@
 //! an error value for the guest, never a trap. Deny by default: a function
 //! with no grants reaches nothing.
 //!
-//! This module knows nothing of wasm, HTTP or the storage backends.
+//! This module knows nothing of wasm or HTTP; backends are reached only
+//! through their traits.
 
+use crate::queue::QueueBackend;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// What a storage grant allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,13 +91,26 @@ impl Grants {
     }
 }
 
-/// What one deployed function version may reach: its grants and config.
-#[derive(Debug, Clone, Default)]
+/// What one deployed function version may reach: its grants and config,
+/// and the backends that granted calls go to.
+#[derive(Clone, Default)]
 pub struct Capabilities {
     /// The function's grants.
     pub grants: Grants,
     /// The manifest's `[config]` values.
     pub config: BTreeMap<String, String>,
+    /// Where granted queue sends go; none means queues are unavailable.
+    pub queues: Option<Arc<dyn QueueBackend>>,
+}
+
+impl std::fmt::Debug for Capabilities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capabilities")
+            .field("grants", &self.grants)
+            .field("config", &self.config)
+            .field("queues", &self.queues.is_some())
+            .finish()
+    }
 }
 
 #[cfg(test)]

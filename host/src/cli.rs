@@ -64,6 +64,11 @@ enum Command {
         #[command(flatten)]
         conn: client::Connection,
     },
+    /// Send messages to queues and inspect them.
+    Queue {
+        #[command(subcommand)]
+        command: client::QueueCommand,
+    },
     /// Create a new job crate with a manifest.
     New {
         /// The function's name (lower-case letters, digits, '-').
@@ -130,6 +135,7 @@ impl Cli {
             }
             Command::Rollback { name, to, conn } => client::rollback(&conn, &name, to).await,
             Command::Remove { name, conn } => client::remove(&conn, &name).await,
+            Command::Queue { command } => client::queue(command).await,
             Command::New { name, dir } => project::new(&name, dir),
             Command::Build { dir } => project::build(&dir).map(|_| ()),
         }
@@ -166,9 +172,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         crate::registry::Registry::open(&data_dir)
             .with_context(|| format!("failed to open the registry in {data_dir:?}"))?,
     );
-    let dispatcher =
-        crate::dispatcher::Dispatcher::start(sandbox.clone(), registry, args.max_concurrency)
-            .await?;
+    let queues = crate::queue::embedded::EmbeddedQueues::open(
+        &data_dir,
+        Arc::new(crate::queue::SystemClock),
+    )
+    .with_context(|| format!("failed to open the queue store in {data_dir:?}"))?;
+    let dispatcher = crate::dispatcher::Dispatcher::start(
+        sandbox.clone(),
+        registry,
+        Arc::new(queues.clone()),
+        args.max_concurrency,
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| {
@@ -189,7 +204,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         stopping_wait_time: args.stopping_wait_time,
         max_concurrency: args.max_concurrency,
     };
-    crate::server::serve(listener, dispatcher, config, shutdown).await
+    let background = crate::triggers::Supervisor::spawn(dispatcher.clone(), shutdown.clone());
+    crate::server::serve(listener, dispatcher, config, shutdown, background).await
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {

@@ -8,11 +8,12 @@
 
 use crate::capabilities::Capabilities;
 use crate::manifest::{HttpTrigger, Manifest};
+use crate::queue::QueueBackend;
 use crate::registry::{Registry, RegistryError, VersionRecord, now_ms};
 use crate::sandbox::{self, Event, Invocation, Limits, LoadError, Loaded, Outcome, Sandbox};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, Semaphore, watch};
 use tracing::Instrument;
 
 /// A deployed, loaded function version.
@@ -64,6 +65,40 @@ pub struct Dispatcher {
     permits: Arc<Semaphore>,
     /// Deploys, rollbacks and removals run one at a time.
     admin: Mutex<()>,
+    queues: Arc<dyn QueueBackend>,
+    /// Bumped whenever the active set changes, so triggers can follow.
+    changes: watch::Sender<u64>,
+    bindings: std::sync::Mutex<HashMap<(String, String), Arc<BindingStats>>>,
+}
+
+/// Live figures of one trigger binding (function × queue), for the API.
+#[derive(Debug, Default)]
+pub struct BindingStats {
+    /// Invocations running now.
+    pub running: std::sync::atomic::AtomicUsize,
+    /// Instances the scaler wants.
+    pub desired: std::sync::atomic::AtomicUsize,
+}
+
+/// Which attempt an invocation is, and what it resumes from.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// 1 for the first attempt.
+    pub number: u32,
+    /// The async job it belongs to.
+    pub job_id: Option<String>,
+    /// The last checkpoint of an earlier attempt.
+    pub checkpoint: Option<Vec<u8>>,
+}
+
+impl Default for Attempt {
+    fn default() -> Self {
+        Attempt {
+            number: 1,
+            job_id: None,
+            checkpoint: None,
+        }
+    }
 }
 
 impl Dispatcher {
@@ -71,6 +106,7 @@ impl Dispatcher {
     pub async fn start(
         sandbox: Arc<Sandbox>,
         registry: Arc<Registry>,
+        queues: Arc<dyn QueueBackend>,
         max_concurrency: usize,
     ) -> anyhow::Result<Arc<Dispatcher>> {
         let dispatcher = Arc::new(Dispatcher {
@@ -80,6 +116,9 @@ impl Dispatcher {
             routes: RwLock::new(Arc::new(matchit::Router::new())),
             permits: Arc::new(Semaphore::new(max_concurrency)),
             admin: Mutex::new(()),
+            queues,
+            changes: watch::Sender::new(0),
+            bindings: Default::default(),
         });
         let records = blocking(move || registry.active_versions()).await?;
         for record in records {
@@ -119,7 +158,7 @@ impl Dispatcher {
         .await?;
         Ok(Deployed {
             limits: manifest.limits(),
-            caps: Arc::new(manifest.capabilities()),
+            caps: Arc::new(self.capabilities(&manifest)),
             manifest,
             record,
             loaded,
@@ -153,7 +192,7 @@ impl Dispatcher {
         .await?;
         let deployed = Arc::new(Deployed {
             limits: manifest.limits(),
-            caps: Arc::new(manifest.capabilities()),
+            caps: Arc::new(self.capabilities(&manifest)),
             manifest,
             record,
             loaded,
@@ -243,6 +282,38 @@ impl Dispatcher {
             None => build_routes(&active).unwrap_or_default(),
         };
         *self.routes.write().unwrap() = Arc::new(routes);
+        drop(active);
+        self.changes.send_modify(|g| *g += 1);
+    }
+
+    fn capabilities(&self, manifest: &Manifest) -> Capabilities {
+        Capabilities {
+            queues: Some(self.queues.clone()),
+            ..manifest.capabilities()
+        }
+    }
+
+    /// Every active function version.
+    pub fn active(&self) -> Vec<Arc<Deployed>> {
+        self.active.read().unwrap().values().cloned().collect()
+    }
+
+    /// Changes whenever a function is deployed, rolled back or removed.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The queue backend.
+    pub fn queues(&self) -> &Arc<dyn QueueBackend> {
+        &self.queues
+    }
+
+    /// The live figures of `function`'s binding of `queue` (created on first use).
+    pub fn worker_stats(&self, function: &str, queue: &str) -> Arc<BindingStats> {
+        let mut map = self.bindings.lock().unwrap();
+        map.entry((function.to_string(), queue.to_string()))
+            .or_default()
+            .clone()
     }
 
     /// The active version of a function.
@@ -267,13 +338,19 @@ impl Dispatcher {
 
     /// Run one invocation of `deployed`, waiting for a free slot under the
     /// host-wide concurrency cap.
-    pub async fn invoke(&self, deployed: Arc<Deployed>, event: Event) -> (String, Outcome) {
+    pub async fn invoke(
+        &self,
+        deployed: Arc<Deployed>,
+        event: Event,
+        attempt: Attempt,
+    ) -> (String, Outcome) {
         let id = uuid::Uuid::now_v7().to_string();
         let span = tracing::info_span!(
             "invocation",
             function = %deployed.record.name,
             version = deployed.record.version,
             invocation = %id,
+            attempt = attempt.number,
         );
         let outcome = async {
             let _permit = self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
@@ -281,9 +358,9 @@ impl Dispatcher {
                 id: id.clone(),
                 function: deployed.record.name.clone(),
                 version: deployed.record.version,
-                attempt: 1,
-                job_id: None,
-                checkpoint: None,
+                attempt: attempt.number,
+                job_id: attempt.job_id,
+                checkpoint: attempt.checkpoint,
                 deadline_ms: now_ms() + deployed.limits.timeout.as_millis() as u64,
             };
             tracing::debug!("invocation started");

@@ -6,6 +6,8 @@
 //! - [`capabilities`]: grants, checked in one place for every guest call;
 //! - [`registry`]: deployed functions and their versions, on disk;
 //! - [`dispatcher`]: active versions, routes and the host-wide concurrency cap;
+//! - [`queue`]: the durable queue store (embedded SQLite) behind its backend trait;
+//! - [`triggers`]: background triggers (queues) that invoke through the dispatcher;
 //! - [`server`]: the admin API and the HTTP trigger;
 //! - [`cli`]: the `fnhost` command line.
 
@@ -17,3 +19,4 @@ pub mod queue;
 pub mod registry;
 pub mod sandbox;
 pub mod server;
+pub mod triggers;

@@ -50,6 +50,87 @@ pub struct Triggers {
     /// HTTP routes that invoke the function synchronously.
     #[serde(default)]
     pub http: Vec<HttpTrigger>,
+    /// Queues whose messages invoke the function.
+    #[serde(default)]
+    pub queue: Vec<QueueTrigger>,
+}
+
+/// A queue binding: every message is processed at least once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueTrigger {
+    /// The queue's name.
+    pub queue: String,
+    /// Messages leased per receive, at most the free instances. Default 16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
+    /// How long a message stays hidden while it is processed; the lease is
+    /// renewed at half this while the invocation runs. Default "30s".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility_timeout: Option<String>,
+    /// Attempts before a message goes to the dead-letter queue. Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// First retry delay; doubles per attempt, with jitter. Default "1s".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_initial: Option<String>,
+    /// Longest retry delay. Default "5m".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_max: Option<String>,
+    /// Instances kept even when the queue is empty. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_concurrency: Option<u32>,
+    /// Most invocations at once for this binding. Default 8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// Backlog each instance is expected to handle. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_backlog: Option<u32>,
+}
+
+/// A queue binding with defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuePolicy {
+    /// The queue's name.
+    pub queue: String,
+    /// Messages leased per receive.
+    pub batch_size: u32,
+    /// Lease length.
+    pub visibility_timeout: Duration,
+    /// Attempts before dead-lettering.
+    pub max_attempts: u32,
+    /// First retry delay.
+    pub backoff_initial: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// Instances kept when idle.
+    pub min_concurrency: u32,
+    /// Most invocations at once.
+    pub max_concurrency: u32,
+    /// Backlog per instance.
+    pub target_backlog: u32,
+}
+
+impl QueueTrigger {
+    /// The binding with defaults filled in. Call on a validated manifest.
+    pub fn policy(&self) -> QueuePolicy {
+        let d = |t: &Option<String>, default: u64| {
+            t.as_deref()
+                .and_then(|t| humantime::parse_duration(t).ok())
+                .unwrap_or(Duration::from_secs(default))
+        };
+        QueuePolicy {
+            queue: self.queue.clone(),
+            batch_size: self.batch_size.unwrap_or(16),
+            visibility_timeout: d(&self.visibility_timeout, 30),
+            max_attempts: self.max_attempts.unwrap_or(5),
+            backoff_initial: d(&self.backoff_initial, 1),
+            backoff_max: d(&self.backoff_max, 300),
+            min_concurrency: self.min_concurrency.unwrap_or(0),
+            max_concurrency: self.max_concurrency.unwrap_or(8),
+            target_backlog: self.target_backlog.unwrap_or(10),
+        }
+    }
 }
 
 /// One HTTP route.
@@ -175,6 +256,77 @@ impl Manifest {
                 }
             }
         }
+        let mut bound = std::collections::BTreeSet::new();
+        for (i, q) in self.triggers.queue.iter().enumerate() {
+            let at = |f: &str| format!("triggers.queue[{i}].{f}");
+            if !valid_name(&q.queue) {
+                return Err(err(
+                    &at("queue"),
+                    format!(
+                        "{:?} is not a valid queue name; use lower-case letters, digits and '-'",
+                        q.queue
+                    ),
+                ));
+            }
+            if !bound.insert(q.queue.as_str()) {
+                return Err(err(
+                    &at("queue"),
+                    format!("{:?} is bound twice; bind each queue once", q.queue),
+                ));
+            }
+            for (field, value) in [
+                ("visibility_timeout", &q.visibility_timeout),
+                ("backoff_initial", &q.backoff_initial),
+                ("backoff_max", &q.backoff_max),
+            ] {
+                if let Some(t) = value {
+                    match humantime::parse_duration(t) {
+                        Ok(d) if field == "visibility_timeout" && d < Duration::from_secs(1) => {
+                            return Err(err(
+                                &at(field),
+                                format!("{t:?} is too short; use at least 1s"),
+                            ));
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            return Err(err(
+                                &at(field),
+                                format!("{t:?} is not a duration ({e}); write e.g. \"30s\""),
+                            ));
+                        }
+                    }
+                }
+            }
+            let p = q.policy();
+            for (field, value, lo, hi) in [
+                ("batch_size", p.batch_size, 1, 1000),
+                ("max_attempts", p.max_attempts, 1, 1000),
+                ("max_concurrency", p.max_concurrency, 1, 1024),
+                ("target_backlog", p.target_backlog, 1, 1_000_000),
+            ] {
+                if !(lo..=hi).contains(&value) {
+                    return Err(err(
+                        &at(field),
+                        format!("{value} is out of range; use {lo} to {hi}"),
+                    ));
+                }
+            }
+            if p.min_concurrency > p.max_concurrency {
+                return Err(err(
+                    &at("min_concurrency"),
+                    format!(
+                        "{} is more than max_concurrency ({})",
+                        p.min_concurrency, p.max_concurrency
+                    ),
+                ));
+            }
+            if p.backoff_initial > p.backoff_max {
+                return Err(err(
+                    &at("backoff_initial"),
+                    "is longer than backoff_max".into(),
+                ));
+            }
+        }
         let limits = &self.limits;
         if limits.fuel == Some(0) {
             return Err(err("limits.fuel", "must be more than 0".into()));
@@ -253,6 +405,7 @@ impl Manifest {
         Capabilities {
             grants: self.grants.clone(),
             config: self.config.clone(),
+            queues: None,
         }
     }
 }
@@ -327,6 +480,33 @@ mod tests {
         let e = parse("name = [").unwrap_err();
         assert_eq!(e.field, "(syntax)");
         assert!(e.to_string().starts_with("fnhost.toml: (syntax): "), "{e}");
+    }
+
+    #[test]
+    fn queue_bindings_take_defaults_and_are_checked() {
+        let m = parse("name = \"a\"\n[[triggers.queue]]\nqueue = \"orders\"\nmax_attempts = 3\n")
+            .unwrap();
+        let p = m.triggers.queue[0].policy();
+        assert_eq!(
+            (p.max_attempts, p.batch_size, p.max_concurrency),
+            (3, 16, 8)
+        );
+        assert_eq!(p.visibility_timeout, Duration::from_secs(30));
+        for (extra, field) in [
+            ("max_attempts = 0", "triggers.queue[0].max_attempts"),
+            (
+                "visibility_timeout = \"10ms\"",
+                "triggers.queue[0].visibility_timeout",
+            ),
+            ("min_concurrency = 9", "triggers.queue[0].min_concurrency"),
+            ("backoff_max = \"soon\"", "triggers.queue[0].backoff_max"),
+        ] {
+            let text = format!("name = \"a\"\n[[triggers.queue]]\nqueue = \"orders\"\n{extra}\n");
+            assert_eq!(parse(&text).unwrap_err().field, field, "{extra}");
+        }
+        let twice =
+            "name = \"a\"\n[[triggers.queue]]\nqueue = \"q\"\n[[triggers.queue]]\nqueue = \"q\"\n";
+        assert!(parse(twice).unwrap_err().reason.contains("bound twice"));
     }
 
     #[test]

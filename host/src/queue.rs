@@ -68,6 +68,9 @@ pub struct NewMessage {
     /// Not receivable before this time (ms since the epoch).
     #[serde(default)]
     pub not_before_ms: Option<u64>,
+    /// Not receivable until this long after it is stored.
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
     /// Sends with the same dedup id within the dedup window enqueue once.
     #[serde(default)]
     pub dedup_id: Option<String>,
@@ -294,6 +297,11 @@ pub trait QueueBackend: Send + Sync {
     ) -> BoxFuture<'_, Result<u64, QueueError>>;
     /// Delete every message of a queue (not its dead letters).
     fn purge(&self, queue: &str) -> BoxFuture<'_, Result<u64, QueueError>>;
+    /// Woken when messages may have become receivable, for backends that can
+    /// tell (the embedded one); others are polled.
+    fn notifier(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -7,16 +7,17 @@
 
 mod admin;
 mod auth;
+mod queues;
 mod trigger;
 
 use crate::dispatcher::Dispatcher;
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use auth::{load_or_create_token, token_path};
 
@@ -58,29 +59,34 @@ pub fn router(dispatcher: Arc<Dispatcher>, config: ServerConfig) -> axum::Router
         .with_state(state)
 }
 
-/// Serve on `listener` until `shutdown` is cancelled, then drain for at most
-/// the stopping wait time.
+/// Serve on `listener` until `shutdown` is cancelled, then drain in-flight
+/// HTTP requests and `background` invocations (queue messages) for at most
+/// the stopping wait time; what is still running then is abandoned, and its
+/// queue leases expire so the messages come back.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     dispatcher: Arc<Dispatcher>,
     config: ServerConfig,
     shutdown: CancellationToken,
+    background: TaskTracker,
 ) -> anyhow::Result<()> {
     let wait = config.stopping_wait_time;
     let max = config.max_concurrency;
     let app = router(dispatcher.clone(), config);
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let mut task = tokio::spawn(async move { server.await });
     tokio::select! {
         res = &mut task => return res?.map_err(Into::into),
         () = shutdown.cancelled() => {}
     }
-    tracing::info!(in_flight = dispatcher.in_flight(max), wait = ?wait, "shutting down: no new requests; draining in-flight invocations");
-    match tokio::time::timeout(wait, &mut task).await {
+    tracing::info!(in_flight = dispatcher.in_flight(max), wait = ?wait, "shutting down: no new requests or messages; draining in-flight invocations");
+    let drain = async {
+        let served = (&mut task).await;
+        background.wait().await;
+        served
+    };
+    match tokio::time::timeout(wait, drain).await {
         Ok(res) => {
             res??;
             tracing::info!("drained; stopped");

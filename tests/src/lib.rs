@@ -312,6 +312,29 @@ impl Host {
         child.wait().unwrap().success()
     }
 
+    /// Kill the process with SIGKILL (no chance to clean up) and wait for it.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        let _ = child.wait();
+    }
+
+    /// Poll `f` every 50 ms until it returns `Some`, for at most `secs` seconds.
+    pub fn wait_for<T>(&self, secs: u64, what: &str, mut f: impl FnMut(&Host) -> Option<T>) -> T {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(v) = f(self) {
+                return v;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gave up waiting for {what}; host log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Send SIGTERM without waiting.
     pub fn term(&self) {
         terminate(self.child.as_ref().unwrap());

@@ -121,11 +121,6 @@ impl EmbeddedQueues {
         Ok(EmbeddedQueues { tx, notify })
     }
 
-    /// Woken whenever messages may have become receivable (sends, retries, redrives).
-    pub fn notified(&self) -> Arc<Notify> {
-        self.notify.clone()
-    }
-
     fn call<T: Send + 'static>(
         &self,
         op: impl FnOnce(Reply<T>) -> Op,
@@ -249,6 +244,10 @@ impl QueueBackend for EmbeddedQueues {
         ids: Option<Vec<String>>,
     ) -> BoxFuture<'_, Result<u64, QueueError>> {
         self.call(|r| Op::PurgeDead(queue.to_string(), ids, r))
+    }
+
+    fn notifier(&self) -> Option<Arc<Notify>> {
+        Some(self.notify.clone())
     }
 
     fn purge(&self, queue: &str) -> BoxFuture<'_, Result<u64, QueueError>> {
@@ -416,7 +415,7 @@ fn send(tx: &Transaction<'_>, now: u64, queue: &str, m: NewMessage) -> Result<Se
             m.body,
             attributes,
             now,
-            m.not_before_ms.unwrap_or(now).max(now),
+            m.not_before_ms.unwrap_or(now).max(now + m.delay_ms.unwrap_or(0)),
             m.dedup_id,
             m.group,
             m.priority,

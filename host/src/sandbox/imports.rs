@@ -2,8 +2,8 @@
 //!
 //! Every call is checked against the function's grants first
 //! ([`crate::capabilities`]); a denial is an error value for the guest.
-//! Storage and queue backends plug in here in later releases; until then an
-//! allowed call answers `unavailable` with a message that says so.
+//! Allowed queue sends go to the queue backend; storage has no backend yet,
+//! so an allowed storage call answers `unavailable` with a message that says so.
 
 use super::HostState;
 use super::bindings::fnhost::job::{context, queue, storage, types};
@@ -11,8 +11,7 @@ use crate::capabilities::Access;
 
 const NO_BLOB_STORE: &str =
     "this fnhost host has no blob store yet: buckets arrive with blob triggers in a later release";
-const NO_QUEUES: &str =
-    "this fnhost host has no queues yet: queue sends arrive with queue triggers in a later release";
+const NO_QUEUES: &str = "this host has no queue backend configured";
 
 /// Longest progress message kept, in bytes.
 const MAX_PROGRESS_MESSAGE: usize = 1024;
@@ -82,14 +81,37 @@ impl queue::Host for HostState {
     async fn send(
         &mut self,
         queue: String,
-        _body: Vec<u8>,
-        _options: queue::SendOptions,
+        body: Vec<u8>,
+        options: queue::SendOptions,
     ) -> Result<String, queue::QueueError> {
         self.caps
             .grants
             .check_queue_send(&queue)
             .map_err(queue::QueueError::Denied)?;
-        Err(queue::QueueError::Unavailable(NO_QUEUES.into()))
+        let Some(backend) = self.caps.queues.clone() else {
+            return Err(queue::QueueError::Unavailable(NO_QUEUES.into()));
+        };
+        let msg = crate::queue::NewMessage {
+            body,
+            attributes: options.attributes,
+            not_before_ms: None,
+            delay_ms: options.delay_ms,
+            dedup_id: options.dedup_id,
+            group: options.group,
+            priority: options.priority.unwrap_or(0),
+            correlation_id: options.correlation_id,
+            reply_to: options.reply_to,
+        };
+        match backend.send(&queue, msg).await {
+            Ok(sent) => Ok(sent.id),
+            Err(crate::queue::QueueError::Invalid(m)) => Err(queue::QueueError::Invalid(m)),
+            Err(e @ crate::queue::QueueError::Backend(_)) => {
+                tracing::error!(queue = %queue, error = %e, "a guest's queue send failed");
+                Err(queue::QueueError::Unavailable(
+                    "the queue store failed; try again later".into(),
+                ))
+            }
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! invoke functions. Every route requires the bearer token.
 
 use super::{AppState, auth, error, trigger};
-use crate::dispatcher::{DeployError, Deployed};
+use crate::dispatcher::{Attempt, DeployError, Deployed};
 use crate::sandbox::{Event, LoadError};
 use axum::Json;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
@@ -27,6 +27,7 @@ pub(crate) fn routes(state: AppState) -> axum::Router<AppState> {
             "/functions/{name}/invoke",
             post(invoke).layer(DefaultBodyLimit::max(body)),
         )
+        .merge(super::queues::routes().layer(DefaultBodyLimit::max(body)))
         .layer(axum::middleware::from_fn_with_state(
             state,
             auth::require_token,
@@ -235,7 +236,7 @@ async fn invoke(State(state): State<AppState>, Path(name): Path<String>, body: B
     };
     let (id, outcome) = state
         .dispatcher
-        .invoke(deployed, Event::Invoke(body.to_vec()))
+        .invoke(deployed, Event::Invoke(body.to_vec()), Attempt::default())
         .await;
     trigger::outcome_response(&id, outcome.result)
 }

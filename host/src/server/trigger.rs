@@ -6,7 +6,7 @@
 //! internals.
 
 use super::{AppState, error};
-use crate::dispatcher::Failure;
+use crate::dispatcher::{Attempt, Failure};
 use crate::sandbox::{Event, HttpRequest, Output, TrapReason};
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -72,7 +72,10 @@ pub(crate) async fn handle(State(state): State<AppState>, req: Request) -> Respo
         headers,
         body: body.to_vec(),
     });
-    let (id, outcome) = state.dispatcher.invoke(deployed, event).await;
+    let (id, outcome) = state
+        .dispatcher
+        .invoke(deployed, event, Attempt::default())
+        .await;
     outcome_response(&id, outcome.result)
 }
 

@@ -1,0 +1,360 @@
+//! The queue API under `/v1/queues`: send, stats, peek, dead letters
+//! (list, redrive, purge) and purge. Bodies travel as JSON: a string body is
+//! its UTF-8 bytes, any other JSON value is its serialization.
+
+use super::{AppState, error};
+use crate::queue::{DeadLetter, Message, NewMessage, QueueError};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+pub(crate) fn routes() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/queues", get(list))
+        .route("/queues/{queue}", get(stats))
+        .route(
+            "/queues/{queue}/messages",
+            post(send).get(peek).delete(purge),
+        )
+        .route(
+            "/queues/{queue}/dead-letters",
+            get(dead_letters).delete(purge_dead_letters),
+        )
+        .route("/queues/{queue}/dead-letters/redrive", post(redrive))
+}
+
+/// One message as the API takes it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SendMessage {
+    body: Value,
+    #[serde(default)]
+    attributes: BTreeMap<String, String>,
+    /// e.g. "5s"
+    delay: Option<String>,
+    not_before_ms: Option<u64>,
+    dedup_id: Option<String>,
+    group: Option<String>,
+    #[serde(default)]
+    priority: u8,
+    correlation_id: Option<String>,
+    reply_to: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SendRequest {
+    Batch { messages: Vec<SendMessage> },
+    One(SendMessage),
+}
+
+impl SendMessage {
+    fn into_message(self) -> Result<NewMessage, String> {
+        let delay_ms = match &self.delay {
+            None => None,
+            Some(d) => Some(
+                humantime::parse_duration(d)
+                    .map_err(|e| format!("delay {d:?} is not a duration ({e}); write e.g. \"5s\""))?
+                    .as_millis() as u64,
+            ),
+        };
+        Ok(NewMessage {
+            body: body_bytes(self.body),
+            attributes: self.attributes.into_iter().collect(),
+            not_before_ms: self.not_before_ms,
+            delay_ms,
+            dedup_id: self.dedup_id,
+            group: self.group,
+            priority: self.priority,
+            correlation_id: self.correlation_id,
+            reply_to: self.reply_to,
+        })
+    }
+}
+
+/// A string body is its text; anything else is its JSON.
+pub(crate) fn body_bytes(body: Value) -> Vec<u8> {
+    match body {
+        Value::String(s) => s.into_bytes(),
+        other => other.to_string().into_bytes(),
+    }
+}
+
+fn message_json(m: &Message) -> Value {
+    let mut v = serde_json::to_value(m).unwrap_or_default();
+    v["body"] = json!(String::from_utf8_lossy(&m.body));
+    v["size"] = json!(m.body.len());
+    v
+}
+
+fn dead_letter_json(d: &DeadLetter) -> Value {
+    json!({
+        "message": message_json(&d.message),
+        "error": d.error,
+        "attempts": d.attempts,
+        "function": d.function,
+        "dead_at_ms": d.dead_at_ms,
+    })
+}
+
+fn queue_error(e: QueueError) -> Response {
+    match e {
+        QueueError::Invalid(m) => error(StatusCode::BAD_REQUEST, "invalid_message", m),
+        QueueError::Backend(m) => {
+            tracing::error!(error = %m, "queue store failure");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue_unavailable",
+                "the queue store failed; try again",
+            )
+        }
+    }
+}
+
+/// A refused request, turned into the JSON error response at the handler's edge.
+struct Refused(&'static str, String);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        error(StatusCode::BAD_REQUEST, self.0, self.1)
+    }
+}
+
+fn check_name(queue: &str) -> Result<(), Refused> {
+    if crate::manifest::valid_name(queue) {
+        Ok(())
+    } else {
+        Err(Refused(
+            "invalid_queue",
+            format!("{queue:?} is not a valid queue name; use lower-case letters, digits and '-'"),
+        ))
+    }
+}
+
+async fn send(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = check_name(&queue) {
+        return r.into_response();
+    }
+    let request: SendRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_message",
+                format!(
+                    "the body must be a message {{\"body\": …}} or {{\"messages\": [...]}}: {e}"
+                ),
+            );
+        }
+    };
+    let (batch, many) = match request {
+        SendRequest::Batch { messages } => (messages, true),
+        SendRequest::One(m) => (vec![m], false),
+    };
+    let mut messages = Vec::with_capacity(batch.len());
+    for (i, m) in batch.into_iter().enumerate() {
+        match m.into_message() {
+            Ok(m) => messages.push(m),
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_message",
+                    format!("message {i}: {e}"),
+                );
+            }
+        }
+    }
+    match state.dispatcher.queues().send_batch(&queue, messages).await {
+        Ok(sent) if many => {
+            (StatusCode::CREATED, Json(json!({ "messages": sent }))).into_response()
+        }
+        Ok(mut sent) => (StatusCode::CREATED, Json(json!(sent.remove(0)))).into_response(),
+        Err(e) => queue_error(e),
+    }
+}
+
+async fn list(State(state): State<AppState>) -> Response {
+    let backend = state.dispatcher.queues();
+    let mut names = match backend.queues().await {
+        Ok(n) => n,
+        Err(e) => return queue_error(e),
+    };
+    // Queues that functions are bound to show up even when empty.
+    for d in state.dispatcher.active() {
+        names.extend(d.manifest.triggers.queue.iter().map(|b| b.queue.clone()));
+    }
+    names.sort();
+    names.dedup();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        match describe(&state, &name).await {
+            Ok(v) => out.push(v),
+            Err(e) => return queue_error(e),
+        }
+    }
+    Json(json!({ "queues": out })).into_response()
+}
+
+/// A queue's counts plus the functions bound to it with their scaling figures.
+async fn describe(state: &AppState, queue: &str) -> Result<Value, QueueError> {
+    let stats = state.dispatcher.queues().stats(queue).await?;
+    let mut v = serde_json::to_value(&stats).unwrap_or_default();
+    let bindings: Vec<Value> = state
+        .dispatcher
+        .active()
+        .iter()
+        .filter(|d| d.manifest.triggers.queue.iter().any(|b| b.queue == queue))
+        .map(|d| {
+            let live = state.dispatcher.worker_stats(&d.record.name, queue);
+            let policy = d
+                .manifest
+                .triggers
+                .queue
+                .iter()
+                .find(|b| b.queue == queue)
+                .unwrap()
+                .policy();
+            json!({
+                "function": d.record.name,
+                "running": live.running.load(std::sync::atomic::Ordering::Relaxed),
+                "desired": live.desired.load(std::sync::atomic::Ordering::Relaxed),
+                "min_concurrency": policy.min_concurrency,
+                "max_concurrency": policy.max_concurrency,
+                "max_attempts": policy.max_attempts,
+            })
+        })
+        .collect();
+    v["functions"] = json!(bindings);
+    Ok(v)
+}
+
+async fn stats(State(state): State<AppState>, Path(queue): Path<String>) -> Response {
+    if let Err(r) = check_name(&queue) {
+        return r.into_response();
+    }
+    match describe(&state, &queue).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => queue_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct Max {
+    max: Option<usize>,
+}
+
+async fn peek(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+    Query(q): Query<Max>,
+) -> Response {
+    if let Err(r) = check_name(&queue) {
+        return r.into_response();
+    }
+    match state
+        .dispatcher
+        .queues()
+        .peek(&queue, q.max.unwrap_or(10).min(10_000))
+        .await
+    {
+        Ok(ms) => Json(json!({ "messages": ms.iter().map(message_json).collect::<Vec<_>>() }))
+            .into_response(),
+        Err(e) => queue_error(e),
+    }
+}
+
+async fn dead_letters(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+    Query(q): Query<Max>,
+) -> Response {
+    if let Err(r) = check_name(&queue) {
+        return r.into_response();
+    }
+    match state
+        .dispatcher
+        .queues()
+        .dead_letters(&queue, q.max.unwrap_or(100).min(1000))
+        .await
+    {
+        Ok(ds) => {
+            Json(json!({ "dead_letters": ds.iter().map(dead_letter_json).collect::<Vec<_>>() }))
+                .into_response()
+        }
+        Err(e) => queue_error(e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Ids {
+    ids: Option<Vec<String>>,
+}
+
+fn ids(body: &[u8]) -> Result<Option<Vec<String>>, Refused> {
+    if body.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_slice::<Ids>(body)
+        .map(|i| i.ids)
+        .map_err(|e| {
+            Refused(
+                "bad_request",
+                format!("the body must be empty or {{\"ids\": [...]}}: {e}"),
+            )
+        })
+}
+
+async fn redrive(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let ids = match check_name(&queue).and_then(|()| ids(&body)) {
+        Ok(ids) => ids,
+        Err(r) => return r.into_response(),
+    };
+    match state.dispatcher.queues().redrive(&queue, ids).await {
+        Ok(n) => Json(json!({ "redriven": n })).into_response(),
+        Err(e) => queue_error(e),
+    }
+}
+
+async fn purge_dead_letters(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let ids = match check_name(&queue).and_then(|()| ids(&body)) {
+        Ok(ids) => ids,
+        Err(r) => return r.into_response(),
+    };
+    match state
+        .dispatcher
+        .queues()
+        .purge_dead_letters(&queue, ids)
+        .await
+    {
+        Ok(n) => Json(json!({ "purged": n })).into_response(),
+        Err(e) => queue_error(e),
+    }
+}
+
+async fn purge(State(state): State<AppState>, Path(queue): Path<String>) -> Response {
+    if let Err(r) = check_name(&queue) {
+        return r.into_response();
+    }
+    match state.dispatcher.queues().purge(&queue).await {
+        Ok(n) => Json(json!({ "purged": n })).into_response(),
+        Err(e) => queue_error(e),
+    }
+}

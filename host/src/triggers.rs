@@ -1,0 +1,72 @@
+//! Triggers that run in the background: each turns outside events into
+//! invocations through the dispatcher, and outcomes back into acks, retries
+//! or dead letters. (The HTTP trigger lives with the server.)
+//!
+//! [`Supervisor`] follows the dispatcher's active set and keeps one worker
+//! per queue binding of every active function. Triggers know nothing of wasm.
+
+pub mod queue;
+
+use crate::dispatcher::Dispatcher;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Starts and stops trigger workers as functions come and go.
+pub struct Supervisor {
+    dispatcher: Arc<Dispatcher>,
+    shutdown: CancellationToken,
+    /// In-flight invocations started by background triggers, drained on shutdown.
+    tracker: TaskTracker,
+    workers: HashMap<(String, String), JoinHandle<()>>,
+}
+
+impl Supervisor {
+    /// Run until `shutdown`: reconcile workers on every change of the active set.
+    pub fn spawn(dispatcher: Arc<Dispatcher>, shutdown: CancellationToken) -> TaskTracker {
+        let tracker = TaskTracker::new();
+        let mut sup = Supervisor {
+            dispatcher,
+            shutdown,
+            tracker: tracker.clone(),
+            workers: HashMap::new(),
+        };
+        tokio::spawn(async move {
+            let mut changes = sup.dispatcher.subscribe();
+            loop {
+                sup.reconcile();
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { break },
+                    () = sup.shutdown.cancelled() => break,
+                }
+            }
+            for (_, worker) in sup.workers.drain() {
+                let _ = worker.await;
+            }
+            sup.tracker.close();
+        });
+        tracker
+    }
+
+    fn reconcile(&mut self) {
+        self.workers.retain(|_, w| !w.is_finished());
+        for deployed in self.dispatcher.active() {
+            for binding in &deployed.manifest.triggers.queue {
+                let key = (deployed.record.name.clone(), binding.queue.clone());
+                if self.workers.contains_key(&key) {
+                    continue;
+                }
+                let worker = queue::Worker::new(
+                    self.dispatcher.clone(),
+                    key.0.clone(),
+                    key.1.clone(),
+                    self.shutdown.clone(),
+                    self.tracker.clone(),
+                );
+                self.workers.insert(key, tokio::spawn(worker.run()));
+            }
+        }
+    }
+}

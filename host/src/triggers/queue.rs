@@ -1,0 +1,404 @@
+//! The queue trigger: one [`Worker`] per (function, queue) binding leases
+//! messages, invokes the function for each, and settles each message by its
+//! outcome: success → ack (and a reply to `reply_to`), `fail` → dead letter,
+//! anything else → retry with exponential backoff and jitter until
+//! `max_attempts`, then dead letter. Leases are renewed at half the
+//! visibility timeout while an invocation runs, so a long job is not handed
+//! to a second worker; after a crash the lease expires and the message
+//! comes back.
+//!
+//! How many invocations run at once follows the backlog ([`Scaler`]), and a
+//! worker never leases more messages than it has free instances, so other
+//! hosts sharing the queue can take the rest.
+
+use crate::dispatcher::{Attempt, Deployed, Dispatcher, Failure};
+use crate::manifest::QueuePolicy;
+use crate::queue::{Delivery, NewMessage, QueueBackend};
+use crate::sandbox::{Event, QueueMessage};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long an idle worker waits before looking again (sends wake it sooner).
+const IDLE_POLL: Duration = Duration::from_millis(250);
+/// How often the backlog is measured for scaling.
+const STATS_EVERY: Duration = Duration::from_millis(500);
+/// How long the backlog must stay low before instances are released.
+pub const SCALE_DOWN_COOLDOWN: Duration = Duration::from_secs(10);
+
+/// Desired instances from the backlog: `clamp(ceil(backlog / target), min,
+/// max)`, up at once, down only after the backlog has stayed lower for the
+/// cooldown, zero when idle (with `min = 0`).
+#[derive(Debug, Clone)]
+pub struct Scaler {
+    desired: u32,
+    lower_since: Option<Instant>,
+    cooldown: Duration,
+}
+
+impl Scaler {
+    /// A scaler that starts at `min`.
+    pub fn new(min: u32, cooldown: Duration) -> Self {
+        Scaler {
+            desired: min,
+            lower_since: None,
+            cooldown,
+        }
+    }
+
+    /// Take a backlog reading at `now`; returns the desired instances.
+    pub fn observe(&mut self, backlog: u64, policy: &QueuePolicy, now: Instant) -> u32 {
+        let target = u64::from(policy.target_backlog.max(1));
+        let wanted = backlog.div_ceil(target).clamp(
+            u64::from(policy.min_concurrency),
+            u64::from(policy.max_concurrency),
+        );
+        let wanted = wanted as u32;
+        if wanted >= self.desired {
+            self.desired = wanted;
+            self.lower_since = None;
+        } else {
+            let since = *self.lower_since.get_or_insert(now);
+            if now.duration_since(since) >= self.cooldown {
+                self.desired = wanted;
+                self.lower_since = None;
+            }
+        }
+        self.desired
+    }
+
+    /// The current desired instances.
+    pub fn desired(&self) -> u32 {
+        self.desired
+    }
+}
+
+/// The retry delay after `attempt` (1-based): `initial × 2^(attempt-1)`,
+/// capped at `max`, then jittered into its upper half by `jitter` in [0, 1).
+pub fn backoff(policy: &QueuePolicy, attempt: u32, jitter: f64) -> Duration {
+    let exp = policy
+        .backoff_initial
+        .saturating_mul(
+            1u32.checked_shl(attempt.saturating_sub(1))
+                .unwrap_or(u32::MAX),
+        )
+        .min(policy.backoff_max);
+    exp / 2 + exp.mul_f64(jitter.clamp(0.0, 1.0) / 2.0)
+}
+
+fn random_unit() -> f64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// One (function, queue) binding's loop.
+pub struct Worker {
+    dispatcher: Arc<Dispatcher>,
+    function: String,
+    queue: String,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Worker {
+    /// A worker for `function`'s binding of `queue`.
+    pub fn new(
+        dispatcher: Arc<Dispatcher>,
+        function: String,
+        queue: String,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Self {
+        Worker {
+            dispatcher,
+            function,
+            queue,
+            shutdown,
+            tracker,
+        }
+    }
+
+    /// Lease, invoke and settle until the binding goes away or the host stops.
+    pub async fn run(self) {
+        let backend = self.dispatcher.queues().clone();
+        let wake = backend
+            .notifier()
+            .unwrap_or_else(|| Arc::new(Notify::new()));
+        let done = Arc::new(Notify::new());
+        let stats = self.dispatcher.worker_stats(&self.function, &self.queue);
+        let mut scaler: Option<Scaler> = None;
+        let mut measured: Option<Instant> = None;
+        tracing::info!(function = %self.function, queue = %self.queue, "queue worker started");
+        loop {
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            let Some(deployed) = self.dispatcher.get(&self.function) else {
+                break;
+            };
+            let Some(policy) = deployed
+                .manifest
+                .triggers
+                .queue
+                .iter()
+                .find(|b| b.queue == self.queue)
+                .map(|b| b.policy())
+            else {
+                break;
+            };
+            let scaler = scaler
+                .get_or_insert_with(|| Scaler::new(policy.min_concurrency, SCALE_DOWN_COOLDOWN));
+            if measured.is_none_or(|t| t.elapsed() >= STATS_EVERY) {
+                if let Ok(s) = backend.stats(&self.queue).await {
+                    scaler.observe(s.ready + s.in_flight, &policy, Instant::now());
+                    stats
+                        .desired
+                        .store(scaler.desired() as usize, Ordering::Relaxed);
+                }
+                measured = Some(Instant::now());
+            }
+            // At least one instance may always pick up a message that arrives,
+            // so an idle binding (zero desired) still notices new work.
+            let limit = scaler.desired().max(1) as usize;
+            let free = limit.saturating_sub(stats.running.load(Ordering::Relaxed));
+            let want = free.min(policy.batch_size as usize);
+            if want == 0 {
+                tokio::select! {
+                    () = done.notified() => {}
+                    () = tokio::time::sleep(STATS_EVERY) => {}
+                    () = self.shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let deliveries = match backend
+                .receive(&self.queue, want, policy.visibility_timeout)
+                .await
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(queue = %self.queue, error = %e, "cannot receive from the queue; retrying in 1s");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = self.shutdown.cancelled() => break,
+                    }
+                    continue;
+                }
+            };
+            if deliveries.is_empty() {
+                tokio::select! {
+                    () = &mut notified => {}
+                    () = tokio::time::sleep(IDLE_POLL) => {}
+                    () = self.shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            if deliveries.len() == want {
+                measured = None; // a full batch: measure the backlog again now
+            }
+            for delivery in deliveries {
+                stats.running.fetch_add(1, Ordering::Relaxed);
+                let settle = Settle {
+                    dispatcher: self.dispatcher.clone(),
+                    backend: backend.clone(),
+                    deployed: deployed.clone(),
+                    policy: policy.clone(),
+                };
+                let (stats, done) = (stats.clone(), done.clone());
+                self.tracker.spawn(async move {
+                    settle.process(delivery).await;
+                    stats.running.fetch_sub(1, Ordering::Relaxed);
+                    done.notify_one();
+                });
+            }
+        }
+        tracing::info!(function = %self.function, queue = %self.queue, "queue worker stopped");
+    }
+}
+
+struct Settle {
+    dispatcher: Arc<Dispatcher>,
+    backend: Arc<dyn QueueBackend>,
+    deployed: Arc<Deployed>,
+    policy: QueuePolicy,
+}
+
+impl Settle {
+    async fn process(self, d: Delivery) {
+        let m = &d.message;
+        let event = Event::Queue(QueueMessage {
+            id: m.id.clone(),
+            queue: m.queue.clone(),
+            body: m.body.clone(),
+            attributes: m.attributes.clone(),
+            dequeue_count: m.dequeue_count,
+            enqueued_at_ms: m.enqueued_at_ms,
+            group: m.group.clone(),
+            correlation_id: m.correlation_id.clone(),
+        });
+        let renewer = {
+            let (backend, receipt, vis) = (
+                self.backend.clone(),
+                d.receipt.clone(),
+                self.policy.visibility_timeout,
+            );
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(vis / 2).await;
+                    match backend.renew(receipt.clone(), vis).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(message = %receipt.id, "the lease was lost; another worker may process this message too");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(message = %receipt.id, error = %e, "cannot renew a lease")
+                        }
+                    }
+                }
+            })
+        };
+        let attempt = Attempt {
+            number: m.dequeue_count,
+            ..Attempt::default()
+        };
+        let (_, outcome) = self
+            .dispatcher
+            .invoke(self.deployed.clone(), event, attempt)
+            .await;
+        renewer.abort();
+        let who = format!(
+            "{}@v{}",
+            self.deployed.record.name, self.deployed.record.version
+        );
+        let receipt = d.receipt.clone();
+        let settled = match outcome.result {
+            Ok(output) => {
+                self.reply(m, "succeeded", output.body).await;
+                self.backend.ack(receipt).await
+            }
+            Err(failure) => {
+                let give_up = matches!(failure, Failure::Fail(_))
+                    || m.dequeue_count >= self.policy.max_attempts;
+                if give_up {
+                    let error = if matches!(failure, Failure::Fail(_)) {
+                        failure.to_string()
+                    } else {
+                        format!(
+                            "gave up after {} attempts; last error: {failure}",
+                            m.dequeue_count
+                        )
+                    };
+                    tracing::warn!(message = %m.id, queue = %m.queue, %error, "dead-lettered");
+                    self.reply(m, "failed", error.clone().into_bytes()).await;
+                    self.backend.dead_letter(receipt, error, Some(who)).await
+                } else {
+                    let delay = backoff(&self.policy, m.dequeue_count, random_unit());
+                    self.backend
+                        .retry(receipt, delay, failure.to_string())
+                        .await
+                }
+            }
+        };
+        match settled {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(message = %m.id, "the lease had expired before the message was settled; it will be delivered again")
+            }
+            Err(e) => {
+                tracing::error!(message = %m.id, error = %e, "cannot settle a message; it will be delivered again")
+            }
+        }
+    }
+
+    /// Tell `reply_to`, if the message named one, how it ended.
+    async fn reply(&self, m: &crate::queue::Message, status: &str, body: Vec<u8>) {
+        let Some(reply_to) = &m.reply_to else { return };
+        let reply = NewMessage {
+            body,
+            attributes: vec![
+                ("fnhost-status".into(), status.into()),
+                ("fnhost-message-id".into(), m.id.clone()),
+                ("fnhost-function".into(), self.deployed.record.name.clone()),
+            ],
+            correlation_id: Some(m.correlation_id.clone().unwrap_or_else(|| m.id.clone())),
+            ..NewMessage::default()
+        };
+        if let Err(e) = self.backend.send(reply_to, reply).await {
+            tracing::error!(message = %m.id, reply_to = %reply_to, error = %e, "cannot send the reply");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> QueuePolicy {
+        crate::manifest::QueueTrigger {
+            queue: "q".into(),
+            batch_size: None,
+            visibility_timeout: None,
+            max_attempts: None,
+            backoff_initial: Some("1s".into()),
+            backoff_max: Some("30s".into()),
+            min_concurrency: Some(0),
+            max_concurrency: Some(4),
+            target_backlog: Some(10),
+        }
+        .policy()
+    }
+
+    #[test]
+    fn backoff_doubles_is_capped_and_jittered_into_the_upper_half() {
+        let p = policy();
+        assert_eq!(backoff(&p, 1, 1.0), Duration::from_secs(1));
+        assert_eq!(backoff(&p, 1, 0.0), Duration::from_millis(500));
+        assert_eq!(backoff(&p, 3, 1.0), Duration::from_secs(4));
+        assert_eq!(backoff(&p, 10, 1.0), Duration::from_secs(30));
+        assert_eq!(backoff(&p, 200, 0.0), Duration::from_secs(15));
+        let r = backoff(&p, 2, random_unit());
+        assert!(
+            r >= Duration::from_secs(1) && r <= Duration::from_secs(2),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn scaling_follows_the_backlog_up_at_once_and_down_after_the_cooldown() {
+        let p = policy();
+        let t0 = Instant::now();
+        let mut s = Scaler::new(0, Duration::from_secs(10));
+        assert_eq!(s.observe(0, &p, t0), 0, "zero when idle");
+        assert_eq!(s.observe(25, &p, t0), 3, "ceil(25 / 10)");
+        assert_eq!(s.observe(1000, &p, t0), 4, "capped at max");
+        assert_eq!(
+            s.observe(5, &p, t0 + Duration::from_secs(1)),
+            4,
+            "not down before the cooldown"
+        );
+        assert_eq!(s.observe(5, &p, t0 + Duration::from_secs(9)), 4);
+        assert_eq!(
+            s.observe(5, &p, t0 + Duration::from_secs(11)),
+            1,
+            "down after it"
+        );
+        assert_eq!(s.observe(0, &p, t0 + Duration::from_secs(12)), 1);
+        assert_eq!(
+            s.observe(0, &p, t0 + Duration::from_secs(22)),
+            0,
+            "back to zero"
+        );
+        assert_eq!(
+            s.observe(40, &p, t0 + Duration::from_secs(23)),
+            4,
+            "up again at once"
+        );
+    }
+}
