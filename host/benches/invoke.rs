@@ -202,6 +202,7 @@ async fn fnhost_call(
             caps.clone(),
             inv(),
             Event::Invoke(Vec::new()),
+            None,
         )
         .await;
     assert!(out.result.is_ok(), "{:?}", out.result);
@@ -339,11 +340,15 @@ fn main() {
         let ev = || Event::Invoke(image.clone());
         for i in 0..rounds + 3 {
             let t = Instant::now();
-            let out = fuel.invoke(&lf, &limits, caps.clone(), inv(), ev()).await;
+            let out = fuel
+                .invoke(&lf, &limits, caps.clone(), inv(), ev(), None)
+                .await;
             assert!(out.result.is_ok(), "{:?}", out.result);
             let df = t.elapsed();
             let t = Instant::now();
-            let out = epoch.invoke(&le, &limits, caps.clone(), inv(), ev()).await;
+            let out = epoch
+                .invoke(&le, &limits, caps.clone(), inv(), ev(), None)
+                .await;
             assert!(out.result.is_ok(), "{:?}", out.result);
             let de = t.elapsed();
             if i >= 3 {

@@ -44,6 +44,25 @@ enum Command {
         /// The payload: JSON text, or @FILE to read it from a file.
         #[arg(long, short)]
         data: Option<String>,
+        /// Submit as an async job: print its id at once (follow it with `fnhost jobs`).
+        #[arg(long = "async")]
+        run_async: bool,
+        /// With --async: URL that receives the job record when it finishes.
+        #[arg(long, requires = "run_async")]
+        callback_url: Option<String>,
+        /// With --async: queue that receives the completion.
+        #[arg(long, requires = "run_async")]
+        reply_to: Option<String>,
+        #[command(flatten)]
+        conn: client::Connection,
+    },
+    /// Show an async job's state; with --wait follow it to the end.
+    Jobs {
+        /// The job id.
+        id: String,
+        /// Follow the job with a progress bar until it finishes; print its result.
+        #[arg(long)]
+        wait: bool,
         #[command(flatten)]
         conn: client::Connection,
     },
@@ -106,6 +125,9 @@ struct ServeArgs {
     /// Invocations that may run at once, host-wide.
     #[arg(long, env = "FNHOST_MAX_CONCURRENCY", default_value_t = 64)]
     max_concurrency: usize,
+    /// How long finished job records are kept, e.g. 24h.
+    #[arg(long, env = "FNHOST_JOB_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    job_retention: Duration,
     /// Use on-demand instance allocation instead of the pooling allocator.
     #[arg(long, env = "FNHOST_NO_POOLING")]
     no_pooling: bool,
@@ -130,9 +152,22 @@ impl Cli {
             Command::Serve(args) => serve(args).await,
             Command::Deploy { path, conn } => client::deploy(&conn, &path).await,
             Command::List { conn } => client::list(&conn).await,
-            Command::Invoke { name, data, conn } => {
-                client::invoke(&conn, &name, data.as_deref()).await
-            }
+            Command::Invoke {
+                name,
+                data,
+                run_async: false,
+                conn,
+                ..
+            } => client::invoke(&conn, &name, data.as_deref()).await,
+            Command::Invoke {
+                name,
+                data,
+                callback_url,
+                reply_to,
+                conn,
+                ..
+            } => client::submit(&conn, &name, data.as_deref(), callback_url, reply_to).await,
+            Command::Jobs { id, wait, conn } => client::jobs(&conn, &id, wait).await,
             Command::Rollback { name, to, conn } => client::rollback(&conn, &name, to).await,
             Command::Remove { name, conn } => client::remove(&conn, &name).await,
             Command::Queue { command } => client::queue(command).await,
@@ -181,6 +216,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         sandbox.clone(),
         registry,
         Arc::new(queues.clone()),
+        Arc::new(queues),
+        args.job_retention,
         args.max_concurrency,
     )
     .await?;

@@ -66,6 +66,8 @@ pub struct Dispatcher {
     /// Deploys, rollbacks and removals run one at a time.
     admin: Mutex<()>,
     queues: Arc<dyn QueueBackend>,
+    jobs: Arc<dyn crate::jobs::JobStore>,
+    job_retention: std::time::Duration,
     /// Bumped whenever the active set changes, so triggers can follow.
     changes: watch::Sender<u64>,
     bindings: std::sync::Mutex<HashMap<(String, String), Arc<BindingStats>>>,
@@ -80,8 +82,9 @@ pub struct BindingStats {
     pub desired: std::sync::atomic::AtomicUsize,
 }
 
-/// Which attempt an invocation is, and what it resumes from.
-#[derive(Debug, Clone)]
+/// Which attempt an invocation is, what it resumes from, and where its
+/// progress and checkpoints go.
+#[derive(Clone)]
 pub struct Attempt {
     /// 1 for the first attempt.
     pub number: u32,
@@ -89,6 +92,8 @@ pub struct Attempt {
     pub job_id: Option<String>,
     /// The last checkpoint of an earlier attempt.
     pub checkpoint: Option<Vec<u8>>,
+    /// Receives progress and checkpoints.
+    pub reporter: Option<Arc<dyn crate::sandbox::Reporter>>,
 }
 
 impl Default for Attempt {
@@ -97,6 +102,7 @@ impl Default for Attempt {
             number: 1,
             job_id: None,
             checkpoint: None,
+            reporter: None,
         }
     }
 }
@@ -107,6 +113,8 @@ impl Dispatcher {
         sandbox: Arc<Sandbox>,
         registry: Arc<Registry>,
         queues: Arc<dyn QueueBackend>,
+        jobs: Arc<dyn crate::jobs::JobStore>,
+        job_retention: std::time::Duration,
         max_concurrency: usize,
     ) -> anyhow::Result<Arc<Dispatcher>> {
         let dispatcher = Arc::new(Dispatcher {
@@ -117,6 +125,8 @@ impl Dispatcher {
             permits: Arc::new(Semaphore::new(max_concurrency)),
             admin: Mutex::new(()),
             queues,
+            jobs,
+            job_retention,
             changes: watch::Sender::new(0),
             bindings: Default::default(),
         });
@@ -308,6 +318,16 @@ impl Dispatcher {
         &self.queues
     }
 
+    /// The job store.
+    pub fn jobs(&self) -> &Arc<dyn crate::jobs::JobStore> {
+        &self.jobs
+    }
+
+    /// How long finished job records are kept.
+    pub fn job_retention(&self) -> std::time::Duration {
+        self.job_retention
+    }
+
     /// The live figures of `function`'s binding of `queue` (created on first use).
     pub fn worker_stats(&self, function: &str, queue: &str) -> Arc<BindingStats> {
         let mut map = self.bindings.lock().unwrap();
@@ -366,7 +386,7 @@ impl Dispatcher {
             tracing::debug!("invocation started");
             let outcome = self
                 .sandbox
-                .invoke(&deployed.loaded, &deployed.limits, deployed.caps.clone(), inv, event)
+                .invoke(&deployed.loaded, &deployed.limits, deployed.caps.clone(), inv, event, attempt.reporter)
                 .await;
             outcome.logs.emit();
             match &outcome.result {

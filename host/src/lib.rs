@@ -7,6 +7,7 @@
 //! - [`registry`]: deployed functions and their versions, on disk;
 //! - [`dispatcher`]: active versions, routes and the host-wide concurrency cap;
 //! - [`queue`]: the durable queue store (embedded SQLite) behind its backend trait;
+//! - [`jobs`]: async job records (state, progress, results) and their store trait;
 //! - [`triggers`]: background triggers (queues) that invoke through the dispatcher;
 //! - [`server`]: the admin API and the HTTP trigger;
 //! - [`cli`]: the `fnhost` command line.
@@ -14,6 +15,7 @@
 pub mod capabilities;
 pub mod cli;
 pub mod dispatcher;
+pub mod jobs;
 pub mod manifest;
 pub mod queue;
 pub mod registry;

@@ -400,6 +400,28 @@ impl Manifest {
         }
     }
 
+    /// Every queue the function consumes, with its policy: its own
+    /// `[[triggers.queue]]` bindings plus its async-job queue (default policy).
+    pub fn queue_policies(&self) -> Vec<QueuePolicy> {
+        let jobs = QueueTrigger {
+            queue: crate::jobs::job_queue(&self.name),
+            batch_size: None,
+            visibility_timeout: None,
+            max_attempts: None,
+            backoff_initial: None,
+            backoff_max: None,
+            min_concurrency: None,
+            max_concurrency: None,
+            target_backlog: None,
+        };
+        self.triggers
+            .queue
+            .iter()
+            .chain(std::iter::once(&jobs))
+            .map(QueueTrigger::policy)
+            .collect()
+    }
+
     /// The grants and config the sandbox hands to the function's imports.
     pub fn capabilities(&self) -> Capabilities {
         Capabilities {

@@ -118,6 +118,9 @@ pub struct Message {
     pub reply_to: Option<String>,
     /// The error of the last failed attempt, if any.
     pub last_error: Option<String>,
+    /// The last checkpoint an attempt saved, if any.
+    #[serde(skip)]
+    pub checkpoint: Option<Vec<u8>>,
 }
 
 /// A leased message: process it, then ack, retry or dead-letter it with the receipt.
@@ -197,6 +200,12 @@ pub const DEDUP_WINDOW: Duration = Duration::from_secs(5 * 60);
 
 /// Check a message before it is stored.
 pub fn validate(queue: &str, msg: &NewMessage) -> Result<(), QueueError> {
+    if queue.starts_with(crate::jobs::RESERVED_QUEUE_PREFIX) {
+        return Err(QueueError::Invalid(format!(
+            "{queue:?}: queue names starting with {:?} are reserved for the host",
+            crate::jobs::RESERVED_QUEUE_PREFIX
+        )));
+    }
     if !crate::manifest::valid_name(queue) {
         return Err(QueueError::Invalid(format!(
             "{queue:?} is not a valid queue name; use 1-63 lower-case letters, digits and '-', starting with a letter"
@@ -257,6 +266,12 @@ pub trait QueueBackend: Send + Sync {
         receipt: Receipt,
         delay: Duration,
         error: String,
+    ) -> BoxFuture<'_, Result<bool, QueueError>>;
+    /// Save a checkpoint on a leased message; the next delivery carries it.
+    fn checkpoint(
+        &self,
+        receipt: Receipt,
+        state: Vec<u8>,
     ) -> BoxFuture<'_, Result<bool, QueueError>>;
     /// Extend a lease to `visibility` from now. False when the receipt is stale.
     fn renew(

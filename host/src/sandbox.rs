@@ -122,6 +122,21 @@ pub struct HostState {
     limiter: limits::GuestLimiter,
     caps: Arc<Capabilities>,
     progress: Option<(u8, String)>,
+    reporter: Option<Arc<dyn Reporter>>,
+}
+
+/// Where a running invocation's progress and checkpoints go (the job record,
+/// the queue message). Invocations without one (synchronous HTTP calls) keep
+/// progress on the outcome and refuse checkpoints.
+pub trait Reporter: Send + Sync {
+    /// Record progress.
+    fn progress(
+        &self,
+        percent: u8,
+        message: String,
+    ) -> crate::queue::BoxFuture<'_, Result<(), String>>;
+    /// Save a checkpoint for the next attempt.
+    fn checkpoint(&self, state: Vec<u8>) -> crate::queue::BoxFuture<'_, Result<(), String>>;
 }
 
 impl WasiView for HostState {
@@ -349,6 +364,7 @@ impl Sandbox {
         caps: Arc<Capabilities>,
         inv: Invocation,
         event: Event,
+        reporter: Option<Arc<dyn Reporter>>,
     ) -> Outcome {
         let logs = GuestLogs::new(limits.log_bytes);
         let wasi = WasiCtx::builder()
@@ -364,6 +380,7 @@ impl Sandbox {
             limiter: limits::GuestLimiter::new(limits),
             caps,
             progress: None,
+            reporter,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);

@@ -53,8 +53,8 @@ impl Supervisor {
     fn reconcile(&mut self) {
         self.workers.retain(|_, w| !w.is_finished());
         for deployed in self.dispatcher.active() {
-            for binding in &deployed.manifest.triggers.queue {
-                let key = (deployed.record.name.clone(), binding.queue.clone());
+            for policy in deployed.manifest.queue_policies() {
+                let key = (deployed.record.name.clone(), policy.queue);
                 if self.workers.contains_key(&key) {
                     continue;
                 }

@@ -142,14 +142,98 @@ pub async fn list(conn: &Connection) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `fnhost invoke NAME [--data JSON|@FILE]`: prints the output body.
-pub async fn invoke(conn: &Connection, name: &str, data: Option<&str>) -> anyhow::Result<()> {
-    let body = match data {
+/// The payload of `--data`: the text, or the file named after `@`.
+fn payload(data: Option<&str>) -> anyhow::Result<Vec<u8>> {
+    Ok(match data {
         Some(d) if d.starts_with('@') => std::fs::read(&d[1..])
             .with_context(|| format!("failed to read the payload file {:?}", &d[1..]))?,
         Some(d) => d.as_bytes().to_vec(),
         None => Vec::new(),
-    };
+    })
+}
+
+/// `fnhost invoke NAME --async`: submit a job, print its id.
+pub async fn submit(
+    conn: &Connection,
+    name: &str,
+    data: Option<&str>,
+    callback_url: Option<String>,
+    reply_to: Option<String>,
+) -> anyhow::Result<()> {
+    let text =
+        String::from_utf8(payload(data)?).context("an async job's payload must be text or JSON")?;
+    let input = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text));
+    let body =
+        serde_json::json!({ "input": input, "callback_url": callback_url, "reply_to": reply_to });
+    let url = conn.url(&format!("/functions/{name}/jobs"));
+    let resp = conn
+        .send(reqwest::Client::new().post(url).json(&body))
+        .await?;
+    let v: Value = check(&format!("submitting a job to {name:?}"), resp)
+        .await?
+        .json()
+        .await?;
+    let id = v["id"].as_str().unwrap_or("?");
+    println!("{id}");
+    eprintln!(
+        "job {id} queued; status at {}/v1/jobs/{id}; follow it with `fnhost jobs {id} --wait`",
+        conn.host.trim_end_matches('/')
+    );
+    Ok(())
+}
+
+/// `fnhost jobs ID [--wait]`.
+pub async fn jobs(conn: &Connection, id: &str, wait: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let http = reqwest::Client::new();
+    let mut shown = String::new();
+    loop {
+        let resp = conn
+            .send(http.get(conn.url(&format!("/jobs/{id}"))))
+            .await?;
+        let v: Value = check(&format!("reading job {id}"), resp)
+            .await?
+            .json()
+            .await?;
+        let state = v["state"].as_str().unwrap_or("?").to_string();
+        let done = matches!(state.as_str(), "succeeded" | "failed" | "dead");
+        if !wait {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(());
+        }
+        let pct = v["progress"].as_u64().unwrap_or(0).min(100) as usize;
+        let bar = format!(
+            "\r[{}{}] {pct:>3}% {state:<9} attempt {} {}",
+            "#".repeat(pct / 5),
+            "-".repeat(20 - pct / 5),
+            v["attempts"],
+            v["progress_message"].as_str().unwrap_or("")
+        );
+        if bar != shown {
+            eprint!("{bar}");
+            std::io::stderr().flush()?;
+            shown = bar;
+        }
+        if done {
+            eprintln!();
+            return match state.as_str() {
+                "succeeded" => {
+                    println!("{}", v["result"]["body"].as_str().unwrap_or(""));
+                    Ok(())
+                }
+                _ => bail!(
+                    "job {id} {state}: {}",
+                    v["error"].as_str().unwrap_or("no error recorded")
+                ),
+            };
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// `fnhost invoke NAME [--data JSON|@FILE]`: prints the output body.
+pub async fn invoke(conn: &Connection, name: &str, data: Option<&str>) -> anyhow::Result<()> {
+    let body = payload(data)?;
     let url = conn.url(&format!("/functions/{name}/invoke"));
     let resp = check(
         &format!("invoking {name:?}"),

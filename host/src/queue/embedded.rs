@@ -11,6 +11,7 @@ use super::{
     BoxFuture, Clock, DEDUP_WINDOW, DeadLetter, Delivery, Message, NewMessage, QueueBackend,
     QueueError, QueueStats, Receipt, Sent,
 };
+use crate::jobs::{JobRecord, JobState, JobStore, JobUpdate, NewJob};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use std::path::Path;
 use std::sync::Arc;
@@ -61,6 +62,26 @@ CREATE TABLE IF NOT EXISTS queue_dead_letters (
     dead_at_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS queue_dead_letters_queue ON queue_dead_letters (queue, dead_at_ms);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    function TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    progress INTEGER,
+    progress_message TEXT,
+    result_status INTEGER,
+    result_headers TEXT,
+    result BLOB,
+    error TEXT,
+    created_at_ms INTEGER NOT NULL,
+    started_at_ms INTEGER,
+    finished_at_ms INTEGER,
+    expires_at_ms INTEGER,
+    callback_url TEXT,
+    reply_to TEXT,
+    correlation_id TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs (expires_at_ms) WHERE expires_at_ms IS NOT NULL;
 CREATE TABLE IF NOT EXISTS queue_dedup (
     queue TEXT NOT NULL,
     dedup_id TEXT NOT NULL,
@@ -80,6 +101,10 @@ enum Op {
     Ack(Receipt, Reply<bool>),
     Retry(Receipt, Duration, String, Reply<bool>),
     Renew(Receipt, Duration, Reply<bool>),
+    Checkpoint(Receipt, Vec<u8>, Reply<bool>),
+    Submit(NewJob, Reply<JobRecord>),
+    JobUpdate(String, JobUpdate, Reply<bool>),
+    JobGet(String, Reply<Option<JobRecord>>),
     DeadLetter(Receipt, String, Option<String>, Reply<bool>),
     Stats(String, Reply<QueueStats>),
     Queues(Reply<Vec<String>>),
@@ -106,6 +131,15 @@ impl EmbeddedQueues {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        // Added after the first release of the table.
+        let has_checkpoint: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('queue_messages') WHERE name = 'checkpoint'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(db)?;
+        if !has_checkpoint {
+            conn.execute_batch("ALTER TABLE queue_messages ADD COLUMN checkpoint BLOB")
+                .map_err(db)?;
+        }
         let (tx, rx) = mpsc::sync_channel(QUEUE_DEPTH);
         let notify = Arc::new(Notify::new());
         let writer = Writer {
@@ -134,7 +168,7 @@ impl EmbeddedQueues {
             match tx.try_send(op) {
                 Ok(()) => {}
                 Err(mpsc::TrySendError::Full(op)) => {
-                    tokio::task::spawn_blocking(move || tx.send(op))
+                    tokio::task::spawn_blocking(move || tx.send(op).map_err(|_| ()))
                         .await
                         .map_err(|_| stopped())?
                         .map_err(|_| stopped())?;
@@ -191,6 +225,14 @@ impl QueueBackend for EmbeddedQueues {
         error: String,
     ) -> BoxFuture<'_, Result<bool, QueueError>> {
         self.call(|r| Op::Retry(receipt, delay, error, r))
+    }
+
+    fn checkpoint(
+        &self,
+        receipt: Receipt,
+        state: Vec<u8>,
+    ) -> BoxFuture<'_, Result<bool, QueueError>> {
+        self.call(|r| Op::Checkpoint(receipt, state, r))
     }
 
     fn renew(
@@ -255,6 +297,20 @@ impl QueueBackend for EmbeddedQueues {
     }
 }
 
+impl JobStore for EmbeddedQueues {
+    fn submit(&self, job: NewJob) -> BoxFuture<'_, Result<JobRecord, QueueError>> {
+        self.call(|r| Op::Submit(job, r))
+    }
+
+    fn update(&self, id: String, update: JobUpdate) -> BoxFuture<'_, Result<bool, QueueError>> {
+        self.call(|r| Op::JobUpdate(id, update, r))
+    }
+
+    fn get(&self, id: String) -> BoxFuture<'_, Result<Option<JobRecord>, QueueError>> {
+        self.call(|r| Op::JobGet(id, r))
+    }
+}
+
 struct Writer {
     conn: Connection,
     clock: Arc<dyn Clock>,
@@ -299,11 +355,15 @@ impl Writer {
         let mut pending = Vec::with_capacity(ops.len());
         let mut wake = false;
         for op in ops {
-            wake |= matches!(op, Op::Send(..) | Op::Retry(..) | Op::Redrive(..));
+            wake |= matches!(
+                op,
+                Op::Send(..) | Op::Retry(..) | Op::Redrive(..) | Op::Submit(..)
+            );
             pending.push(apply_one(&tx, now, op));
         }
         if tidy {
             let _ = tx.execute("DELETE FROM queue_dedup WHERE expires_at_ms <= ?1", [now]);
+            let _ = tx.execute("DELETE FROM jobs WHERE expires_at_ms <= ?1", [now]);
         }
         let committed = tx.commit().map_err(db);
         for p in pending {
@@ -320,9 +380,14 @@ fn fail(op: Op, err: &QueueError) {
     match op {
         Op::Send(_, _, r) => drop(r.send(Err(err.clone()))),
         Op::Receive(_, _, _, r) => drop(r.send(Err(err.clone()))),
-        Op::Ack(_, r) | Op::Retry(_, _, _, r) | Op::Renew(_, _, r) | Op::DeadLetter(_, _, _, r) => {
-            drop(r.send(Err(err.clone())))
-        }
+        Op::Ack(_, r)
+        | Op::Retry(_, _, _, r)
+        | Op::Renew(_, _, r)
+        | Op::DeadLetter(_, _, _, r)
+        | Op::Checkpoint(_, _, r)
+        | Op::JobUpdate(_, _, r) => drop(r.send(Err(err.clone()))),
+        Op::Submit(_, r) => drop(r.send(Err(err.clone()))),
+        Op::JobGet(_, r) => drop(r.send(Err(err.clone()))),
         Op::Stats(_, r) => drop(r.send(Err(err.clone()))),
         Op::Queues(r) => drop(r.send(Err(err.clone()))),
         Op::Peek(_, _, r) => drop(r.send(Err(err.clone()))),
@@ -370,6 +435,18 @@ fn apply_one(tx: &Transaction<'_>, now: u64, op: Op) -> Pending {
             .map(|n| n == 1)
             .map_err(db),
         ),
+        Op::Checkpoint(rc, state, r) => later(
+            r,
+            tx.execute(
+                "UPDATE queue_messages SET checkpoint = ?3 WHERE id = ?1 AND lease = ?2",
+                params![rc.id, rc.lease, state],
+            )
+            .map(|n| n == 1)
+            .map_err(db),
+        ),
+        Op::Submit(job, r) => later(r, submit(tx, now, job)),
+        Op::JobUpdate(id, update, r) => later(r, job_update(tx, now, &id, update)),
+        Op::JobGet(id, r) => later(r, job_get(tx, now, &id)),
         Op::DeadLetter(rc, error, function, r) => later(r, dead_letter(tx, now, &rc, &error, function.as_deref())),
         Op::Stats(queue, r) => later(r, stats(tx, now, &queue)),
         Op::Queues(r) => later(r, queues(tx)),
@@ -453,6 +530,7 @@ fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
         correlation_id: r.get(10)?,
         reply_to: r.get(11)?,
         last_error: r.get(12)?,
+        checkpoint: None,
     })
 }
 
@@ -475,12 +553,17 @@ fn receive(
     }
     let mut messages: Vec<Message> = {
         let mut stmt = tx
-            .prepare_cached(&format!("SELECT {MESSAGE_COLUMNS} {READY}"))
+            .prepare_cached(&format!("SELECT {MESSAGE_COLUMNS}, checkpoint {READY}"))
             .map_err(db)?;
-        stmt.query_map(params![queue, now, max as i64], row_to_message)
-            .map_err(db)?
-            .collect::<Result<_, _>>()
-            .map_err(db)?
+        stmt.query_map(params![queue, now, max as i64], |r| {
+            Ok(Message {
+                checkpoint: r.get(13)?,
+                ..row_to_message(r)?
+            })
+        })
+        .map_err(db)?
+        .collect::<Result<_, _>>()
+        .map_err(db)?
     };
     let visible_at = now + vis.as_millis() as u64;
     let mut update = tx
@@ -576,11 +659,16 @@ fn queues(tx: &Transaction<'_>) -> Result<Vec<String>, QueueError> {
 fn peek(tx: &Transaction<'_>, queue: &str, max: usize) -> Result<Vec<Message>, QueueError> {
     let mut stmt = tx
         .prepare(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM queue_messages WHERE queue = ?1 ORDER BY priority DESC, seq LIMIT ?2"
+            "SELECT {MESSAGE_COLUMNS}, checkpoint FROM queue_messages WHERE queue = ?1 ORDER BY priority DESC, seq LIMIT ?2"
         ))
         .map_err(db)?;
     let rows = stmt
-        .query_map(params![queue, max as i64], row_to_message)
+        .query_map(params![queue, max as i64], |r| {
+            Ok(Message {
+                checkpoint: r.get(13)?,
+                ..row_to_message(r)?
+            })
+        })
         .map_err(db)?;
     rows.collect::<Result<_, _>>().map_err(db)
 }
@@ -677,6 +765,96 @@ fn purge_dead(
         )
         .map_err(db)?;
     Ok(n as u64)
+}
+
+fn submit(tx: &Transaction<'_>, now: u64, job: NewJob) -> Result<JobRecord, QueueError> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let queue = crate::jobs::job_queue(&job.function);
+    let visible_at = job
+        .not_before_ms
+        .unwrap_or(now)
+        .max(now + job.delay_ms.unwrap_or(0));
+    tx.execute(
+        "INSERT INTO queue_messages (id, queue, body, attributes, enqueued_at_ms, visible_at_ms, correlation_id, reply_to)
+         VALUES (?1, ?2, ?3, '[]', ?4, ?5, ?6, ?7)",
+        params![id, queue, job.payload, now, visible_at, job.correlation_id, job.reply_to],
+    )
+    .map_err(db)?;
+    tx.execute(
+        "INSERT INTO jobs (id, function, state, created_at_ms, callback_url, reply_to, correlation_id)
+         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6)",
+        params![id, job.function, now, job.callback_url, job.reply_to, job.correlation_id],
+    )
+    .map_err(db)?;
+    job_get(tx, now, &id)?.ok_or_else(|| QueueError::Backend("the new job vanished".into()))
+}
+
+fn job_update(
+    tx: &Transaction<'_>,
+    now: u64,
+    id: &str,
+    update: JobUpdate,
+) -> Result<bool, QueueError> {
+    let n = match update {
+        JobUpdate::Started { attempt } => tx.execute(
+            "UPDATE jobs SET state = 'running', attempts = ?2, started_at_ms = COALESCE(started_at_ms, ?3) WHERE id = ?1",
+            params![id, attempt, now],
+        ),
+        JobUpdate::Progress { percent, message } => tx.execute(
+            "UPDATE jobs SET progress = ?2, progress_message = ?3 WHERE id = ?1",
+            params![id, percent, message],
+        ),
+        JobUpdate::Retrying { error } => {
+            tx.execute("UPDATE jobs SET state = 'queued', error = ?2 WHERE id = ?1", params![id, error])
+        }
+        JobUpdate::Finished { state, output, error, retention_ms } => {
+            let (status, headers, body) = match output {
+                Some(o) => (Some(o.status), Some(serde_json::to_string(&o.headers).unwrap_or_default()), Some(o.body)),
+                None => (None, None, None),
+            };
+            tx.execute(
+                "UPDATE jobs SET state = ?2, result_status = ?3, result_headers = ?4, result = ?5, error = ?6,
+                 finished_at_ms = ?7, expires_at_ms = ?8,
+                 progress = CASE WHEN ?2 = 'succeeded' THEN 100 ELSE progress END WHERE id = ?1",
+                params![id, state.as_str(), status, headers, body, error, now, now + retention_ms],
+            )
+        }
+    };
+    n.map(|n| n == 1).map_err(db)
+}
+
+fn job_get(tx: &Transaction<'_>, now: u64, id: &str) -> Result<Option<JobRecord>, QueueError> {
+    tx.query_row(
+        "SELECT id, function, state, attempts, progress, progress_message, result_status, result_headers, result, error,
+                created_at_ms, started_at_ms, finished_at_ms, expires_at_ms, callback_url, reply_to, correlation_id
+         FROM jobs WHERE id = ?1 AND (expires_at_ms IS NULL OR expires_at_ms > ?2)",
+        params![id, now],
+        |r| {
+            let state: String = r.get(2)?;
+            let headers: Option<String> = r.get(7)?;
+            Ok(JobRecord {
+                id: r.get(0)?,
+                function: r.get(1)?,
+                state: JobState::parse(&state),
+                attempts: r.get(3)?,
+                progress: r.get(4)?,
+                progress_message: r.get(5)?,
+                result_status: r.get(6)?,
+                result_headers: headers.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default(),
+                result: r.get(8)?,
+                error: r.get(9)?,
+                created_at_ms: r.get(10)?,
+                started_at_ms: r.get(11)?,
+                finished_at_ms: r.get(12)?,
+                expires_at_ms: r.get(13)?,
+                callback_url: r.get(14)?,
+                reply_to: r.get(15)?,
+                correlation_id: r.get(16)?,
+            })
+        },
+    )
+    .optional()
+    .map_err(db)
 }
 
 #[cfg(test)]

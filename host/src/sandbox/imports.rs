@@ -13,6 +13,9 @@ const NO_BLOB_STORE: &str =
     "this fnhost host has no blob store yet: buckets arrive with blob triggers in a later release";
 const NO_QUEUES: &str = "this host has no queue backend configured";
 
+/// Largest checkpoint, in bytes.
+const MAX_CHECKPOINT: usize = 256 << 10;
+
 /// Longest progress message kept, in bytes.
 const MAX_PROGRESS_MESSAGE: usize = 1024;
 
@@ -135,15 +138,30 @@ impl context::Host for HostState {
             message.truncate(end);
         }
         tracing::debug!(percent, %message, "progress");
+        if let Some(reporter) = &self.reporter {
+            reporter
+                .progress(percent, message.clone())
+                .await
+                .map_err(context::ContextError::Unavailable)?;
+        }
         self.progress = Some((percent, message));
         Ok(())
     }
 
-    async fn checkpoint(&mut self, _state: Vec<u8>) -> Result<(), context::ContextError> {
-        Err(context::ContextError::Unavailable(
-            "checkpoints are kept for queue messages and async jobs; a synchronous invocation has no next attempt to resume"
-                .into(),
-        ))
+    async fn checkpoint(&mut self, state: Vec<u8>) -> Result<(), context::ContextError> {
+        if state.len() > MAX_CHECKPOINT {
+            return Err(context::ContextError::Invalid(format!(
+                "a checkpoint is at most {MAX_CHECKPOINT} bytes, this one is {}",
+                state.len()
+            )));
+        }
+        match &self.reporter {
+            Some(reporter) => reporter.checkpoint(state).await.map_err(context::ContextError::Unavailable),
+            None => Err(context::ContextError::Unavailable(
+                "checkpoints are kept for queue messages and async jobs; a synchronous invocation has no next attempt to resume"
+                    .into(),
+            )),
+        }
     }
 
     async fn config(&mut self, key: String) -> Option<String> {

@@ -28,6 +28,7 @@ pub(crate) fn routes(state: AppState) -> axum::Router<AppState> {
             post(invoke).layer(DefaultBodyLimit::max(body)),
         )
         .merge(super::queues::routes().layer(DefaultBodyLimit::max(body)))
+        .merge(super::jobs::routes().layer(DefaultBodyLimit::max(body)))
         .layer(axum::middleware::from_fn_with_state(
             state,
             auth::require_token,

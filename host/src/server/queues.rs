@@ -89,6 +89,7 @@ fn message_json(m: &Message) -> Value {
     let mut v = serde_json::to_value(m).unwrap_or_default();
     v["body"] = json!(String::from_utf8_lossy(&m.body));
     v["size"] = json!(m.body.len());
+    v["checkpoint_size"] = json!(m.checkpoint.as_ref().map(Vec::len));
     v
 }
 

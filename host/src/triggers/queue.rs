@@ -7,13 +7,23 @@
 //! to a second worker; after a crash the lease expires and the message
 //! comes back.
 //!
+//! A function's async jobs arrive the same way, on its job queue
+//! (`fnhost-jobs-<function>`): the invocation gets the payload as an invoke
+//! event, and the job record follows every attempt (running, progress,
+//! retrying, then succeeded / failed / dead), with a callback POST when the
+//! job names one. Checkpoints saved during an attempt ride on the message,
+//! so the next attempt resumes from them.
+//!
 //! How many invocations run at once follows the backlog ([`Scaler`]), and a
 //! worker never leases more messages than it has free instances, so other
 //! hosts sharing the queue can take the rest.
 
 use crate::dispatcher::{Attempt, Deployed, Dispatcher, Failure};
+use crate::jobs::{JobOutput, JobState, JobStore, JobUpdate};
 use crate::manifest::QueuePolicy;
+use crate::queue::BoxFuture;
 use crate::queue::{Delivery, NewMessage, QueueBackend};
+use crate::sandbox::Reporter;
 use crate::sandbox::{Event, QueueMessage};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -142,11 +152,9 @@ impl Worker {
             };
             let Some(policy) = deployed
                 .manifest
-                .triggers
-                .queue
-                .iter()
-                .find(|b| b.queue == self.queue)
-                .map(|b| b.policy())
+                .queue_policies()
+                .into_iter()
+                .find(|p| p.queue == self.queue)
             else {
                 break;
             };
@@ -229,19 +237,68 @@ struct Settle {
     policy: QueuePolicy,
 }
 
+/// Progress and checkpoints of one delivery: checkpoints go on the message
+/// (the next delivery carries them), progress on the job record for jobs.
+struct DeliveryReporter {
+    backend: Arc<dyn QueueBackend>,
+    receipt: crate::queue::Receipt,
+    job: Option<(Arc<dyn JobStore>, String)>,
+}
+
+impl Reporter for DeliveryReporter {
+    fn progress(&self, percent: u8, message: String) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            if let Some((jobs, id)) = &self.job {
+                jobs.update(id.clone(), JobUpdate::Progress { percent, message })
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    }
+
+    fn checkpoint(&self, state: Vec<u8>) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            match self.backend.checkpoint(self.receipt.clone(), state).await {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    Err("the message's lease was lost; the checkpoint was not saved".into())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+}
+
 impl Settle {
     async fn process(self, d: Delivery) {
         let m = &d.message;
-        let event = Event::Queue(QueueMessage {
-            id: m.id.clone(),
-            queue: m.queue.clone(),
-            body: m.body.clone(),
-            attributes: m.attributes.clone(),
-            dequeue_count: m.dequeue_count,
-            enqueued_at_ms: m.enqueued_at_ms,
-            group: m.group.clone(),
-            correlation_id: m.correlation_id.clone(),
-        });
+        let job = crate::jobs::job_function(&m.queue)
+            .map(|_| (self.dispatcher.jobs().clone(), m.id.clone()));
+        let event = if job.is_some() {
+            Event::Invoke(m.body.clone())
+        } else {
+            Event::Queue(QueueMessage {
+                id: m.id.clone(),
+                queue: m.queue.clone(),
+                body: m.body.clone(),
+                attributes: m.attributes.clone(),
+                dequeue_count: m.dequeue_count,
+                enqueued_at_ms: m.enqueued_at_ms,
+                group: m.group.clone(),
+                correlation_id: m.correlation_id.clone(),
+            })
+        };
+        if let Some((jobs, id)) = &job {
+            let _ = jobs
+                .update(
+                    id.clone(),
+                    JobUpdate::Started {
+                        attempt: m.dequeue_count,
+                    },
+                )
+                .await;
+        }
         let renewer = {
             let (backend, receipt, vis) = (
                 self.backend.clone(),
@@ -264,9 +321,16 @@ impl Settle {
                 }
             })
         };
+        let reporter = DeliveryReporter {
+            backend: self.backend.clone(),
+            receipt: d.receipt.clone(),
+            job: job.clone(),
+        };
         let attempt = Attempt {
             number: m.dequeue_count,
-            ..Attempt::default()
+            job_id: job.as_ref().map(|(_, id)| id.clone()),
+            checkpoint: m.checkpoint.clone(),
+            reporter: Some(Arc::new(reporter)),
         };
         let (_, outcome) = self
             .dispatcher
@@ -278,16 +342,26 @@ impl Settle {
             self.deployed.record.name, self.deployed.record.version
         );
         let receipt = d.receipt.clone();
-        let settled = match outcome.result {
+        let retention_ms = self.dispatcher.job_retention().as_millis() as u64;
+        let (settled, finished) = match outcome.result {
             Ok(output) => {
+                let done = JobUpdate::Finished {
+                    state: JobState::Succeeded,
+                    output: Some(JobOutput {
+                        status: output.status,
+                        headers: output.headers.clone(),
+                        body: output.body.clone(),
+                    }),
+                    error: None,
+                    retention_ms,
+                };
                 self.reply(m, "succeeded", output.body).await;
-                self.backend.ack(receipt).await
+                (self.backend.ack(receipt).await, Some(done))
             }
             Err(failure) => {
-                let give_up = matches!(failure, Failure::Fail(_))
-                    || m.dequeue_count >= self.policy.max_attempts;
-                if give_up {
-                    let error = if matches!(failure, Failure::Fail(_)) {
+                let permanent = matches!(failure, Failure::Fail(_));
+                if permanent || m.dequeue_count >= self.policy.max_attempts {
+                    let error = if permanent {
                         failure.to_string()
                     } else {
                         format!(
@@ -297,22 +371,55 @@ impl Settle {
                     };
                     tracing::warn!(message = %m.id, queue = %m.queue, %error, "dead-lettered");
                     self.reply(m, "failed", error.clone().into_bytes()).await;
-                    self.backend.dead_letter(receipt, error, Some(who)).await
+                    let state = if permanent {
+                        JobState::Failed
+                    } else {
+                        JobState::Dead
+                    };
+                    let done = JobUpdate::Finished {
+                        state,
+                        output: None,
+                        error: Some(error.clone()),
+                        retention_ms,
+                    };
+                    (
+                        self.backend.dead_letter(receipt, error, Some(who)).await,
+                        Some(done),
+                    )
                 } else {
                     let delay = backoff(&self.policy, m.dequeue_count, random_unit());
-                    self.backend
-                        .retry(receipt, delay, failure.to_string())
-                        .await
+                    if let Some((jobs, id)) = &job {
+                        let _ = jobs
+                            .update(
+                                id.clone(),
+                                JobUpdate::Retrying {
+                                    error: failure.to_string(),
+                                },
+                            )
+                            .await;
+                    }
+                    (
+                        self.backend
+                            .retry(receipt, delay, failure.to_string())
+                            .await,
+                        None,
+                    )
                 }
             }
         };
-        match settled {
+        match &settled {
             Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(message = %m.id, "the lease had expired before the message was settled; it will be delivered again")
             }
             Err(e) => {
                 tracing::error!(message = %m.id, error = %e, "cannot settle a message; it will be delivered again")
+            }
+        }
+        if let (Some((jobs, id)), Some(done), Ok(true)) = (&job, finished, &settled) {
+            match jobs.update(id.clone(), done).await {
+                Ok(_) => self.callback(jobs.as_ref(), id).await,
+                Err(e) => tracing::error!(job = %id, error = %e, "cannot record the job's end"),
             }
         }
     }
@@ -334,7 +441,43 @@ impl Settle {
             tracing::error!(message = %m.id, reply_to = %reply_to, error = %e, "cannot send the reply");
         }
     }
+
+    /// POST the finished job's record to its callback URL, retrying a few
+    /// times with backoff; the record stays readable either way.
+    async fn callback(&self, jobs: &dyn JobStore, id: &str) {
+        let Ok(Some(record)) = jobs.get(id.to_string()).await else {
+            return;
+        };
+        let Some(url) = record.callback_url.clone() else {
+            return;
+        };
+        let body = record.to_json();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build();
+        let Ok(client) = client else { return };
+        let mut delay = Duration::from_millis(500);
+        for attempt in 1..=CALLBACK_ATTEMPTS {
+            match client.post(&url).json(&body).send().await {
+                Ok(resp) if resp.status().is_success() => return,
+                Ok(resp) => {
+                    tracing::warn!(job = %id, %url, status = %resp.status(), attempt, "the job callback was refused")
+                }
+                Err(e) => {
+                    tracing::warn!(job = %id, %url, error = %e, attempt, "the job callback failed")
+                }
+            }
+            if attempt < CALLBACK_ATTEMPTS {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+        tracing::error!(job = %id, %url, "giving up on the job callback; the record stays at its status URL");
+    }
 }
+
+/// Tries of a completion callback.
+const CALLBACK_ATTEMPTS: u32 = 4;
 
 #[cfg(test)]
 mod tests {

@@ -248,3 +248,32 @@ async fn bad_messages_are_refused_before_anything_is_stored() {
     assert!(q.send("Bad Name", msg("x")).await.is_err());
     assert_eq!(q.stats("orders").await.unwrap().ready, 0);
 }
+
+#[tokio::test]
+async fn a_checkpoint_rides_on_the_message_to_the_next_delivery() {
+    let (_d, q, clock) = open();
+    q.send("orders", msg("a")).await.unwrap();
+    let d = q.receive("orders", 1, VIS).await.unwrap().remove(0);
+    assert_eq!(d.message.checkpoint, None);
+    assert!(
+        q.checkpoint(d.receipt.clone(), b"step-1".to_vec())
+            .await
+            .unwrap()
+    );
+    assert!(
+        q.retry(d.receipt.clone(), Duration::ZERO, "crash".into())
+            .await
+            .unwrap()
+    );
+    let d2 = q.receive("orders", 1, VIS).await.unwrap().remove(0);
+    assert_eq!(d2.message.checkpoint.as_deref(), Some(&b"step-1"[..]));
+    // A stale lease cannot overwrite it.
+    assert!(!q.checkpoint(d.receipt, b"old".to_vec()).await.unwrap());
+    clock.advance(VIS * 2);
+    let d3 = q.receive("orders", 1, VIS).await.unwrap().remove(0);
+    assert_eq!(
+        d3.message.checkpoint.as_deref(),
+        Some(&b"step-1"[..]),
+        "an expired lease keeps it too"
+    );
+}

@@ -2,10 +2,12 @@
 //!
 //! The mode comes from the route parameter `{mode}` or the invoke payload:
 //! `ok`, `loop`, `memory`, `recursion`, `panic`, `stdout`, `retry`, `fail`,
-//! `config`, `storage`, `queue`, `checkpoint`, `busy-<ms>` (then answers with
+//! `config`, `storage`, `queue`, `checkpoint`, `progress`, `resume` (checkpoint,
+//! then panic; the next attempt answers with the checkpoint), `resume-slow`
+//! (checkpoint, then spin for ten minutes), `busy-<ms>` (then answers with
 //! the `secret-word` config value), `grow-<mb>`.
 
-use fnhost_sdk::{Error, Event, Output, Result, job};
+use fnhost_sdk::{Error, Event, Invocation, Output, Result, job};
 use std::hint::black_box;
 
 #[allow(unconditional_recursion)]
@@ -14,8 +16,15 @@ fn recurse(n: u64) -> u64 {
     black_box(recurse(black_box(n + 1))) + 1
 }
 
+fn busy(ms: u64) {
+    let start = std::time::Instant::now();
+    while start.elapsed().as_millis() < ms as u128 {
+        black_box(0);
+    }
+}
+
 #[job]
-fn adversary(event: Event) -> Result<Output> {
+fn adversary(inv: Invocation, event: Event) -> Result<Output> {
     let mode = match &event {
         Event::Http(req) => req.param("mode").unwrap_or("ok").to_string(),
         other => String::from_utf8_lossy(other.payload()).trim().to_string(),
@@ -44,6 +53,26 @@ fn adversary(event: Event) -> Result<Output> {
             Ok(Output::text("printed 16 MiB"))
         }
         "retry" => Err(Error::retry("the backend is busy")),
+        "progress" => {
+            fnhost_sdk::progress(50, "halfway")?;
+            busy(300);
+            Ok(Output::text("done"))
+        }
+        "resume" | "resume-slow" => match inv.checkpoint {
+            Some(state) => Ok(Output::text(format!(
+                "resumed from {} on attempt {}",
+                String::from_utf8_lossy(&state),
+                inv.attempt
+            ))),
+            None => {
+                fnhost_sdk::checkpoint("step-1")?;
+                if mode == "resume" {
+                    panic!("crashed after the checkpoint");
+                }
+                busy(600_000);
+                Ok(Output::text("finished without resuming"))
+            }
+        },
         "fail" => Err(Error::fail("this input can never work")),
         "config" => Ok(Output::text(
             fnhost_sdk::config("secret-word").unwrap_or_default(),
@@ -73,10 +102,7 @@ fn adversary(event: Event) -> Result<Output> {
         },
         m if m.starts_with("busy-") => {
             let ms: u64 = m[5..].parse().map_err(|_| Error::fail("busy-<ms>"))?;
-            let start = std::time::Instant::now();
-            while start.elapsed().as_millis() < ms as u128 {
-                black_box(0);
-            }
+            busy(ms);
             let word = fnhost_sdk::config("secret-word").unwrap_or_default();
             Ok(Output::text(format!("busy for {ms} ms ({word})")))
         }
