@@ -390,7 +390,7 @@ impl Dispatcher {
                 .await;
             outcome.logs.emit();
             match &outcome.result {
-                Ok(out) => tracing::info!(status = out.status, fuel = outcome.fuel_used, elapsed_us = outcome.elapsed.as_micros() as u64, "invocation succeeded"),
+                Ok(out) => tracing::debug!(status = out.status, fuel = outcome.fuel_used, elapsed_us = outcome.elapsed.as_micros() as u64, "invocation succeeded"),
                 Err(failure) => tracing::warn!(fuel = outcome.fuel_used, elapsed_us = outcome.elapsed.as_micros() as u64, reason = %failure, "invocation failed"),
             }
             outcome

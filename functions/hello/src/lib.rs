@@ -22,7 +22,6 @@ struct Who {
 
 fn greet(who: &str) -> Result<Output> {
     let word = fnhost_sdk::config("greeting").unwrap_or_else(|| "Hello".into());
-    println!("greeting {who}");
     Output::json(&Greeting {
         message: format!("{word}, {who}!"),
     })
