@@ -56,6 +56,11 @@ enum Command {
         #[command(flatten)]
         conn: client::Connection,
     },
+    /// Backlog, desired and running instances of every queue binding (job queues included).
+    Status {
+        #[command(flatten)]
+        conn: client::Connection,
+    },
     /// Show an async job's state; with --wait follow it to the end.
     Jobs {
         /// The job id.
@@ -168,6 +173,7 @@ impl Cli {
                 ..
             } => client::submit(&conn, &name, data.as_deref(), callback_url, reply_to).await,
             Command::Jobs { id, wait, conn } => client::jobs(&conn, &id, wait).await,
+            Command::Status { conn } => client::status(&conn).await,
             Command::Rollback { name, to, conn } => client::rollback(&conn, &name, to).await,
             Command::Remove { name, conn } => client::remove(&conn, &name).await,
             Command::Queue { command } => client::queue(command).await,

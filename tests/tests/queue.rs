@@ -247,3 +247,47 @@ fn every_message_is_processed_at_least_once_across_a_kill_9() {
         done - N
     );
 }
+
+#[test]
+fn groups_keep_their_order_under_concurrency_and_instances_follow_the_backlog() {
+    let g = guests();
+    let host = Host::start();
+    let extra = "max_concurrency = 4\ntarget_backlog = 5\nbatch_size = 4";
+    host.deploy_ok(&worker_manifest(extra), &g.adversary);
+    // 3 groups × 10 messages; each takes a little while so work overlaps.
+    let mut batch = Vec::new();
+    for i in 0..10 {
+        for group in ["g1", "g2", "g3"] {
+            batch.push(json!({ "body": "busy-20", "group": group, "reply_to": "done", "correlation_id": format!("{group}-{i:02}") }));
+        }
+    }
+    // And an ungrouped backlog that lets the binding scale out.
+    for i in 0..40 {
+        batch.push(json!({ "body": "busy-50", "reply_to": "done", "correlation_id": format!("free-{i:02}") }));
+    }
+    send(&host, "work", batch);
+    let peak = host.wait_for(120, "the binding to scale out", |h| {
+        let s = stats(h, "work");
+        let f = &s["functions"][0];
+        (f["desired"].as_u64() == Some(4)).then(|| f.clone())
+    });
+    assert_eq!(peak["max_concurrency"], 4);
+    host.wait_for(120, "all 70 replies", |h| {
+        (stats(h, "done")["ready"].as_u64() == Some(70)).then_some(())
+    });
+    let order: Vec<String> = peek(&host, "done")
+        .iter()
+        .map(|m| m["correlation_id"].as_str().unwrap().to_string())
+        .collect();
+    for group in ["g1", "g2", "g3"] {
+        let seen: Vec<&String> = order.iter().filter(|c| c.starts_with(group)).collect();
+        let mut sorted = seen.clone();
+        sorted.sort();
+        assert_eq!(seen, sorted, "group {group} ran out of order");
+    }
+    // Back to zero desired once idle (after the scale-down cooldown).
+    host.wait_for(60, "the binding to scale back down", |h| {
+        (stats(h, "work")["functions"][0]["desired"].as_u64() == Some(0)).then_some(())
+    });
+    assert_eq!(stats(&host, "work")["functions"][0]["running"], 0);
+}

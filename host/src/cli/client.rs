@@ -494,3 +494,31 @@ pub async fn queue(command: QueueCommand) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `fnhost status`: one line per (function, queue) binding.
+pub async fn status(conn: &Connection) -> anyhow::Result<()> {
+    let resp = conn
+        .send(reqwest::Client::new().get(conn.url("/queues")))
+        .await?;
+    let v: Value = check("reading the status", resp).await?.json().await?;
+    println!(
+        "{:<20} {:<28} {:>8} {:>9} {:>7} {:>7} {:>8}",
+        "FUNCTION", "QUEUE", "BACKLOG", "IN-FLIGHT", "RUNNING", "DESIRED", "MIN..MAX"
+    );
+    for q in v["queues"].as_array().into_iter().flatten() {
+        for f in q["functions"].as_array().into_iter().flatten() {
+            let backlog = q["ready"].as_u64().unwrap_or(0) + q["delayed"].as_u64().unwrap_or(0);
+            println!(
+                "{:<20} {:<28} {:>8} {:>9} {:>7} {:>7} {:>8}",
+                f["function"].as_str().unwrap_or("?"),
+                q["queue"].as_str().unwrap_or("?"),
+                backlog,
+                q["in_flight"],
+                f["running"],
+                f["desired"],
+                format!("{}..{}", f["min_concurrency"], f["max_concurrency"]),
+            );
+        }
+    }
+    Ok(())
+}

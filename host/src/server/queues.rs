@@ -189,9 +189,9 @@ async fn list(State(state): State<AppState>) -> Response {
         Ok(n) => n,
         Err(e) => return queue_error(e),
     };
-    // Queues that functions are bound to show up even when empty.
+    // Queues that functions consume (their bindings and job queues) show up even when empty.
     for d in state.dispatcher.active() {
-        names.extend(d.manifest.triggers.queue.iter().map(|b| b.queue.clone()));
+        names.extend(d.manifest.queue_policies().into_iter().map(|p| p.queue));
     }
     names.sort();
     names.dedup();
@@ -213,17 +213,16 @@ async fn describe(state: &AppState, queue: &str) -> Result<Value, QueueError> {
         .dispatcher
         .active()
         .iter()
-        .filter(|d| d.manifest.triggers.queue.iter().any(|b| b.queue == queue))
-        .map(|d| {
-            let live = state.dispatcher.worker_stats(&d.record.name, queue);
+        .filter_map(|d| {
             let policy = d
                 .manifest
-                .triggers
-                .queue
-                .iter()
-                .find(|b| b.queue == queue)
-                .unwrap()
-                .policy();
+                .queue_policies()
+                .into_iter()
+                .find(|p| p.queue == queue)?;
+            Some((d, policy))
+        })
+        .map(|(d, policy)| {
+            let live = state.dispatcher.worker_stats(&d.record.name, queue);
             json!({
                 "function": d.record.name,
                 "running": live.running.load(std::sync::atomic::Ordering::Relaxed),

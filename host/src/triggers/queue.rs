@@ -34,6 +34,11 @@ use tokio_util::task::TaskTracker;
 
 /// How long an idle worker waits before looking again (sends wake it sooner).
 const IDLE_POLL: Duration = Duration::from_millis(250);
+/// How long a partly free binding waits for more instances to free up
+/// before leasing for the ones that are.
+const REFILL_WAIT: Duration = Duration::from_millis(2);
+/// How soon after a full batch the backlog may be measured again.
+const STATS_SOON: Duration = Duration::from_millis(50);
 /// How often the backlog is measured for scaling.
 const STATS_EVERY: Duration = Duration::from_millis(500);
 /// How long the backlog must stay low before instances are released.
@@ -142,6 +147,7 @@ impl Worker {
         let stats = self.dispatcher.worker_stats(&self.function, &self.queue);
         let mut scaler: Option<Scaler> = None;
         let mut measured: Option<Instant> = None;
+        let mut refill_now = false;
         tracing::info!(function = %self.function, queue = %self.queue, "queue worker started");
         loop {
             if self.shutdown.is_cancelled() {
@@ -172,16 +178,30 @@ impl Worker {
             // At least one instance may always pick up a message that arrives,
             // so an idle binding (zero desired) still notices new work.
             let limit = scaler.desired().max(1) as usize;
-            let free = limit.saturating_sub(stats.running.load(Ordering::Relaxed));
+            let running = stats.running.load(Ordering::Relaxed);
+            let free = limit.saturating_sub(running);
             let want = free.min(policy.batch_size as usize);
-            if want == 0 {
+            // Every receive is a durable step (its leases are committed), so
+            // while work is running, lease in batches: wait until half a batch
+            // of instances is free (or a moment has passed) rather than
+            // receiving one message per completion.
+            let refill = (limit.min(policy.batch_size as usize) / 2).max(1);
+            if want == 0 || (running > 0 && want < refill) {
                 tokio::select! {
                     () = done.notified() => {}
-                    () = tokio::time::sleep(STATS_EVERY) => {}
+                    () = tokio::time::sleep(if want == 0 { STATS_EVERY } else { REFILL_WAIT }) => {
+                        if want > 0 {
+                            // Waited long enough: take what is free.
+                            refill_now = true;
+                        }
+                    }
                     () = self.shutdown.cancelled() => break,
                 }
-                continue;
+                if !refill_now {
+                    continue;
+                }
             }
+            refill_now = false;
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
@@ -207,8 +227,8 @@ impl Worker {
                 }
                 continue;
             }
-            if deliveries.len() == want {
-                measured = None; // a full batch: measure the backlog again now
+            if deliveries.len() == want && measured.is_some_and(|t| t.elapsed() >= STATS_SOON) {
+                measured = None; // a full batch: there may be more backlog; measure again soon
             }
             for delivery in deliveries {
                 stats.running.fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,181 @@
+//! The queue benchmark (a bench binary, never a timed test): end-to-end
+//! durable throughput and latency of queue-triggered jobs, in one process
+//! with the real pieces (embedded queue store with fsync'd group commits,
+//! dispatcher, queue worker, sandbox) and a trivial guest
+//! (`tests/guests/empty`).
+//!
+//! 1. Throughput: enqueue N messages (batches of 1,000, each batch one
+//!    durable step), let the binding process and ack them all; messages/s.
+//! 2. Latency at about half that rate: messages sent one by one at a steady
+//!    pace, each with `reply_to`; the reply's enqueue time minus the send
+//!    time is enqueue → completion.
+//!
+//! Beside them, the bare invocation cost of the same guest, so the queue's
+//! own overhead is visible. Run with `scripts/bench` or
+//! `cargo bench -p fnhost --bench queue`.
+
+use fnhost::dispatcher::Dispatcher;
+use fnhost::queue::embedded::EmbeddedQueues;
+use fnhost::queue::{NewMessage, QueueBackend, SystemClock};
+use fnhost::registry::Registry;
+use fnhost::sandbox::{Sandbox, SandboxConfig};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let n: usize = if quick { 10_000 } else { 50_000 };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(n));
+}
+
+async fn run(n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/guests/target/wasm32-wasip2/release/empty.wasm");
+    let wasm = std::fs::read(&wasm_path).unwrap_or_else(|e| {
+        panic!("cannot read {wasm_path:?} ({e}); run scripts/bench, which builds it")
+    });
+    let sandbox = Arc::new(
+        Sandbox::new(SandboxConfig {
+            max_instances: 256,
+            ..SandboxConfig::new(dir.path().join("cache"))
+        })
+        .unwrap(),
+    );
+    let registry = Arc::new(Registry::open(dir.path()).unwrap());
+    let queues = EmbeddedQueues::open(dir.path(), Arc::new(SystemClock)).unwrap();
+    let backend: Arc<dyn QueueBackend> = Arc::new(queues.clone());
+    let dispatcher = Dispatcher::start(
+        sandbox.clone(),
+        registry,
+        backend.clone(),
+        Arc::new(queues),
+        Duration::from_secs(3600),
+        128,
+    )
+    .await
+    .unwrap();
+    let manifest = "name = \"sink\"\n[[triggers.queue]]\nqueue = \"bench\"\nbatch_size = 128\nmax_concurrency = 64\ntarget_backlog = 1\nmin_concurrency = 64\n";
+    dispatcher.deploy(manifest.into(), wasm).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let _tracker = fnhost::triggers::Supervisor::spawn(dispatcher.clone(), shutdown.clone());
+
+    // Bare invocation cost of the same guest, for reference.
+    let deployed = dispatcher.get("sink").unwrap();
+    let bare_n = 5_000;
+    let t = Instant::now();
+    for _ in 0..bare_n {
+        let (_, out) = dispatcher
+            .invoke(
+                deployed.clone(),
+                fnhost::sandbox::Event::Invoke(Vec::new()),
+                Default::default(),
+            )
+            .await;
+        assert!(out.result.is_ok());
+    }
+    let bare = t.elapsed() / bare_n;
+
+    // 1. Throughput.
+    let body = |i: usize| NewMessage {
+        body: i.to_string().into_bytes(),
+        ..Default::default()
+    };
+    let t = Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        backend
+            .send_batch("bench", chunk.iter().map(|&i| body(i)).collect())
+            .await
+            .unwrap();
+    }
+    let enqueued = t.elapsed();
+    loop {
+        let s = backend.stats("bench").await.unwrap();
+        if s.ready + s.in_flight + s.delayed == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let total = t.elapsed();
+    let rate = n as f64 / total.as_secs_f64();
+
+    // 2. Latency at about half that rate, one send per message.
+    let target = rate / 2.0;
+    let m = (target as usize * 4).clamp(1_000, 20_000);
+    let gap = Duration::from_secs_f64(1.0 / target);
+    let mut sent_at = std::collections::HashMap::with_capacity(m);
+    let start = Instant::now();
+    let mut senders = tokio::task::JoinSet::new();
+    for i in 0..m {
+        let due = start + gap.mul_f64(i as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let backend = backend.clone();
+        senders.spawn(async move {
+            let msg = NewMessage {
+                reply_to: Some("bench-done".into()),
+                correlation_id: Some(i.to_string()),
+                ..body(i)
+            };
+            let at = fnhost::registry::now_ms();
+            backend.send("bench", msg).await.unwrap();
+            (i, at)
+        });
+    }
+    while let Some(r) = senders.join_next().await {
+        let (i, at) = r.unwrap();
+        sent_at.insert(i.to_string(), at);
+    }
+    let replies = loop {
+        let s = backend.stats("bench-done").await.unwrap();
+        if s.ready as usize >= m {
+            break backend.peek("bench-done", m).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let achieved = m as f64 / start.elapsed().as_secs_f64();
+    let mut lat: Vec<u64> = replies
+        .iter()
+        .map(|r| {
+            r.enqueued_at_ms
+                .saturating_sub(sent_at[r.correlation_id.as_ref().unwrap()])
+        })
+        .collect();
+    lat.sort_unstable();
+    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
+    shutdown.cancel();
+
+    println!(
+        "## (d) queue-triggered jobs end to end (trivial guest, every enqueue fsync'd before it is acknowledged)\n"
+    );
+    println!("| measure | value |");
+    println!("| --- | ---: |");
+    println!("| messages | {n} |");
+    println!(
+        "| enqueue time (batches of 1,000) | {:.0} ms ({:.0} messages/s) |",
+        enqueued.as_secs_f64() * 1e3,
+        n as f64 / enqueued.as_secs_f64()
+    );
+    println!(
+        "| enqueue + process + ack, all | {:.0} ms |",
+        total.as_secs_f64() * 1e3
+    );
+    println!("| **end-to-end throughput** | **{rate:.0} jobs/s** |");
+    println!(
+        "| bare invocation of the same guest through the dispatcher | {:.1} µs ({:.0}/s on one task) |",
+        bare.as_secs_f64() * 1e6,
+        1.0 / bare.as_secs_f64()
+    );
+    println!("| latency run: {m} single sends at {target:.0}/s (achieved {achieved:.0}/s) | |");
+    println!(
+        "| enqueue → completion p50 / p99 / max | {} / {} / {} ms |",
+        pct(0.5),
+        pct(0.99),
+        lat[lat.len() - 1]
+    );
+}
