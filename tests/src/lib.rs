@@ -55,6 +55,8 @@ pub struct Guests {
     pub hello: PathBuf,
     /// `functions/thumbnail`.
     pub thumbnail: PathBuf,
+    /// `functions/order-processor`.
+    pub order_processor: PathBuf,
     /// `tests/guests/adversary`.
     pub adversary: PathBuf,
     /// `tests/guests/empty`.
@@ -95,6 +97,7 @@ pub fn guests() -> &'static Guests {
         Guests {
             hello: f.join("hello.wasm"),
             thumbnail: f.join("thumbnail.wasm"),
+            order_processor: f.join("order_processor.wasm"),
             adversary: t.join("adversary.wasm"),
             empty: t.join("empty.wasm"),
             not_a_job: t.join("not-a-job.wasm"),

@@ -291,3 +291,78 @@ fn groups_keep_their_order_under_concurrency_and_instances_follow_the_backlog() 
     });
     assert_eq!(stats(&host, "work")["functions"][0]["running"], 0);
 }
+
+#[test]
+fn the_order_processor_example_confirms_once_retries_and_dead_letters_poison() {
+    let g = guests();
+    let host = Host::start();
+    let manifest = std::fs::read_to_string(
+        fnhost_tests::repo_root().join("functions/order-processor/fnhost.toml"),
+    )
+    .unwrap();
+    host.deploy_ok(&manifest, &g.order_processor);
+    let order = |id: &str, extra: Value| {
+        let mut o = json!({ "id": id, "customer": "ada", "items": [{ "sku": "tea", "quantity": 2, "price_cents": 450 }] });
+        o.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json!({ "body": o.to_string() })
+    };
+    send(
+        &host,
+        "orders",
+        vec![
+            order("o-1", json!({})),
+            order("o-1", json!({})), // the same order again: confirmed once
+            order("o-2", json!({ "fail_until_attempt": 2 })),
+            order("o-3", json!({ "items": [] })),
+            json!({ "body": "not json at all" }),
+        ],
+    );
+    host.wait_for(60, "orders to settle", |h| {
+        let s = stats(h, "orders");
+        (s["ready"] == 0 && s["in_flight"] == 0 && s["delayed"] == 0 && s["dead_letters"] == 2)
+            .then_some(())
+    });
+    let outbox = peek(&host, "outbox");
+    let confirmed: Vec<&str> = outbox
+        .iter()
+        .map(|m| m["correlation_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(confirmed, ["o-1", "o-2"], "one confirmation per order");
+    let body: Value = serde_json::from_str(outbox[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["total_cents"], 900);
+    let dead = host
+        .admin("GET", "/v1/queues/orders/dead-letters", "")
+        .json();
+    let errors: Vec<&str> = dead["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["error"].as_str().unwrap())
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("\"o-3\" is invalid: it has no items")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("not the JSON this job expects")),
+        "{errors:?}"
+    );
+    assert!(
+        dead["dead_letters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["attempts"] == 1),
+        "poison is not retried"
+    );
+    assert!(
+        host.log().contains("the payment service did not answer"),
+        "o-2 was retried"
+    );
+}

@@ -281,6 +281,11 @@ pub async fn remove(conn: &Connection, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A count from the API, for width-aligned printing.
+fn n(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
 /// `fnhost queue …`.
 #[derive(clap::Subcommand, Debug)]
 pub enum QueueCommand {
@@ -413,7 +418,7 @@ pub async fn queue(command: QueueCommand) -> anyhow::Result<()> {
                 v["queues"].as_array().cloned().unwrap_or_default()
             };
             println!(
-                "{:<24} {:>8} {:>8} {:>9} {:>6}  FUNCTIONS (running/desired)",
+                "{:<28} {:>8} {:>8} {:>9} {:>6}  FUNCTIONS (running/desired)",
                 "QUEUE", "READY", "DELAYED", "IN-FLIGHT", "DEAD"
             );
             for q in rows {
@@ -431,12 +436,12 @@ pub async fn queue(command: QueueCommand) -> anyhow::Result<()> {
                     })
                     .collect();
                 println!(
-                    "{:<24} {:>8} {:>8} {:>9} {:>6}  {}",
+                    "{:<28} {:>8} {:>8} {:>9} {:>6}  {}",
                     q["queue"].as_str().unwrap_or("?"),
-                    q["ready"],
-                    q["delayed"],
-                    q["in_flight"],
-                    q["dead_letters"],
+                    n(&q["ready"]),
+                    n(&q["delayed"]),
+                    n(&q["in_flight"]),
+                    n(&q["dead_letters"]),
                     functions.join(", ")
                 );
             }
@@ -513,9 +518,9 @@ pub async fn status(conn: &Connection) -> anyhow::Result<()> {
                 f["function"].as_str().unwrap_or("?"),
                 q["queue"].as_str().unwrap_or("?"),
                 backlog,
-                q["in_flight"],
-                f["running"],
-                f["desired"],
+                n(&q["in_flight"]),
+                n(&f["running"]),
+                n(&f["desired"]),
                 format!("{}..{}", f["min_concurrency"], f["max_concurrency"]),
             );
         }
