@@ -41,7 +41,12 @@ struct Confirmation<'a> {
 }
 
 fn validate(order: &Order) -> Result<()> {
-    let invalid = |why: &str| Err(Error::fail(format!("order {:?} is invalid: {why}", order.id)));
+    let invalid = |why: &str| {
+        Err(Error::fail(format!(
+            "order {:?} is invalid: {why}",
+            order.id
+        )))
+    };
     if order.id.trim().is_empty() {
         return invalid("it has no id");
     }
@@ -72,7 +77,9 @@ fn process(inv: Invocation, event: Event) -> Result<Output> {
     let total_cents = order
         .items
         .iter()
-        .try_fold(0u64, |sum, i| sum.checked_add(i.price_cents.checked_mul(u64::from(i.quantity))?))
+        .try_fold(0u64, |sum, i| {
+            sum.checked_add(i.price_cents.checked_mul(u64::from(i.quantity))?)
+        })
         .ok_or_else(|| Error::fail(format!("order {:?} overflows the total", order.id)))?;
     fnhost_sdk::progress(60, "priced")?;
 
@@ -93,8 +100,8 @@ fn process(inv: Invocation, event: Event) -> Result<Output> {
         reply_to: None,
         attributes: vec![("kind".into(), "order-confirmed".into())],
     };
-    let confirmation_id =
-        fnhost_sdk::queue::send("outbox", &body, &options).or_retry("cannot enqueue the confirmation")?;
+    let confirmation_id = fnhost_sdk::queue::send("outbox", &body, &options)
+        .or_retry("cannot enqueue the confirmation")?;
     fnhost_sdk::progress(100, "confirmed")?;
     Output::json(&serde_json::json!({
         "order_id": order.id,
