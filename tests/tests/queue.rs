@@ -366,3 +366,28 @@ fn the_order_processor_example_confirms_once_retries_and_dead_letters_poison() {
         "o-2 was retried"
     );
 }
+
+#[test]
+fn a_job_longer_than_its_lease_is_not_handed_out_twice() {
+    let g = guests();
+    let host = Host::start();
+    host.deploy_ok(
+        &worker_manifest("visibility_timeout = \"1s\"\nmax_concurrency = 2"),
+        &g.adversary,
+    );
+    send(
+        &host,
+        "work",
+        vec![json!({ "body": "busy-3500", "reply_to": "done" })],
+    );
+    host.wait_for(60, "the reply", |h| {
+        (stats(h, "done")["ready"] == 1).then_some(())
+    });
+    let reply = &peek(&host, "done")[0];
+    assert_eq!(reply["body"], "busy for 3500 ms ()");
+    assert!(
+        !host.log().contains("attempt=2"),
+        "the lease was renewed, so nobody else got the message"
+    );
+    assert_eq!(stats(&host, "work")["ready"], 0);
+}

@@ -130,6 +130,7 @@ impl EmbeddedQueues {
             .map_err(db)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db)?;
+        conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(SCHEMA).map_err(db)?;
         // Added after the first release of the table.
         let has_checkpoint: bool = conn
@@ -362,8 +363,12 @@ impl Writer {
             pending.push(apply_one(&tx, now, op));
         }
         if tidy {
-            let _ = tx.execute("DELETE FROM queue_dedup WHERE expires_at_ms <= ?1", [now]);
-            let _ = tx.execute("DELETE FROM jobs WHERE expires_at_ms <= ?1", [now]);
+            let _ = exec(
+                &tx,
+                "DELETE FROM queue_dedup WHERE expires_at_ms <= ?1",
+                [now],
+            );
+            let _ = exec(&tx, "DELETE FROM jobs WHERE expires_at_ms <= ?1", [now]);
         }
         let committed = tx.commit().map_err(db);
         for p in pending {
@@ -413,13 +418,13 @@ fn apply_one(tx: &Transaction<'_>, now: u64, op: Op) -> Pending {
         Op::Receive(queue, max, vis, r) => later(r, receive(tx, now, &queue, max, vis)),
         Op::Ack(rc, r) => later(
             r,
-            tx.execute("DELETE FROM queue_messages WHERE id = ?1 AND lease = ?2", params![rc.id, rc.lease])
+            exec(tx, "DELETE FROM queue_messages WHERE id = ?1 AND lease = ?2", params![rc.id, rc.lease])
                 .map(|n| n == 1)
                 .map_err(db),
         ),
         Op::Retry(rc, delay, error, r) => later(
             r,
-            tx.execute(
+            exec(tx,
                 "UPDATE queue_messages SET visible_at_ms = ?3, lease = NULL, last_error = ?4 WHERE id = ?1 AND lease = ?2",
                 params![rc.id, rc.lease, now + delay.as_millis() as u64, error],
             )
@@ -428,7 +433,7 @@ fn apply_one(tx: &Transaction<'_>, now: u64, op: Op) -> Pending {
         ),
         Op::Renew(rc, vis, r) => later(
             r,
-            tx.execute(
+            exec(tx,
                 "UPDATE queue_messages SET visible_at_ms = ?3 WHERE id = ?1 AND lease = ?2",
                 params![rc.id, rc.lease, now + vis.as_millis() as u64],
             )
@@ -437,7 +442,7 @@ fn apply_one(tx: &Transaction<'_>, now: u64, op: Op) -> Pending {
         ),
         Op::Checkpoint(rc, state, r) => later(
             r,
-            tx.execute(
+            exec(tx,
                 "UPDATE queue_messages SET checkpoint = ?3 WHERE id = ?1 AND lease = ?2",
                 params![rc.id, rc.lease, state],
             )
@@ -456,9 +461,19 @@ fn apply_one(tx: &Transaction<'_>, now: u64, op: Op) -> Pending {
         Op::PurgeDead(queue, ids, r) => later(r, purge_dead(tx, &queue, ids.as_deref())),
         Op::Purge(queue, r) => later(
             r,
-            tx.execute("DELETE FROM queue_messages WHERE queue = ?1", [queue]).map(|n| n as u64).map_err(db),
+            exec(tx, "DELETE FROM queue_messages WHERE queue = ?1", [queue]).map(|n| n as u64).map_err(db),
         ),
     }
+}
+
+/// Run a statement through the connection's statement cache: the hot
+/// statements (ack, lease, retry, renew) are parsed once, not per message.
+fn exec<P: rusqlite::Params>(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: P,
+) -> rusqlite::Result<usize> {
+    tx.prepare_cached(sql)?.execute(params)
 }
 
 fn send(tx: &Transaction<'_>, now: u64, queue: &str, m: NewMessage) -> Result<Sent, QueueError> {
@@ -502,7 +517,7 @@ fn send(tx: &Transaction<'_>, now: u64, queue: &str, m: NewMessage) -> Result<Se
     })
     .map_err(db)?;
     if let Some(dedup) = &m.dedup_id {
-        tx.execute(
+        exec(tx,
             "INSERT OR REPLACE INTO queue_dedup (queue, dedup_id, message_id, expires_at_ms) VALUES (?1, ?2, ?3, ?4)",
             params![queue, dedup, id, now + DEDUP_WINDOW.as_millis() as u64],
         )
@@ -608,8 +623,7 @@ fn dead_letter(
         )
         .map_err(db)?;
     if moved == 1 {
-        tx.execute("DELETE FROM queue_messages WHERE id = ?1", [&rc.id])
-            .map_err(db)?;
+        exec(tx, "DELETE FROM queue_messages WHERE id = ?1", [&rc.id]).map_err(db)?;
     }
     Ok(moved == 1)
 }
@@ -735,7 +749,8 @@ fn redrive(
         )
         .map_err(db)?;
     values.remove(1);
-    tx.execute(
+    exec(
+        tx,
         &format!(
             "DELETE FROM queue_dead_letters WHERE queue = ?1{}",
             id_filter(ids, 2)
@@ -774,13 +789,13 @@ fn submit(tx: &Transaction<'_>, now: u64, job: NewJob) -> Result<JobRecord, Queu
         .not_before_ms
         .unwrap_or(now)
         .max(now + job.delay_ms.unwrap_or(0));
-    tx.execute(
+    exec(tx,
         "INSERT INTO queue_messages (id, queue, body, attributes, enqueued_at_ms, visible_at_ms, correlation_id, reply_to)
          VALUES (?1, ?2, ?3, '[]', ?4, ?5, ?6, ?7)",
         params![id, queue, job.payload, now, visible_at, job.correlation_id, job.reply_to],
     )
     .map_err(db)?;
-    tx.execute(
+    exec(tx,
         "INSERT INTO jobs (id, function, state, created_at_ms, callback_url, reply_to, correlation_id)
          VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6)",
         params![id, job.function, now, job.callback_url, job.reply_to, job.correlation_id],
@@ -796,23 +811,36 @@ fn job_update(
     update: JobUpdate,
 ) -> Result<bool, QueueError> {
     let n = match update {
-        JobUpdate::Started { attempt } => tx.execute(
+        JobUpdate::Started { attempt } => exec(
+            tx,
             "UPDATE jobs SET state = 'running', attempts = ?2, started_at_ms = COALESCE(started_at_ms, ?3) WHERE id = ?1",
             params![id, attempt, now],
         ),
-        JobUpdate::Progress { percent, message } => tx.execute(
+        JobUpdate::Progress { percent, message } => exec(
+            tx,
             "UPDATE jobs SET progress = ?2, progress_message = ?3 WHERE id = ?1",
             params![id, percent, message],
         ),
-        JobUpdate::Retrying { error } => {
-            tx.execute("UPDATE jobs SET state = 'queued', error = ?2 WHERE id = ?1", params![id, error])
-        }
-        JobUpdate::Finished { state, output, error, retention_ms } => {
+        JobUpdate::Retrying { error } => exec(
+            tx,
+            "UPDATE jobs SET state = 'queued', error = ?2 WHERE id = ?1",
+            params![id, error],
+        ),
+        JobUpdate::Finished {
+            state,
+            output,
+            error,
+            retention_ms,
+        } => {
             let (status, headers, body) = match output {
-                Some(o) => (Some(o.status), Some(serde_json::to_string(&o.headers).unwrap_or_default()), Some(o.body)),
+                Some(o) => (
+                    Some(o.status),
+                    Some(serde_json::to_string(&o.headers).unwrap_or_default()),
+                    Some(o.body),
+                ),
                 None => (None, None, None),
             };
-            tx.execute(
+            exec(tx,
                 "UPDATE jobs SET state = ?2, result_status = ?3, result_headers = ?4, result = ?5, error = ?6,
                  finished_at_ms = ?7, expires_at_ms = ?8,
                  progress = CASE WHEN ?2 = 'succeeded' THEN 100 ELSE progress END WHERE id = ?1",

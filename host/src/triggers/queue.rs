@@ -319,28 +319,6 @@ impl Settle {
                 )
                 .await;
         }
-        let renewer = {
-            let (backend, receipt, vis) = (
-                self.backend.clone(),
-                d.receipt.clone(),
-                self.policy.visibility_timeout,
-            );
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(vis / 2).await;
-                    match backend.renew(receipt.clone(), vis).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            tracing::warn!(message = %receipt.id, "the lease was lost; another worker may process this message too");
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::warn!(message = %receipt.id, error = %e, "cannot renew a lease")
-                        }
-                    }
-                }
-            })
-        };
         let reporter = DeliveryReporter {
             backend: self.backend.clone(),
             receipt: d.receipt.clone(),
@@ -352,11 +330,29 @@ impl Settle {
             checkpoint: m.checkpoint.clone(),
             reporter: Some(Arc::new(reporter)),
         };
-        let (_, outcome) = self
+        // Renew the lease at half the visibility timeout while the invocation
+        // runs; in this task, so a short job costs no extra task or timer wheel churn.
+        let vis = self.policy.visibility_timeout;
+        let invocation = self
             .dispatcher
-            .invoke(self.deployed.clone(), event, attempt)
-            .await;
-        renewer.abort();
+            .invoke(self.deployed.clone(), event, attempt);
+        tokio::pin!(invocation);
+        let mut renewing = true;
+        let outcome = loop {
+            tokio::select! {
+                (_, outcome) = &mut invocation => break outcome,
+                () = tokio::time::sleep(vis / 2), if renewing => {
+                    match self.backend.renew(d.receipt.clone(), vis).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(message = %m.id, "the lease was lost; another worker may process this message too");
+                            renewing = false;
+                        }
+                        Err(e) => tracing::warn!(message = %m.id, error = %e, "cannot renew a lease"),
+                    }
+                }
+            }
+        };
         let who = format!(
             "{}@v{}",
             self.deployed.record.name, self.deployed.record.version
