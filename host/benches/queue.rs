@@ -57,6 +57,7 @@ async fn run(n: usize) {
         backend.clone(),
         Arc::new(queues),
         Duration::from_secs(3600),
+        Arc::new(fnhost::blobs::embedded::EmbeddedBlobs::open(dir.path()).unwrap()),
         128,
     )
     .await

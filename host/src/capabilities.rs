@@ -9,6 +9,7 @@
 //! This module knows nothing of wasm or HTTP; backends are reached only
 //! through their traits.
 
+use crate::blobs::BlobBackend;
 use crate::queue::QueueBackend;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -101,6 +102,8 @@ pub struct Capabilities {
     pub config: BTreeMap<String, String>,
     /// Where granted queue sends go; none means queues are unavailable.
     pub queues: Option<Arc<dyn QueueBackend>>,
+    /// Where granted storage calls go; none means storage is unavailable.
+    pub blobs: Option<Arc<dyn BlobBackend>>,
 }
 
 impl std::fmt::Debug for Capabilities {
@@ -109,6 +112,7 @@ impl std::fmt::Debug for Capabilities {
             .field("grants", &self.grants)
             .field("config", &self.config)
             .field("queues", &self.queues.is_some())
+            .field("blobs", &self.blobs.is_some())
             .finish()
     }
 }

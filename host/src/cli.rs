@@ -218,12 +218,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Arc::new(crate::queue::SystemClock),
     )
     .with_context(|| format!("failed to open the queue store in {data_dir:?}"))?;
+    let blobs = crate::blobs::embedded::EmbeddedBlobs::open(&data_dir)
+        .with_context(|| format!("failed to open the blob store in {data_dir:?}"))?;
     let dispatcher = crate::dispatcher::Dispatcher::start(
         sandbox.clone(),
         registry,
         Arc::new(queues.clone()),
         Arc::new(queues),
         args.job_retention,
+        Arc::new(blobs),
         args.max_concurrency,
     )
     .await?;

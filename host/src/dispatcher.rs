@@ -68,6 +68,7 @@ pub struct Dispatcher {
     queues: Arc<dyn QueueBackend>,
     jobs: Arc<dyn crate::jobs::JobStore>,
     job_retention: std::time::Duration,
+    blobs: Arc<dyn crate::blobs::BlobBackend>,
     /// Bumped whenever the active set changes, so triggers can follow.
     changes: watch::Sender<u64>,
     bindings: std::sync::Mutex<HashMap<(String, String), Arc<BindingStats>>>,
@@ -115,6 +116,7 @@ impl Dispatcher {
         queues: Arc<dyn QueueBackend>,
         jobs: Arc<dyn crate::jobs::JobStore>,
         job_retention: std::time::Duration,
+        blobs: Arc<dyn crate::blobs::BlobBackend>,
         max_concurrency: usize,
     ) -> anyhow::Result<Arc<Dispatcher>> {
         let dispatcher = Arc::new(Dispatcher {
@@ -127,6 +129,7 @@ impl Dispatcher {
             queues,
             jobs,
             job_retention,
+            blobs,
             changes: watch::Sender::new(0),
             bindings: Default::default(),
         });
@@ -299,6 +302,7 @@ impl Dispatcher {
     fn capabilities(&self, manifest: &Manifest) -> Capabilities {
         Capabilities {
             queues: Some(self.queues.clone()),
+            blobs: Some(self.blobs.clone()),
             ..manifest.capabilities()
         }
     }

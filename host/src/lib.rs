@@ -7,11 +7,13 @@
 //! - [`registry`]: deployed functions and their versions, on disk;
 //! - [`dispatcher`]: active versions, routes and the host-wide concurrency cap;
 //! - [`queue`]: the durable queue store (embedded SQLite) behind its backend trait;
+//! - [`blobs`]: buckets of objects (embedded folders + index) behind their backend trait;
 //! - [`jobs`]: async job records (state, progress, results) and their store trait;
 //! - [`triggers`]: background triggers (queues) that invoke through the dispatcher;
 //! - [`server`]: the admin API and the HTTP trigger;
 //! - [`cli`]: the `fnhost` command line.
 
+pub mod blobs;
 pub mod capabilities;
 pub mod cli;
 pub mod dispatcher;

@@ -428,6 +428,7 @@ impl Manifest {
             grants: self.grants.clone(),
             config: self.config.clone(),
             queues: None,
+            blobs: None,
         }
     }
 }

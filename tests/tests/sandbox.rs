@@ -177,10 +177,21 @@ fn capabilities_are_denied_unless_granted_and_config_is_delivered() {
         + "[grants]\nqueues = [\"elsewhere\"]\n[[grants.storage]]\nbucket = \"secrets\"\naccess = \"read\"\n";
     host.deploy_ok(&granted, &g.adversary);
     let r = host.get("/granted/storage");
+    assert_eq!(r.text(), "storage allowed");
+    // A read grant does not allow writes.
+    let r = host.get("/granted/put");
+    assert_eq!(r.status, 500);
     assert!(
-        r.text().contains("Unavailable") && !r.text().contains("Denied"),
+        r.text().contains("no storage grant allows write"),
         "{}",
         r.text()
+    );
+    let rw = manifest("writer", "")
+        + "[[grants.storage]]\nbucket = \"secrets\"\naccess = \"read-write\"\nprefix = \"notes/\"\n";
+    host.deploy_ok(&rw, &g.adversary);
+    assert_eq!(
+        host.get("/writer/put").text(),
+        "stored 5 bytes, read back \"value\", 1 listed"
     );
     let r = host.get("/granted/queue");
     assert!(r.text().starts_with("sent "), "{}", r.text());

@@ -2,15 +2,16 @@
 //!
 //! Every call is checked against the function's grants first
 //! ([`crate::capabilities`]); a denial is an error value for the guest.
-//! Allowed queue sends go to the queue backend; storage has no backend yet,
-//! so an allowed storage call answers `unavailable` with a message that says so.
+//! Allowed calls go to the queue and blob backends held in the function's
+//! capabilities.
 
 use super::HostState;
 use super::bindings::fnhost::job::{context, queue, storage, types};
+use crate::blobs::{BlobBackend, BlobError};
 use crate::capabilities::Access;
+use std::sync::Arc;
 
-const NO_BLOB_STORE: &str =
-    "this fnhost host has no blob store yet: buckets arrive with blob triggers in a later release";
+const NO_BLOB_STORE: &str = "this host has no blob store configured";
 const NO_QUEUES: &str = "this host has no queue backend configured";
 
 /// Largest checkpoint, in bytes.
@@ -22,16 +23,44 @@ const MAX_PROGRESS_MESSAGE: usize = 1024;
 impl types::Host for HostState {}
 
 impl HostState {
-    fn storage_check(
+    /// The blob backend, if `access` to `key` in `bucket` is granted.
+    fn storage(
         &self,
         bucket: &str,
         key: &str,
         access: Access,
-    ) -> Result<(), storage::StorageError> {
+    ) -> Result<Arc<dyn BlobBackend>, storage::StorageError> {
         self.caps
             .grants
             .check_storage(bucket, key, access)
-            .map_err(storage::StorageError::Denied)
+            .map_err(storage::StorageError::Denied)?;
+        self.caps
+            .blobs
+            .clone()
+            .ok_or_else(|| storage::StorageError::Unavailable(NO_BLOB_STORE.into()))
+    }
+}
+
+fn blob_error(e: BlobError) -> storage::StorageError {
+    match e {
+        BlobError::InvalidBucket(m) | BlobError::InvalidKey(m) => {
+            storage::StorageError::InvalidKey(m)
+        }
+        BlobError::TooLarge(m) => storage::StorageError::TooLarge(m),
+        e @ BlobError::Backend(_) => {
+            tracing::error!(error = %e, "a guest's storage call failed");
+            storage::StorageError::Unavailable("the blob store failed; try again later".into())
+        }
+    }
+}
+
+fn wit_meta(m: crate::blobs::ObjectMeta) -> storage::ObjectMeta {
+    storage::ObjectMeta {
+        key: m.key,
+        size: m.size,
+        etag: m.etag,
+        content_type: m.content_type,
+        modified_ms: m.modified_ms,
     }
 }
 
@@ -41,8 +70,12 @@ impl storage::Host for HostState {
         bucket: String,
         key: String,
     ) -> Result<Option<Vec<u8>>, storage::StorageError> {
-        self.storage_check(&bucket, &key, Access::Read)?;
-        Err(storage::StorageError::Unavailable(NO_BLOB_STORE.into()))
+        let blobs = self.storage(&bucket, &key, Access::Read)?;
+        Ok(blobs
+            .get(&bucket, &key)
+            .await
+            .map_err(blob_error)?
+            .map(|(_, body)| body))
     }
 
     async fn head(
@@ -50,24 +83,32 @@ impl storage::Host for HostState {
         bucket: String,
         key: String,
     ) -> Result<Option<storage::ObjectMeta>, storage::StorageError> {
-        self.storage_check(&bucket, &key, Access::Read)?;
-        Err(storage::StorageError::Unavailable(NO_BLOB_STORE.into()))
+        let blobs = self.storage(&bucket, &key, Access::Read)?;
+        Ok(blobs
+            .head(&bucket, &key)
+            .await
+            .map_err(blob_error)?
+            .map(wit_meta))
     }
 
     async fn put(
         &mut self,
         bucket: String,
         key: String,
-        _body: Vec<u8>,
-        _content_type: Option<String>,
+        body: Vec<u8>,
+        content_type: Option<String>,
     ) -> Result<storage::ObjectMeta, storage::StorageError> {
-        self.storage_check(&bucket, &key, Access::Write)?;
-        Err(storage::StorageError::Unavailable(NO_BLOB_STORE.into()))
+        let blobs = self.storage(&bucket, &key, Access::Write)?;
+        blobs
+            .put(&bucket, &key, body, content_type)
+            .await
+            .map(wit_meta)
+            .map_err(blob_error)
     }
 
     async fn delete(&mut self, bucket: String, key: String) -> Result<bool, storage::StorageError> {
-        self.storage_check(&bucket, &key, Access::Write)?;
-        Err(storage::StorageError::Unavailable(NO_BLOB_STORE.into()))
+        let blobs = self.storage(&bucket, &key, Access::Write)?;
+        blobs.delete(&bucket, &key).await.map_err(blob_error)
     }
 
     async fn list_objects(
@@ -75,8 +116,9 @@ impl storage::Host for HostState {
         bucket: String,
         prefix: String,
     ) -> Result<Vec<storage::ObjectMeta>, storage::StorageError> {
-        self.storage_check(&bucket, &prefix, Access::Read)?;
-        Err(storage::StorageError::Unavailable(NO_BLOB_STORE.into()))
+        let blobs = self.storage(&bucket, &prefix, Access::Read)?;
+        let objects = blobs.list(&bucket, &prefix).await.map_err(blob_error)?;
+        Ok(objects.into_iter().map(wit_meta).collect())
     }
 }
 

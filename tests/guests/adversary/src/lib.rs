@@ -77,6 +77,17 @@ fn adversary(inv: Invocation, event: Event) -> Result<Output> {
         "config" => Ok(Output::text(
             fnhost_sdk::config("secret-word").unwrap_or_default(),
         )),
+        "put" => {
+            let meta =
+                fnhost_sdk::storage::put("secrets", "notes/key", b"value", Some("text/plain"))?;
+            let back = fnhost_sdk::storage::get("secrets", "notes/key")?.unwrap_or_default();
+            let listed = fnhost_sdk::storage::list_objects("secrets", "notes/")?.len();
+            Ok(Output::text(format!(
+                "stored {} bytes, read back {:?}, {listed} listed",
+                meta.size,
+                String::from_utf8_lossy(&back)
+            )))
+        }
         "storage" => match fnhost_sdk::storage::get("secrets", "key") {
             Ok(_) => Ok(Output::text("storage allowed")),
             Err(e) => Ok(Output::text(format!("storage error: {e}"))),
