@@ -93,6 +93,11 @@ enum Command {
         #[command(subcommand)]
         command: client::QueueCommand,
     },
+    /// Put, get, list and remove objects in buckets.
+    Blob {
+        #[command(subcommand)]
+        command: client::BlobCommand,
+    },
     /// Create a new job crate with a manifest.
     New {
         /// The function's name (lower-case letters, digits, '-').
@@ -177,6 +182,7 @@ impl Cli {
             Command::Rollback { name, to, conn } => client::rollback(&conn, &name, to).await,
             Command::Remove { name, conn } => client::remove(&conn, &name).await,
             Command::Queue { command } => client::queue(command).await,
+            Command::Blob { command } => client::blob(command).await,
             Command::New { name, dir } => project::new(&name, dir),
             Command::Build { dir } => project::build(&dir).map(|_| ()),
         }

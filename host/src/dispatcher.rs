@@ -322,6 +322,11 @@ impl Dispatcher {
         &self.queues
     }
 
+    /// The blob store.
+    pub fn blobs(&self) -> &Arc<dyn crate::blobs::BlobBackend> {
+        &self.blobs
+    }
+
     /// The job store.
     pub fn jobs(&self) -> &Arc<dyn crate::jobs::JobStore> {
         &self.jobs

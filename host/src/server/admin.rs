@@ -29,6 +29,7 @@ pub(crate) fn routes(state: AppState) -> axum::Router<AppState> {
         )
         .merge(super::queues::routes().layer(DefaultBodyLimit::max(body)))
         .merge(super::jobs::routes().layer(DefaultBodyLimit::max(body)))
+        .merge(super::blobs::routes().layer(DefaultBodyLimit::max(upload)))
         .layer(axum::middleware::from_fn_with_state(
             state,
             auth::require_token,
