@@ -41,6 +41,10 @@ pub struct Manifest {
     /// String values the job reads with `fnhost_sdk::config`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// How the function's async jobs are delivered (same settings as a queue
+    /// binding, without `queue`); defaults when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<QueueTrigger>,
 }
 
 /// The function's triggers.
@@ -56,10 +60,11 @@ pub struct Triggers {
 }
 
 /// A queue binding: every message is processed at least once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueTrigger {
-    /// The queue's name.
+    /// The queue's name (required in `[[triggers.queue]]`, absent in `[jobs]`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub queue: String,
     /// Messages leased per receive, at most the free instances. Default 16.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,6 +91,9 @@ pub struct QueueTrigger {
     /// Backlog each instance is expected to handle. Default 10.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_backlog: Option<u32>,
+    /// How long the backlog must stay lower before instances are released. Default "10s".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_cooldown: Option<String>,
 }
 
 /// A queue binding with defaults filled in.
@@ -109,6 +117,8 @@ pub struct QueuePolicy {
     pub max_concurrency: u32,
     /// Backlog per instance.
     pub target_backlog: u32,
+    /// Wait before scaling down.
+    pub scale_down_cooldown: Duration,
 }
 
 impl QueueTrigger {
@@ -129,7 +139,57 @@ impl QueueTrigger {
             min_concurrency: self.min_concurrency.unwrap_or(0),
             max_concurrency: self.max_concurrency.unwrap_or(8),
             target_backlog: self.target_backlog.unwrap_or(10),
+            scale_down_cooldown: d(&self.scale_down_cooldown, 10),
         }
+    }
+
+    /// Check everything but the queue name; errors are (field, reason).
+    fn validate_settings(&self) -> Result<(), (&'static str, String)> {
+        for (field, value) in [
+            ("visibility_timeout", &self.visibility_timeout),
+            ("backoff_initial", &self.backoff_initial),
+            ("backoff_max", &self.backoff_max),
+            ("scale_down_cooldown", &self.scale_down_cooldown),
+        ] {
+            if let Some(t) = value {
+                match humantime::parse_duration(t) {
+                    Ok(d) if field == "visibility_timeout" && d < Duration::from_secs(1) => {
+                        return Err((field, format!("{t:?} is too short; use at least 1s")));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        return Err((
+                            field,
+                            format!("{t:?} is not a duration ({e}); write e.g. \"30s\""),
+                        ));
+                    }
+                }
+            }
+        }
+        let p = self.policy();
+        for (field, value, lo, hi) in [
+            ("batch_size", p.batch_size, 1, 1000),
+            ("max_attempts", p.max_attempts, 1, 1000),
+            ("max_concurrency", p.max_concurrency, 1, 1024),
+            ("target_backlog", p.target_backlog, 1, 1_000_000),
+        ] {
+            if !(lo..=hi).contains(&value) {
+                return Err((field, format!("{value} is out of range; use {lo} to {hi}")));
+            }
+        }
+        if p.min_concurrency > p.max_concurrency {
+            return Err((
+                "min_concurrency",
+                format!(
+                    "{} is more than max_concurrency ({})",
+                    p.min_concurrency, p.max_concurrency
+                ),
+            ));
+        }
+        if p.backoff_initial > p.backoff_max {
+            return Err(("backoff_initial", "is longer than backoff_max".into()));
+        }
+        Ok(())
     }
 }
 
@@ -274,58 +334,21 @@ impl Manifest {
                     format!("{:?} is bound twice; bind each queue once", q.queue),
                 ));
             }
-            for (field, value) in [
-                ("visibility_timeout", &q.visibility_timeout),
-                ("backoff_initial", &q.backoff_initial),
-                ("backoff_max", &q.backoff_max),
-            ] {
-                if let Some(t) = value {
-                    match humantime::parse_duration(t) {
-                        Ok(d) if field == "visibility_timeout" && d < Duration::from_secs(1) => {
-                            return Err(err(
-                                &at(field),
-                                format!("{t:?} is too short; use at least 1s"),
-                            ));
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            return Err(err(
-                                &at(field),
-                                format!("{t:?} is not a duration ({e}); write e.g. \"30s\""),
-                            ));
-                        }
-                    }
-                }
-            }
-            let p = q.policy();
-            for (field, value, lo, hi) in [
-                ("batch_size", p.batch_size, 1, 1000),
-                ("max_attempts", p.max_attempts, 1, 1000),
-                ("max_concurrency", p.max_concurrency, 1, 1024),
-                ("target_backlog", p.target_backlog, 1, 1_000_000),
-            ] {
-                if !(lo..=hi).contains(&value) {
-                    return Err(err(
-                        &at(field),
-                        format!("{value} is out of range; use {lo} to {hi}"),
-                    ));
-                }
-            }
-            if p.min_concurrency > p.max_concurrency {
+            q.validate_settings()
+                .map_err(|(f, reason)| err(&at(f), reason))?;
+        }
+        if let Some(jobs) = &self.jobs {
+            if !jobs.queue.is_empty() {
                 return Err(err(
-                    &at("min_concurrency"),
+                    "jobs.queue",
                     format!(
-                        "{} is more than max_concurrency ({})",
-                        p.min_concurrency, p.max_concurrency
+                        "a function's job queue is always {:?}; remove `queue` from [jobs]",
+                        crate::jobs::job_queue(&self.name)
                     ),
                 ));
             }
-            if p.backoff_initial > p.backoff_max {
-                return Err(err(
-                    &at("backoff_initial"),
-                    "is longer than backoff_max".into(),
-                ));
-            }
+            jobs.validate_settings()
+                .map_err(|(f, reason)| err(&format!("jobs.{f}"), reason))?;
         }
         let limits = &self.limits;
         if limits.fuel == Some(0) {
@@ -405,14 +428,7 @@ impl Manifest {
     pub fn queue_policies(&self) -> Vec<QueuePolicy> {
         let jobs = QueueTrigger {
             queue: crate::jobs::job_queue(&self.name),
-            batch_size: None,
-            visibility_timeout: None,
-            max_attempts: None,
-            backoff_initial: None,
-            backoff_max: None,
-            min_concurrency: None,
-            max_concurrency: None,
-            target_backlog: None,
+            ..self.jobs.clone().unwrap_or_default()
         };
         self.triggers
             .queue
@@ -527,6 +543,20 @@ mod tests {
             let text = format!("name = \"a\"\n[[triggers.queue]]\nqueue = \"orders\"\n{extra}\n");
             assert_eq!(parse(&text).unwrap_err().field, field, "{extra}");
         }
+        let jobs = parse("name = \"a\"\n[jobs]\nmax_attempts = 2\nscale_down_cooldown = \"1m\"\n")
+            .unwrap();
+        let p = jobs.queue_policies().pop().unwrap();
+        assert_eq!((p.queue.as_str(), p.max_attempts), ("fnhost-jobs-a", 2));
+        assert_eq!(p.scale_down_cooldown, Duration::from_secs(60));
+        let e = parse("name = \"a\"\n[jobs]\nqueue = \"x\"\n").unwrap_err();
+        assert_eq!(e.field, "jobs.queue");
+        let e = parse("name = \"a\"\n[jobs]\nmax_concurrency = 0\n").unwrap_err();
+        assert_eq!(e.field, "jobs.max_concurrency");
+        let e = parse("name = \"a\"\n[[triggers.queue]]\nbatch_size = 3\n").unwrap_err();
+        assert_eq!(
+            e.field, "triggers.queue[0].queue",
+            "the queue name is required in a binding"
+        );
         let twice =
             "name = \"a\"\n[[triggers.queue]]\nqueue = \"q\"\n[[triggers.queue]]\nqueue = \"q\"\n";
         assert!(parse(twice).unwrap_err().reason.contains("bound twice"));

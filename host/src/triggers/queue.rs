@@ -41,8 +41,6 @@ const REFILL_WAIT: Duration = Duration::from_millis(2);
 const STATS_SOON: Duration = Duration::from_millis(50);
 /// How often the backlog is measured for scaling.
 const STATS_EVERY: Duration = Duration::from_millis(500);
-/// How long the backlog must stay low before instances are released.
-pub const SCALE_DOWN_COOLDOWN: Duration = Duration::from_secs(10);
 
 /// Desired instances from the backlog: `clamp(ceil(backlog / target), min,
 /// max)`, up at once, down only after the backlog has stayed lower for the
@@ -164,8 +162,9 @@ impl Worker {
             else {
                 break;
             };
-            let scaler = scaler
-                .get_or_insert_with(|| Scaler::new(policy.min_concurrency, SCALE_DOWN_COOLDOWN));
+            let scaler = scaler.get_or_insert_with(|| {
+                Scaler::new(policy.min_concurrency, policy.scale_down_cooldown)
+            });
             if measured.is_none_or(|t| t.elapsed() >= STATS_EVERY) {
                 if let Ok(s) = backend.stats(&self.queue).await {
                     scaler.observe(s.ready + s.in_flight, &policy, Instant::now());
@@ -510,6 +509,7 @@ mod tests {
             min_concurrency: Some(0),
             max_concurrency: Some(4),
             target_backlog: Some(10),
+            scale_down_cooldown: None,
         }
         .policy()
     }
