@@ -252,7 +252,8 @@ fn every_message_is_processed_at_least_once_across_a_kill_9() {
 fn groups_keep_their_order_under_concurrency_and_instances_follow_the_backlog() {
     let g = guests();
     let host = Host::start();
-    let extra = "max_concurrency = 4\ntarget_backlog = 5\nbatch_size = 4\nscale_down_cooldown = \"1s\"";
+    let extra =
+        "max_concurrency = 4\ntarget_backlog = 5\nbatch_size = 4\nscale_down_cooldown = \"1s\"";
     host.deploy_ok(&worker_manifest(extra), &g.adversary);
     // 3 groups × 10 messages; each takes a little while so work overlaps.
     let mut batch = Vec::new();
