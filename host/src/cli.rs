@@ -254,7 +254,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         max_upload_bytes: args.max_upload_bytes,
         stopping_wait_time: args.stopping_wait_time,
-        max_concurrency: args.max_concurrency,
     };
     let background = crate::triggers::Supervisor::spawn(dispatcher.clone(), shutdown.clone());
     crate::server::serve(listener, dispatcher, config, shutdown, background).await

@@ -63,6 +63,7 @@ pub struct Dispatcher {
     active: RwLock<HashMap<String, Arc<Deployed>>>,
     routes: RwLock<Arc<matchit::Router<RouteTarget>>>,
     permits: Arc<Semaphore>,
+    max_concurrency: usize,
     /// Deploys, rollbacks and removals run one at a time.
     admin: Mutex<()>,
     queues: Arc<dyn QueueBackend>,
@@ -125,6 +126,7 @@ impl Dispatcher {
             active: RwLock::default(),
             routes: RwLock::new(Arc::new(matchit::Router::new())),
             permits: Arc::new(Semaphore::new(max_concurrency)),
+            max_concurrency,
             admin: Mutex::new(()),
             queues,
             jobs,
@@ -361,8 +363,9 @@ impl Dispatcher {
     }
 
     /// Invocations running now.
-    pub fn in_flight(&self, max: usize) -> usize {
-        max.saturating_sub(self.permits.available_permits())
+    pub fn in_flight(&self) -> usize {
+        self.max_concurrency
+            .saturating_sub(self.permits.available_permits())
     }
 
     /// Run one invocation of `deployed`, waiting for a free slot under the

@@ -301,11 +301,6 @@ impl Sandbox {
         self.pooling
     }
 
-    /// The largest memory limit a function may ask for, in bytes.
-    pub fn max_memory_bytes(&self) -> usize {
-        self.config.max_memory_bytes
-    }
-
     /// Compile (or load from the cache) a component and check that it is an
     /// fnhost job. Blocking: call it from a blocking thread.
     pub fn load(&self, wasm: &[u8]) -> Result<Loaded, LoadError> {

@@ -34,8 +34,6 @@ pub struct ServerConfig {
     pub max_upload_bytes: usize,
     /// How long to drain in-flight requests on shutdown.
     pub stopping_wait_time: Duration,
-    /// The host-wide concurrency cap (for reporting).
-    pub max_concurrency: usize,
 }
 
 /// What every handler can reach.
@@ -73,7 +71,6 @@ pub async fn serve(
     background: TaskTracker,
 ) -> anyhow::Result<()> {
     let wait = config.stopping_wait_time;
-    let max = config.max_concurrency;
     let app = router(dispatcher.clone(), config);
     let server =
         axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
@@ -82,7 +79,7 @@ pub async fn serve(
         res = &mut task => return res?.map_err(Into::into),
         () = shutdown.cancelled() => {}
     }
-    tracing::info!(in_flight = dispatcher.in_flight(max), wait = ?wait, "shutting down: no new requests or messages; draining in-flight invocations");
+    tracing::info!(in_flight = dispatcher.in_flight(), wait = ?wait, "shutting down: no new requests or messages; draining in-flight invocations");
     let drain = async {
         let served = (&mut task).await;
         background.wait().await;
@@ -95,7 +92,7 @@ pub async fn serve(
         }
         Err(_) => {
             tracing::warn!(
-                in_flight = dispatcher.in_flight(max),
+                in_flight = dispatcher.in_flight(),
                 "the stopping wait time passed; abandoning in-flight invocations"
             );
             task.abort();

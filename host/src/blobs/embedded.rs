@@ -233,21 +233,17 @@ impl BlobBackend for EmbeddedBlobs {
         }
         let (bucket, prefix) = (bucket.to_string(), prefix.to_string());
         self.blocking(move |inner| {
-            let db = inner.db();
-            let mut stmt = db
+            let conn = inner.db();
+            let mut stmt = conn
                 .prepare(
                     "SELECT key, size, etag, content_type, modified_ms FROM blob_objects
                      WHERE bucket = ?1 AND substr(key, 1, length(?2)) = ?2 ORDER BY key LIMIT 10000",
                 )
-                .map_err(db_err)?;
-            let rows = stmt.query_map(params![bucket, prefix], row_to_meta).map_err(db_err)?;
-            rows.collect::<Result<_, _>>().map_err(db_err)
+                .map_err(db)?;
+            let rows = stmt.query_map(params![bucket, prefix], row_to_meta).map_err(db)?;
+            rows.collect::<Result<_, _>>().map_err(db)
         })
     }
-}
-
-fn db_err(e: rusqlite::Error) -> BlobError {
-    db(e)
 }
 
 #[cfg(test)]

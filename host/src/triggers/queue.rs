@@ -18,7 +18,7 @@
 //! worker never leases more messages than it has free instances, so other
 //! hosts sharing the queue can take the rest.
 
-use crate::dispatcher::{Attempt, Deployed, Dispatcher, Failure};
+use crate::dispatcher::{Attempt, Deployed, Dispatcher};
 use crate::jobs::{JobOutput, JobState, JobStore, JobUpdate};
 use crate::manifest::QueuePolicy;
 use crate::queue::BoxFuture;
@@ -374,7 +374,7 @@ impl Settle {
                 (self.backend.ack(receipt).await, Some(done))
             }
             Err(failure) => {
-                let permanent = matches!(failure, Failure::Fail(_));
+                let permanent = !failure.is_retryable();
                 if permanent || m.dequeue_count >= self.policy.max_attempts {
                     let error = if permanent {
                         failure.to_string()
