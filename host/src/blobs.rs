@@ -31,6 +31,15 @@ pub struct ObjectMeta {
     pub modified_ms: u64,
 }
 
+/// What a put stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The new object's metadata.
+    pub meta: ObjectMeta,
+    /// True when it replaced an object of the same key.
+    pub replaced: bool,
+}
+
 /// An object's metadata and content.
 pub type Object = (ObjectMeta, Vec<u8>);
 
@@ -92,7 +101,7 @@ pub trait BlobBackend: Send + Sync {
         key: &str,
         body: Vec<u8>,
         content_type: Option<String>,
-    ) -> BoxFuture<'_, Result<ObjectMeta, BlobError>>;
+    ) -> BoxFuture<'_, Result<Stored, BlobError>>;
     /// An object and its metadata, if it exists.
     fn get(&self, bucket: &str, key: &str) -> BoxFuture<'_, Result<Option<Object>, BlobError>>;
     /// An object's metadata, if it exists.

@@ -9,7 +9,7 @@
 //! then removes the file, so a crash can leave an unreferenced file but never
 //! a key without content.
 
-use super::{BlobBackend, BlobError, MAX_OBJECT_BYTES, ObjectMeta, validate};
+use super::{BlobBackend, BlobError, MAX_OBJECT_BYTES, ObjectMeta, Stored, validate};
 use crate::queue::BoxFuture;
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
@@ -132,7 +132,7 @@ impl BlobBackend for EmbeddedBlobs {
         key: &str,
         body: Vec<u8>,
         content_type: Option<String>,
-    ) -> BoxFuture<'_, Result<ObjectMeta, BlobError>> {
+    ) -> BoxFuture<'_, Result<Stored, BlobError>> {
         if body.len() > MAX_OBJECT_BYTES {
             let e = BlobError::TooLarge(format!(
                 "the object is {} bytes, over the limit of {MAX_OBJECT_BYTES}",
@@ -154,16 +154,24 @@ impl BlobBackend for EmbeddedBlobs {
                     content_type,
                     modified_ms: crate::registry::now_ms(),
                 };
-                inner
-                    .db()
-                    .execute(
+                // One lock for the check and the write, so concurrent puts
+                // agree on which of them created the object.
+                let conn = inner.db();
+                let replaced: bool = conn
+                    .query_row(
+                        "SELECT EXISTS (SELECT 1 FROM blob_objects WHERE bucket = ?1 AND key = ?2)",
+                        params![bucket, meta.key],
+                        |r| r.get(0),
+                    )
+                    .map_err(db)?;
+                conn.execute(
                         "INSERT INTO blob_objects (bucket, key, size, etag, content_type, modified_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                          ON CONFLICT(bucket, key) DO UPDATE SET size = excluded.size, etag = excluded.etag,
                              content_type = excluded.content_type, modified_ms = excluded.modified_ms",
                         params![bucket, meta.key, meta.size, meta.etag, meta.content_type, meta.modified_ms],
                     )
                     .map_err(db)?;
-                Ok(meta)
+                Ok(Stored { meta, replaced })
             })
         })
     }
@@ -254,7 +262,7 @@ mod tests {
     async fn objects_are_written_read_listed_replaced_and_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let blobs = EmbeddedBlobs::open(dir.path()).unwrap();
-        let meta = blobs
+        let stored = blobs
             .put(
                 "uploads",
                 "img/cat.png",
@@ -263,6 +271,8 @@ mod tests {
             )
             .await
             .unwrap();
+        assert!(!stored.replaced, "a new object");
+        let meta = stored.meta;
         assert_eq!(
             (meta.size, meta.content_type.as_deref()),
             (4, Some("image/png"))
@@ -298,7 +308,8 @@ mod tests {
             .put("uploads", "img/cat.png", b"purr".to_vec(), None)
             .await
             .unwrap();
-        assert_ne!(replaced.etag, meta.etag);
+        assert!(replaced.replaced);
+        assert_ne!(replaced.meta.etag, meta.etag);
         assert_eq!(
             blobs
                 .get("uploads", "img/cat.png")

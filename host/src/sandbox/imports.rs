@@ -102,7 +102,7 @@ impl storage::Host for HostState {
         blobs
             .put(&bucket, &key, body, content_type)
             .await
-            .map(wit_meta)
+            .map(|stored| wit_meta(stored.meta))
             .map_err(blob_error)
     }
 

@@ -71,23 +71,19 @@ async fn put(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let existed = matches!(
-        state.dispatcher.blobs().head(&bucket, &key).await,
-        Ok(Some(_))
-    );
     match state
         .dispatcher
         .blobs()
         .put(&bucket, &key, body.to_vec(), content_type)
         .await
     {
-        Ok(meta) => {
-            let status = if existed {
+        Ok(stored) => {
+            let status = if stored.replaced {
                 StatusCode::OK
             } else {
                 StatusCode::CREATED
             };
-            (status, Json(json!(meta))).into_response()
+            (status, Json(json!(stored.meta))).into_response()
         }
         Err(e) => blob_error(e),
     }
