@@ -1,15 +1,21 @@
-//! Blobs: buckets of objects behind the guest `storage` import (and, in a
-//! later release, the blob HTTP API and blob-change triggers).
+//! Blobs: buckets of objects behind the guest `storage` import, the blob
+//! HTTP API and blob-change triggers.
 //!
 //! [`BlobBackend`] is the seam (S3 later); [`embedded::EmbeddedBlobs`] keeps
 //! each bucket as a folder in the data dir with an SQLite index of keys and
-//! metadata. Keys are validated here, once, for every backend. Knows nothing
-//! of wasm, triggers or HTTP.
+//! metadata. Keys are validated here, once, for every backend.
+//!
+//! Every create, update and delete is also recorded, with the write, in a
+//! change feed: numbered [`Change`]s that blob triggers read through
+//! per-consumer [`Cursor`]s, with a receipt per (consumer, object, etag) so
+//! each version of an object is handed to a consumer once. Knows nothing of
+//! wasm, triggers or HTTP.
 
 pub mod embedded;
 
 use crate::queue::BoxFuture;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// The longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -39,6 +45,90 @@ pub struct Stored {
     /// True when it replaced an object of the same key.
     pub replaced: bool,
 }
+
+/// What happened to an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    /// A new key.
+    Created,
+    /// New content for an existing key.
+    Updated,
+    /// The key was deleted.
+    Deleted,
+}
+
+impl ChangeKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Created => "created",
+            ChangeKind::Updated => "updated",
+            ChangeKind::Deleted => "deleted",
+        }
+    }
+
+    /// Parse a stored name.
+    pub fn parse(s: &str) -> Option<ChangeKind> {
+        match s {
+            "created" => Some(ChangeKind::Created),
+            "updated" => Some(ChangeKind::Updated),
+            "deleted" => Some(ChangeKind::Deleted),
+            _ => None,
+        }
+    }
+}
+
+/// One recorded change to an object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// Position in the feed (increasing; 0 for changes found by a scan).
+    pub seq: u64,
+    /// The bucket.
+    pub bucket: String,
+    /// The key.
+    pub key: String,
+    /// What happened.
+    pub kind: ChangeKind,
+    /// The new content's etag; none for deletes.
+    pub etag: Option<String>,
+    /// The new content's size; none for deletes.
+    pub size: Option<u64>,
+    /// The new content's type, if it was given.
+    pub content_type: Option<String>,
+    /// When it happened, ms since the epoch.
+    pub at_ms: u64,
+}
+
+impl Change {
+    /// An existing object as a `created` change, for a scan that
+    /// reconciles a consumer with what is already stored.
+    pub fn found(bucket: &str, meta: ObjectMeta) -> Change {
+        Change {
+            seq: 0,
+            bucket: bucket.to_string(),
+            key: meta.key,
+            kind: ChangeKind::Created,
+            etag: Some(meta.etag),
+            size: Some(meta.size),
+            content_type: meta.content_type,
+            at_ms: meta.modified_ms,
+        }
+    }
+}
+
+/// How far a consumer has read the change feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    /// Every change up to and including this one has been handled.
+    pub seq: u64,
+    /// What the consumer was watching when it got here (its filter), so a
+    /// changed filter can be reconciled afresh.
+    pub spec: String,
+}
+
+/// How long changes are kept once every consumer has passed them.
+pub const CHANGE_RETENTION: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
 
 /// An object's metadata and content.
 pub type Object = (ObjectMeta, Vec<u8>);
@@ -109,9 +199,51 @@ pub trait BlobBackend: Send + Sync {
     -> BoxFuture<'_, Result<Option<ObjectMeta>, BlobError>>;
     /// Delete an object; false when there was none.
     fn delete(&self, bucket: &str, key: &str) -> BoxFuture<'_, Result<bool, BlobError>>;
-    /// Objects whose keys start with `prefix`, in key order.
-    fn list(&self, bucket: &str, prefix: &str)
-    -> BoxFuture<'_, Result<Vec<ObjectMeta>, BlobError>>;
+    /// Objects whose keys start with `prefix` and sort after `start_after`,
+    /// in key order, at most `max`.
+    fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<String>,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<ObjectMeta>, BlobError>>;
+
+    /// Changes after `after`, oldest first, at most `max`; only `bucket`'s
+    /// when given.
+    fn changes(
+        &self,
+        bucket: Option<String>,
+        after: u64,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<Change>, BlobError>>;
+    /// The newest change's number (0 when there is none).
+    fn latest_change(&self) -> BoxFuture<'_, Result<u64, BlobError>>;
+    /// Where `consumer` is in the feed, if it has started.
+    fn cursor(&self, consumer: &str) -> BoxFuture<'_, Result<Option<Cursor>, BlobError>>;
+    /// Of `changes`, those not yet handed to `consumer`: a create or update
+    /// is dropped when its (bucket, key, etag) already has a receipt.
+    fn undelivered(
+        &self,
+        consumer: &str,
+        changes: Vec<Change>,
+    ) -> BoxFuture<'_, Result<Vec<Change>, BlobError>>;
+    /// In one durable step: receipts for the `delivered` changes (a delete
+    /// forgets the key's receipt) and the consumer's new cursor.
+    fn advance(
+        &self,
+        consumer: &str,
+        cursor: Cursor,
+        delivered: Vec<Change>,
+    ) -> BoxFuture<'_, Result<(), BlobError>>;
+    /// Forget the cursors of consumers not in `keep` (their receipts stay,
+    /// so a consumer that comes back is not handed old versions again), and
+    /// changes older than [`CHANGE_RETENTION`] that every cursor has passed.
+    fn prune(&self, keep: Vec<String>) -> BoxFuture<'_, Result<(), BlobError>>;
+    /// Woken after every change, for backends that can tell; others are polled.
+    fn notifier(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 #[cfg(test)]

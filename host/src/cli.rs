@@ -53,6 +53,12 @@ enum Command {
         /// With --async: queue that receives the completion.
         #[arg(long, requires = "run_async")]
         reply_to: Option<String>,
+        /// Run as an async job at this time (RFC 3339, e.g. 2026-12-01T03:00:00Z); survives restarts.
+        #[arg(long, value_name = "TIME", conflicts_with = "run_in")]
+        at: Option<String>,
+        /// Run as an async job after this delay (e.g. 90s, 2h); survives restarts.
+        #[arg(long = "in", value_name = "DURATION")]
+        run_in: Option<String>,
         #[command(flatten)]
         conn: client::Connection,
     },
@@ -166,6 +172,8 @@ impl Cli {
                 name,
                 data,
                 run_async: false,
+                at: None,
+                run_in: None,
                 conn,
                 ..
             } => client::invoke(&conn, &name, data.as_deref()).await,
@@ -174,9 +182,19 @@ impl Cli {
                 data,
                 callback_url,
                 reply_to,
+                at,
+                run_in,
                 conn,
                 ..
-            } => client::submit(&conn, &name, data.as_deref(), callback_url, reply_to).await,
+            } => {
+                let job = client::JobRequest {
+                    callback_url,
+                    reply_to,
+                    not_before: at,
+                    delay: run_in,
+                };
+                client::submit(&conn, &name, data.as_deref(), job).await
+            }
             Command::Jobs { id, wait, conn } => client::jobs(&conn, &id, wait).await,
             Command::Status { conn } => client::status(&conn).await,
             Command::Rollback { name, to, conn } => client::rollback(&conn, &name, to).await,

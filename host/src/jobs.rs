@@ -131,6 +131,8 @@ pub struct JobRecord {
     pub reply_to: Option<String>,
     /// Carried to the reply.
     pub correlation_id: Option<String>,
+    /// Not started before this time (a delayed or scheduled job), ms since the epoch.
+    pub not_before_ms: Option<u64>,
 }
 
 /// A successful job's output.

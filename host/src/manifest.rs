@@ -57,6 +57,154 @@ pub struct Triggers {
     /// Queues whose messages invoke the function.
     #[serde(default)]
     pub queue: Vec<QueueTrigger>,
+    /// Buckets whose changes invoke the function.
+    #[serde(default)]
+    pub blob: Vec<BlobTrigger>,
+    /// A schedule that invokes the function.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timer: Option<TimerTrigger>,
+}
+
+/// A blob trigger: every matching change to the bucket is delivered at
+/// least once, through the host-owned queue `fnhost-blob-<function>-<bucket>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobTrigger {
+    /// The bucket to watch.
+    pub bucket: String,
+    /// Only keys starting with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Only keys ending with this, e.g. `".png"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suffix: Option<String>,
+    /// Which changes: `created`, `updated`, `deleted`. Default created and updated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<crate::blobs::ChangeKind>>,
+    /// Allow a write grant that overlaps this trigger (the function could
+    /// trigger itself); the function must then skip its own writes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_self_trigger: bool,
+    /// Delivery settings, as in `[jobs]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<QueueTrigger>,
+}
+
+impl BlobTrigger {
+    /// The host-owned queue that carries this trigger's changes.
+    pub fn queue(&self, function: &str) -> String {
+        format!(
+            "{}blob-{function}-{}",
+            crate::jobs::RESERVED_QUEUE_PREFIX,
+            self.bucket
+        )
+    }
+
+    /// The change kinds delivered.
+    pub fn kinds(&self) -> Vec<crate::blobs::ChangeKind> {
+        use crate::blobs::ChangeKind;
+        self.events
+            .clone()
+            .unwrap_or_else(|| vec![ChangeKind::Created, ChangeKind::Updated])
+    }
+
+    /// Does the trigger want this change?
+    pub fn matches(&self, change: &crate::blobs::Change) -> bool {
+        change.bucket == self.bucket
+            && self
+                .prefix
+                .as_deref()
+                .is_none_or(|p| change.key.starts_with(p))
+            && self
+                .suffix
+                .as_deref()
+                .is_none_or(|x| change.key.ends_with(x))
+            && self.kinds().contains(&change.kind)
+    }
+
+    /// The filter as text: a consumer whose filter changes is reconciled afresh.
+    pub fn spec(&self) -> String {
+        let kinds: Vec<&str> = self.kinds().iter().map(|k| k.as_str()).collect();
+        format!(
+            "bucket={} prefix={} suffix={} events={}",
+            self.bucket,
+            self.prefix.as_deref().unwrap_or(""),
+            self.suffix.as_deref().unwrap_or(""),
+            kinds.join(",")
+        )
+    }
+}
+
+/// A timer trigger: the function runs on a cron schedule, one run at a
+/// time, through the host-owned queue `fnhost-timer-<function>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimerTrigger {
+    /// Six fields with seconds: `sec min hour day-of-month month day-of-week`,
+    /// e.g. `"0 0 3 * * *"` for 03:00 every day.
+    pub schedule: String,
+    /// An IANA time zone the schedule is read in, e.g. `"Europe/Paris"`. Default UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Also run once whenever the host starts (or the function is deployed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub run_on_startup: bool,
+    /// Delivery settings, as in `[jobs]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<QueueTrigger>,
+}
+
+impl TimerTrigger {
+    /// The host-owned queue that carries the function's ticks.
+    pub fn queue(function: &str) -> String {
+        format!("{}timer-{function}", crate::jobs::RESERVED_QUEUE_PREFIX)
+    }
+
+    /// The parsed schedule and time zone, or why they are not acceptable.
+    pub fn parse(&self) -> Result<(cron::Schedule, chrono_tz::Tz), (&'static str, String)> {
+        let fields = self.schedule.split_whitespace().count();
+        if fields != 6 {
+            return Err((
+                "schedule",
+                format!(
+                    "{:?} has {fields} fields; use 6, with seconds first: \"sec min hour day-of-month month day-of-week\", e.g. \"0 0 3 * * *\"",
+                    self.schedule
+                ),
+            ));
+        }
+        let schedule: cron::Schedule = self.schedule.parse().map_err(|e| {
+            (
+                "schedule",
+                format!("{:?} is not a cron schedule: {e}", self.schedule),
+            )
+        })?;
+        let tz = match &self.timezone {
+            None => chrono_tz::UTC,
+            Some(name) => name.parse().map_err(|_| {
+                (
+                    "timezone",
+                    format!(
+                        "{name:?} is not an IANA time zone; write e.g. \"Europe/Paris\" or \"UTC\""
+                    ),
+                )
+            })?,
+        };
+        Ok((schedule, tz))
+    }
+}
+
+/// Where a queue-delivered binding's messages come from, which decides the
+/// event the function sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A user queue: queue message events.
+    Queue,
+    /// The function's async jobs: invoke events.
+    Jobs,
+    /// Changes to a bucket: blob events.
+    Blob(BlobTrigger),
+    /// Schedule ticks: timer events.
+    Timer(TimerTrigger),
 }
 
 /// A queue binding: every message is processed at least once.
@@ -101,6 +249,8 @@ pub struct QueueTrigger {
 pub struct QueuePolicy {
     /// The queue's name.
     pub queue: String,
+    /// What the messages are.
+    pub source: Source,
     /// Messages leased per receive.
     pub batch_size: u32,
     /// Lease length.
@@ -131,6 +281,7 @@ impl QueueTrigger {
         };
         QueuePolicy {
             queue: self.queue.clone(),
+            source: Source::Queue,
             batch_size: self.batch_size.unwrap_or(16),
             visibility_timeout: d(&self.visibility_timeout, 30),
             max_attempts: self.max_attempts.unwrap_or(5),
@@ -319,12 +470,13 @@ impl Manifest {
         let mut bound = std::collections::BTreeSet::new();
         for (i, q) in self.triggers.queue.iter().enumerate() {
             let at = |f: &str| format!("triggers.queue[{i}].{f}");
-            if !valid_name(&q.queue) {
+            if !valid_name(&q.queue) || reserved(&q.queue) {
                 return Err(err(
                     &at("queue"),
                     format!(
-                        "{:?} is not a valid queue name; use lower-case letters, digits and '-'",
-                        q.queue
+                        "{:?} is not a valid queue name; use lower-case letters, digits and '-', not starting with {:?}",
+                        q.queue,
+                        crate::jobs::RESERVED_QUEUE_PREFIX
                     ),
                 ));
             }
@@ -337,6 +489,64 @@ impl Manifest {
             q.validate_settings()
                 .map_err(|(f, reason)| err(&at(f), reason))?;
         }
+        for (i, b) in self.triggers.blob.iter().enumerate() {
+            let at = |f: &str| format!("triggers.blob[{i}].{f}");
+            if !valid_name(&b.bucket) {
+                return Err(err(
+                    &at("bucket"),
+                    format!(
+                        "{:?} is not a valid bucket name; use lower-case letters, digits and '-'",
+                        b.bucket
+                    ),
+                ));
+            }
+            if self.triggers.blob[..i].iter().any(|o| o.bucket == b.bucket) {
+                return Err(err(
+                    &at("bucket"),
+                    format!(
+                        "{:?} is watched twice; use one trigger per bucket (a shorter prefix covers both)",
+                        b.bucket
+                    ),
+                ));
+            }
+            if b.events.as_ref().is_some_and(Vec::is_empty) {
+                return Err(err(
+                    &at("events"),
+                    "is empty; list at least one of \"created\", \"updated\", \"deleted\" (or leave it out)".into(),
+                ));
+            }
+            if let Some(d) = &b.delivery {
+                check_delivery(d)
+                    .map_err(|(f, reason)| err(&at(&format!("delivery.{f}")), reason))?;
+            }
+            if !b.allow_self_trigger
+                && let Some(g) = self.grants.storage.iter().find(|g| {
+                    g.bucket == b.bucket
+                        && g.access != crate::capabilities::Access::Read
+                        && overlaps(g.prefix.as_deref(), b.prefix.as_deref())
+                })
+            {
+                return Err(err(
+                    &at("bucket"),
+                    format!(
+                        "the function may write to {:?}{} and is triggered by changes there, so each of its writes could trigger it again, forever; write to another bucket or a prefix the trigger does not watch, or set allow_self_trigger = true if the function skips its own outputs",
+                        g.bucket,
+                        g.prefix
+                            .as_deref()
+                            .map(|p| format!(" (prefix {p:?})"))
+                            .unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        if let Some(t) = &self.triggers.timer {
+            t.parse()
+                .map_err(|(f, reason)| err(&format!("triggers.timer.{f}"), reason))?;
+            if let Some(d) = &t.delivery {
+                check_delivery(d)
+                    .map_err(|(f, reason)| err(&format!("triggers.timer.delivery.{f}"), reason))?;
+            }
+        }
         if let Some(jobs) = &self.jobs {
             if !jobs.queue.is_empty() {
                 return Err(err(
@@ -347,8 +557,7 @@ impl Manifest {
                     ),
                 ));
             }
-            jobs.validate_settings()
-                .map_err(|(f, reason)| err(&format!("jobs.{f}"), reason))?;
+            check_delivery(jobs).map_err(|(f, reason)| err(&format!("jobs.{f}"), reason))?;
         }
         let limits = &self.limits;
         if limits.fuel == Some(0) {
@@ -392,11 +601,12 @@ impl Manifest {
             }
         }
         for (i, q) in self.grants.queues.iter().enumerate() {
-            if !valid_name(q) {
+            if !valid_name(q) || reserved(q) {
                 return Err(err(
                     &format!("grants.queues[{i}]"),
                     format!(
-                        "{q:?} is not a valid queue name; use lower-case letters, digits and '-'"
+                        "{q:?} is not a valid queue name; use lower-case letters, digits and '-', not starting with {:?}",
+                        crate::jobs::RESERVED_QUEUE_PREFIX
                     ),
                 ));
             }
@@ -424,18 +634,44 @@ impl Manifest {
     }
 
     /// Every queue the function consumes, with its policy: its own
-    /// `[[triggers.queue]]` bindings plus its async-job queue (default policy).
+    /// `[[triggers.queue]]` bindings, its async-job queue, and the host-owned
+    /// queues of its blob and timer triggers.
     pub fn queue_policies(&self) -> Vec<QueuePolicy> {
-        let jobs = QueueTrigger {
-            queue: crate::jobs::job_queue(&self.name),
-            ..self.jobs.clone().unwrap_or_default()
+        let hosted = |queue: String, delivery: &Option<QueueTrigger>, source: Source| {
+            let mut policy = QueueTrigger {
+                queue,
+                ..delivery.clone().unwrap_or_default()
+            }
+            .policy();
+            policy.source = source;
+            policy
         };
-        self.triggers
+        let mut policies: Vec<QueuePolicy> = self
+            .triggers
             .queue
             .iter()
-            .chain(std::iter::once(&jobs))
             .map(QueueTrigger::policy)
-            .collect()
+            .collect();
+        policies.push(hosted(
+            crate::jobs::job_queue(&self.name),
+            &self.jobs,
+            Source::Jobs,
+        ));
+        for b in &self.triggers.blob {
+            policies.push(hosted(
+                b.queue(&self.name),
+                &b.delivery,
+                Source::Blob(b.clone()),
+            ));
+        }
+        if let Some(t) = &self.triggers.timer {
+            policies.push(hosted(
+                TimerTrigger::queue(&self.name),
+                &t.delivery,
+                Source::Timer(t.clone()),
+            ));
+        }
+        policies
     }
 
     /// The grants and config the sandbox hands to the function's imports.
@@ -446,6 +682,31 @@ impl Manifest {
             queues: None,
             blobs: None,
         }
+    }
+}
+
+/// Delivery settings of a host-owned queue: everything but the queue name,
+/// which the host chooses.
+fn check_delivery(d: &QueueTrigger) -> Result<(), (&'static str, String)> {
+    if !d.queue.is_empty() {
+        return Err((
+            "queue",
+            "the host names this queue; remove `queue`".to_string(),
+        ));
+    }
+    d.validate_settings()
+}
+
+/// Is this one of the host's own queue names?
+fn reserved(queue: &str) -> bool {
+    queue.starts_with(crate::jobs::RESERVED_QUEUE_PREFIX)
+}
+
+/// Do two key prefixes (none = every key) share any key?
+fn overlaps(a: Option<&str>, b: Option<&str>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.starts_with(b) || b.starts_with(a),
+        _ => true,
     }
 }
 
@@ -560,6 +821,95 @@ mod tests {
         let twice =
             "name = \"a\"\n[[triggers.queue]]\nqueue = \"q\"\n[[triggers.queue]]\nqueue = \"q\"\n";
         assert!(parse(twice).unwrap_err().reason.contains("bound twice"));
+    }
+
+    #[test]
+    fn blob_triggers_are_checked_and_may_not_feed_themselves() {
+        let m = parse(
+            "name = \"t\"\n[[triggers.blob]]\nbucket = \"uploads\"\nsuffix = \".png\"\ndelivery = { max_attempts = 2 }\n[[grants.storage]]\nbucket = \"uploads\"\naccess = \"read\"\n[[grants.storage]]\nbucket = \"thumbnails\"\naccess = \"write\"\n",
+        )
+        .unwrap();
+        let p = m
+            .queue_policies()
+            .into_iter()
+            .find(|p| matches!(p.source, Source::Blob(_)))
+            .unwrap();
+        assert_eq!(
+            (p.queue.as_str(), p.max_attempts),
+            ("fnhost-blob-t-uploads", 2)
+        );
+        let t = &m.triggers.blob[0];
+        let change = |key: &str, kind| crate::blobs::Change {
+            kind,
+            key: key.into(),
+            ..crate::blobs::Change::found(
+                "uploads",
+                crate::blobs::ObjectMeta {
+                    key: String::new(),
+                    size: 1,
+                    etag: "e".into(),
+                    content_type: None,
+                    modified_ms: 0,
+                },
+            )
+        };
+        use crate::blobs::ChangeKind::*;
+        assert!(t.matches(&change("a.png", Created)));
+        assert!(t.matches(&change("a.png", Updated)));
+        assert!(!t.matches(&change("a.png", Deleted)), "not by default");
+        assert!(!t.matches(&change("a.jpg", Created)));
+
+        let selfish = "name = \"t\"\n[[triggers.blob]]\nbucket = \"uploads\"\nprefix = \"in/\"\n[[grants.storage]]\nbucket = \"uploads\"\naccess = \"read-write\"\n";
+        let e = parse(selfish).unwrap_err();
+        assert_eq!(e.field, "triggers.blob[0].bucket");
+        assert!(e.reason.contains("allow_self_trigger"), "{e}");
+        assert!(
+            parse(&selfish.replace(
+                "prefix = \"in/\"",
+                "prefix = \"in/\"\nallow_self_trigger = true"
+            ))
+            .is_ok()
+        );
+        let elsewhere = selfish.replace(
+            "access = \"read-write\"",
+            "access = \"write\"\nprefix = \"out/\"",
+        );
+        assert!(
+            parse(&elsewhere).is_ok(),
+            "writes under another prefix cannot trigger it"
+        );
+
+        let e = parse("name = \"t\"\n[[triggers.blob]]\nbucket = \"u\"\nevents = [\"moved\"]\n")
+            .unwrap_err();
+        assert!(e.reason.contains("moved"), "{e}");
+        let e = parse(
+            "name = \"t\"\n[[triggers.blob]]\nbucket = \"u\"\ndelivery = { queue = \"x\" }\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "triggers.blob[0].delivery.queue");
+    }
+
+    #[test]
+    fn timer_triggers_need_six_fields_and_a_real_zone() {
+        let m = parse("name = \"c\"\n[triggers.timer]\nschedule = \"*/5 * * * * *\"\ntimezone = \"Europe/Paris\"\n").unwrap();
+        let p = m.queue_policies().pop().unwrap();
+        assert_eq!(p.queue, "fnhost-timer-c");
+        assert!(matches!(p.source, Source::Timer(_)));
+        let e = parse("name = \"c\"\n[triggers.timer]\nschedule = \"0 3 * * *\"\n").unwrap_err();
+        assert_eq!(e.field, "triggers.timer.schedule");
+        assert!(e.reason.contains("use 6"), "{e}");
+        let e = parse("name = \"c\"\n[triggers.timer]\nschedule = \"0 0 25 * * *\"\n").unwrap_err();
+        assert_eq!(e.field, "triggers.timer.schedule", "{e}");
+        let e = parse("name = \"c\"\n[triggers.timer]\nschedule = \"0 0 3 * * *\"\ntimezone = \"Mars/Olympus\"\n").unwrap_err();
+        assert_eq!(e.field, "triggers.timer.timezone");
+    }
+
+    #[test]
+    fn host_queues_cannot_be_bound_or_granted() {
+        let e = parse("name = \"a\"\n[[triggers.queue]]\nqueue = \"fnhost-jobs-b\"\n").unwrap_err();
+        assert_eq!(e.field, "triggers.queue[0].queue");
+        let e = parse("name = \"a\"\n[grants]\nqueues = [\"fnhost-timer-b\"]\n").unwrap_err();
+        assert_eq!(e.field, "grants.queues[0]");
     }
 
     #[test]

@@ -198,15 +198,34 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 /// How long a dedup id is remembered (as SQS FIFO's five minutes).
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(5 * 60);
 
-/// Check a message before it is stored.
-pub fn validate(queue: &str, msg: &NewMessage) -> Result<(), QueueError> {
+/// Is this one of the host's own queues (jobs, blob and timer deliveries)?
+pub fn is_host_queue(queue: &str) -> bool {
+    queue
+        .strip_prefix(crate::jobs::RESERVED_QUEUE_PREFIX)
+        .is_some_and(|rest| {
+            !rest.is_empty()
+                && queue.len() <= 200
+                && rest
+                    .chars()
+                    .all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-'))
+        })
+}
+
+/// Refuse a user's send to one of the host's own queues: only the host
+/// enqueues jobs, blob changes and timer ticks.
+pub fn check_user_queue(queue: &str) -> Result<(), QueueError> {
     if queue.starts_with(crate::jobs::RESERVED_QUEUE_PREFIX) {
         return Err(QueueError::Invalid(format!(
-            "{queue:?}: queue names starting with {:?} are reserved for the host",
+            "{queue:?}: queue names starting with {:?} are reserved for the host; send to a queue of your own",
             crate::jobs::RESERVED_QUEUE_PREFIX
         )));
     }
-    if !crate::manifest::valid_name(queue) {
+    Ok(())
+}
+
+/// Check a message before it is stored.
+pub fn validate(queue: &str, msg: &NewMessage) -> Result<(), QueueError> {
+    if !crate::manifest::valid_name(queue) && !is_host_queue(queue) {
         return Err(QueueError::Invalid(format!(
             "{queue:?} is not a valid queue name; use 1-63 lower-case letters, digits and '-', starting with a letter"
         )));
@@ -232,7 +251,7 @@ pub fn validate(queue: &str, msg: &NewMessage) -> Result<(), QueueError> {
         }
     }
     if let Some(reply_to) = &msg.reply_to
-        && !crate::manifest::valid_name(reply_to)
+        && (!crate::manifest::valid_name(reply_to) || check_user_queue(reply_to).is_err())
     {
         return Err(QueueError::Invalid(format!(
             "reply_to {reply_to:?} is not a valid queue name"

@@ -76,7 +76,30 @@ CREATE TABLE IF NOT EXISTS versions (
     created_at_ms INTEGER NOT NULL,
     PRIMARY KEY (name, version)
 );
+CREATE TABLE IF NOT EXISTS timers (
+    function TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    last_run_ms INTEGER,
+    next_run_ms INTEGER,
+    skipped INTEGER NOT NULL DEFAULT 0,
+    last_skipped_ms INTEGER
+);
 ";
+
+/// A timer trigger's persisted schedule state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TimerState {
+    /// The schedule (and time zone) this state belongs to.
+    pub spec: String,
+    /// When the last run that started was due, ms since the epoch.
+    pub last_run_ms: Option<u64>,
+    /// When the next run is due.
+    pub next_run_ms: Option<u64>,
+    /// Ticks skipped because the previous run was still going.
+    pub skipped: u64,
+    /// When the last skipped tick was due.
+    pub last_skipped_ms: Option<u64>,
+}
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -230,6 +253,45 @@ impl Registry {
         Ok(())
     }
 
+    /// A function's timer state, if its timer has ever been scheduled.
+    pub fn timer(&self, function: &str) -> Result<Option<TimerState>, RegistryError> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT spec, last_run_ms, next_run_ms, skipped, last_skipped_ms FROM timers WHERE function = ?1",
+                [function],
+                |r| {
+                    Ok(TimerState {
+                        spec: r.get(0)?,
+                        last_run_ms: r.get(1)?,
+                        next_run_ms: r.get(2)?,
+                        skipped: r.get(3)?,
+                        last_skipped_ms: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Save a function's timer state.
+    pub fn save_timer(&self, function: &str, state: &TimerState) -> Result<(), RegistryError> {
+        self.db().execute(
+            "INSERT INTO timers (function, spec, last_run_ms, next_run_ms, skipped, last_skipped_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(function) DO UPDATE SET spec = excluded.spec, last_run_ms = excluded.last_run_ms,
+                 next_run_ms = excluded.next_run_ms, skipped = excluded.skipped, last_skipped_ms = excluded.last_skipped_ms",
+            params![
+                function,
+                state.spec,
+                state.last_run_ms,
+                state.next_run_ms,
+                state.skipped,
+                state.last_skipped_ms
+            ],
+        )?;
+        Ok(())
+    }
+
     /// Forget a function and all its versions; delete component files no
     /// other version uses. False when there was no such function.
     pub fn remove(&self, name: &str) -> Result<bool, RegistryError> {
@@ -246,6 +308,7 @@ impl Registry {
             };
             let removed = tx.execute("DELETE FROM functions WHERE name = ?1", [name])?;
             tx.execute("DELETE FROM versions WHERE name = ?1", [name])?;
+            tx.execute("DELETE FROM timers WHERE function = ?1", [name])?;
             tx.commit()?;
             if removed == 0 {
                 return Ok(false);

@@ -2,10 +2,16 @@
 //! invocations through the dispatcher, and outcomes back into acks, retries
 //! or dead letters. (The HTTP trigger lives with the server.)
 //!
-//! [`Supervisor`] follows the dispatcher's active set and keeps one worker
-//! per queue binding of every active function. Triggers know nothing of wasm.
+//! Everything is delivered through queues: a function's own queue bindings,
+//! its async jobs, and host-owned queues that the blob feed ([`blob`]) and
+//! the timer schedulers ([`timer`]) fill, so retries, dead letters and
+//! scaling work the same for every trigger. [`Supervisor`] follows the
+//! dispatcher's active set and keeps one queue worker per binding and one
+//! scheduler per timer, plus the one blob feed. Triggers know nothing of wasm.
 
+pub mod blob;
 pub mod queue;
+pub mod timer;
 
 use crate::dispatcher::Dispatcher;
 use std::collections::HashMap;
@@ -33,6 +39,7 @@ impl Supervisor {
             tracker: tracker.clone(),
             workers: HashMap::new(),
         };
+        let feed = tokio::spawn(blob::run(sup.dispatcher.clone(), sup.shutdown.clone()));
         tokio::spawn(async move {
             let mut changes = sup.dispatcher.subscribe();
             loop {
@@ -45,6 +52,7 @@ impl Supervisor {
             for (_, worker) in sup.workers.drain() {
                 let _ = worker.await;
             }
+            let _ = feed.await;
             sup.tracker.close();
         });
         tracker
@@ -66,6 +74,20 @@ impl Supervisor {
                     self.tracker.clone(),
                 );
                 self.workers.insert(key, tokio::spawn(worker.run()));
+            }
+            if let Some(t) = &deployed.manifest.triggers.timer {
+                let key = (deployed.record.name.clone(), format!("timer {t:?}"));
+                if self.workers.contains_key(&key) {
+                    continue;
+                }
+                let scheduler = timer::Scheduler::new(
+                    self.dispatcher.clone(),
+                    key.0.clone(),
+                    t.clone(),
+                    Arc::new(crate::queue::SystemClock),
+                    self.shutdown.clone(),
+                );
+                self.workers.insert(key, tokio::spawn(scheduler.run()));
             }
         }
     }

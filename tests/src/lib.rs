@@ -57,6 +57,8 @@ pub struct Guests {
     pub thumbnail: PathBuf,
     /// `functions/order-processor`.
     pub order_processor: PathBuf,
+    /// `functions/cleanup`.
+    pub cleanup: PathBuf,
     /// `tests/guests/adversary`.
     pub adversary: PathBuf,
     /// `tests/guests/empty`.
@@ -98,11 +100,19 @@ pub fn guests() -> &'static Guests {
             hello: f.join("hello.wasm"),
             thumbnail: f.join("thumbnail.wasm"),
             order_processor: f.join("order_processor.wasm"),
+            cleanup: f.join("cleanup.wasm"),
             adversary: t.join("adversary.wasm"),
             empty: t.join("empty.wasm"),
             not_a_job: t.join("not-a-job.wasm"),
         }
     })
+}
+
+/// Width and height from a PNG's IHDR chunk.
+pub fn png_size(png: &[u8]) -> (u32, u32) {
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    (be(&png[16..20]), be(&png[20..24]))
 }
 
 /// A response: status, headers (lower-case names) and body.

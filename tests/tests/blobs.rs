@@ -73,6 +73,22 @@ fn objects_are_put_read_listed_and_removed() {
     let ls = host.cli_ok(&["blob", "ls", "uploads"]);
     assert_eq!(ls.lines().count(), 3, "{ls}");
 
+    // Long listings come in pages, with where to continue.
+    let page = host
+        .admin("GET", "/v1/buckets/uploads/objects?limit=2", "")
+        .json();
+    assert_eq!(page["objects"].as_array().unwrap().len(), 2);
+    assert_eq!(page["next_start_after"], "img/cat.txt");
+    let rest = host
+        .admin(
+            "GET",
+            "/v1/buckets/uploads/objects?limit=2&start_after=img/cat.txt",
+            "",
+        )
+        .json();
+    assert_eq!(rest["objects"][0]["key"], "img/dog.json");
+    assert!(rest["next_start_after"].is_null(), "{rest}");
+
     host.cli_ok(&["blob", "rm", "uploads", "img/cat.txt"]);
     assert_eq!(
         host.admin("GET", "/v1/buckets/uploads/objects/img/cat.txt", "")

@@ -1,7 +1,7 @@
 //! The HTTP trigger as a caller sees it: outputs become responses, limits
 //! become status codes, and the CPU-bound example does real work.
 
-use fnhost_tests::{Host, guests, repo_root};
+use fnhost_tests::{Host, guests, png_size, repo_root};
 
 #[test]
 fn request_bodies_over_the_limit_get_413() {
@@ -32,13 +32,6 @@ fn methods_and_unknown_routes() {
     let r = host.get("/nothing/here");
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["error"]["code"], "no_route");
-}
-
-/// Width and height from a PNG's IHDR chunk.
-fn png_size(png: &[u8]) -> (u32, u32) {
-    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
-    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-    (be(&png[16..20]), be(&png[20..24]))
 }
 
 #[test]

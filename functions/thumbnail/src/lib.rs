@@ -1,12 +1,17 @@
 //! `thumbnail`: a real CPU-bound job.
 //!
-//! `POST /thumbnail?width=W&height=H` with a PNG or JPEG body answers a PNG
-//! that fits in W×H, keeping the aspect ratio (defaults from `[config]`).
-//! Headers `x-original-size` and `x-thumbnail-size` give both sizes as `WxH`.
-//! A body that is not an image is a permanent failure (`fail`), so a queue
-//! would dead-letter it rather than retry.
+//! - Bound to bucket changes: an image uploaded to `uploads` gets a PNG
+//!   thumbnail under the same key in `thumbnails` (the `output_bucket`
+//!   config); deleting the upload deletes its thumbnail.
+//! - `POST /thumbnail?width=W&height=H` with a PNG or JPEG body answers a PNG
+//!   that fits in W×H, keeping the aspect ratio (defaults from `[config]`).
+//!   Headers `x-original-size` and `x-thumbnail-size` give both sizes as `WxH`.
+//!
+//! Something that is not an image is a permanent failure (`fail`), so a blob
+//! change or queue message for it is dead-lettered rather than retried; a
+//! storage outage is transient (`retry`).
 
-use fnhost_sdk::{Error, Event, Output, Result, job};
+use fnhost_sdk::{BlobChange, ChangeKind, Error, Event, Output, Result, ResultExt, job, storage};
 use image::{ImageFormat, ImageReader};
 use std::io::Cursor;
 
@@ -61,9 +66,48 @@ fn thumbnail(bytes: &[u8], width: u32, height: u32) -> Result<Thumbnail> {
     })
 }
 
+/// Make, replace or delete the thumbnail of a changed upload.
+fn on_upload(change: &BlobChange) -> Result<Output> {
+    let out_bucket = fnhost_sdk::config("output_bucket").unwrap_or_else(|| "thumbnails".into());
+    if change.kind == ChangeKind::Deleted {
+        let existed =
+            storage::delete(&out_bucket, &change.key).or_retry("cannot delete the thumbnail")?;
+        return Ok(Output::text(format!(
+            "{}/{} deleted; thumbnail {}",
+            change.bucket,
+            change.key,
+            if existed { "deleted" } else { "was absent" }
+        )));
+    }
+    let Some(bytes) =
+        storage::get(&change.bucket, &change.key).or_retry("cannot read the upload")?
+    else {
+        // Deleted since the change: nothing to do (the delete has its own event).
+        return Ok(Output::text(format!(
+            "{}/{} is gone",
+            change.bucket, change.key
+        )));
+    };
+    fnhost_sdk::progress(10, "decoding")?;
+    let (width, height) = (
+        dimension(None, "max_width")?,
+        dimension(None, "max_height")?,
+    );
+    let t = thumbnail(&bytes, width, height)?;
+    storage::put(&out_bucket, &change.key, &t.png, Some("image/png"))
+        .or_retry("cannot store the thumbnail")?;
+    fnhost_sdk::progress(100, "done")?;
+    let ((ow, oh), (tw, th)) = (t.original, t.size);
+    Ok(Output::text(format!(
+        "{}/{} {ow}x{oh} -> {out_bucket}/{} {tw}x{th}",
+        change.bucket, change.key, change.key
+    )))
+}
+
 #[job]
 fn handle(event: Event) -> Result<Output> {
     let (bytes, width, height) = match &event {
+        Event::Blob(change) => return on_upload(change),
         Event::Http(req) => (
             req.body.as_slice(),
             dimension(req.query_param("width"), "max_width")?,
@@ -76,7 +120,7 @@ fn handle(event: Event) -> Result<Output> {
         ),
         other => {
             return Err(Error::fail(format!(
-                "thumbnail does not handle {} events yet",
+                "thumbnail does not handle {} events",
                 other.kind()
             )));
         }

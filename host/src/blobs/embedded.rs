@@ -8,13 +8,21 @@
 //! old object or the new one, never half. A delete forgets the key first,
 //! then removes the file, so a crash can leave an unreferenced file but never
 //! a key without content.
+//!
+//! The change feed lives in the same database: the index update and its
+//! [`Change`] row commit in one transaction, so no acknowledged write goes
+//! unrecorded; cursors and receipts commit together too.
 
-use super::{BlobBackend, BlobError, MAX_OBJECT_BYTES, ObjectMeta, Stored, validate};
+use super::{
+    BlobBackend, BlobError, CHANGE_RETENTION, Change, ChangeKind, Cursor, MAX_OBJECT_BYTES,
+    ObjectMeta, Stored, validate,
+};
 use crate::queue::BoxFuture;
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS blob_objects (
@@ -26,7 +34,32 @@ CREATE TABLE IF NOT EXISTS blob_objects (
     modified_ms INTEGER NOT NULL,
     PRIMARY KEY (bucket, key)
 );
+CREATE TABLE IF NOT EXISTS blob_changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    etag TEXT,
+    size INTEGER,
+    content_type TEXT,
+    at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blob_cursors (
+    consumer TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    spec TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blob_receipts (
+    consumer TEXT NOT NULL,
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    etag TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (consumer, bucket, key)
+);
 ";
+
+const CHANGE_COLUMNS: &str = "seq, bucket, key, kind, etag, size, content_type, at_ms";
 
 /// The embedded blob store's handle (cheap to clone).
 #[derive(Clone)]
@@ -37,6 +70,7 @@ pub struct EmbeddedBlobs {
 struct Inner {
     root: PathBuf,
     db: Mutex<Connection>,
+    notify: Arc<Notify>,
 }
 
 fn db(e: rusqlite::Error) -> BlobError {
@@ -62,6 +96,7 @@ impl EmbeddedBlobs {
             inner: Arc::new(Inner {
                 root,
                 db: Mutex::new(conn),
+                notify: Arc::new(Notify::new()),
             }),
         })
     }
@@ -101,6 +136,37 @@ impl Inner {
             .optional()
             .map_err(db)
     }
+}
+
+fn row_to_change(r: &rusqlite::Row<'_>) -> rusqlite::Result<Change> {
+    let kind: String = r.get(3)?;
+    Ok(Change {
+        seq: r.get(0)?,
+        bucket: r.get(1)?,
+        key: r.get(2)?,
+        kind: ChangeKind::parse(&kind).unwrap_or(ChangeKind::Updated),
+        etag: r.get(4)?,
+        size: r.get(5)?,
+        content_type: r.get(6)?,
+        at_ms: r.get(7)?,
+    })
+}
+
+/// Record a change in the feed, inside the caller's transaction.
+fn record(tx: &rusqlite::Transaction<'_>, bucket: &str, change: &Change) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO blob_changes (bucket, key, kind, etag, size, content_type, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        bucket,
+        change.key,
+        change.kind.as_str(),
+        change.etag,
+        change.size,
+        change.content_type,
+        change.at_ms
+    ])?;
+    Ok(())
 }
 
 fn row_to_meta(r: &rusqlite::Row<'_>) -> rusqlite::Result<ObjectMeta> {
@@ -154,23 +220,33 @@ impl BlobBackend for EmbeddedBlobs {
                     content_type,
                     modified_ms: crate::registry::now_ms(),
                 };
-                // One lock for the check and the write, so concurrent puts
-                // agree on which of them created the object.
-                let conn = inner.db();
-                let replaced: bool = conn
+                // One transaction for the check, the write and its change, so
+                // concurrent puts agree on which of them created the object
+                // and no write is left out of the feed.
+                let mut conn = inner.db();
+                let tx = conn.transaction().map_err(db)?;
+                let replaced: bool = tx
                     .query_row(
                         "SELECT EXISTS (SELECT 1 FROM blob_objects WHERE bucket = ?1 AND key = ?2)",
                         params![bucket, meta.key],
                         |r| r.get(0),
                     )
                     .map_err(db)?;
-                conn.execute(
+                tx.execute(
                         "INSERT INTO blob_objects (bucket, key, size, etag, content_type, modified_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                          ON CONFLICT(bucket, key) DO UPDATE SET size = excluded.size, etag = excluded.etag,
                              content_type = excluded.content_type, modified_ms = excluded.modified_ms",
                         params![bucket, meta.key, meta.size, meta.etag, meta.content_type, meta.modified_ms],
                     )
                     .map_err(db)?;
+                let mut change = Change::found(&bucket, meta.clone());
+                if replaced {
+                    change.kind = ChangeKind::Updated;
+                }
+                record(&tx, &bucket, &change).map_err(db)?;
+                tx.commit().map_err(db)?;
+                drop(conn);
+                inner.notify.notify_one();
                 Ok(Stored { meta, replaced })
             })
         })
@@ -213,13 +289,32 @@ impl BlobBackend for EmbeddedBlobs {
         let (bucket, key) = (bucket.to_string(), key.to_string());
         checked(&bucket.clone(), &key.clone(), move || {
             self.blocking(move |inner| {
-                let n = inner
-                    .db()
+                let mut conn = inner.db();
+                let tx = conn.transaction().map_err(db)?;
+                let n = tx
                     .execute(
                         "DELETE FROM blob_objects WHERE bucket = ?1 AND key = ?2",
                         params![bucket, key],
                     )
                     .map_err(db)?;
+                if n == 1 {
+                    let change = Change {
+                        seq: 0,
+                        bucket: bucket.clone(),
+                        key: key.clone(),
+                        kind: ChangeKind::Deleted,
+                        etag: None,
+                        size: None,
+                        content_type: None,
+                        at_ms: crate::registry::now_ms(),
+                    };
+                    record(&tx, &bucket, &change).map_err(db)?;
+                }
+                tx.commit().map_err(db)?;
+                drop(conn);
+                if n == 1 {
+                    inner.notify.notify_one();
+                }
                 let path = inner.path(&bucket, &key);
                 match std::fs::remove_file(&path) {
                     Ok(()) => {}
@@ -235,6 +330,8 @@ impl BlobBackend for EmbeddedBlobs {
         &self,
         bucket: &str,
         prefix: &str,
+        start_after: Option<String>,
+        max: usize,
     ) -> BoxFuture<'_, Result<Vec<ObjectMeta>, BlobError>> {
         if let Err(e) = validate(bucket, "x") {
             return Box::pin(async move { Err(e) });
@@ -243,14 +340,170 @@ impl BlobBackend for EmbeddedBlobs {
         self.blocking(move |inner| {
             let conn = inner.db();
             let mut stmt = conn
-                .prepare(
+                .prepare_cached(
                     "SELECT key, size, etag, content_type, modified_ms FROM blob_objects
-                     WHERE bucket = ?1 AND substr(key, 1, length(?2)) = ?2 ORDER BY key LIMIT 10000",
+                     WHERE bucket = ?1 AND substr(key, 1, length(?2)) = ?2 AND (?3 IS NULL OR key > ?3)
+                     ORDER BY key LIMIT ?4",
                 )
                 .map_err(db)?;
-            let rows = stmt.query_map(params![bucket, prefix], row_to_meta).map_err(db)?;
+            let rows = stmt
+                .query_map(params![bucket, prefix, start_after, max as i64], row_to_meta)
+                .map_err(db)?;
             rows.collect::<Result<_, _>>().map_err(db)
         })
+    }
+
+    fn changes(
+        &self,
+        bucket: Option<String>,
+        after: u64,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<Change>, BlobError>> {
+        self.blocking(move |inner| {
+            let conn = inner.db();
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {CHANGE_COLUMNS} FROM blob_changes WHERE seq > ?1 AND (?2 IS NULL OR bucket = ?2)
+                     ORDER BY seq LIMIT ?3"
+                ))
+                .map_err(db)?;
+            let rows = stmt
+                .query_map(params![after, bucket, max as i64], row_to_change)
+                .map_err(db)?;
+            rows.collect::<Result<_, _>>().map_err(db)
+        })
+    }
+
+    fn latest_change(&self) -> BoxFuture<'_, Result<u64, BlobError>> {
+        self.blocking(|inner| {
+            inner
+                .db()
+                .query_row("SELECT COALESCE(MAX(seq), 0) FROM blob_changes", [], |r| {
+                    r.get(0)
+                })
+                .map_err(db)
+        })
+    }
+
+    fn cursor(&self, consumer: &str) -> BoxFuture<'_, Result<Option<Cursor>, BlobError>> {
+        let consumer = consumer.to_string();
+        self.blocking(move |inner| {
+            inner
+                .db()
+                .query_row(
+                    "SELECT seq, spec FROM blob_cursors WHERE consumer = ?1",
+                    params![consumer],
+                    |r| {
+                        Ok(Cursor {
+                            seq: r.get(0)?,
+                            spec: r.get(1)?,
+                        })
+                    },
+                )
+                .optional()
+                .map_err(db)
+        })
+    }
+
+    fn undelivered(
+        &self,
+        consumer: &str,
+        changes: Vec<Change>,
+    ) -> BoxFuture<'_, Result<Vec<Change>, BlobError>> {
+        let consumer = consumer.to_string();
+        self.blocking(move |inner| {
+            let conn = inner.db();
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT etag FROM blob_receipts WHERE consumer = ?1 AND bucket = ?2 AND key = ?3",
+                )
+                .map_err(db)?;
+            let mut out = Vec::with_capacity(changes.len());
+            for c in changes {
+                if c.kind != ChangeKind::Deleted {
+                    let seen: Option<String> = stmt
+                        .query_row(params![consumer, c.bucket, c.key], |r| r.get(0))
+                        .optional()
+                        .map_err(db)?;
+                    if seen.is_some() && seen == c.etag {
+                        continue;
+                    }
+                }
+                out.push(c);
+            }
+            Ok(out)
+        })
+    }
+
+    fn advance(
+        &self,
+        consumer: &str,
+        cursor: Cursor,
+        delivered: Vec<Change>,
+    ) -> BoxFuture<'_, Result<(), BlobError>> {
+        let consumer = consumer.to_string();
+        self.blocking(move |inner| {
+            let mut conn = inner.db();
+            let tx = conn.transaction().map_err(db)?;
+            let now = crate::registry::now_ms();
+            for c in &delivered {
+                match (&c.kind, &c.etag) {
+                    (ChangeKind::Deleted, _) | (_, None) => {
+                        tx.prepare_cached(
+                            "DELETE FROM blob_receipts WHERE consumer = ?1 AND bucket = ?2 AND key = ?3",
+                        )
+                        .and_then(|mut s| s.execute(params![consumer, c.bucket, c.key]))
+                        .map_err(db)?;
+                    }
+                    (_, Some(etag)) => {
+                        tx.prepare_cached(
+                            "INSERT INTO blob_receipts (consumer, bucket, key, etag, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                             ON CONFLICT(consumer, bucket, key) DO UPDATE SET etag = excluded.etag, at_ms = excluded.at_ms",
+                        )
+                        .and_then(|mut s| s.execute(params![consumer, c.bucket, c.key, etag, now]))
+                        .map_err(db)?;
+                    }
+                }
+            }
+            tx.execute(
+                "INSERT INTO blob_cursors (consumer, seq, spec) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(consumer) DO UPDATE SET seq = excluded.seq, spec = excluded.spec",
+                params![consumer, cursor.seq, cursor.spec],
+            )
+            .map_err(db)?;
+            tx.commit().map_err(db)
+        })
+    }
+
+    fn prune(&self, keep: Vec<String>) -> BoxFuture<'_, Result<(), BlobError>> {
+        self.blocking(move |inner| {
+            let mut conn = inner.db();
+            let tx = conn.transaction().map_err(db)?;
+            let cursors: Vec<String> = {
+                let mut stmt = tx
+                    .prepare("SELECT consumer FROM blob_cursors")
+                    .map_err(db)?;
+                let rows = stmt.query_map([], |r| r.get(0)).map_err(db)?;
+                rows.collect::<Result<_, _>>().map_err(db)?
+            };
+            for c in cursors.iter().filter(|c| !keep.contains(c)) {
+                tx.execute("DELETE FROM blob_cursors WHERE consumer = ?1", params![c])
+                    .map_err(db)?;
+            }
+            let before =
+                crate::registry::now_ms().saturating_sub(CHANGE_RETENTION.as_millis() as u64);
+            tx.execute(
+                "DELETE FROM blob_changes WHERE at_ms < ?1
+                 AND seq <= COALESCE((SELECT MIN(seq) FROM blob_cursors), seq)",
+                params![before],
+            )
+            .map_err(db)?;
+            tx.commit().map_err(db)
+        })
+    }
+
+    fn notifier(&self) -> Option<Arc<Notify>> {
+        Some(self.inner.notify.clone())
     }
 }
 
@@ -295,14 +548,14 @@ mod tests {
         let (m, body) = blobs.get("uploads", "img/cat.png").await.unwrap().unwrap();
         assert_eq!((body.as_slice(), &m), (&b"meow"[..], &meta));
         let keys: Vec<String> = blobs
-            .list("uploads", "img/")
+            .list("uploads", "img/", None, 100)
             .await
             .unwrap()
             .into_iter()
             .map(|m| m.key)
             .collect();
         assert_eq!(keys, ["img/cat.png", "img/dog.png"]);
-        assert_eq!(blobs.list("uploads", "").await.unwrap().len(), 4);
+        assert_eq!(blobs.list("uploads", "", None, 100).await.unwrap().len(), 4);
 
         let replaced = blobs
             .put("uploads", "img/cat.png", b"purr".to_vec(), None)
@@ -334,6 +587,90 @@ mod tests {
             blobs.get("other", "img/dog.png").await.unwrap().is_none(),
             "buckets are separate"
         );
+    }
+
+    #[tokio::test]
+    async fn every_write_is_in_the_feed_and_receipts_hand_each_version_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = EmbeddedBlobs::open(dir.path()).unwrap();
+        blobs
+            .put("uploads", "a", b"1".to_vec(), None)
+            .await
+            .unwrap();
+        blobs
+            .put("uploads", "a", b"2".to_vec(), None)
+            .await
+            .unwrap();
+        blobs.put("other", "b", b"3".to_vec(), None).await.unwrap();
+        assert!(blobs.delete("uploads", "a").await.unwrap());
+        assert!(
+            !blobs.delete("uploads", "a").await.unwrap(),
+            "no change for nothing"
+        );
+        let all = blobs.changes(None, 0, 100).await.unwrap();
+        let kinds: Vec<(&str, ChangeKind)> = all.iter().map(|c| (c.key.as_str(), c.kind)).collect();
+        use ChangeKind::*;
+        assert_eq!(
+            kinds,
+            [
+                ("a", Created),
+                ("a", Updated),
+                ("b", Created),
+                ("a", Deleted)
+            ]
+        );
+        assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+        assert_eq!(blobs.latest_change().await.unwrap(), all[3].seq);
+        let uploads = blobs
+            .changes(Some("uploads".into()), all[0].seq, 100)
+            .await
+            .unwrap();
+        assert_eq!(uploads.len(), 2, "after the first, this bucket only");
+
+        // A consumer handed version 1 is not handed it again, but is handed
+        // version 2 and the delete; after the delete, version 1 is new again.
+        let c = "fn/uploads";
+        assert!(blobs.cursor(c).await.unwrap().is_none());
+        let v1 = all[0].clone();
+        blobs
+            .advance(
+                c,
+                Cursor {
+                    seq: v1.seq,
+                    spec: "s".into(),
+                },
+                vec![v1.clone()],
+            )
+            .await
+            .unwrap();
+        assert_eq!(blobs.cursor(c).await.unwrap().unwrap().seq, v1.seq);
+        let rest = blobs.undelivered(c, all.clone()).await.unwrap();
+        assert_eq!(rest.len(), 3, "all but version 1");
+        assert!(
+            blobs
+                .undelivered("other/uploads", all.clone())
+                .await
+                .unwrap()
+                .len()
+                == 4
+        );
+        blobs
+            .advance(
+                c,
+                Cursor {
+                    seq: all[3].seq,
+                    spec: "s".into(),
+                },
+                vec![all[3].clone()],
+            )
+            .await
+            .unwrap();
+        assert_eq!(blobs.undelivered(c, vec![v1]).await.unwrap().len(), 1);
+
+        // Pruning forgets consumers that went away, keeps recent changes.
+        blobs.prune(vec![]).await.unwrap();
+        assert!(blobs.cursor(c).await.unwrap().is_none());
+        assert_eq!(blobs.changes(None, 0, 100).await.unwrap().len(), 4);
     }
 
     #[tokio::test]

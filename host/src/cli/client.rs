@@ -152,19 +152,36 @@ fn payload(data: Option<&str>) -> anyhow::Result<Vec<u8>> {
     })
 }
 
-/// `fnhost invoke NAME --async`: submit a job, print its id.
+/// How an async job is submitted, besides its input.
+#[derive(Debug, Default)]
+pub struct JobRequest {
+    /// Receives the finished record.
+    pub callback_url: Option<String>,
+    /// Receives the completion message.
+    pub reply_to: Option<String>,
+    /// Not before this time (RFC 3339).
+    pub not_before: Option<String>,
+    /// Not before this long from now.
+    pub delay: Option<String>,
+}
+
+/// `fnhost invoke NAME --async | --at TIME | --in DURATION`: submit a job, print its id.
 pub async fn submit(
     conn: &Connection,
     name: &str,
     data: Option<&str>,
-    callback_url: Option<String>,
-    reply_to: Option<String>,
+    job: JobRequest,
 ) -> anyhow::Result<()> {
     let text =
         String::from_utf8(payload(data)?).context("an async job's payload must be text or JSON")?;
     let input = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text));
-    let body =
-        serde_json::json!({ "input": input, "callback_url": callback_url, "reply_to": reply_to });
+    let body = serde_json::json!({
+        "input": input,
+        "callback_url": job.callback_url,
+        "reply_to": job.reply_to,
+        "not_before": job.not_before,
+        "delay": job.delay,
+    });
     let url = conn.url(&format!("/functions/{name}/jobs"));
     let resp = conn
         .send(reqwest::Client::new().post(url).json(&body))
@@ -175,8 +192,17 @@ pub async fn submit(
         .await?;
     let id = v["id"].as_str().unwrap_or("?");
     println!("{id}");
+    let when = match v["not_before_ms"].as_u64() {
+        Some(ms) => format!(
+            "scheduled for {}",
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)
+            )
+        ),
+        None => "queued".to_string(),
+    };
     eprintln!(
-        "job {id} queued; status at {}/v1/jobs/{id}; follow it with `fnhost jobs {id} --wait`",
+        "job {id} {when}; status at {}/v1/jobs/{id}; follow it with `fnhost jobs {id} --wait`",
         conn.host.trim_end_matches('/')
     );
     Ok(())
@@ -654,24 +680,36 @@ pub async fn blob(command: BlobCommand) -> anyhow::Result<()> {
             prefix,
             conn,
         } => {
-            let url = reqwest::Url::parse_with_params(
-                &conn.url(&format!("/buckets/{bucket}/objects")),
-                [("prefix", &prefix)],
-            )
-            .with_context(|| format!("{:?} is not a usable host URL", conn.host))?;
-            let req = http.get(url);
-            let v: Value = check(&format!("listing {bucket}"), conn.send(req).await?)
-                .await?
-                .json()
-                .await?;
-            for o in v["objects"].as_array().into_iter().flatten() {
-                println!(
-                    "{:>10}  {}  {}",
-                    n(&o["size"]),
-                    &o["etag"].as_str().unwrap_or("")
-                        [..12.min(o["etag"].as_str().unwrap_or("").len())],
-                    o["key"].as_str().unwrap_or("?")
-                );
+            // Page through the whole listing.
+            let mut after: Option<String> = None;
+            loop {
+                let mut params = vec![("prefix", prefix.clone())];
+                if let Some(a) = after.take() {
+                    params.push(("start_after", a));
+                }
+                let url = reqwest::Url::parse_with_params(
+                    &conn.url(&format!("/buckets/{bucket}/objects")),
+                    &params,
+                )
+                .with_context(|| format!("{:?} is not a usable host URL", conn.host))?;
+                let req = http.get(url);
+                let v: Value = check(&format!("listing {bucket}"), conn.send(req).await?)
+                    .await?
+                    .json()
+                    .await?;
+                for o in v["objects"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:>10}  {}  {}",
+                        n(&o["size"]),
+                        &o["etag"].as_str().unwrap_or("")
+                            [..12.min(o["etag"].as_str().unwrap_or("").len())],
+                        o["key"].as_str().unwrap_or("?")
+                    );
+                }
+                match v["next_start_after"].as_str() {
+                    Some(next) => after = Some(next.to_string()),
+                    None => break,
+                }
             }
         }
         BlobCommand::Rm { bucket, key, conn } => {

@@ -79,7 +79,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     expires_at_ms INTEGER,
     callback_url TEXT,
     reply_to TEXT,
-    correlation_id TEXT
+    correlation_id TEXT,
+    not_before_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_expiry ON jobs (expires_at_ms) WHERE expires_at_ms IS NOT NULL;
 CREATE TABLE IF NOT EXISTS queue_dedup (
@@ -132,14 +133,21 @@ impl EmbeddedQueues {
             .map_err(db)?;
         conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(SCHEMA).map_err(db)?;
-        // Added after the first release of the table.
-        let has_checkpoint: bool = conn
-            .prepare("SELECT 1 FROM pragma_table_info('queue_messages') WHERE name = 'checkpoint'")
-            .and_then(|mut s| s.exists([]))
-            .map_err(db)?;
-        if !has_checkpoint {
-            conn.execute_batch("ALTER TABLE queue_messages ADD COLUMN checkpoint BLOB")
+        // Columns added after the first release of their tables.
+        for (table, column, ty) in [
+            ("queue_messages", "checkpoint", "BLOB"),
+            ("jobs", "not_before_ms", "INTEGER"),
+        ] {
+            let present: bool = conn
+                .prepare(&format!(
+                    "SELECT 1 FROM pragma_table_info('{table}') WHERE name = '{column}'"
+                ))
+                .and_then(|mut s| s.exists([]))
                 .map_err(db)?;
+            if !present {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))
+                    .map_err(db)?;
+            }
         }
         let (tx, rx) = mpsc::sync_channel(QUEUE_DEPTH);
         let notify = Arc::new(Notify::new());
@@ -795,10 +803,11 @@ fn submit(tx: &Transaction<'_>, now: u64, job: NewJob) -> Result<JobRecord, Queu
         params![id, queue, job.payload, now, visible_at, job.correlation_id, job.reply_to],
     )
     .map_err(db)?;
+    let not_before = (visible_at > now).then_some(visible_at);
     exec(tx,
-        "INSERT INTO jobs (id, function, state, created_at_ms, callback_url, reply_to, correlation_id)
-         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6)",
-        params![id, job.function, now, job.callback_url, job.reply_to, job.correlation_id],
+        "INSERT INTO jobs (id, function, state, created_at_ms, callback_url, reply_to, correlation_id, not_before_ms)
+         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7)",
+        params![id, job.function, now, job.callback_url, job.reply_to, job.correlation_id, not_before],
     )
     .map_err(db)?;
     job_get(tx, now, &id)?.ok_or_else(|| QueueError::Backend("the new job vanished".into()))
@@ -854,7 +863,7 @@ fn job_update(
 fn job_get(tx: &Transaction<'_>, now: u64, id: &str) -> Result<Option<JobRecord>, QueueError> {
     tx.query_row(
         "SELECT id, function, state, attempts, progress, progress_message, result_status, result_headers, result, error,
-                created_at_ms, started_at_ms, finished_at_ms, expires_at_ms, callback_url, reply_to, correlation_id
+                created_at_ms, started_at_ms, finished_at_ms, expires_at_ms, callback_url, reply_to, correlation_id, not_before_ms
          FROM jobs WHERE id = ?1 AND (expires_at_ms IS NULL OR expires_at_ms > ?2)",
         params![id, now],
         |r| {
@@ -878,6 +887,7 @@ fn job_get(tx: &Transaction<'_>, now: u64, id: &str) -> Result<Option<JobRecord>
                 callback_url: r.get(14)?,
                 reply_to: r.get(15)?,
                 correlation_id: r.get(16)?,
+                not_before_ms: r.get(17)?,
             })
         },
     )

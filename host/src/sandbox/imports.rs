@@ -14,6 +14,9 @@ use std::sync::Arc;
 const NO_BLOB_STORE: &str = "this host has no blob store configured";
 const NO_QUEUES: &str = "this host has no queue backend configured";
 
+/// The most objects one guest `list-objects` call returns.
+const MAX_LISTED: usize = 10_000;
+
 /// Largest checkpoint, in bytes.
 const MAX_CHECKPOINT: usize = 256 << 10;
 
@@ -117,7 +120,10 @@ impl storage::Host for HostState {
         prefix: String,
     ) -> Result<Vec<storage::ObjectMeta>, storage::StorageError> {
         let blobs = self.storage(&bucket, &prefix, Access::Read)?;
-        let objects = blobs.list(&bucket, &prefix).await.map_err(blob_error)?;
+        let objects = blobs
+            .list(&bucket, &prefix, None, MAX_LISTED)
+            .await
+            .map_err(blob_error)?;
         Ok(objects.into_iter().map(wit_meta).collect())
     }
 }

@@ -109,6 +109,13 @@ async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Respon
         Some(d) => {
             let mut v = describe(&d);
             v["manifest"] = json!(d.record.manifest);
+            if d.manifest.triggers.timer.is_some() {
+                let registry = state.dispatcher.registry().clone();
+                let timer = tokio::task::spawn_blocking(move || registry.timer(&name)).await;
+                if let Ok(Ok(Some(t))) = timer {
+                    v["timer"] = json!(t);
+                }
+            }
             Json(v).into_response()
         }
         None => error(

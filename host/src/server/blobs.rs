@@ -16,6 +16,7 @@ use serde_json::json;
 pub(crate) fn routes() -> axum::Router<AppState> {
     axum::Router::new()
         .route("/buckets/{bucket}/objects", get(list))
+        .route("/buckets/{bucket}/changes", get(changes))
         .route(
             "/buckets/{bucket}/objects/{*key}",
             get(fetch).head(head).put(put).delete(delete),
@@ -133,23 +134,68 @@ async fn delete(
     }
 }
 
+/// The most objects or changes one listing returns.
+const MAX_LIST: usize = 10_000;
+
 #[derive(Deserialize)]
-struct Prefix {
+struct ListQuery {
     prefix: Option<String>,
+    start_after: Option<String>,
+    limit: Option<usize>,
 }
 
 async fn list(
     State(state): State<AppState>,
     Path(bucket): Path<String>,
-    Query(q): Query<Prefix>,
+    Query(q): Query<ListQuery>,
 ) -> Response {
+    let limit = q.limit.unwrap_or(1000).clamp(1, MAX_LIST);
     match state
         .dispatcher
         .blobs()
-        .list(&bucket, q.prefix.as_deref().unwrap_or(""))
+        .list(
+            &bucket,
+            q.prefix.as_deref().unwrap_or(""),
+            q.start_after,
+            limit,
+        )
         .await
     {
-        Ok(objects) => Json(json!({ "objects": objects })).into_response(),
+        Ok(objects) => {
+            // A full page may have more after it: say where to continue.
+            let next = (objects.len() == limit)
+                .then(|| objects.last().map(|o| o.key.clone()))
+                .flatten();
+            Json(json!({ "objects": objects, "next_start_after": next })).into_response()
+        }
+        Err(e) => blob_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ChangesQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// The bucket's recorded changes after `after`, oldest first: what blob
+/// triggers are fed, for checking what happened when.
+async fn changes(
+    State(state): State<AppState>,
+    Path(bucket): Path<String>,
+    Query(q): Query<ChangesQuery>,
+) -> Response {
+    if let Err(e) = crate::blobs::validate(&bucket, "x") {
+        return blob_error(e);
+    }
+    let limit = q.limit.unwrap_or(1000).clamp(1, MAX_LIST);
+    match state
+        .dispatcher
+        .blobs()
+        .changes(Some(bucket), q.after.unwrap_or(0), limit)
+        .await
+    {
+        Ok(changes) => Json(json!({ "changes": changes })).into_response(),
         Err(e) => blob_error(e),
     }
 }

@@ -29,6 +29,8 @@ struct Submit {
     reply_to: Option<String>,
     correlation_id: Option<String>,
     not_before_ms: Option<u64>,
+    /// RFC 3339, e.g. "2026-12-01T03:00:00Z".
+    not_before: Option<String>,
     /// e.g. "2s"
     delay: Option<String>,
 }
@@ -56,7 +58,7 @@ async fn submit(
             Ok(r) => r,
             Err(e) => {
                 return bad(format!(
-                    "the body must be {{\"input\": …, \"callback_url\", \"reply_to\", \"correlation_id\", \"delay\", \"not_before_ms\"}}: {e}"
+                    "the body must be {{\"input\": …, \"callback_url\", \"reply_to\", \"correlation_id\", \"delay\", \"not_before\", \"not_before_ms\"}}: {e}"
                 ));
             }
         }
@@ -78,13 +80,27 @@ async fn submit(
         Some(Ok(d)) => Some(d.as_millis() as u64),
         Some(Err(e)) => return bad(format!("delay is not a duration ({e}); write e.g. \"2s\"")),
     };
+    let not_before_ms = match (&req.not_before, req.not_before_ms) {
+        (Some(_), Some(_)) => {
+            return bad("give not_before or not_before_ms, not both".into());
+        }
+        (Some(t), None) => match chrono::DateTime::parse_from_rfc3339(t) {
+            Ok(at) => Some(u64::try_from(at.timestamp_millis()).unwrap_or(0)),
+            Err(e) => {
+                return bad(format!(
+                    "not_before {t:?} is not an RFC 3339 time ({e}); write e.g. \"2026-12-01T03:00:00Z\""
+                ));
+            }
+        },
+        (None, ms) => ms,
+    };
     let job = NewJob {
         function: name,
         payload: req.input.map(super::queues::body_bytes).unwrap_or_default(),
         callback_url: req.callback_url,
         reply_to: req.reply_to,
         correlation_id: req.correlation_id,
-        not_before_ms: req.not_before_ms,
+        not_before_ms,
         delay_ms,
     };
     if job.payload.len() > crate::queue::MAX_BODY_BYTES {

@@ -127,7 +127,7 @@ impl IntoResponse for Refused {
 }
 
 fn check_name(queue: &str) -> Result<(), Refused> {
-    if crate::manifest::valid_name(queue) {
+    if crate::manifest::valid_name(queue) || crate::queue::is_host_queue(queue) {
         Ok(())
     } else {
         Err(Refused(
@@ -144,6 +144,9 @@ async fn send(
 ) -> Response {
     if let Err(r) = check_name(&queue) {
         return r.into_response();
+    }
+    if let Err(e) = crate::queue::check_user_queue(&queue) {
+        return queue_error(e);
     }
     let request: SendRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,

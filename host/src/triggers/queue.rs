@@ -20,11 +20,11 @@
 
 use crate::dispatcher::{Attempt, Deployed, Dispatcher};
 use crate::jobs::{JobOutput, JobState, JobStore, JobUpdate};
-use crate::manifest::QueuePolicy;
+use crate::manifest::{QueuePolicy, Source};
 use crate::queue::BoxFuture;
 use crate::queue::{Delivery, NewMessage, QueueBackend};
 use crate::sandbox::Reporter;
-use crate::sandbox::{Event, QueueMessage};
+use crate::sandbox::{BlobChange, ChangeKind, Event, QueueMessage, TimerTick};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -249,6 +249,48 @@ impl Worker {
     }
 }
 
+/// The event a message stands for, by where it came from.
+fn event(source: &Source, m: &crate::queue::Message) -> Result<Event, String> {
+    Ok(match source {
+        Source::Jobs => Event::Invoke(m.body.clone()),
+        Source::Queue => Event::Queue(QueueMessage {
+            id: m.id.clone(),
+            queue: m.queue.clone(),
+            body: m.body.clone(),
+            attributes: m.attributes.clone(),
+            dequeue_count: m.dequeue_count,
+            enqueued_at_ms: m.enqueued_at_ms,
+            group: m.group.clone(),
+            correlation_id: m.correlation_id.clone(),
+        }),
+        Source::Blob(_) => {
+            let c: crate::blobs::Change =
+                serde_json::from_slice(&m.body).map_err(|e| format!("not a blob change: {e}"))?;
+            Event::Blob(BlobChange {
+                bucket: c.bucket,
+                key: c.key,
+                kind: match c.kind {
+                    crate::blobs::ChangeKind::Created => ChangeKind::Created,
+                    crate::blobs::ChangeKind::Updated => ChangeKind::Updated,
+                    crate::blobs::ChangeKind::Deleted => ChangeKind::Deleted,
+                },
+                etag: c.etag,
+                size: c.size,
+                content_type: c.content_type,
+            })
+        }
+        Source::Timer(_) => {
+            let t: super::timer::Tick =
+                serde_json::from_slice(&m.body).map_err(|e| format!("not a timer tick: {e}"))?;
+            Event::Timer(TimerTick {
+                schedule: t.schedule,
+                scheduled_at_ms: t.scheduled_at_ms,
+                past_due: t.past_due,
+            })
+        }
+    })
+}
+
 struct Settle {
     dispatcher: Arc<Dispatcher>,
     backend: Arc<dyn QueueBackend>,
@@ -292,21 +334,21 @@ impl Reporter for DeliveryReporter {
 impl Settle {
     async fn process(self, d: Delivery) {
         let m = &d.message;
-        let job = crate::jobs::job_function(&m.queue)
-            .map(|_| (self.dispatcher.jobs().clone(), m.id.clone()));
-        let event = if job.is_some() {
-            Event::Invoke(m.body.clone())
-        } else {
-            Event::Queue(QueueMessage {
-                id: m.id.clone(),
-                queue: m.queue.clone(),
-                body: m.body.clone(),
-                attributes: m.attributes.clone(),
-                dequeue_count: m.dequeue_count,
-                enqueued_at_ms: m.enqueued_at_ms,
-                group: m.group.clone(),
-                correlation_id: m.correlation_id.clone(),
-            })
+        let job = matches!(self.policy.source, Source::Jobs)
+            .then(|| (self.dispatcher.jobs().clone(), m.id.clone()));
+        let event = match event(&self.policy.source, m) {
+            Ok(event) => event,
+            Err(error) => {
+                // Only the host writes these queues, so this is a bug or a
+                // store from another version: keep the message for a look.
+                tracing::error!(message = %m.id, queue = %m.queue, %error, "dead-lettering a message the host cannot read");
+                let who = format!(
+                    "{}@v{}",
+                    self.deployed.record.name, self.deployed.record.version
+                );
+                let _ = self.backend.dead_letter(d.receipt, error, Some(who)).await;
+                return;
+            }
         };
         if let Some((jobs, id)) = &job {
             let _ = jobs

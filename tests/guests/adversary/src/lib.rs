@@ -6,6 +6,11 @@
 //! then panic; the next attempt answers with the checkpoint), `resume-slow`
 //! (checkpoint, then spin for ten minutes), `busy-<ms>` (then answers with
 //! the `secret-word` config value), `grow-<mb>`.
+//!
+//! Blob and timer events are recorded instead, as JSON objects in bucket
+//! `events` (keys `timer/<due>-<attempt>` and `blob/<key>/<invocation>`)
+//! with the run's start and end times, after spinning for the `busy_ms`
+//! config value; with config `on_event = "retry"` they fail transiently.
 
 use fnhost_sdk::{Error, Event, Invocation, Output, Result, job};
 use std::hint::black_box;
@@ -23,8 +28,56 @@ fn busy(ms: u64) {
     }
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Record a blob or timer event in bucket `events`.
+fn record(inv: &Invocation, event: &Event) -> Result<Output> {
+    let start = now_ms();
+    if fnhost_sdk::config("on_event").as_deref() == Some("retry") {
+        return Err(Error::retry("asked to retry every event"));
+    }
+    if let Some(ms) = fnhost_sdk::config("busy_ms").and_then(|v| v.parse().ok()) {
+        busy(ms);
+    }
+    let (key, detail) = match event {
+        Event::Timer(t) => (
+            format!("timer/{}-{}", t.scheduled_at_ms, inv.attempt),
+            format!(
+                "\"scheduled_at_ms\": {}, \"past_due\": {}",
+                t.scheduled_at_ms, t.past_due
+            ),
+        ),
+        Event::Blob(c) => (
+            format!("blob/{}/{}", c.key, inv.id),
+            format!(
+                "\"bucket\": {:?}, \"key\": {:?}, \"kind\": \"{:?}\", \"etag\": {:?}",
+                c.bucket,
+                c.key,
+                c.kind,
+                c.etag.clone().unwrap_or_default()
+            ),
+        ),
+        _ => unreachable!("only blob and timer events are recorded"),
+    };
+    let body = format!(
+        "{{{detail}, \"start_ms\": {start}, \"end_ms\": {}, \"attempt\": {}}}",
+        now_ms(),
+        inv.attempt
+    );
+    fnhost_sdk::storage::put("events", &key, body.as_bytes(), Some("application/json"))?;
+    Ok(Output::text(body))
+}
+
 #[job]
 fn adversary(inv: Invocation, event: Event) -> Result<Output> {
+    if matches!(event, Event::Blob(_) | Event::Timer(_)) {
+        return record(&inv, &event);
+    }
     let mode = match &event {
         Event::Http(req) => req.param("mode").unwrap_or("ok").to_string(),
         other => String::from_utf8_lossy(other.payload()).trim().to_string(),

@@ -1,0 +1,248 @@
+//! The blob trigger's feed: reads the blob store's change feed and hands
+//! every change a blob trigger matches to that trigger's host-owned queue
+//! (`fnhost-blob-<function>-<bucket>`), where the queue worker delivers it
+//! with the usual leases, retries and dead letters.
+//!
+//! Each (function, bucket) trigger is a consumer with a cursor in the feed.
+//! A consumer without a cursor (a newly deployed trigger, one whose filter
+//! changed, or one that was away) is first reconciled with what is stored:
+//! every matching object without a receipt for its etag is delivered as
+//! `created`. Receipts make each version of an object go to a consumer once
+//! per change, not once per restart. Enqueue and then advance: a crash in
+//! between enqueues the same changes again, under the same dedup ids, so
+//! the queue's dedup window absorbs the repeat (at least once, never lost).
+
+use crate::blobs::{BlobBackend, BlobError, Change, ChangeKind, Cursor};
+use crate::dispatcher::Dispatcher;
+use crate::manifest::BlobTrigger;
+use crate::queue::{NewMessage, QueueError};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Changes (or objects, when reconciling) read per step.
+const PAGE: usize = 512;
+/// How often the feed looks without being woken (a backend that cannot wake it).
+const POLL: Duration = Duration::from_secs(1);
+/// How often consumers that went away are forgotten and old changes dropped.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// One blob trigger of one active function.
+struct Consumer {
+    id: String,
+    function: String,
+    trigger: BlobTrigger,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum FeedError {
+    #[error(transparent)]
+    Blobs(#[from] BlobError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// The feed's loop, until `shutdown`.
+pub async fn run(dispatcher: Arc<Dispatcher>, shutdown: CancellationToken) {
+    let blobs = dispatcher.blobs().clone();
+    let wake = blobs.notifier().unwrap_or_else(|| Arc::new(Notify::new()));
+    let mut changes = dispatcher.subscribe();
+    let mut pruned: Option<Instant> = None;
+    loop {
+        let consumers = consumers(&dispatcher);
+        let mut more = false;
+        let mut failed = false;
+        for c in &consumers {
+            match pump(&dispatcher, blobs.as_ref(), c).await {
+                Ok(m) => more |= m,
+                Err(e) => {
+                    tracing::error!(function = %c.function, bucket = %c.trigger.bucket, error = %e, "cannot feed blob changes to a trigger; retrying");
+                    failed = true;
+                }
+            }
+        }
+        if pruned.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            let keep = consumers.iter().map(|c| c.id.clone()).collect();
+            if let Err(e) = blobs.prune(keep).await {
+                tracing::warn!(error = %e, "cannot prune the blob change feed");
+            }
+            pruned = Some(Instant::now());
+        }
+        if more && !failed {
+            continue;
+        }
+        tokio::select! {
+            () = wake.notified() => {}
+            changed = changes.changed() => if changed.is_err() { break },
+            () = tokio::time::sleep(POLL) => {}
+            () = shutdown.cancelled() => break,
+        }
+    }
+}
+
+fn consumers(dispatcher: &Dispatcher) -> Vec<Consumer> {
+    let mut out = Vec::new();
+    for d in dispatcher.active() {
+        for t in &d.manifest.triggers.blob {
+            out.push(Consumer {
+                id: format!("{}/{}", d.record.name, t.bucket),
+                function: d.record.name.clone(),
+                trigger: t.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// Move one consumer forward by a page; true when there may be more.
+async fn pump(
+    dispatcher: &Dispatcher,
+    blobs: &dyn BlobBackend,
+    c: &Consumer,
+) -> Result<bool, FeedError> {
+    let spec = c.trigger.spec();
+    match blobs.cursor(&c.id).await? {
+        Some(cursor) if cursor.spec == spec => {
+            let page = blobs.changes(None, cursor.seq, PAGE).await?;
+            let Some(last) = page.last().map(|ch| ch.seq) else {
+                return Ok(false);
+            };
+            let full = page.len() == PAGE;
+            let wanted: Vec<Change> = page
+                .into_iter()
+                .filter(|ch| c.trigger.matches(ch))
+                .collect();
+            let fresh = blobs.undelivered(&c.id, wanted).await?;
+            deliver(dispatcher, c, &fresh).await?;
+            blobs
+                .advance(&c.id, Cursor { seq: last, spec }, fresh)
+                .await?;
+            Ok(full)
+        }
+        _ => {
+            reconcile(dispatcher, blobs, c, spec).await?;
+            Ok(true)
+        }
+    }
+}
+
+/// Deliver every stored object the consumer matches and has no receipt
+/// for, then start it at the feed's current end.
+async fn reconcile(
+    dispatcher: &Dispatcher,
+    blobs: &dyn BlobBackend,
+    c: &Consumer,
+    spec: String,
+) -> Result<(), FeedError> {
+    // Everything after `latest` is read from the feed afterwards; an object
+    // both scanned and in the feed has one etag, so one receipt covers both.
+    let latest = blobs.latest_change().await?;
+    let mut delivered = 0usize;
+    if c.trigger.kinds().contains(&ChangeKind::Created) {
+        let bucket = &c.trigger.bucket;
+        let prefix = c.trigger.prefix.clone().unwrap_or_default();
+        let mut after: Option<String> = None;
+        loop {
+            let page = blobs.list(bucket, &prefix, after.clone(), PAGE).await?;
+            after = page.last().map(|m| m.key.clone());
+            let full = page.len() == PAGE;
+            let found: Vec<Change> = page
+                .into_iter()
+                .map(|m| Change::found(bucket, m))
+                .filter(|ch| c.trigger.matches(ch))
+                .collect();
+            let fresh = blobs.undelivered(&c.id, found).await?;
+            deliver(dispatcher, c, &fresh).await?;
+            delivered += fresh.len();
+            // Receipts as we go; the cursor is not valid until the scan ends.
+            let scanning = Cursor {
+                seq: latest,
+                spec: format!("{spec} (reconciling)"),
+            };
+            blobs.advance(&c.id, scanning, fresh).await?;
+            if !full {
+                break;
+            }
+        }
+    }
+    blobs
+        .advance(&c.id, Cursor { seq: latest, spec }, Vec::new())
+        .await?;
+    tracing::info!(function = %c.function, bucket = %c.trigger.bucket, delivered, "blob trigger reconciled with the stored objects");
+    Ok(())
+}
+
+/// Enqueue changes on the consumer's queue, durably.
+async fn deliver(
+    dispatcher: &Dispatcher,
+    c: &Consumer,
+    changes: &[Change],
+) -> Result<(), FeedError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let queue = c.trigger.queue(&c.function);
+    let messages: Vec<NewMessage> = changes
+        .iter()
+        .map(|ch| NewMessage {
+            body: serde_json::to_vec(ch).expect("a change serializes"),
+            dedup_id: Some(dedup_id(&c.id, ch)),
+            attributes: vec![
+                ("fnhost-bucket".into(), ch.bucket.clone()),
+                ("fnhost-key".into(), ch.key.clone()),
+            ],
+            ..NewMessage::default()
+        })
+        .collect();
+    dispatcher.queues().send_batch(&queue, messages).await?;
+    tracing::debug!(function = %c.function, bucket = %c.trigger.bucket, n = changes.len(), "blob changes enqueued");
+    Ok(())
+}
+
+/// The same change to the same consumer always gets the same dedup id: a
+/// feed change by its number, a scanned object by its version.
+fn dedup_id(consumer: &str, ch: &Change) -> String {
+    let what = if ch.seq > 0 {
+        format!("{consumer}|seq|{}", ch.seq)
+    } else {
+        format!(
+            "{consumer}|{}|{}|{}",
+            ch.bucket,
+            ch.key,
+            ch.etag.as_deref().unwrap_or("")
+        )
+    };
+    crate::sandbox::hex(&Sha256::digest(what.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(seq: u64, key: &str, etag: &str) -> Change {
+        Change {
+            seq,
+            bucket: "uploads".into(),
+            key: key.into(),
+            kind: ChangeKind::Created,
+            etag: Some(etag.into()),
+            size: Some(1),
+            content_type: None,
+            at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn dedup_ids_follow_the_change_not_the_attempt() {
+        let a = dedup_id("f/uploads", &change(7, "a.png", "e1"));
+        assert_eq!(a, dedup_id("f/uploads", &change(7, "a.png", "e1")));
+        assert_ne!(a, dedup_id("f/uploads", &change(8, "a.png", "e1")));
+        assert_ne!(a, dedup_id("g/uploads", &change(7, "a.png", "e1")));
+        let scanned = dedup_id("f/uploads", &change(0, "a.png", "e1"));
+        assert_eq!(scanned, dedup_id("f/uploads", &change(0, "a.png", "e1")));
+        assert_ne!(scanned, dedup_id("f/uploads", &change(0, "a.png", "e2")));
+        assert!(scanned.len() <= 128, "fits a dedup id");
+    }
+}

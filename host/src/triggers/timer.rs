@@ -1,0 +1,325 @@
+//! The timer trigger: one [`Scheduler`] per function with a
+//! `[triggers.timer]` turns its cron schedule into ticks on the host-owned
+//! queue `fnhost-timer-<function>`, where the queue worker delivers them
+//! with the usual retries and dead letters.
+//!
+//! - **Singleton**: a due tick is skipped (and counted) while the previous
+//!   tick is still queued, running or waiting to retry.
+//! - **Past due**: the next due time is persisted; after downtime the
+//!   function runs once, with `past_due = true`, not once per missed tick.
+//! - **run_on_startup**: one extra tick whenever the scheduler starts.
+//!
+//! The decisions are pure functions of the saved state and the time
+//! ([`on_start`], [`next_after`]), tested without sleeping.
+
+use crate::dispatcher::Dispatcher;
+use crate::manifest::TimerTrigger;
+use crate::queue::{Clock, NewMessage};
+use crate::registry::TimerState;
+use chrono::TimeZone;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// A tick as it travels on the queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tick {
+    /// The schedule that produced it (`once` for one-off runs).
+    pub schedule: String,
+    /// When it was due.
+    pub scheduled_at_ms: u64,
+    /// True when it is delivered late, after downtime.
+    pub past_due: bool,
+}
+
+/// A tick that fires this much after it was due, while the host was up
+/// (a suspended machine, a stalled runtime), is flagged past due too.
+const LATE: Duration = Duration::from_secs(5);
+/// The longest sleep between checks, so a changed clock is noticed.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// The schedule's identity: a different schedule or zone starts afresh.
+pub fn spec(trigger: &TimerTrigger) -> String {
+    format!(
+        "{} {}",
+        trigger.schedule,
+        trigger.timezone.as_deref().unwrap_or("UTC")
+    )
+}
+
+/// The first due time strictly after `after_ms`, if the schedule has one.
+pub fn next_after(schedule: &cron::Schedule, tz: chrono_tz::Tz, after_ms: u64) -> Option<u64> {
+    let at = tz.timestamp_millis_opt(after_ms as i64).single()?;
+    let next = schedule.after(&at).next()?;
+    u64::try_from(next.timestamp_millis()).ok()
+}
+
+/// What a (re)starting scheduler does: the tick to fire now, if any, and
+/// the next due time. A saved due time in the past means the host was down
+/// then: run once, past due. A new or changed schedule starts from now.
+pub fn on_start(
+    trigger: &TimerTrigger,
+    saved: Option<&TimerState>,
+    now_ms: u64,
+) -> (Option<Tick>, Option<u64>) {
+    let Ok((schedule, tz)) = trigger.parse() else {
+        return (None, None);
+    };
+    let next = next_after(&schedule, tz, now_ms);
+    let same = saved.filter(|s| s.spec == spec(trigger));
+    let tick = |at: u64, past_due: bool| Tick {
+        schedule: trigger.schedule.clone(),
+        scheduled_at_ms: at,
+        past_due,
+    };
+    match same.and_then(|s| s.next_run_ms) {
+        Some(due) if due <= now_ms => (Some(tick(due, true)), next),
+        Some(due) if !trigger.run_on_startup => (None, Some(due)),
+        _ if trigger.run_on_startup => (Some(tick(now_ms, false)), next),
+        _ => (None, next),
+    }
+}
+
+/// One function's schedule.
+pub struct Scheduler {
+    dispatcher: Arc<Dispatcher>,
+    function: String,
+    trigger: TimerTrigger,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+}
+
+impl Scheduler {
+    /// A scheduler for `function`'s `trigger`.
+    pub fn new(
+        dispatcher: Arc<Dispatcher>,
+        function: String,
+        trigger: TimerTrigger,
+        clock: Arc<dyn Clock>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Scheduler {
+            dispatcher,
+            function,
+            trigger,
+            clock,
+            shutdown,
+        }
+    }
+
+    /// Fire ticks until the host stops or the function's timer changes.
+    pub async fn run(self) {
+        let Ok((schedule, tz)) = self.trigger.parse() else {
+            return; // validated at deploy; a stored manifest from elsewhere
+        };
+        let mut state = match self.load().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(function = %self.function, error = %e, "cannot read the timer's state; the timer does not run");
+                return;
+            }
+        };
+        let now = self.clock.now_ms();
+        let (tick, next) = on_start(&self.trigger, state.as_ref(), now);
+        let mut state = match state.take() {
+            Some(s) if s.spec == spec(&self.trigger) => s,
+            _ => TimerState {
+                spec: spec(&self.trigger),
+                ..TimerState::default()
+            },
+        };
+        state.next_run_ms = next;
+        if let Some(tick) = tick {
+            if tick.past_due {
+                tracing::info!(function = %self.function, due_at_ms = tick.scheduled_at_ms, "a timer run was missed while the host was down; running it once, past due");
+            }
+            self.fire(&mut state, tick).await;
+        }
+        self.save(&state).await;
+        tracing::info!(function = %self.function, schedule = %self.trigger.schedule, next_run_ms = ?state.next_run_ms, "timer started");
+        let mut changes = self.dispatcher.subscribe();
+        loop {
+            let Some(due) = state.next_run_ms else {
+                tracing::warn!(function = %self.function, "the schedule has no further runs");
+                break;
+            };
+            let now = self.clock.now_ms();
+            if now < due {
+                let wait = Duration::from_millis(due - now).min(MAX_SLEEP);
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    changed = changes.changed() => {
+                        if changed.is_err() || !self.current() {
+                            break;
+                        }
+                    }
+                    () = self.shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            let tick = Tick {
+                schedule: self.trigger.schedule.clone(),
+                scheduled_at_ms: due,
+                past_due: now.saturating_sub(due) > LATE.as_millis() as u64,
+            };
+            self.fire(&mut state, tick).await;
+            state.next_run_ms = next_after(&schedule, tz, now.max(due));
+            self.save(&state).await;
+        }
+    }
+
+    /// Is this still the function's timer?
+    fn current(&self) -> bool {
+        self.dispatcher
+            .get(&self.function)
+            .is_some_and(|d| d.manifest.triggers.timer.as_ref() == Some(&self.trigger))
+    }
+
+    /// Enqueue a tick, unless the previous one has not finished: then skip it.
+    async fn fire(&self, state: &mut TimerState, tick: Tick) {
+        let queues = self.dispatcher.queues();
+        let queue = TimerTrigger::queue(&self.function);
+        match queues.stats(&queue).await {
+            Ok(s) if s.ready + s.delayed + s.in_flight > 0 => {
+                state.skipped += 1;
+                state.last_skipped_ms = Some(tick.scheduled_at_ms);
+                tracing::warn!(function = %self.function, due_at_ms = tick.scheduled_at_ms, skipped = state.skipped, "timer tick skipped: the previous run has not finished");
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(function = %self.function, error = %e, "cannot check the timer's queue; skipping this tick");
+                return;
+            }
+        }
+        let msg = NewMessage {
+            body: serde_json::to_vec(&tick).expect("a tick serializes"),
+            // A restart that fires the same due time again adds nothing.
+            dedup_id: Some(format!("tick-{}", tick.scheduled_at_ms)),
+            ..NewMessage::default()
+        };
+        match queues.send(&queue, msg).await {
+            Ok(_) => {
+                state.last_run_ms = Some(tick.scheduled_at_ms);
+                tracing::debug!(function = %self.function, due_at_ms = tick.scheduled_at_ms, past_due = tick.past_due, "timer tick enqueued");
+            }
+            Err(e) => {
+                tracing::error!(function = %self.function, error = %e, "cannot enqueue a timer tick; it is missed")
+            }
+        }
+    }
+
+    async fn load(&self) -> Result<Option<TimerState>, String> {
+        let registry = self.dispatcher.registry().clone();
+        let function = self.function.clone();
+        tokio::task::spawn_blocking(move || registry.timer(&function))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    async fn save(&self, state: &TimerState) {
+        let registry = self.dispatcher.registry().clone();
+        let (function, state) = (self.function.clone(), state.clone());
+        let saved = tokio::task::spawn_blocking(move || registry.save_timer(&function, &state))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = saved {
+            tracing::error!(function = %self.function, error = %e, "cannot save the timer's state");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trigger(schedule: &str, run_on_startup: bool) -> TimerTrigger {
+        TimerTrigger {
+            schedule: schedule.into(),
+            timezone: None,
+            run_on_startup,
+            delivery: None,
+        }
+    }
+
+    const T0: u64 = 1_800_000_000_000; // 2027-01-15T08:00:00Z
+
+    #[test]
+    fn due_times_follow_the_schedule_and_its_time_zone() {
+        let every_5s = trigger("*/5 * * * * *", false);
+        let (s, tz) = every_5s.parse().unwrap();
+        assert_eq!(next_after(&s, tz, T0), Some(T0 + 5_000));
+        assert_eq!(next_after(&s, tz, T0 + 1), Some(T0 + 5_000));
+        let daily = TimerTrigger {
+            timezone: Some("Europe/Paris".into()),
+            ..trigger("0 0 3 * * *", false)
+        };
+        let (s, tz) = daily.parse().unwrap();
+        let next = next_after(&s, tz, T0).unwrap();
+        // 03:00 in Paris in January is 02:00 UTC, the next day.
+        assert_eq!(next % 86_400_000, 2 * 3_600_000);
+        assert!(next > T0 && next - T0 < 86_400_000);
+    }
+
+    #[test]
+    fn a_new_schedule_starts_from_now() {
+        let t = trigger("*/5 * * * * *", false);
+        assert_eq!(on_start(&t, None, T0), (None, Some(T0 + 5_000)));
+        let other = TimerState {
+            spec: "0 0 * * * * UTC".into(),
+            next_run_ms: Some(T0 - 60_000),
+            ..TimerState::default()
+        };
+        assert_eq!(
+            on_start(&t, Some(&other), T0),
+            (None, Some(T0 + 5_000)),
+            "a changed schedule is not past due"
+        );
+    }
+
+    #[test]
+    fn downtime_over_many_ticks_runs_once_past_due() {
+        let t = trigger("*/5 * * * * *", false);
+        let saved = TimerState {
+            spec: spec(&t),
+            last_run_ms: Some(T0 - 3_600_000),
+            next_run_ms: Some(T0 - 3_595_000),
+            ..TimerState::default()
+        };
+        let (tick, next) = on_start(&t, Some(&saved), T0 + 1_000);
+        let tick = tick.expect("one run");
+        assert!(tick.past_due);
+        assert_eq!(tick.scheduled_at_ms, T0 - 3_595_000);
+        assert_eq!(next, Some(T0 + 5_000), "then back on the schedule");
+    }
+
+    #[test]
+    fn a_restart_before_the_due_time_keeps_it() {
+        let t = trigger("0 0 3 * * *", false);
+        let saved = TimerState {
+            spec: spec(&t),
+            next_run_ms: Some(T0 + 1_000),
+            ..TimerState::default()
+        };
+        assert_eq!(on_start(&t, Some(&saved), T0), (None, Some(T0 + 1_000)));
+    }
+
+    #[test]
+    fn run_on_startup_runs_at_once_and_not_twice_when_also_past_due() {
+        let t = trigger("*/5 * * * * *", true);
+        let (tick, next) = on_start(&t, None, T0 + 1);
+        let tick = tick.unwrap();
+        assert_eq!((tick.scheduled_at_ms, tick.past_due), (T0 + 1, false));
+        assert_eq!(next, Some(T0 + 5_000));
+        let saved = TimerState {
+            spec: spec(&t),
+            next_run_ms: Some(T0 - 10_000),
+            ..TimerState::default()
+        };
+        let (tick, _) = on_start(&t, Some(&saved), T0);
+        assert!(tick.unwrap().past_due, "one run, flagged past due");
+    }
+}
