@@ -307,6 +307,16 @@ pub trait QueueBackend: Send + Sync {
     ) -> BoxFuture<'_, Result<bool, QueueError>>;
     /// Counts for one queue.
     fn stats(&self, queue: &str) -> BoxFuture<'_, Result<QueueStats, QueueError>>;
+    /// The backlog that scaling follows (messages receivable now or leased),
+    /// counted up to `cap`: a scaler never needs more than enough to reach
+    /// its maximum, and counting further would cost a visit per message.
+    fn backlog(&self, queue: &str, cap: u64) -> BoxFuture<'_, Result<u64, QueueError>> {
+        let stats = self.stats(queue);
+        Box::pin(async move {
+            let s = stats.await?;
+            Ok((s.ready + s.in_flight).min(cap))
+        })
+    }
     /// Names of queues that hold messages or dead letters.
     fn queues(&self) -> BoxFuture<'_, Result<Vec<String>, QueueError>>;
     /// Look at up to `max` messages without leasing them, in delivery order.

@@ -343,7 +343,7 @@ impl BlobBackend for EmbeddedBlobs {
                 .prepare_cached(
                     "SELECT key, size, etag, content_type, modified_ms FROM blob_objects
                      WHERE bucket = ?1 AND substr(key, 1, length(?2)) = ?2 AND (?3 IS NULL OR key > ?3)
-                     ORDER BY key LIMIT ?4",
+                     ORDER BY key LIMIT ?4 + 0",
                 )
                 .map_err(db)?;
             let rows = stmt
@@ -364,7 +364,7 @@ impl BlobBackend for EmbeddedBlobs {
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {CHANGE_COLUMNS} FROM blob_changes WHERE seq > ?1 AND (?2 IS NULL OR bucket = ?2)
-                     ORDER BY seq LIMIT ?3"
+                     ORDER BY seq LIMIT ?3 + 0"
                 ))
                 .map_err(db)?;
             let rows = stmt

@@ -108,6 +108,7 @@ enum Op {
     JobGet(String, Reply<Option<JobRecord>>),
     DeadLetter(Receipt, String, Option<String>, Reply<bool>),
     Stats(String, Reply<QueueStats>),
+    Backlog(String, u64, Reply<u64>),
     Queues(Reply<Vec<String>>),
     Peek(String, usize, Reply<Vec<Message>>),
     DeadLetters(String, usize, Reply<Vec<DeadLetter>>),
@@ -132,6 +133,9 @@ impl EmbeddedQueues {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db)?;
         conn.set_prepared_statement_cache_capacity(64);
+        // Up to 64 MiB of pages cached (the default is 2 MiB): a backlog's
+        // rows and indexes stay in memory instead of being re-read per batch.
+        conn.pragma_update(None, "cache_size", -65536).map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
         // Columns added after the first release of their tables.
         for (table, column, ty) in [
@@ -263,6 +267,10 @@ impl QueueBackend for EmbeddedQueues {
 
     fn stats(&self, queue: &str) -> BoxFuture<'_, Result<QueueStats, QueueError>> {
         self.call(|r| Op::Stats(queue.to_string(), r))
+    }
+
+    fn backlog(&self, queue: &str, cap: u64) -> BoxFuture<'_, Result<u64, QueueError>> {
+        self.call(|r| Op::Backlog(queue.to_string(), cap, r))
     }
 
     fn queues(&self) -> BoxFuture<'_, Result<Vec<String>, QueueError>> {
@@ -402,6 +410,7 @@ fn fail(op: Op, err: &QueueError) {
         Op::Submit(_, r) => drop(r.send(Err(err.clone()))),
         Op::JobGet(_, r) => drop(r.send(Err(err.clone()))),
         Op::Stats(_, r) => drop(r.send(Err(err.clone()))),
+        Op::Backlog(_, _, r) => drop(r.send(Err(err.clone()))),
         Op::Queues(r) => drop(r.send(Err(err.clone()))),
         Op::Peek(_, _, r) => drop(r.send(Err(err.clone()))),
         Op::DeadLetters(_, _, r) => drop(r.send(Err(err.clone()))),
@@ -462,6 +471,16 @@ fn apply_one(tx: &Transaction<'_>, now: u64, op: Op) -> Pending {
         Op::JobGet(id, r) => later(r, job_get(tx, now, &id)),
         Op::DeadLetter(rc, error, function, r) => later(r, dead_letter(tx, now, &rc, &error, function.as_deref())),
         Op::Stats(queue, r) => later(r, stats(tx, now, &queue)),
+        Op::Backlog(queue, cap, r) => later(
+            r,
+            // Visits at most `cap` rows, where a full count visits the whole queue.
+            tx.prepare_cached(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM queue_messages
+                 WHERE queue = ?1 AND (visible_at_ms <= ?2 OR lease IS NOT NULL) LIMIT ?3 + 0)",
+            )
+            .and_then(|mut s| s.query_row(params![queue, now, cap], |r| r.get(0)))
+            .map_err(db),
+        ),
         Op::Queues(r) => later(r, queues(tx)),
         Op::Peek(queue, max, r) => later(r, peek(tx, &queue, max)),
         Op::DeadLetters(queue, max, r) => later(r, dead_letters(tx, &queue, max)),
@@ -562,7 +581,27 @@ fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
 const READY: &str = "FROM queue_messages m WHERE m.queue = ?1 AND m.visible_at_ms <= ?2
      AND (m.group_key IS NULL OR NOT EXISTS (
          SELECT 1 FROM queue_messages o WHERE o.queue = m.queue AND o.group_key = m.group_key AND o.seq < m.seq))
-     ORDER BY m.priority DESC, m.seq LIMIT ?3";
+     ORDER BY m.priority DESC, m.seq LIMIT ?3 + 0";
+// (`LIMIT ?3 + 0`, not `LIMIT ?3`: SQLite plans with a bare LIMIT
+// parameter's value and so re-prepares the statement whenever it is bound
+// to a new value, which cost a re-parse on every receive.)
+
+/// The receive query, built once.
+static RECEIVE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("SELECT {MESSAGE_COLUMNS}, checkpoint {READY}"));
+
+/// A fresh lease token: unguessable across restarts (a random prefix drawn
+/// once), unique within the process (a counter), without a syscall per message.
+fn lease_token() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PREFIX: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let mut b = [0u8; 8];
+        let _ = getrandom::fill(&mut b);
+        crate::sandbox::hex(&b)
+    });
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{}{:016x}", *PREFIX, NEXT.fetch_add(1, Ordering::Relaxed))
+}
 
 fn receive(
     tx: &Transaction<'_>,
@@ -575,9 +614,7 @@ fn receive(
         return Ok(Vec::new());
     }
     let mut messages: Vec<Message> = {
-        let mut stmt = tx
-            .prepare_cached(&format!("SELECT {MESSAGE_COLUMNS}, checkpoint {READY}"))
-            .map_err(db)?;
+        let mut stmt = tx.prepare_cached(&RECEIVE).map_err(db)?;
         stmt.query_map(params![queue, now, max as i64], |r| {
             Ok(Message {
                 checkpoint: r.get(13)?,
@@ -596,9 +633,7 @@ fn receive(
         .map_err(db)?;
     let mut out = Vec::with_capacity(messages.len());
     for mut m in messages.drain(..) {
-        let mut token = [0u8; 12];
-        getrandom::fill(&mut token).map_err(|e| QueueError::Backend(e.to_string()))?;
-        let lease = crate::sandbox::hex(&token);
+        let lease = lease_token();
         update
             .execute(params![m.id, visible_at, lease])
             .map_err(db)?;
@@ -638,16 +673,19 @@ fn dead_letter(
 
 fn stats(tx: &Transaction<'_>, now: u64, queue: &str) -> Result<QueueStats, QueueError> {
     let (ready, delayed, in_flight, oldest): (u64, u64, u64, Option<u64>) = tx
-        .query_row(
+        .prepare_cached(
             "SELECT
                 COALESCE(SUM(visible_at_ms <= ?2), 0),
                 COALESCE(SUM(visible_at_ms > ?2 AND lease IS NULL), 0),
                 COALESCE(SUM(visible_at_ms > ?2 AND lease IS NOT NULL), 0),
                 MIN(CASE WHEN visible_at_ms <= ?2 THEN enqueued_at_ms END)
              FROM queue_messages WHERE queue = ?1",
-            params![queue, now],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
+        .and_then(|mut s| {
+            s.query_row(params![queue, now], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+        })
         .map_err(db)?;
     let dead_letters: u64 = tx
         .query_row(

@@ -166,8 +166,11 @@ impl Worker {
                 Scaler::new(policy.min_concurrency, policy.scale_down_cooldown)
             });
             if measured.is_none_or(|t| t.elapsed() >= STATS_EVERY) {
-                if let Ok(s) = backend.stats(&self.queue).await {
-                    scaler.observe(s.ready + s.in_flight, &policy, Instant::now());
+                // Past max × target the scaler wants max whatever the backlog.
+                let cap =
+                    u64::from(policy.max_concurrency) * u64::from(policy.target_backlog.max(1));
+                if let Ok(backlog) = backend.backlog(&self.queue, cap).await {
+                    scaler.observe(backlog, &policy, Instant::now());
                     stats
                         .desired
                         .store(scaler.desired() as usize, Ordering::Relaxed);
@@ -374,10 +377,13 @@ impl Settle {
         // Renew the lease at half the visibility timeout while the invocation
         // runs; in this task, so a short job costs no extra task or timer wheel churn.
         let vis = self.policy.visibility_timeout;
-        let invocation = self
-            .dispatcher
-            .invoke(self.deployed.clone(), event, attempt);
-        tokio::pin!(invocation);
+        // Boxed: the invocation's future is large, and keeping it inline made
+        // every spawn of this task copy it.
+        let mut invocation = Box::pin(self.dispatcher.invoke(
+            self.deployed.clone(),
+            event,
+            attempt,
+        ));
         let mut renewing = true;
         let outcome = loop {
             tokio::select! {

@@ -277,3 +277,36 @@ async fn a_checkpoint_rides_on_the_message_to_the_next_delivery() {
         "an expired lease keeps it too"
     );
 }
+
+#[tokio::test]
+async fn the_scaling_backlog_counts_ready_and_leased_up_to_the_cap() {
+    let (_d, q, clock) = open();
+    for i in 0..5 {
+        q.send("work", msg(&i.to_string())).await.unwrap();
+    }
+    let delayed = NewMessage {
+        delay_ms: Some(60_000),
+        ..msg("later")
+    };
+    q.send("work", delayed).await.unwrap();
+    let leased = q.receive("work", 2, VIS).await.unwrap();
+    assert_eq!(leased.len(), 2);
+    assert_eq!(
+        q.backlog("work", 100).await.unwrap(),
+        5,
+        "3 ready + 2 leased, not the delayed one"
+    );
+    assert_eq!(q.backlog("work", 3).await.unwrap(), 3, "capped");
+    let s = q.stats("work").await.unwrap();
+    assert_eq!(
+        q.backlog("work", 100).await.unwrap(),
+        s.ready + s.in_flight,
+        "agrees with the full count"
+    );
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(
+        q.backlog("work", 100).await.unwrap(),
+        6,
+        "the delay is over"
+    );
+}
