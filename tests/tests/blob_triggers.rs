@@ -1,7 +1,8 @@
 //! Blob-change triggers on the real binary: an upload becomes a thumbnail,
 //! a delete removes it, a bad upload is dead-lettered, and changes made
-//! before the function was deployed, or cut off by a `kill -9`, are handed
-//! over after the fact — each version of an upload once, not once per restart.
+//! before the function was deployed, while the host was stopped, or cut off
+//! by a `kill -9`, are handed over after the fact — each version of an
+//! upload once, not once per restart.
 
 use fnhost_tests::{Host, guests, png_size, repo_root};
 use serde_json::Value;
@@ -147,8 +148,19 @@ access = "read-write"
     );
 }
 
+/// Write into a stopped host's blob store directly, as another process
+/// sharing the data dir would (SQLite index, atomic file writes).
+fn upload_while_stopped(data_dir: &std::path::Path, key: &str) {
+    use fnhost::blobs::BlobBackend;
+    let blobs = fnhost::blobs::embedded::EmbeddedBlobs::open(data_dir).unwrap();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(blobs.put("uploads", key, png(), Some("image/png".into())))
+        .unwrap();
+}
+
 #[test]
-fn uploads_before_deploy_and_across_restarts_and_a_kill_are_each_handled_once() {
+fn uploads_before_deploy_while_stopped_and_across_a_kill_are_each_handled_once() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start_in(dir.path(), &[]);
     // Uploaded while no function watched the bucket.
@@ -163,8 +175,16 @@ fn uploads_before_deploy_and_across_restarts_and_a_kill_are_each_handled_once() 
     }
     assert!(host.stop(), "a clean stop");
 
-    // A restart hands over nothing again; a new upload is handled.
+    // Uploads while the host is down are handled after the restart, and
+    // nothing handed over before is handed over again.
+    upload_while_stopped(dir.path(), "offline-0.png");
+    upload_while_stopped(dir.path(), "offline-1.png");
     let mut host = Host::start_in(dir.path(), &[]);
+    for key in ["offline-0.png", "offline-1.png"] {
+        host.wait_for(60, "the thumbnail of an upload made while stopped", |h| {
+            thumbnail(h, key)
+        });
+    }
     upload(&host, "after.png", png());
     host.wait_for(60, "the thumbnail of a new upload", |h| {
         thumbnail(h, "after.png")
@@ -183,7 +203,14 @@ fn uploads_before_deploy_and_across_restarts_and_a_kill_are_each_handled_once() 
     // One thumbnail write per upload that no crash interrupted: the thumbnails
     // bucket's change feed shows each created once and never rewritten.
     let written = changes(&host, "thumbnails");
-    for key in ["before-0.png", "before-1.png", "before-2.png", "after.png"] {
+    for key in [
+        "before-0.png",
+        "before-1.png",
+        "before-2.png",
+        "offline-0.png",
+        "offline-1.png",
+        "after.png",
+    ] {
         let n: Vec<_> = written.iter().filter(|(k, _)| k == key).collect();
         assert_eq!(n.len(), 1, "{key}: {written:?}");
         assert_eq!(n[0].1, "created");

@@ -99,6 +99,27 @@ fn downtime_over_many_ticks_gives_one_past_due_run() {
 }
 
 #[test]
+fn run_on_startup_runs_at_deploy_and_at_every_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_in(dir.path(), &[]);
+    let manifest = ticker("0 0 3 * * *", 0).replace(
+        "[triggers.timer]\n",
+        "[triggers.timer]\nrun_on_startup = true\n",
+    );
+    host.deploy_ok(&manifest, &guests().adversary);
+    host.wait_for(30, "the run at deploy", |h| {
+        (runs(h).len() == 1).then_some(())
+    });
+    assert!(host.stop());
+    let host = Host::start_in(dir.path(), &[]);
+    let all = host.wait_for(30, "the run at start", |h| {
+        let r = runs(h);
+        (r.len() == 2).then_some(r)
+    });
+    assert!(all.iter().all(|r| r["past_due"] == false), "{all:?}");
+}
+
+#[test]
 fn a_job_scheduled_in_a_delay_runs_after_it_even_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start_in(dir.path(), &[]);
