@@ -418,17 +418,30 @@ impl BlobBackend for EmbeddedBlobs {
                     "SELECT etag FROM blob_receipts WHERE consumer = ?1 AND bucket = ?2 AND key = ?3",
                 )
                 .map_err(db)?;
+            // The receipts as they will be once the earlier changes of this
+            // batch are delivered: a delete then a re-upload of the same
+            // content is two changes, the same version twice is one.
+            let mut pending: std::collections::HashMap<(String, String), Option<String>> =
+                std::collections::HashMap::new();
             let mut out = Vec::with_capacity(changes.len());
             for c in changes {
-                if c.kind != ChangeKind::Deleted {
-                    let seen: Option<String> = stmt
+                let at = (c.bucket.clone(), c.key.clone());
+                if c.kind == ChangeKind::Deleted {
+                    pending.insert(at, None);
+                    out.push(c);
+                    continue;
+                }
+                let seen = match pending.get(&at) {
+                    Some(s) => s.clone(),
+                    None => stmt
                         .query_row(params![consumer, c.bucket, c.key], |r| r.get(0))
                         .optional()
-                        .map_err(db)?;
-                    if seen.is_some() && seen == c.etag {
-                        continue;
-                    }
+                        .map_err(db)?,
+                };
+                if seen.is_some() && seen == c.etag {
+                    continue;
                 }
+                pending.insert(at, c.etag.clone());
                 out.push(c);
             }
             Ok(out)
@@ -665,7 +678,47 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(blobs.undelivered(c, vec![v1]).await.unwrap().len(), 1);
+        assert_eq!(
+            blobs.undelivered(c, vec![v1.clone()]).await.unwrap().len(),
+            1
+        );
+
+        // Within one batch: a delete and a re-upload of the same content are
+        // both delivered; the same version twice is delivered once.
+        let again = Change {
+            seq: 99,
+            ..v1.clone()
+        };
+        let batch = vec![all[3].clone(), again.clone(), again];
+        let fresh = blobs.undelivered("batch/uploads", batch).await.unwrap();
+        assert_eq!(fresh.len(), 2, "{fresh:?}");
+        blobs
+            .advance(
+                "batch/uploads",
+                Cursor {
+                    seq: 1,
+                    spec: "s".into(),
+                },
+                vec![v1.clone()],
+            )
+            .await
+            .unwrap();
+        let batch = vec![
+            all[3].clone(),
+            Change {
+                seq: 99,
+                ..v1.clone()
+            },
+        ];
+        assert_eq!(
+            blobs
+                .undelivered("batch/uploads", batch)
+                .await
+                .unwrap()
+                .len(),
+            2,
+            "a receipt does not hide a re-upload that follows a delete"
+        );
 
         // Pruning forgets consumers that went away, keeps recent changes.
         blobs.prune(vec![]).await.unwrap();
