@@ -101,11 +101,11 @@ impl BlobTrigger {
     }
 
     /// The change kinds delivered.
-    pub fn kinds(&self) -> Vec<crate::blobs::ChangeKind> {
+    pub fn kinds(&self) -> &[crate::blobs::ChangeKind] {
         use crate::blobs::ChangeKind;
         self.events
-            .clone()
-            .unwrap_or_else(|| vec![ChangeKind::Created, ChangeKind::Updated])
+            .as_deref()
+            .unwrap_or(&[ChangeKind::Created, ChangeKind::Updated])
     }
 
     /// Does the trigger want this change?
