@@ -47,11 +47,11 @@ enum Command {
         /// Submit as an async job: print its id at once (follow it with `fnhost jobs`).
         #[arg(long = "async")]
         run_async: bool,
-        /// With --async: URL that receives the job record when it finishes.
-        #[arg(long, requires = "run_async")]
+        /// URL that receives the job record when it finishes (implies --async).
+        #[arg(long)]
         callback_url: Option<String>,
-        /// With --async: queue that receives the completion.
-        #[arg(long, requires = "run_async")]
+        /// Queue that receives the completion (implies --async).
+        #[arg(long)]
         reply_to: Option<String>,
         /// Run as an async job at this time (RFC 3339, e.g. 2026-12-01T03:00:00Z); survives restarts.
         #[arg(long, value_name = "TIME", conflicts_with = "run_in")]
@@ -174,6 +174,8 @@ impl Cli {
                 run_async: false,
                 at: None,
                 run_in: None,
+                callback_url: None,
+                reply_to: None,
                 conn,
                 ..
             } => client::invoke(&conn, &name, data.as_deref()).await,

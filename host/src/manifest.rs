@@ -66,7 +66,7 @@ pub struct Triggers {
 }
 
 /// A blob trigger: every matching change to the bucket is delivered at
-/// least once, through the host-owned queue `fnhost-blob-<function>-<bucket>`.
+/// least once, through the host-owned queue `fnhost-blob-<function>.<bucket>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlobTrigger {
@@ -91,10 +91,11 @@ pub struct BlobTrigger {
 }
 
 impl BlobTrigger {
-    /// The host-owned queue that carries this trigger's changes.
+    /// The host-owned queue that carries this trigger's changes. The `.`
+    /// cannot occur in names, so no two (function, bucket) pairs share one.
     pub fn queue(&self, function: &str) -> String {
         format!(
-            "{}blob-{function}-{}",
+            "{}blob-{function}.{}",
             crate::jobs::RESERVED_QUEUE_PREFIX,
             self.bucket
         )
@@ -110,6 +111,11 @@ impl BlobTrigger {
 
     /// Does the trigger want this change?
     pub fn matches(&self, change: &crate::blobs::Change) -> bool {
+        self.in_scope(change) && self.kinds().contains(&change.kind)
+    }
+
+    /// Is the change to an object the trigger watches (whatever its kind)?
+    pub fn in_scope(&self, change: &crate::blobs::Change) -> bool {
         change.bucket == self.bucket
             && self
                 .prefix
@@ -119,7 +125,6 @@ impl BlobTrigger {
                 .suffix
                 .as_deref()
                 .is_none_or(|x| change.key.ends_with(x))
-            && self.kinds().contains(&change.kind)
     }
 
     /// The filter as text: a consumer whose filter changes is reconciled afresh.
@@ -146,7 +151,8 @@ pub struct TimerTrigger {
     /// An IANA time zone the schedule is read in, e.g. `"Europe/Paris"`. Default UTC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
-    /// Also run once whenever the host starts (or the function is deployed).
+    /// Also run once whenever the host starts, and when this timer is first
+    /// deployed or changed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub run_on_startup: bool,
     /// Delivery settings, as in `[jobs]`.
@@ -836,7 +842,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             (p.queue.as_str(), p.max_attempts),
-            ("fnhost-blob-t-uploads", 2)
+            ("fnhost-blob-t.uploads", 2)
         );
         let t = &m.triggers.blob[0];
         let change = |key: &str, kind| crate::blobs::Change {

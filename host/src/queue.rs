@@ -207,7 +207,7 @@ pub fn is_host_queue(queue: &str) -> bool {
                 && queue.len() <= 200
                 && rest
                     .chars()
-                    .all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-'))
+                    .all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-' | '.'))
         })
 }
 

@@ -74,7 +74,7 @@ fn an_upload_gets_its_thumbnail_a_delete_removes_it_and_garbage_is_dead_lettered
     // with the reason, and no thumbnail is written.
     upload(&host, "notes.png", "not an image at all");
     let dead = host.wait_for(30, "the bad upload in the dead letters", |h| {
-        let d = dead_letters(h, "fnhost-blob-thumbnail-uploads");
+        let d = dead_letters(h, "fnhost-blob-thumbnail.uploads");
         (!d.is_empty()).then_some(d)
     });
     assert_eq!(dead.len(), 1);
@@ -112,7 +112,7 @@ on_event = "retry"
     let r = host.admin("PUT", "/v1/buckets/inbox/objects/a.txt", "x");
     assert_eq!(r.status, 201);
     let dead = host.wait_for(30, "the dead letter", |h| {
-        let d = dead_letters(h, "fnhost-blob-inbox-inbox");
+        let d = dead_letters(h, "fnhost-blob-inbox.inbox");
         (!d.is_empty()).then_some(d)
     });
     assert_eq!(dead[0]["attempts"], 3);
@@ -124,6 +124,45 @@ on_event = "retry"
         "{}",
         dead[0]
     );
+}
+
+#[test]
+fn a_re_upload_after_an_unwatched_delete_is_a_new_change() {
+    let host = Host::start();
+    // Default events: created and updated, not deleted.
+    host.deploy_ok(
+        r#"
+name = "inbox"
+[[triggers.blob]]
+bucket = "inbox"
+[[grants.storage]]
+bucket = "events"
+access = "read-write"
+"#,
+        &guests().adversary,
+    );
+    let runs = |h: &Host| {
+        h.admin("GET", "/v1/buckets/events/objects?prefix=blob/a.txt/", "")
+            .json()["objects"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let put = |h: &Host| {
+        let r = h.admin("PUT", "/v1/buckets/inbox/objects/a.txt", "same bytes");
+        assert!(matches!(r.status, 200 | 201));
+    };
+    put(&host);
+    host.wait_for(30, "the first run", |h| (runs(h) == 1).then_some(()));
+    assert_eq!(
+        host.admin("DELETE", "/v1/buckets/inbox/objects/a.txt", "")
+            .status,
+        204
+    );
+    put(&host);
+    host.wait_for(30, "a run for the re-upload of the same bytes", |h| {
+        (runs(h) == 2).then_some(())
+    });
 }
 
 #[test]
@@ -218,5 +257,5 @@ fn uploads_before_deploy_while_stopped_and_across_a_kill_are_each_handled_once()
     let crash = written.iter().filter(|(k, _)| k == "crash.png").count();
     eprintln!("crash.png thumbnail writes (at least once across the kill): {crash}");
     assert!(crash >= 1);
-    assert!(dead_letters(&host, "fnhost-blob-thumbnail-uploads").is_empty());
+    assert!(dead_letters(&host, "fnhost-blob-thumbnail.uploads").is_empty());
 }

@@ -183,6 +183,13 @@ fn bad_submissions_are_refused() {
             .unwrap()
             .contains("unknown field")
     );
+    // Nor may a completion be sent into one of them.
+    let r = host.admin(
+        "POST",
+        "/v1/functions/adv/jobs",
+        json!({ "reply_to": "fnhost-jobs-adv" }).to_string(),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
     let r = host.admin("GET", "/v1/jobs/00000000-0000-0000-0000-000000000000", "");
     assert_eq!(r.status, 404);
     // The host's job queues are not for sending to directly.

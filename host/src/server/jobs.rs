@@ -71,9 +71,11 @@ async fn submit(
         ));
     }
     if let Some(q) = &req.reply_to
-        && !crate::manifest::valid_name(q)
+        && (!crate::manifest::valid_name(q) || crate::queue::check_user_queue(q).is_err())
     {
-        return bad(format!("reply_to {q:?} is not a valid queue name"));
+        return bad(format!(
+            "reply_to {q:?} is not a valid queue name; use lower-case letters, digits and '-', not starting with \"fnhost-\""
+        ));
     }
     let delay_ms = match req.delay.as_deref().map(humantime::parse_duration) {
         None => None,

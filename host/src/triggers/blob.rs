@@ -1,7 +1,9 @@
 //! The blob trigger's feed: reads the blob store's change feed and hands
 //! every change a blob trigger matches to that trigger's host-owned queue
-//! (`fnhost-blob-<function>-<bucket>`), where the queue worker delivers it
-//! with the usual leases, retries and dead letters.
+//! (`fnhost-blob-<function>.<bucket>`), where the queue worker delivers it
+//! with the usual leases, retries and dead letters. Changes to one object
+//! share a queue group, so they run one at a time, in the order they
+//! happened (a delete never overtakes the upload before it).
 //!
 //! Each (function, bucket) trigger is a consumer with a cursor in the feed.
 //! A consumer without a cursor (a newly deployed trigger, one whose filter
@@ -49,7 +51,9 @@ pub async fn run(dispatcher: Arc<Dispatcher>, shutdown: CancellationToken) {
     let blobs = dispatcher.blobs().clone();
     let wake = blobs.notifier().unwrap_or_else(|| Arc::new(Notify::new()));
     let mut changes = dispatcher.subscribe();
-    let mut pruned: Option<Instant> = None;
+    // Not at once: a function that failed to load at start would lose its
+    // cursor before it is fixed.
+    let mut pruned = Instant::now();
     loop {
         let consumers = consumers(&dispatcher);
         let mut more = false;
@@ -63,14 +67,14 @@ pub async fn run(dispatcher: Arc<Dispatcher>, shutdown: CancellationToken) {
                 }
             }
         }
-        if pruned.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+        if pruned.elapsed() >= PRUNE_EVERY {
             let keep = consumers.iter().map(|c| c.id.clone()).collect();
             if let Err(e) = blobs.prune(keep).await {
                 tracing::warn!(error = %e, "cannot prune the blob change feed");
             }
-            pruned = Some(Instant::now());
+            pruned = Instant::now();
         }
-        if more && !failed {
+        if more && !failed && !shutdown.is_cancelled() {
             continue;
         }
         tokio::select! {
@@ -110,19 +114,38 @@ async fn pump(
                 return Ok(false);
             };
             let full = page.len() == PAGE;
-            let wanted: Vec<Change> = page
+            // Every change to a watched object keeps the receipts right (a
+            // delete forgets the key's receipt even when deletes are not
+            // delivered, so a re-upload of the same content is new again);
+            // only the wanted kinds are delivered.
+            let scoped: Vec<Change> = page
                 .into_iter()
-                .filter(|ch| c.trigger.matches(ch))
+                .filter(|ch| c.trigger.in_scope(ch))
                 .collect();
-            let fresh = blobs.undelivered(&c.id, wanted).await?;
-            deliver(dispatcher, c, &fresh).await?;
+            let fresh = blobs.undelivered(&c.id, scoped).await?;
+            let kinds = c.trigger.kinds();
+            let (wanted, other): (Vec<Change>, Vec<Change>) =
+                fresh.into_iter().partition(|ch| kinds.contains(&ch.kind));
+            deliver(dispatcher, c, &wanted).await?;
+            let mut settled = wanted;
+            settled.extend(
+                other
+                    .into_iter()
+                    .filter(|ch| ch.kind == ChangeKind::Deleted),
+            );
+            settled.sort_by_key(|ch| ch.seq);
             blobs
-                .advance(&c.id, Cursor { seq: last, spec }, fresh)
+                .advance(&c.id, Cursor { seq: last, spec }, settled)
                 .await?;
             Ok(full)
         }
-        _ => {
-            reconcile(dispatcher, blobs, c, spec).await?;
+        cursor => {
+            // An interrupted reconciliation resumes from the feed position
+            // it noted, so changes since then are still read from the feed.
+            let resume = cursor
+                .filter(|k| k.spec == reconciling(&spec))
+                .map(|k| k.seq);
+            reconcile(dispatcher, blobs, c, spec, resume).await?;
             Ok(true)
         }
     }
@@ -135,10 +158,14 @@ async fn reconcile(
     blobs: &dyn BlobBackend,
     c: &Consumer,
     spec: String,
+    resume: Option<u64>,
 ) -> Result<(), FeedError> {
     // Everything after `latest` is read from the feed afterwards; an object
     // both scanned and in the feed has one etag, so one receipt covers both.
-    let latest = blobs.latest_change().await?;
+    let latest = match resume {
+        Some(seq) => seq,
+        None => blobs.latest_change().await?,
+    };
     let mut delivered = 0usize;
     if c.trigger.kinds().contains(&ChangeKind::Created) {
         let bucket = &c.trigger.bucket;
@@ -159,7 +186,7 @@ async fn reconcile(
             // Receipts as we go; the cursor is not valid until the scan ends.
             let scanning = Cursor {
                 seq: latest,
-                spec: format!("{spec} (reconciling)"),
+                spec: reconciling(&spec),
             };
             blobs.advance(&c.id, scanning, fresh).await?;
             if !full {
@@ -172,6 +199,11 @@ async fn reconcile(
         .await?;
     tracing::info!(function = %c.function, bucket = %c.trigger.bucket, delivered, "blob trigger reconciled with the stored objects");
     Ok(())
+}
+
+/// The cursor spec of a consumer in the middle of reconciling.
+fn reconciling(spec: &str) -> String {
+    format!("{spec} (reconciling)")
 }
 
 /// Enqueue changes on the consumer's queue, durably.
@@ -189,6 +221,10 @@ async fn deliver(
         .map(|ch| NewMessage {
             body: serde_json::to_vec(ch).expect("a change serializes"),
             dedup_id: Some(dedup_id(&c.id, ch)),
+            // One object's changes run one at a time, in order.
+            group: Some(crate::sandbox::hex(&Sha256::digest(
+                format!("{}/{}", ch.bucket, ch.key).as_bytes(),
+            ))),
             attributes: vec![
                 ("fnhost-bucket".into(), ch.bucket.clone()),
                 ("fnhost-key".into(), ch.key.clone()),

@@ -110,6 +110,8 @@ impl Scheduler {
 
     /// Fire ticks until the host stops or the function's timer changes.
     pub async fn run(self) {
+        // Before anything else, so a redeploy during start-up is not missed.
+        let mut changes = self.dispatcher.subscribe();
         let Ok((schedule, tz)) = self.trigger.parse() else {
             return; // validated at deploy; a stored manifest from elsewhere
         };
@@ -138,8 +140,10 @@ impl Scheduler {
         }
         self.save(&state).await;
         tracing::info!(function = %self.function, schedule = %self.trigger.schedule, next_run_ms = ?state.next_run_ms, "timer started");
-        let mut changes = self.dispatcher.subscribe();
         loop {
+            if !self.current() {
+                break; // replaced or removed; a new scheduler takes over
+            }
             let Some(due) = state.next_run_ms else {
                 tracing::warn!(function = %self.function, "the schedule has no further runs");
                 break;
@@ -149,11 +153,7 @@ impl Scheduler {
                 let wait = Duration::from_millis(due - now).min(MAX_SLEEP);
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
-                    changed = changes.changed() => {
-                        if changed.is_err() || !self.current() {
-                            break;
-                        }
-                    }
+                    changed = changes.changed() => if changed.is_err() { break },
                     () = self.shutdown.cancelled() => break,
                 }
                 continue;
