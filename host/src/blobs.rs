@@ -150,15 +150,22 @@ pub enum BlobError {
     Backend(String),
 }
 
+/// Check a bucket name.
+pub fn validate_bucket(bucket: &str) -> Result<(), BlobError> {
+    if crate::manifest::valid_name(bucket) {
+        Ok(())
+    } else {
+        Err(BlobError::InvalidBucket(format!(
+            "{bucket:?} is not a valid bucket name; use 1-63 lower-case letters, digits and '-', starting with a letter"
+        )))
+    }
+}
+
 /// Check a bucket name and a key. Keys are relative paths of non-empty
 /// segments: no leading `/`, no `.` or `..` segments, no backslash or NUL,
 /// at most [`MAX_KEY_BYTES`].
 pub fn validate(bucket: &str, key: &str) -> Result<(), BlobError> {
-    if !crate::manifest::valid_name(bucket) {
-        return Err(BlobError::InvalidBucket(format!(
-            "{bucket:?} is not a valid bucket name; use 1-63 lower-case letters, digits and '-', starting with a letter"
-        )));
-    }
+    validate_bucket(bucket)?;
     let bad = |why: &str| Err(BlobError::InvalidKey(format!("key {key:?} {why}")));
     if key.is_empty() {
         return bad("is empty");

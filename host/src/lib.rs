@@ -9,14 +9,16 @@
 //! - [`queue`]: the durable queue store (embedded SQLite) behind its backend trait;
 //! - [`blobs`]: buckets of objects (embedded folders + index) behind their backend trait;
 //! - [`jobs`]: async job records (state, progress, results) and their store trait;
-//! - [`triggers`]: background triggers (queues) that invoke through the dispatcher;
+//! - [`triggers`]: background triggers (queues, blob changes, timers) that invoke through the dispatcher;
 //! - [`server`]: the admin API and the HTTP trigger;
-//! - [`cli`]: the `fnhost` command line.
+//! - [`cli`]: the `fnhost` command line;
+//! - [`files`]: content hashes and atomic file writes, shared by the stores.
 
 pub mod blobs;
 pub mod capabilities;
 pub mod cli;
 pub mod dispatcher;
+pub mod files;
 pub mod jobs;
 pub mod manifest;
 pub mod queue;

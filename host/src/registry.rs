@@ -7,7 +7,6 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -138,10 +137,10 @@ impl Registry {
 
     /// Store component bytes by content hash (atomically); returns the digest.
     pub fn store_component(&self, wasm: &[u8]) -> Result<String, RegistryError> {
-        let digest = crate::sandbox::hex(&Sha256::digest(wasm));
+        let digest = crate::files::sha256_hex(wasm);
         let path = self.component_path(&digest);
         if !path.exists() {
-            crate::sandbox::write_atomic(&path, wasm).map_err(|source| RegistryError::Io {
+            crate::files::write_atomic(&path, wasm).map_err(|source| RegistryError::Io {
                 path: path.clone(),
                 source,
             })?;

@@ -17,8 +17,7 @@ mod limits;
 mod logs;
 
 use crate::capabilities::Capabilities;
-use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, ResourceTable};
@@ -322,7 +321,7 @@ impl Sandbox {
     }
 
     fn compile_cached(&self, wasm: &[u8]) -> Result<Component, LoadError> {
-        let digest = hex(&Sha256::digest(wasm));
+        let digest = crate::files::sha256_hex(wasm);
         let engine_hash = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -347,7 +346,8 @@ impl Sandbox {
         let bytes = component
             .serialize()
             .map_err(|e| LoadError::NotAComponent(error_chain(&e)))?;
-        write_atomic(&path, &bytes).map_err(|source| LoadError::Cache { path, source })?;
+        crate::files::write_atomic(&path, &bytes)
+            .map_err(|source| LoadError::Cache { path, source })?;
         Ok(component)
     }
 
@@ -507,26 +507,6 @@ fn wasmparser_is_component(wasm: &[u8]) -> bool {
     wasm.len() >= 8 && wasm.starts_with(b"\0asm") && wasm[6..8] == [1, 0]
 }
 
-/// Lower-case hex of a digest.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Write a file so that readers see the old content or the new, never half:
-/// a temp file beside it, fsync, rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -550,15 +530,5 @@ mod tests {
         assert!(err.to_string().contains("core WebAssembly module"), "{err}");
         let err = sandbox.load(b"not wasm").err().unwrap();
         assert!(err.to_string().contains("magic bytes"), "{err}");
-    }
-
-    #[test]
-    fn atomic_writes_replace_whole_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        write_atomic(&path, b"one").unwrap();
-        write_atomic(&path, b"two").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"two");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

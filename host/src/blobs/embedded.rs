@@ -19,7 +19,6 @@ use super::{
 };
 use crate::queue::BoxFuture;
 use rusqlite::{Connection, OptionalExtension, params};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
@@ -119,7 +118,7 @@ impl Inner {
     fn path(&self, bucket: &str, key: &str) -> PathBuf {
         self.root
             .join(bucket)
-            .join(crate::sandbox::hex(&Sha256::digest(key.as_bytes())))
+            .join(crate::files::sha256_hex(key.as_bytes()))
     }
 
     fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -212,11 +211,11 @@ impl BlobBackend for EmbeddedBlobs {
                 let path = inner.path(&bucket, &key);
                 let dir = path.parent().expect("an object path has a bucket folder");
                 std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
-                crate::sandbox::write_atomic(&path, &body).map_err(|e| io("write", &path, e))?;
+                crate::files::write_atomic(&path, &body).map_err(|e| io("write", &path, e))?;
                 let meta = ObjectMeta {
                     key,
                     size: body.len() as u64,
-                    etag: crate::sandbox::hex(&Sha256::digest(&body)),
+                    etag: crate::files::sha256_hex(&body),
                     content_type,
                     modified_ms: crate::registry::now_ms(),
                 };
@@ -333,7 +332,7 @@ impl BlobBackend for EmbeddedBlobs {
         start_after: Option<String>,
         max: usize,
     ) -> BoxFuture<'_, Result<Vec<ObjectMeta>, BlobError>> {
-        if let Err(e) = validate(bucket, "x") {
+        if let Err(e) = super::validate_bucket(bucket) {
             return Box::pin(async move { Err(e) });
         }
         let (bucket, prefix) = (bucket.to_string(), prefix.to_string());
@@ -543,7 +542,7 @@ mod tests {
             (meta.size, meta.content_type.as_deref()),
             (4, Some("image/png"))
         );
-        assert_eq!(meta.etag, crate::sandbox::hex(&Sha256::digest(b"meow")));
+        assert_eq!(meta.etag, crate::files::sha256_hex(b"meow"));
         blobs
             .put("uploads", "img/dog.png", b"woof".to_vec(), None)
             .await

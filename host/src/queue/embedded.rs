@@ -597,7 +597,7 @@ fn lease_token() -> String {
     static PREFIX: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         let mut b = [0u8; 8];
         let _ = getrandom::fill(&mut b);
-        crate::sandbox::hex(&b)
+        crate::files::hex(&b)
     });
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!("{}{:016x}", *PREFIX, NEXT.fetch_add(1, Ordering::Relaxed))

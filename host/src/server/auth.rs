@@ -32,8 +32,8 @@ pub fn load_or_create_token(
     }
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let token = crate::sandbox::hex(&bytes);
-    crate::sandbox::write_atomic(&path, token.as_bytes())?;
+    let token = crate::files::hex(&bytes);
+    crate::files::write_atomic(&path, token.as_bytes())?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

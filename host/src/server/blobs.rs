@@ -185,7 +185,7 @@ async fn changes(
     Path(bucket): Path<String>,
     Query(q): Query<ChangesQuery>,
 ) -> Response {
-    if let Err(e) = crate::blobs::validate(&bucket, "x") {
+    if let Err(e) = crate::blobs::validate_bucket(&bucket) {
         return blob_error(e);
     }
     let limit = q.limit.unwrap_or(1000).clamp(1, MAX_LIST);

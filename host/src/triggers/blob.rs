@@ -18,7 +18,6 @@ use crate::blobs::{BlobBackend, BlobError, Change, ChangeKind, Cursor};
 use crate::dispatcher::Dispatcher;
 use crate::manifest::BlobTrigger;
 use crate::queue::{NewMessage, QueueError};
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -222,9 +221,9 @@ async fn deliver(
             body: serde_json::to_vec(ch).expect("a change serializes"),
             dedup_id: Some(dedup_id(&c.id, ch)),
             // One object's changes run one at a time, in order.
-            group: Some(crate::sandbox::hex(&Sha256::digest(
+            group: Some(crate::files::sha256_hex(
                 format!("{}/{}", ch.bucket, ch.key).as_bytes(),
-            ))),
+            )),
             attributes: vec![
                 ("fnhost-bucket".into(), ch.bucket.clone()),
                 ("fnhost-key".into(), ch.key.clone()),
@@ -250,7 +249,7 @@ fn dedup_id(consumer: &str, ch: &Change) -> String {
             ch.etag.as_deref().unwrap_or("")
         )
     };
-    crate::sandbox::hex(&Sha256::digest(what.as_bytes()))
+    crate::files::sha256_hex(what.as_bytes())
 }
 
 #[cfg(test)]
