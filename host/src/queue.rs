@@ -141,6 +141,21 @@ pub struct Receipt {
     pub lease: String,
 }
 
+/// How a delivery ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    /// Processed: delete the message.
+    Ack,
+    /// Given up on: move it to the dead letters with the last error and the
+    /// function (`name@vN`) that gave up.
+    DeadLetter {
+        /// Why.
+        error: String,
+        /// Which function version gave up, if a function did.
+        function: Option<String>,
+    },
+}
+
 /// What a send did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Sent {
@@ -277,8 +292,21 @@ pub trait QueueBackend: Send + Sync {
         max: usize,
         visibility: Duration,
     ) -> BoxFuture<'_, Result<Vec<Delivery>, QueueError>>;
+    /// End a delivery ([`Settlement::Ack`] deletes the message,
+    /// [`Settlement::DeadLetter`] moves it to the dead letters) and send
+    /// `then` (its reply, say) in the same durable step: the sends happen
+    /// exactly when the settlement does. False, with nothing sent, when the
+    /// receipt is stale (the lease was lost and the message will come again).
+    fn settle(
+        &self,
+        receipt: Receipt,
+        how: Settlement,
+        then: Vec<(String, NewMessage)>,
+    ) -> BoxFuture<'_, Result<bool, QueueError>>;
     /// Delete a processed message. False when the receipt is stale.
-    fn ack(&self, receipt: Receipt) -> BoxFuture<'_, Result<bool, QueueError>>;
+    fn ack(&self, receipt: Receipt) -> BoxFuture<'_, Result<bool, QueueError>> {
+        self.settle(receipt, Settlement::Ack, Vec::new())
+    }
     /// Make a leased message receivable again after `delay`, recording the error.
     fn retry(
         &self,
@@ -304,7 +332,13 @@ pub trait QueueBackend: Send + Sync {
         receipt: Receipt,
         error: String,
         function: Option<String>,
-    ) -> BoxFuture<'_, Result<bool, QueueError>>;
+    ) -> BoxFuture<'_, Result<bool, QueueError>> {
+        self.settle(
+            receipt,
+            Settlement::DeadLetter { error, function },
+            Vec::new(),
+        )
+    }
     /// Counts for one queue.
     fn stats(&self, queue: &str) -> BoxFuture<'_, Result<QueueStats, QueueError>>;
     /// The backlog that scaling follows (messages receivable now or leased),

@@ -9,7 +9,7 @@
 
 use super::{
     BoxFuture, Clock, DEDUP_WINDOW, DeadLetter, Delivery, Message, NewMessage, QueueBackend,
-    QueueError, QueueStats, Receipt, Sent,
+    QueueError, QueueStats, Receipt, Sent, Settlement,
 };
 use crate::jobs::{JobRecord, JobState, JobStore, JobUpdate, NewJob};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
@@ -28,7 +28,7 @@ const QUEUE_DEPTH: usize = 16 * 1024;
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queue_messages (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
+    id TEXT NOT NULL,
     queue TEXT NOT NULL,
     body BLOB NOT NULL,
     attributes TEXT NOT NULL,
@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS queue_messages (
     correlation_id TEXT,
     reply_to TEXT,
     lease TEXT,
-    last_error TEXT
+    last_error TEXT,
+    checkpoint BLOB
 );
 CREATE INDEX IF NOT EXISTS queue_messages_order ON queue_messages (queue, priority DESC, seq);
 CREATE INDEX IF NOT EXISTS queue_messages_group ON queue_messages (queue, group_key, seq) WHERE group_key IS NOT NULL;
@@ -99,14 +100,13 @@ type Reply<T> = oneshot::Sender<Result<T, QueueError>>;
 enum Op {
     Send(String, Vec<NewMessage>, Reply<Vec<Sent>>),
     Receive(String, usize, Duration, Reply<Vec<Delivery>>),
-    Ack(Receipt, Reply<bool>),
+    Settle(Receipt, Settlement, Vec<(String, NewMessage)>, Reply<bool>),
     Retry(Receipt, Duration, String, Reply<bool>),
     Renew(Receipt, Duration, Reply<bool>),
     Checkpoint(Receipt, Vec<u8>, Reply<bool>),
     Submit(NewJob, Reply<JobRecord>),
     JobUpdate(String, JobUpdate, Reply<bool>),
     JobGet(String, Reply<Option<JobRecord>>),
-    DeadLetter(Receipt, String, Option<String>, Reply<bool>),
     Stats(String, Reply<QueueStats>),
     Backlog(String, u64, Reply<u64>),
     Queues(Reply<Vec<String>>),
@@ -127,7 +127,7 @@ pub struct EmbeddedQueues {
 impl EmbeddedQueues {
     /// Open (or create) the store in `data_dir` and start its writer thread.
     pub fn open(data_dir: &Path, clock: Arc<dyn Clock>) -> Result<EmbeddedQueues, QueueError> {
-        let conn = Connection::open(data_dir.join("queues.db")).map_err(db)?;
+        let mut conn = Connection::open(data_dir.join("queues.db")).map_err(db)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -153,6 +153,7 @@ impl EmbeddedQueues {
                     .map_err(db)?;
             }
         }
+        drop_message_id_index(&mut conn).map_err(db)?;
         let (tx, rx) = mpsc::sync_channel(QUEUE_DEPTH);
         let notify = Arc::new(Notify::new());
         let writer = Writer {
@@ -193,6 +194,47 @@ impl EmbeddedQueues {
     }
 }
 
+/// Stores made before receipts named rows by number kept a unique index on
+/// message ids, which every send and ack had to update. Rebuild such a
+/// `queue_messages` table without it, keeping every message and the row
+/// numbers' high-water mark (so a number is never reused), in one
+/// transaction.
+fn drop_message_id_index(conn: &mut Connection) -> rusqlite::Result<()> {
+    let old: bool = conn
+        .prepare(
+            "SELECT 1 FROM sqlite_master WHERE type = 'index' AND tbl_name = 'queue_messages'
+             AND name LIKE 'sqlite_autoindex_queue_messages%'",
+        )?
+        .exists([])?;
+    if !old {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    let high: i64 = tx.query_row(
+        "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'queue_messages'), 0),
+                    COALESCE((SELECT MAX(seq) FROM queue_messages), 0))",
+        [],
+        |r| r.get(0),
+    )?;
+    tx.execute_batch(
+        "DROP INDEX IF EXISTS queue_messages_order;
+         DROP INDEX IF EXISTS queue_messages_group;
+         ALTER TABLE queue_messages RENAME TO queue_messages_with_id_index;",
+    )?;
+    tx.execute_batch(SCHEMA)?;
+    tx.execute_batch(&format!(
+        "INSERT INTO queue_messages (seq, {MESSAGE_COLUMNS}, lease, checkpoint)
+         SELECT seq, {MESSAGE_COLUMNS}, lease, checkpoint FROM queue_messages_with_id_index;
+         DROP TABLE queue_messages_with_id_index;
+         DELETE FROM sqlite_sequence WHERE name IN ('queue_messages', 'queue_messages_with_id_index');"
+    ))?;
+    tx.execute(
+        "INSERT INTO sqlite_sequence (name, seq) VALUES ('queue_messages', ?1)",
+        [high],
+    )?;
+    tx.commit()
+}
+
 fn stopped() -> QueueError {
     QueueError::Backend("the queue writer has stopped".into())
 }
@@ -227,8 +269,16 @@ impl QueueBackend for EmbeddedQueues {
         self.call(|r| Op::Receive(queue.to_string(), max, visibility, r))
     }
 
-    fn ack(&self, receipt: Receipt) -> BoxFuture<'_, Result<bool, QueueError>> {
-        self.call(|r| Op::Ack(receipt, r))
+    fn settle(
+        &self,
+        receipt: Receipt,
+        how: Settlement,
+        then: Vec<(String, NewMessage)>,
+    ) -> BoxFuture<'_, Result<bool, QueueError>> {
+        if let Err(e) = then.iter().try_for_each(|(q, m)| super::validate(q, m)) {
+            return Box::pin(async move { Err(e) });
+        }
+        self.call(|r| Op::Settle(receipt, how, then, r))
     }
 
     fn retry(
@@ -254,15 +304,6 @@ impl QueueBackend for EmbeddedQueues {
         visibility: Duration,
     ) -> BoxFuture<'_, Result<bool, QueueError>> {
         self.call(|r| Op::Renew(receipt, visibility, r))
-    }
-
-    fn dead_letter(
-        &self,
-        receipt: Receipt,
-        error: String,
-        function: Option<String>,
-    ) -> BoxFuture<'_, Result<bool, QueueError>> {
-        self.call(|r| Op::DeadLetter(receipt, error, function, r))
     }
 
     fn stats(&self, queue: &str) -> BoxFuture<'_, Result<QueueStats, QueueError>> {
@@ -372,10 +413,11 @@ impl Writer {
         let mut pending = Vec::with_capacity(ops.len());
         let mut wake = false;
         for op in ops {
-            wake |= matches!(
-                op,
-                Op::Send(..) | Op::Retry(..) | Op::Redrive(..) | Op::Submit(..)
-            );
+            wake |= match &op {
+                Op::Send(..) | Op::Retry(..) | Op::Redrive(..) | Op::Submit(..) => true,
+                Op::Settle(_, _, then, _) => !then.is_empty(),
+                _ => false,
+            };
             pending.push(apply_one(&tx, now, op));
         }
         if tidy {
@@ -401,10 +443,9 @@ fn fail(op: Op, err: &QueueError) {
     match op {
         Op::Send(_, _, r) => drop(r.send(Err(err.clone()))),
         Op::Receive(_, _, _, r) => drop(r.send(Err(err.clone()))),
-        Op::Ack(_, r)
+        Op::Settle(_, _, _, r)
         | Op::Retry(_, _, _, r)
         | Op::Renew(_, _, r)
-        | Op::DeadLetter(_, _, _, r)
         | Op::Checkpoint(_, _, r)
         | Op::JobUpdate(_, _, r) => drop(r.send(Err(err.clone()))),
         Op::Submit(_, r) => drop(r.send(Err(err.clone()))),
@@ -433,17 +474,12 @@ fn apply_one(tx: &Transaction<'_>, now: u64, op: Op) -> Pending {
     match op {
         Op::Send(queue, msgs, r) => later(r, msgs.into_iter().map(|m| send(tx, now, &queue, m)).collect()),
         Op::Receive(queue, max, vis, r) => later(r, receive(tx, now, &queue, max, vis)),
-        Op::Ack(rc, r) => later(
-            r,
-            exec(tx, "DELETE FROM queue_messages WHERE id = ?1 AND lease = ?2", params![rc.id, rc.lease])
-                .map(|n| n == 1)
-                .map_err(db),
-        ),
+        Op::Settle(rc, how, then, r) => later(r, settle(tx, now, &rc, how, then)),
         Op::Retry(rc, delay, error, r) => later(
             r,
             exec(tx,
-                "UPDATE queue_messages SET visible_at_ms = ?3, lease = NULL, last_error = ?4 WHERE id = ?1 AND lease = ?2",
-                params![rc.id, rc.lease, now + delay.as_millis() as u64, error],
+                "UPDATE queue_messages SET visible_at_ms = ?3, lease = NULL, last_error = ?4 WHERE seq = ?1 AND lease = ?2",
+                params![seq_of(&rc), rc.lease, now + delay.as_millis() as u64, error],
             )
             .map(|n| n == 1)
             .map_err(db),
@@ -451,8 +487,8 @@ fn apply_one(tx: &Transaction<'_>, now: u64, op: Op) -> Pending {
         Op::Renew(rc, vis, r) => later(
             r,
             exec(tx,
-                "UPDATE queue_messages SET visible_at_ms = ?3 WHERE id = ?1 AND lease = ?2",
-                params![rc.id, rc.lease, now + vis.as_millis() as u64],
+                "UPDATE queue_messages SET visible_at_ms = ?3 WHERE seq = ?1 AND lease = ?2",
+                params![seq_of(&rc), rc.lease, now + vis.as_millis() as u64],
             )
             .map(|n| n == 1)
             .map_err(db),
@@ -460,8 +496,8 @@ fn apply_one(tx: &Transaction<'_>, now: u64, op: Op) -> Pending {
         Op::Checkpoint(rc, state, r) => later(
             r,
             exec(tx,
-                "UPDATE queue_messages SET checkpoint = ?3 WHERE id = ?1 AND lease = ?2",
-                params![rc.id, rc.lease, state],
+                "UPDATE queue_messages SET checkpoint = ?3 WHERE seq = ?1 AND lease = ?2",
+                params![seq_of(&rc), rc.lease, state],
             )
             .map(|n| n == 1)
             .map_err(db),
@@ -469,7 +505,6 @@ fn apply_one(tx: &Transaction<'_>, now: u64, op: Op) -> Pending {
         Op::Submit(job, r) => later(r, submit(tx, now, job)),
         Op::JobUpdate(id, update, r) => later(r, job_update(tx, now, &id, update)),
         Op::JobGet(id, r) => later(r, job_get(tx, now, &id)),
-        Op::DeadLetter(rc, error, function, r) => later(r, dead_letter(tx, now, &rc, &error, function.as_deref())),
         Op::Stats(queue, r) => later(r, stats(tx, now, &queue)),
         Op::Backlog(queue, cap, r) => later(
             r,
@@ -588,11 +623,14 @@ const READY: &str = "FROM queue_messages m WHERE m.queue = ?1 AND m.visible_at_m
 
 /// The receive query, built once.
 static RECEIVE: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| format!("SELECT {MESSAGE_COLUMNS}, checkpoint {READY}"));
+    std::sync::LazyLock::new(|| format!("SELECT {MESSAGE_COLUMNS}, checkpoint, seq {READY}"));
 
-/// A fresh lease token: unguessable across restarts (a random prefix drawn
-/// once), unique within the process (a counter), without a syscall per message.
-fn lease_token() -> String {
+/// A fresh lease token for the row `seq`: the row number first, so a
+/// receipt finds its row by primary key (no index on message ids to keep up
+/// on every send and ack), then a token unguessable across restarts (a random
+/// prefix drawn once) and unique within the process (a counter), made
+/// without a syscall per message.
+fn lease_token(seq: i64) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static PREFIX: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         let mut b = [0u8; 8];
@@ -600,7 +638,20 @@ fn lease_token() -> String {
         crate::files::hex(&b)
     });
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!("{}{:016x}", *PREFIX, NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{seq}.{}{:016x}",
+        *PREFIX,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The row a receipt names (see [`lease_token`]); a receipt that names none
+/// matches no row.
+fn seq_of(rc: &Receipt) -> i64 {
+    rc.lease
+        .split_once('.')
+        .and_then(|(seq, _)| seq.parse().ok())
+        .unwrap_or(-1)
 }
 
 fn receive(
@@ -613,13 +664,16 @@ fn receive(
     if max == 0 {
         return Ok(Vec::new());
     }
-    let mut messages: Vec<Message> = {
+    let mut messages: Vec<(i64, Message)> = {
         let mut stmt = tx.prepare_cached(&RECEIVE).map_err(db)?;
         stmt.query_map(params![queue, now, max as i64], |r| {
-            Ok(Message {
-                checkpoint: r.get(13)?,
-                ..row_to_message(r)?
-            })
+            Ok((
+                r.get(14)?,
+                Message {
+                    checkpoint: r.get(13)?,
+                    ..row_to_message(r)?
+                },
+            ))
         })
         .map_err(db)?
         .collect::<Result<_, _>>()
@@ -628,14 +682,14 @@ fn receive(
     let visible_at = now + vis.as_millis() as u64;
     let mut update = tx
         .prepare_cached(
-            "UPDATE queue_messages SET visible_at_ms = ?2, dequeue_count = dequeue_count + 1, lease = ?3 WHERE id = ?1",
+            "UPDATE queue_messages SET visible_at_ms = ?2, dequeue_count = dequeue_count + 1, lease = ?3 WHERE seq = ?1",
         )
         .map_err(db)?;
     let mut out = Vec::with_capacity(messages.len());
-    for mut m in messages.drain(..) {
-        let lease = lease_token();
+    for (seq, mut m) in messages.drain(..) {
+        let lease = lease_token(seq);
         update
-            .execute(params![m.id, visible_at, lease])
+            .execute(params![seq, visible_at, lease])
             .map_err(db)?;
         m.visible_at_ms = visible_at;
         m.dequeue_count += 1;
@@ -650,6 +704,40 @@ fn receive(
     Ok(out)
 }
 
+/// Ack or dead-letter a leased message and, only if that happened, send
+/// `then`, in the batch's transaction. The sends were validated before they
+/// reached the writer, so what can still fail here is the storage itself,
+/// which fails the batch's commit as well; no savepoint is needed (one would
+/// cost a statement journal on every settlement).
+fn settle(
+    tx: &Transaction<'_>,
+    now: u64,
+    rc: &Receipt,
+    how: Settlement,
+    then: Vec<(String, NewMessage)>,
+) -> Result<bool, QueueError> {
+    let settled = match how {
+        Settlement::Ack => {
+            exec(
+                tx,
+                "DELETE FROM queue_messages WHERE seq = ?1 AND lease = ?2",
+                params![seq_of(rc), rc.lease],
+            )
+            .map_err(db)?
+                == 1
+        }
+        Settlement::DeadLetter { error, function } => {
+            dead_letter(tx, now, rc, &error, function.as_deref())?
+        }
+    };
+    if settled {
+        for (queue, m) in then {
+            send(tx, now, &queue, m)?;
+        }
+    }
+    Ok(settled)
+}
+
 fn dead_letter(
     tx: &Transaction<'_>,
     now: u64,
@@ -661,12 +749,17 @@ fn dead_letter(
         .execute(
             "INSERT INTO queue_dead_letters (id, queue, body, attributes, enqueued_at_ms, dequeue_count, dedup_id, group_key, priority, correlation_id, reply_to, error, function, dead_at_ms)
              SELECT id, queue, body, attributes, enqueued_at_ms, dequeue_count, dedup_id, group_key, priority, correlation_id, reply_to, ?3, ?4, ?5
-             FROM queue_messages WHERE id = ?1 AND lease = ?2",
-            params![rc.id, rc.lease, error, function, now],
+             FROM queue_messages WHERE seq = ?1 AND lease = ?2",
+            params![seq_of(rc), rc.lease, error, function, now],
         )
         .map_err(db)?;
     if moved == 1 {
-        exec(tx, "DELETE FROM queue_messages WHERE id = ?1", [&rc.id]).map_err(db)?;
+        exec(
+            tx,
+            "DELETE FROM queue_messages WHERE seq = ?1",
+            [seq_of(rc)],
+        )
+        .map_err(db)?;
     }
     Ok(moved == 1)
 }

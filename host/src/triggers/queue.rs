@@ -22,7 +22,7 @@ use crate::dispatcher::{Attempt, Deployed, Dispatcher};
 use crate::jobs::{JobOutput, JobState, JobStore, JobUpdate};
 use crate::manifest::{QueuePolicy, Source};
 use crate::queue::BoxFuture;
-use crate::queue::{Delivery, NewMessage, QueueBackend};
+use crate::queue::{Delivery, NewMessage, QueueBackend, Settlement};
 use crate::sandbox::Reporter;
 use crate::sandbox::{BlobChange, ChangeKind, Event, QueueMessage, TimerTick};
 use std::sync::Arc;
@@ -240,12 +240,11 @@ impl Worker {
                     deployed: deployed.clone(),
                     policy: policy.clone(),
                 };
-                let (stats, done) = (stats.clone(), done.clone());
-                self.tracker.spawn(async move {
-                    settle.process(delivery).await;
-                    stats.running.fetch_sub(1, Ordering::Relaxed);
-                    done.notify_one();
-                });
+                let slot = Slot {
+                    stats: stats.clone(),
+                    done: done.clone(),
+                };
+                self.tracker.spawn(settle.process(delivery, slot));
             }
         }
         tracing::info!(function = %self.function, queue = %self.queue, "queue worker stopped");
@@ -294,6 +293,22 @@ fn event(source: &Source, m: &crate::queue::Message) -> Result<Event, String> {
     })
 }
 
+/// One of a binding's instances, taken while an invocation runs. It is
+/// given back (dropped) as soon as the guest returns, before the message is
+/// settled: waiting for the settlement's commit is the store's work, and an
+/// instance held through it would idle while other messages wait.
+struct Slot {
+    stats: Arc<crate::dispatcher::BindingStats>,
+    done: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.stats.running.fetch_sub(1, Ordering::Relaxed);
+        self.done.notify_one();
+    }
+}
+
 struct Settle {
     dispatcher: Arc<Dispatcher>,
     backend: Arc<dyn QueueBackend>,
@@ -335,7 +350,7 @@ impl Reporter for DeliveryReporter {
 }
 
 impl Settle {
-    async fn process(self, d: Delivery) {
+    async fn process(self, d: Delivery, slot: Slot) {
         let m = &d.message;
         let job = matches!(self.policy.source, Source::Jobs)
             .then(|| (self.dispatcher.jobs().clone(), m.id.clone()));
@@ -400,6 +415,7 @@ impl Settle {
                 }
             }
         };
+        drop(slot);
         let who = format!(
             "{}@v{}",
             self.deployed.record.name, self.deployed.record.version
@@ -418,8 +434,11 @@ impl Settle {
                     error: None,
                     retention_ms,
                 };
-                self.reply(m, "succeeded", output.body).await;
-                (self.backend.ack(receipt).await, Some(done))
+                let reply = self.reply(m, "succeeded", output.body);
+                (
+                    self.settle(receipt, Settlement::Ack, reply).await,
+                    Some(done),
+                )
             }
             Err(failure) => {
                 let permanent = !failure.is_retryable();
@@ -433,7 +452,7 @@ impl Settle {
                         )
                     };
                     tracing::warn!(message = %m.id, queue = %m.queue, %error, "dead-lettered");
-                    self.reply(m, "failed", error.clone().into_bytes()).await;
+                    let reply = self.reply(m, "failed", error.clone().into_bytes());
                     let state = if permanent {
                         JobState::Failed
                     } else {
@@ -445,10 +464,11 @@ impl Settle {
                         error: Some(error.clone()),
                         retention_ms,
                     };
-                    (
-                        self.backend.dead_letter(receipt, error, Some(who)).await,
-                        Some(done),
-                    )
+                    let how = Settlement::DeadLetter {
+                        error,
+                        function: Some(who),
+                    };
+                    (self.settle(receipt, how, reply).await, Some(done))
                 } else {
                     let delay = backoff(&self.policy, m.dequeue_count, random_unit());
                     if let Some((jobs, id)) = &job {
@@ -487,22 +507,69 @@ impl Settle {
         }
     }
 
-    /// Tell `reply_to`, if the message named one, how it ended.
-    async fn reply(&self, m: &crate::queue::Message, status: &str, body: Vec<u8>) {
-        let Some(reply_to) = &m.reply_to else { return };
+    /// Settle with the reply; a reply the store refuses (a message stored
+    /// by an older version, say) is dropped with an error in the log rather
+    /// than keeping the message forever.
+    async fn settle(
+        &self,
+        receipt: crate::queue::Receipt,
+        how: Settlement,
+        reply: Vec<(String, NewMessage)>,
+    ) -> Result<bool, crate::queue::QueueError> {
+        if reply.is_empty() {
+            return self.backend.settle(receipt, how, reply).await;
+        }
+        let first = self
+            .backend
+            .settle(receipt.clone(), how.clone(), reply)
+            .await;
+        match first {
+            Err(crate::queue::QueueError::Invalid(e)) => {
+                tracing::error!(message = %receipt.id, error = %e, "cannot send the reply; settling without it");
+                self.backend.settle(receipt, how, Vec::new()).await
+            }
+            other => other,
+        }
+    }
+
+    /// The message to `reply_to`, if the message named one, telling how it
+    /// ended; it is sent with the settlement, in the same durable step.
+    fn reply(
+        &self,
+        m: &crate::queue::Message,
+        status: &str,
+        body: Vec<u8>,
+    ) -> Vec<(String, NewMessage)> {
+        let Some(reply_to) = &m.reply_to else {
+            return Vec::new();
+        };
+        let mut attributes = vec![
+            ("fnhost-status".into(), status.into()),
+            ("fnhost-message-id".into(), m.id.clone()),
+            ("fnhost-function".into(), self.deployed.record.name.clone()),
+        ];
+        // A reply that cannot be stored must not hold up the settlement (the
+        // message would come back forever): say what happened instead.
+        let body = if body.len() > crate::queue::MAX_BODY_BYTES {
+            attributes.push((
+                "fnhost-body-dropped".into(),
+                format!(
+                    "the result is {} bytes, over the message limit of {}; an async job's record keeps it",
+                    body.len(),
+                    crate::queue::MAX_BODY_BYTES
+                ),
+            ));
+            Vec::new()
+        } else {
+            body
+        };
         let reply = NewMessage {
             body,
-            attributes: vec![
-                ("fnhost-status".into(), status.into()),
-                ("fnhost-message-id".into(), m.id.clone()),
-                ("fnhost-function".into(), self.deployed.record.name.clone()),
-            ],
+            attributes,
             correlation_id: Some(m.correlation_id.clone().unwrap_or_else(|| m.id.clone())),
             ..NewMessage::default()
         };
-        if let Err(e) = self.backend.send(reply_to, reply).await {
-            tracing::error!(message = %m.id, reply_to = %reply_to, error = %e, "cannot send the reply");
-        }
+        vec![(reply_to.clone(), reply)]
     }
 
     /// POST the finished job's record to its callback URL, retrying a few

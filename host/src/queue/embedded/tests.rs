@@ -310,3 +310,86 @@ async fn the_scaling_backlog_counts_ready_and_leased_up_to_the_cap() {
         "the delay is over"
     );
 }
+
+#[tokio::test]
+async fn a_reply_is_sent_with_its_settlement_and_not_for_a_stale_lease() {
+    let (_d, q, clock) = open();
+    q.send("work", msg("job")).await.unwrap();
+    let first = q.receive("work", 1, VIS).await.unwrap();
+    clock.advance(VIS + Duration::from_secs(1));
+    let second = q.receive("work", 1, VIS).await.unwrap();
+    let reply = || vec![("done".to_string(), msg("ok"))];
+    assert!(
+        !q.settle(first[0].receipt.clone(), Settlement::Ack, reply())
+            .await
+            .unwrap(),
+        "the first lease expired"
+    );
+    assert_eq!(q.stats("done").await.unwrap().ready, 0, "so no reply");
+    assert!(
+        q.settle(second[0].receipt.clone(), Settlement::Ack, reply())
+            .await
+            .unwrap()
+    );
+    assert_eq!(bodies(&q.receive("done", 10, VIS).await.unwrap()), ["ok"]);
+    assert_eq!(q.stats("work").await.unwrap().ready, 0);
+    let bad = vec![("Not A Queue".to_string(), msg("x"))];
+    q.send("work", msg("again")).await.unwrap();
+    let d = q.receive("work", 1, VIS).await.unwrap();
+    assert!(matches!(
+        q.settle(d[0].receipt.clone(), Settlement::Ack, bad).await,
+        Err(QueueError::Invalid(_))
+    ));
+    assert!(
+        q.ack(d[0].receipt.clone()).await.unwrap(),
+        "a refused reply settled nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_store_from_before_row_receipts_keeps_its_messages_and_numbering() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // The first release's table: a unique index on message ids.
+        let conn = Connection::open(dir.path().join("queues.db")).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE queue_messages (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, queue TEXT NOT NULL,
+                body BLOB NOT NULL, attributes TEXT NOT NULL, enqueued_at_ms INTEGER NOT NULL,
+                visible_at_ms INTEGER NOT NULL, dequeue_count INTEGER NOT NULL DEFAULT 0,
+                dedup_id TEXT, group_key TEXT, priority INTEGER NOT NULL DEFAULT 0,
+                correlation_id TEXT, reply_to TEXT, lease TEXT, last_error TEXT);
+             CREATE INDEX queue_messages_order ON queue_messages (queue, priority DESC, seq);
+             INSERT INTO queue_messages (seq, id, queue, body, attributes, enqueued_at_ms, visible_at_ms)
+                 VALUES (7, 'old-7', 'work', x'6f6c64', '[]', 1, 1);
+             INSERT INTO queue_messages (seq, id, queue, body, attributes, enqueued_at_ms, visible_at_ms)
+                 VALUES (9, 'gone-9', 'work', x'00', '[]', 1, 1);
+             DELETE FROM queue_messages WHERE seq = 9;",
+        )
+        .unwrap();
+    }
+    let clock = ManualClock::at(1_000_000);
+    let q = EmbeddedQueues::open(dir.path(), clock).unwrap();
+    q.send("work", msg("new")).await.unwrap();
+    let got = q.receive("work", 10, VIS).await.unwrap();
+    assert_eq!(bodies(&got), ["old", "new"], "kept, in order");
+    assert_eq!(got[0].message.id, "old-7");
+    assert!(
+        got[1].receipt.lease.starts_with("10."),
+        "numbering continues past the deleted row 9: {}",
+        got[1].receipt.lease
+    );
+    for d in got {
+        assert!(q.ack(d.receipt).await.unwrap());
+    }
+    drop(q);
+    let conn = Connection::open(dir.path().join("queues.db")).unwrap();
+    let indexes: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'queue_messages' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(indexes, ["queue_messages_group", "queue_messages_order"]);
+}
