@@ -10,6 +10,11 @@
 //!    pace, each with `reply_to`; the reply's enqueue time minus the send
 //!    time is enqueue → completion.
 //!
+//! `BENCH_N` (messages in the throughput run) and `BENCH_LATENCY_RATE`
+//! (sends/s in the latency run) override the defaults for experiments. The
+//! bench also reports CPU time per job by thread (queue writer, async
+//! workers), read from `/proc`: less noisy than jobs/s on a shared VM.
+//!
 //! Beside them, the bare invocation cost of the same guest, so the queue's
 //! own overhead is visible. Run with `scripts/bench` or
 //! `cargo bench -p fnhost --bench queue`.
@@ -25,7 +30,10 @@ use tokio_util::sync::CancellationToken;
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let n: usize = if quick { 10_000 } else { 50_000 };
+    let n: usize = std::env::var("BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 10_000 } else { 50_000 });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -88,6 +96,7 @@ async fn run(n: usize) {
         body: i.to_string().into_bytes(),
         ..Default::default()
     };
+    let cpu0 = thread_cpu();
     let t = Instant::now();
     for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
         backend
@@ -109,9 +118,13 @@ async fn run(n: usize) {
     }
     let total = t.elapsed();
     let rate = n as f64 / total.as_secs_f64();
+    let cpu = thread_cpu().since(&cpu0);
 
     // 2. Latency at about half that rate, one send per message.
-    let target = rate / 2.0;
+    let target = std::env::var("BENCH_LATENCY_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(rate / 2.0);
     let m = (target as usize * 4).clamp(1_000, 20_000);
     let gap = Duration::from_secs_f64(1.0 / target);
     let mut sent_at = std::collections::HashMap::with_capacity(m);
@@ -135,6 +148,12 @@ async fn run(n: usize) {
     while let Some(r) = senders.join_next().await {
         let (i, at) = r.unwrap();
         sent_at.insert(i.to_string(), at);
+    }
+    // Wait with the cheap capped count on the work queue; the full count of
+    // the replies (a scan of every one) only once the work is done, so it
+    // cannot hold up the messages still being processed.
+    while backend.backlog("bench", 1).await.unwrap() > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let replies = loop {
         let s = backend.stats("bench-done").await.unwrap();
@@ -180,6 +199,12 @@ async fn run(n: usize) {
         "| end-to-end time per job ÷ bare invocation (same run, so CPU noise cancels) | {:.2}× |",
         (1.0 / rate) / bare.as_secs_f64()
     );
+    println!(
+        "| CPU per job: all threads / queue writer / async workers | {:.1} / {:.1} / {:.1} µs |",
+        cpu.total() / n as f64 * 1e6,
+        cpu.writer / n as f64 * 1e6,
+        cpu.workers / n as f64 * 1e6
+    );
     println!("| latency run: {m} single sends at {target:.0}/s (achieved {achieved:.0}/s) | |");
     println!(
         "| enqueue → completion p50 / p99 / max | {} / {} / {} ms |",
@@ -187,4 +212,56 @@ async fn run(n: usize) {
         pct(0.99),
         lat[lat.len() - 1]
     );
+}
+
+/// CPU seconds used by the process's threads, by kind (from `/proc`, Linux).
+#[derive(Default)]
+struct Cpu {
+    writer: f64,
+    workers: f64,
+    other: f64,
+}
+
+impl Cpu {
+    fn total(&self) -> f64 {
+        self.writer + self.workers + self.other
+    }
+
+    fn since(&self, before: &Cpu) -> Cpu {
+        Cpu {
+            writer: self.writer - before.writer,
+            workers: self.workers - before.workers,
+            other: self.other - before.other,
+        }
+    }
+}
+
+fn thread_cpu() -> Cpu {
+    let mut cpu = Cpu::default();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return cpu;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ..." — comm may hold spaces; fields follow the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 after comm and state.
+        let ticks: f64 =
+            fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0);
+        let secs = ticks / 100.0; // USER_HZ
+        if comm.starts_with("fnhost-queue") {
+            cpu.writer += secs;
+        } else if comm.starts_with("tokio-rt-worker") {
+            cpu.workers += secs;
+        } else {
+            cpu.other += secs;
+        }
+    }
+    cpu
 }
