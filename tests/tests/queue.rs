@@ -58,10 +58,11 @@ fn messages_are_processed_retried_dead_lettered_and_redriven() {
             msg("fail", "c"),
             msg("retry", "d"),
             msg("panic", "e"),
+            msg("big-1100", "f"),
         ],
     );
 
-    // Every message ends: two succeed, three are dead-lettered.
+    // Every message ends: three succeed, three are dead-lettered.
     let dead = host.wait_for(60, "three dead letters", |h| {
         let v = h.admin("GET", "/v1/queues/work/dead-letters", "").json();
         let dead = v["dead_letters"].as_array().unwrap().clone();
@@ -98,7 +99,7 @@ fn messages_are_processed_retried_dead_lettered_and_redriven() {
 
     // Replies carry the correlation id and the outcome.
     let replies = peek(&host, "done");
-    assert_eq!(replies.len(), 5);
+    assert_eq!(replies.len(), 6);
     let reply = |cid: &str| {
         replies
             .iter()
@@ -114,6 +115,14 @@ fn messages_are_processed_retried_dead_lettered_and_redriven() {
         (Some("ok"), "succeeded")
     );
     assert_eq!(attr(&reply("c"), "fnhost-status"), "failed");
+    // An output too big for a message still settles, with a reply saying so.
+    let big = reply("f");
+    assert_eq!(attr(&big, "fnhost-status"), "succeeded");
+    assert_eq!(big["body"], "");
+    assert!(
+        attr(&big, "fnhost-body-dropped").contains("1126400 bytes, over the message limit"),
+        "{big}"
+    );
 
     // The guest saw each attempt's dequeue count in the invocation (attempt=N in the log).
     assert!(
@@ -130,7 +139,7 @@ fn messages_are_processed_retried_dead_lettered_and_redriven() {
     });
     assert_eq!(
         peek(&host, "done").len(),
-        8,
+        9,
         "three more replies after the redrive"
     );
     let out = host.cli_ok(&["queue", "purge", "work", "--dead-letters"]);

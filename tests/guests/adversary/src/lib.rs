@@ -5,7 +5,8 @@
 //! `config`, `storage`, `queue`, `checkpoint`, `progress`, `resume` (checkpoint,
 //! then panic; the next attempt answers with the checkpoint), `resume-slow`
 //! (checkpoint, then spin for ten minutes), `busy-<ms>` (then answers with
-//! the `secret-word` config value), `grow-<mb>`.
+//! the `secret-word` config value), `grow-<mb>`, `big-<kib>` (answers with
+//! that many KiB).
 //!
 //! Blob and timer events are recorded instead, as JSON objects in bucket
 //! `events` (keys `timer/<due>-<attempt>` and `blob/<key>/<invocation>`)
@@ -169,6 +170,10 @@ fn adversary(inv: Invocation, event: Event) -> Result<Output> {
             busy(ms);
             let word = fnhost_sdk::config("secret-word").unwrap_or_default();
             Ok(Output::text(format!("busy for {ms} ms ({word})")))
+        }
+        m if m.starts_with("big-") => {
+            let kib: usize = m[4..].parse().map_err(|_| Error::fail("big-<kib>"))?;
+            Ok(Output::text("x".repeat(kib << 10)))
         }
         m if m.starts_with("grow-") => {
             let mb: usize = m[5..].parse().map_err(|_| Error::fail("grow-<mb>"))?;
