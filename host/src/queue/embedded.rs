@@ -1,11 +1,15 @@
 //! The embedded queue store: SQLite (`<data-dir>/queues.db`, WAL,
 //! `synchronous=FULL`) behind one writer thread that commits in groups.
 //!
-//! Every operation is sent to the writer thread, which takes everything that
+//! Every change is sent to the writer thread, which takes everything that
 //! is waiting (up to [`MAX_BATCH`]), applies it in one transaction and
 //! commits once: one fsync covers many enqueues, leases and acks, and no
-//! caller hears `Ok` before its change is on disk. Knows nothing of wasm,
-//! functions or HTTP.
+//! caller hears `Ok` before its change is on disk. Reads that may visit a
+//! whole queue (stats, peek, dead letters, the queue list, a job record) go
+//! to a reader thread with its own connection instead, which sees every
+//! committed change (WAL readers do not block the writer): a dashboard
+//! counting a million messages must not hold up every enqueue and ack.
+//! Knows nothing of wasm, functions or HTTP.
 
 use super::{
     BoxFuture, Clock, DEDUP_WINDOW, DeadLetter, Delivery, Message, NewMessage, QueueBackend,
@@ -117,10 +121,23 @@ enum Op {
     Purge(String, Reply<u64>),
 }
 
+impl Op {
+    /// Reads that are answered by the reader thread: they change nothing and
+    /// may visit a whole queue. (`Backlog` stays with the writer: it is
+    /// capped, and the scaler wants it in step with the leases.)
+    fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Op::Stats(..) | Op::Peek(..) | Op::DeadLetters(..) | Op::Queues(..) | Op::JobGet(..)
+        )
+    }
+}
+
 /// The embedded queue store's handle (cheap to clone).
 #[derive(Clone)]
 pub struct EmbeddedQueues {
     tx: mpsc::SyncSender<Op>,
+    reads: mpsc::SyncSender<Op>,
     notify: Arc<Notify>,
 }
 
@@ -154,6 +171,16 @@ impl EmbeddedQueues {
             }
         }
         drop_message_id_index(&mut conn).map_err(db)?;
+        let reader = Connection::open(data_dir.join("queues.db")).map_err(db)?;
+        reader.pragma_update(None, "query_only", true).map_err(db)?;
+        reader.busy_timeout(Duration::from_secs(5)).map_err(db)?;
+        reader.set_prepared_statement_cache_capacity(32);
+        let (reads, read_rx) = mpsc::sync_channel::<Op>(QUEUE_DEPTH);
+        let read_clock = clock.clone();
+        std::thread::Builder::new()
+            .name("fnhost-queue-reader".into())
+            .spawn(move || read_loop(reader, read_clock, read_rx))
+            .map_err(|e| QueueError::Backend(format!("cannot start the queue reader: {e}")))?;
         let (tx, rx) = mpsc::sync_channel(QUEUE_DEPTH);
         let notify = Arc::new(Notify::new());
         let writer = Writer {
@@ -166,7 +193,7 @@ impl EmbeddedQueues {
             .name("fnhost-queue-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| QueueError::Backend(format!("cannot start the queue writer: {e}")))?;
-        Ok(EmbeddedQueues { tx, notify })
+        Ok(EmbeddedQueues { tx, reads, notify })
     }
 
     fn call<T: Send + 'static>(
@@ -174,8 +201,12 @@ impl EmbeddedQueues {
         op: impl FnOnce(Reply<T>) -> Op,
     ) -> BoxFuture<'_, Result<T, QueueError>> {
         let (reply, rx) = oneshot::channel();
-        let tx = self.tx.clone();
         let op = op(reply);
+        let tx = if op.is_read() {
+            self.reads.clone()
+        } else {
+            self.tx.clone()
+        };
         Box::pin(async move {
             // The channel is bounded: when the writer falls behind, wait off the
             // async threads rather than grow without limit.
@@ -233,6 +264,21 @@ fn drop_message_id_index(conn: &mut Connection) -> rusqlite::Result<()> {
         [high],
     )?;
     tx.commit()
+}
+
+/// The reader thread: one read at a time, each in its own read transaction
+/// (so a stats call's two counts agree), answered at once.
+fn read_loop(mut conn: Connection, clock: Arc<dyn Clock>, rx: mpsc::Receiver<Op>) {
+    while let Ok(op) = rx.recv() {
+        match conn.transaction() {
+            Ok(tx) => {
+                let answer = apply_one(&tx, clock.now_ms(), op);
+                drop(tx);
+                (answer.0)(None);
+            }
+            Err(e) => fail(op, &db(e)),
+        }
+    }
 }
 
 fn stopped() -> QueueError {
