@@ -61,6 +61,48 @@ pub use bindings::fnhost::job::types::{
 /// Host storage: buckets of objects, limited to the manifest's grants.
 pub mod storage {
     pub use crate::bindings::fnhost::job::storage::*;
+
+    /// Every object whose key starts with `prefix`, in key order, fetched a
+    /// page (up to 1,000) at a time as the iterator is consumed, so a bucket
+    /// of any size can be walked. Deleting the objects already seen while
+    /// walking is safe: the next page starts after the last key seen.
+    pub fn objects(bucket: &str, prefix: &str) -> Objects {
+        Objects {
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+            page: Vec::new().into_iter(),
+            next: Some(None),
+        }
+    }
+
+    /// The iterator of [`objects`].
+    pub struct Objects {
+        bucket: String,
+        prefix: String,
+        page: std::vec::IntoIter<ObjectMeta>,
+        /// `Some(start_after)` while more pages may follow.
+        next: Option<Option<String>>,
+    }
+
+    impl Iterator for Objects {
+        type Item = Result<ObjectMeta, StorageError>;
+
+        fn next(&mut self) -> Option<Self::Item> {
+            loop {
+                if let Some(object) = self.page.next() {
+                    return Some(Ok(object));
+                }
+                let start_after = self.next.take()?;
+                match list_page(&self.bucket, &self.prefix, start_after.as_deref(), 1_000) {
+                    Ok(page) => {
+                        self.next = page.next_start_after.map(Some);
+                        self.page = page.objects.into_iter();
+                    }
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+        }
+    }
 }
 
 /// Host queues: send messages to queues the manifest grants.

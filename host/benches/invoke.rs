@@ -76,6 +76,18 @@ mod raw {
         ) -> Result<Vec<storage::ObjectMeta>, storage::StorageError> {
             Ok(Vec::new())
         }
+        async fn list_page(
+            &mut self,
+            _: String,
+            _: String,
+            _: Option<String>,
+            _: u32,
+        ) -> Result<storage::ObjectPage, storage::StorageError> {
+            Ok(storage::ObjectPage {
+                objects: Vec::new(),
+                next_start_after: None,
+            })
+        }
     }
     impl queue::Host for State {
         async fn send(

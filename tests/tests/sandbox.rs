@@ -193,6 +193,21 @@ fn capabilities_are_denied_unless_granted_and_config_is_delivered() {
         host.get("/writer/put").text(),
         "stored 5 bytes, read back \"value\", 1 listed"
     );
+    // A guest walks a listing of any size in pages, in key order.
+    for i in 0..24 {
+        let r = host.admin(
+            "PUT",
+            &format!("/v1/buckets/secrets/objects/notes/k{i:02}"),
+            "x",
+        );
+        assert!(r.status < 300, "{}", r.text());
+    }
+    let mut keys: Vec<String> = (0..24).map(|i| format!("notes/k{i:02}")).collect();
+    keys.push("notes/key".into());
+    assert_eq!(
+        host.get("/writer/pages-10").text(),
+        format!("3 pages: {}", keys.join(","))
+    );
     let r = host.get("/granted/queue");
     assert!(r.text().starts_with("sent "), "{}", r.text());
     let queued = host

@@ -36,21 +36,25 @@ fn handle(event: Event) -> Result<Output> {
         println!("running late (past due): the host was down at the scheduled time");
     }
 
-    let objects = storage::list_objects(&bucket, &prefix).or_retry("cannot list the bucket")?;
-    let old: Vec<_> = objects.iter().filter(|o| o.modified_ms < cutoff).collect();
+    // Walk the bucket a page at a time (any size), keeping only the keys to delete.
+    let mut seen = 0usize;
+    let mut old = Vec::new();
+    for object in storage::objects(&bucket, &prefix) {
+        let object = object.or_retry("cannot list the bucket")?;
+        seen += 1;
+        if object.modified_ms < cutoff {
+            old.push(object.key);
+        }
+    }
     let mut deleted = 0usize;
-    for (i, object) in old.iter().enumerate() {
-        if storage::delete(&bucket, &object.key).or_retry("cannot delete an object")? {
+    for (i, key) in old.iter().enumerate() {
+        if storage::delete(&bucket, key).or_retry("cannot delete an object")? {
             deleted += 1;
         }
-        fnhost_sdk::progress(
-            ((i + 1) * 100 / old.len()) as u8,
-            &format!("deleted {}", object.key),
-        )?;
+        fnhost_sdk::progress(((i + 1) * 100 / old.len()) as u8, &format!("deleted {key}"))?;
     }
     Ok(Output::text(format!(
-        "deleted {deleted} of {} objects in {bucket:?} older than {retention_text}; kept {}",
-        objects.len(),
-        objects.len() - old.len()
+        "deleted {deleted} of {seen} objects in {bucket:?} older than {retention_text}; kept {}",
+        seen - old.len()
     )))
 }

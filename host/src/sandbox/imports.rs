@@ -17,6 +17,9 @@ const NO_QUEUES: &str = "this host has no queue backend configured";
 /// The most objects one guest `list-objects` call returns.
 const MAX_LISTED: usize = 10_000;
 
+/// The most objects one guest `list-page` call returns.
+const MAX_PAGE: u32 = 1_000;
+
 /// Largest checkpoint, in bytes.
 const MAX_CHECKPOINT: usize = 256 << 10;
 
@@ -121,10 +124,40 @@ impl storage::Host for HostState {
     ) -> Result<Vec<storage::ObjectMeta>, storage::StorageError> {
         let blobs = self.storage(&bucket, &prefix, Access::Read)?;
         let objects = blobs
-            .list(&bucket, &prefix, None, MAX_LISTED)
+            .list(&bucket, &prefix, None, MAX_LISTED + 1)
             .await
             .map_err(blob_error)?;
+        if objects.len() > MAX_LISTED {
+            // A silently shortened list would look complete to the guest.
+            return Err(storage::StorageError::TooLarge(format!(
+                "more than {MAX_LISTED} objects in {bucket:?} start with {prefix:?}; list them in pages with list-page"
+            )));
+        }
         Ok(objects.into_iter().map(wit_meta).collect())
+    }
+
+    async fn list_page(
+        &mut self,
+        bucket: String,
+        prefix: String,
+        start_after: Option<String>,
+        limit: u32,
+    ) -> Result<storage::ObjectPage, storage::StorageError> {
+        let blobs = self.storage(&bucket, &prefix, Access::Read)?;
+        let limit = limit.clamp(1, MAX_PAGE) as usize;
+        let mut objects = blobs
+            .list(&bucket, &prefix, start_after, limit + 1)
+            .await
+            .map_err(blob_error)?;
+        let more = objects.len() > limit;
+        objects.truncate(limit);
+        let next_start_after = more
+            .then(|| objects.last().map(|o| o.key.clone()))
+            .flatten();
+        Ok(storage::ObjectPage {
+            objects: objects.into_iter().map(wit_meta).collect(),
+            next_start_after,
+        })
     }
 }
 

@@ -6,7 +6,7 @@
 //! then panic; the next attempt answers with the checkpoint), `resume-slow`
 //! (checkpoint, then spin for ten minutes), `busy-<ms>` (then answers with
 //! the `secret-word` config value), `grow-<mb>`, `big-<kib>` (answers with
-//! that many KiB).
+//! that many KiB), `pages-<limit>` (lists `secrets/notes/` in pages).
 //!
 //! Blob and timer events are recorded instead, as JSON objects in bucket
 //! `events` (keys `timer/<due>-<attempt>` and `blob/<key>/<invocation>`)
@@ -170,6 +170,29 @@ fn adversary(inv: Invocation, event: Event) -> Result<Output> {
             busy(ms);
             let word = fnhost_sdk::config("secret-word").unwrap_or_default();
             Ok(Output::text(format!("busy for {ms} ms ({word})")))
+        }
+        m if m.starts_with("pages-") => {
+            // Walk `secrets` under `notes/` in pages of the given size; answer
+            // with the keys seen, in order, and the number of pages.
+            let limit: u32 = m[6..].parse().map_err(|_| Error::fail("pages-<limit>"))?;
+            let (mut keys, mut pages, mut after) = (Vec::new(), 0, None::<String>);
+            loop {
+                let page =
+                    fnhost_sdk::storage::list_page("secrets", "notes/", after.as_deref(), limit)?;
+                pages += 1;
+                keys.extend(page.objects.into_iter().map(|o| o.key));
+                match page.next_start_after {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            let all: Vec<String> = fnhost_sdk::storage::objects("secrets", "notes/")
+                .map(|o| o.map(|o| o.key))
+                .collect::<std::result::Result<_, _>>()?;
+            if all != keys {
+                return Err(Error::fail("objects() and list-page disagree"));
+            }
+            Ok(Output::text(format!("{pages} pages: {}", keys.join(","))))
         }
         m if m.starts_with("big-") => {
             let kib: usize = m[4..].parse().map_err(|_| Error::fail("big-<kib>"))?;
