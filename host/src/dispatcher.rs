@@ -213,6 +213,7 @@ impl Dispatcher {
             loaded,
         });
         self.swap(&name, Some(deployed.clone()), Some(probe));
+        self.forget_timer_unless_scheduled(&deployed).await?;
         Ok(deployed)
     }
 
@@ -263,7 +264,19 @@ impl Dispatcher {
         let n = name.to_string();
         blocking(move || registry.activate(&n, target)).await?;
         self.swap(name, Some(deployed.clone()), Some(routes));
+        self.forget_timer_unless_scheduled(&deployed).await?;
         Ok(deployed)
+    }
+
+    /// A version without a timer drops the function's timer state.
+    async fn forget_timer_unless_scheduled(&self, deployed: &Deployed) -> Result<(), DeployError> {
+        if deployed.manifest.triggers.timer.is_some() {
+            return Ok(());
+        }
+        let registry = self.registry.clone();
+        let name = deployed.record.name.clone();
+        blocking(move || registry.forget_timer(&name)).await?;
+        Ok(())
     }
 
     /// Remove a function and all its versions.

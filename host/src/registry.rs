@@ -272,8 +272,31 @@ impl Registry {
             .optional()?)
     }
 
-    /// Save a function's timer state.
-    pub fn save_timer(&self, function: &str, state: &TimerState) -> Result<(), RegistryError> {
+    /// Save a function's timer state: `create` it when a scheduler starts,
+    /// otherwise only update a state that still exists, so a scheduler that
+    /// is being replaced cannot bring back a state [`Registry::forget_timer`]
+    /// has just deleted.
+    pub fn save_timer(
+        &self,
+        function: &str,
+        state: &TimerState,
+        create: bool,
+    ) -> Result<(), RegistryError> {
+        if !create {
+            self.db().execute(
+                "UPDATE timers SET spec = ?2, last_run_ms = ?3, next_run_ms = ?4, skipped = ?5, last_skipped_ms = ?6
+                 WHERE function = ?1",
+                params![
+                    function,
+                    state.spec,
+                    state.last_run_ms,
+                    state.next_run_ms,
+                    state.skipped,
+                    state.last_skipped_ms
+                ],
+            )?;
+            return Ok(());
+        }
         self.db().execute(
             "INSERT INTO timers (function, spec, last_run_ms, next_run_ms, skipped, last_skipped_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -288,6 +311,15 @@ impl Registry {
                 state.last_skipped_ms
             ],
         )?;
+        Ok(())
+    }
+
+    /// Forget a function's timer state (its active version has no timer), so
+    /// a timer added again later starts afresh instead of running once
+    /// "past due" for the time it was gone.
+    pub fn forget_timer(&self, function: &str) -> Result<(), RegistryError> {
+        self.db()
+            .execute("DELETE FROM timers WHERE function = ?1", [function])?;
         Ok(())
     }
 

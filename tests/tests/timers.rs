@@ -77,6 +77,15 @@ fn ticks_come_on_schedule_and_a_slow_run_is_never_overlapped() {
         "ticks due during a run are skipped and counted: {timer}"
     );
     assert!(timer["next_run_ms"].as_u64().is_some(), "{timer}");
+
+    // A version without the timer forgets its state, so adding the timer
+    // back later starts afresh rather than running once "past due".
+    let plain =
+        ticker("* * * * * *", 0).replace("[triggers.timer]\nschedule = \"* * * * * *\"\n", "");
+    assert!(!plain.contains("triggers"), "{plain}");
+    host.deploy_ok(&plain, &guests().adversary);
+    let f = host.admin("GET", "/v1/functions/ticker", "").json();
+    assert!(f.get("timer").is_none_or(|t| t.is_null()), "{f}");
 }
 
 #[test]

@@ -138,7 +138,10 @@ impl Scheduler {
             }
             self.fire(&mut state, tick).await;
         }
-        self.save(&state).await;
+        if !self.current() {
+            return; // replaced while starting: the state is the new version's to keep or forget
+        }
+        self.save(&state, true).await;
         tracing::info!(function = %self.function, schedule = %self.trigger.schedule, next_run_ms = ?state.next_run_ms, "timer started");
         loop {
             if !self.current() {
@@ -165,7 +168,7 @@ impl Scheduler {
             };
             self.fire(&mut state, tick).await;
             state.next_run_ms = next_after(&schedule, tz, now.max(due));
-            self.save(&state).await;
+            self.save(&state, false).await;
         }
     }
 
@@ -219,13 +222,14 @@ impl Scheduler {
             .map_err(|e| e.to_string())
     }
 
-    async fn save(&self, state: &TimerState) {
+    async fn save(&self, state: &TimerState, create: bool) {
         let registry = self.dispatcher.registry().clone();
         let (function, state) = (self.function.clone(), state.clone());
-        let saved = tokio::task::spawn_blocking(move || registry.save_timer(&function, &state))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        let saved =
+            tokio::task::spawn_blocking(move || registry.save_timer(&function, &state, create))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
         if let Err(e) = saved {
             tracing::error!(function = %self.function, error = %e, "cannot save the timer's state");
         }
