@@ -247,6 +247,10 @@ pub trait BlobBackend: Send + Sync {
     /// so a consumer that comes back is not handed old versions again), and
     /// changes older than [`CHANGE_RETENTION`] that every cursor has passed.
     fn prune(&self, keep: Vec<String>) -> BoxFuture<'_, Result<(), BlobError>>;
+    /// Forget the cursors and receipts of every consumer of `function` (ids
+    /// `<function>/<bucket>`): it was removed, and a function deployed later
+    /// under the same name is a new consumer, handed the objects already there.
+    fn forget_function(&self, function: &str) -> BoxFuture<'_, Result<(), BlobError>>;
     /// Woken after every change, for backends that can tell; others are polled.
     fn notifier(&self) -> Option<Arc<tokio::sync::Notify>> {
         None

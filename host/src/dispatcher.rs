@@ -290,6 +290,11 @@ impl Dispatcher {
             )));
         }
         self.swap(name, None, None);
+        // Its blob triggers' progress goes with it (the function is gone;
+        // one deployed later under this name starts from the objects there).
+        if let Err(e) = self.blobs.forget_function(name).await {
+            tracing::warn!(function = %name, error = %e, "removed, but cannot forget its blob trigger receipts");
+        }
         Ok(())
     }
 

@@ -130,17 +130,15 @@ on_event = "retry"
 fn a_re_upload_after_an_unwatched_delete_is_a_new_change() {
     let host = Host::start();
     // Default events: created and updated, not deleted.
-    host.deploy_ok(
-        r#"
+    let manifest = r#"
 name = "inbox"
 [[triggers.blob]]
 bucket = "inbox"
 [[grants.storage]]
 bucket = "events"
 access = "read-write"
-"#,
-        &guests().adversary,
-    );
+"#;
+    host.deploy_ok(manifest, &guests().adversary);
     let runs = |h: &Host| {
         h.admin("GET", "/v1/buckets/events/objects?prefix=blob/a.txt/", "")
             .json()["objects"]
@@ -163,6 +161,16 @@ access = "read-write"
     host.wait_for(30, "a run for the re-upload of the same bytes", |h| {
         (runs(h) == 2).then_some(())
     });
+
+    // A function removed and deployed again under the same name is a new
+    // consumer: it is handed the object already there.
+    assert_eq!(host.admin("DELETE", "/v1/functions/inbox", "").status, 204);
+    host.deploy_ok(manifest, &guests().adversary);
+    host.wait_for(
+        30,
+        "a run for the existing object after remove + deploy",
+        |h| (runs(h) == 3).then_some(()),
+    );
 }
 
 #[test]

@@ -514,6 +514,22 @@ impl BlobBackend for EmbeddedBlobs {
         })
     }
 
+    fn forget_function(&self, function: &str) -> BoxFuture<'_, Result<(), BlobError>> {
+        let owner = format!("{function}/");
+        self.blocking(move |inner| {
+            let mut conn = inner.db();
+            let tx = conn.transaction().map_err(db)?;
+            for table in ["blob_cursors", "blob_receipts"] {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE substr(consumer, 1, length(?1)) = ?1"),
+                    params![owner],
+                )
+                .map_err(db)?;
+            }
+            tx.commit().map_err(db)
+        })
+    }
+
     fn notifier(&self) -> Option<Arc<Notify>> {
         Some(self.inner.notify.clone())
     }
