@@ -17,12 +17,25 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// Write a file so that readers see the old content or the new, never half:
 /// a temp file beside it, fsync, rename, fsync of the folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    put_in_place(write_beside(path, bytes)?, path)
+}
+
+/// The slow half of [`write_atomic`]: the bytes in a temp file beside
+/// `path`, on disk. Nothing is visible at `path` yet.
+pub fn write_beside(path: &Path, bytes: &[u8]) -> std::io::Result<tempfile::NamedTempFile> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
+    Ok(tmp)
+}
+
+/// The quick half of [`write_atomic`]: rename the temp file onto `path`
+/// and make the rename durable.
+pub fn put_in_place(tmp: tempfile::NamedTempFile, path: &Path) -> std::io::Result<()> {
     tmp.persist(path).map_err(|e| e.error)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }

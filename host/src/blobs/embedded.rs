@@ -211,7 +211,12 @@ impl BlobBackend for EmbeddedBlobs {
                 let path = inner.path(&bucket, &key);
                 let dir = path.parent().expect("an object path has a bucket folder");
                 std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
-                crate::files::write_atomic(&path, &body).map_err(|e| io("write", &path, e))?;
+                // The bytes reach the disk outside the lock; the rename into
+                // place happens under it, with the index update, so the file
+                // and the index (and the feed's etag) always name the same
+                // put when two race on one key.
+                let tmp = crate::files::write_beside(&path, &body)
+                    .map_err(|e| io("write", &path, e))?;
                 let meta = ObjectMeta {
                     key,
                     size: body.len() as u64,
@@ -223,6 +228,7 @@ impl BlobBackend for EmbeddedBlobs {
                 // concurrent puts agree on which of them created the object
                 // and no write is left out of the feed.
                 let mut conn = inner.db();
+                crate::files::put_in_place(tmp, &path).map_err(|e| io("write", &path, e))?;
                 let tx = conn.transaction().map_err(db)?;
                 let replaced: bool = tx
                     .query_row(
@@ -310,16 +316,19 @@ impl BlobBackend for EmbeddedBlobs {
                     record(&tx, &bucket, &change).map_err(db)?;
                 }
                 tx.commit().map_err(db)?;
+                // Under the lock too: a put racing this delete must not have
+                // its new file removed after it was indexed.
+                let path = inner.path(&bucket, &key);
+                let removed = match std::fs::remove_file(&path) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(io("remove", &path, e)),
+                };
                 drop(conn);
                 if n == 1 {
                     inner.notify.notify_one();
                 }
-                let path = inner.path(&bucket, &key);
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(io("remove", &path, e)),
-                }
+                removed?;
                 Ok(n == 1)
             })
         })
@@ -538,6 +547,53 @@ impl BlobBackend for EmbeddedBlobs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn racing_puts_and_deletes_leave_the_file_the_index_and_the_feed_agreeing() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Arc::new(EmbeddedBlobs::open(dir.path()).unwrap());
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let blobs = blobs.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..25 {
+                    if t == 0 && i % 5 == 4 {
+                        blobs.delete("race", "k").await.unwrap();
+                    } else {
+                        let body = format!("writer {t}, put {i}").into_bytes();
+                        blobs.put("race", "k", body, None).await.unwrap();
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // A last round of racing puts, so the object exists at the end.
+        let finals: Vec<_> = (0..8)
+            .map(|t| {
+                let body = format!("writer {t}, final").into_bytes();
+                let blobs = blobs.clone();
+                tokio::spawn(async move { blobs.put("race", "k", body, None).await.unwrap() })
+            })
+            .collect();
+        for f in finals {
+            f.await.unwrap();
+        }
+        let (meta, body) = blobs.get("race", "k").await.unwrap().unwrap();
+        assert_eq!(meta.etag, crate::files::sha256_hex(&body), "index vs file");
+        let last = blobs
+            .changes(Some("race".into()), 0, 10_000)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert_eq!(
+            last.etag.as_deref(),
+            Some(meta.etag.as_str()),
+            "feed vs index"
+        );
+    }
 
     #[tokio::test]
     async fn objects_are_written_read_listed_replaced_and_deleted() {
