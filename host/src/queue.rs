@@ -297,6 +297,8 @@ pub trait QueueBackend: Send + Sync {
     /// `then` (its reply, say) in the same durable step: the sends happen
     /// exactly when the settlement does. False, with nothing sent, when the
     /// receipt is stale (the lease was lost and the message will come again).
+    /// `QueueError::Invalid` means nothing was applied (a `then` message
+    /// was refused), so settling again without it is safe.
     fn settle(
         &self,
         receipt: Receipt,

@@ -202,23 +202,25 @@ impl EmbeddedQueues {
     ) -> BoxFuture<'_, Result<T, QueueError>> {
         let (reply, rx) = oneshot::channel();
         let op = op(reply);
-        let tx = if op.is_read() {
-            self.reads.clone()
-        } else {
-            self.tx.clone()
+        let tx = if op.is_read() { &self.reads } else { &self.tx };
+        // Handed over now, not when the future is first polled, so a
+        // caller's operations reach the store in the order it made them (a
+        // settlement made before a receive is applied before it).
+        let waiting = match tx.try_send(op) {
+            Ok(()) => None,
+            Err(mpsc::TrySendError::Full(op)) => Some((tx.clone(), op)),
+            Err(mpsc::TrySendError::Disconnected(_)) => {
+                return Box::pin(async { Err(stopped()) });
+            }
         };
         Box::pin(async move {
             // The channel is bounded: when the writer falls behind, wait off the
             // async threads rather than grow without limit.
-            match tx.try_send(op) {
-                Ok(()) => {}
-                Err(mpsc::TrySendError::Full(op)) => {
-                    tokio::task::spawn_blocking(move || tx.send(op).map_err(|_| ()))
-                        .await
-                        .map_err(|_| stopped())?
-                        .map_err(|_| stopped())?;
-                }
-                Err(mpsc::TrySendError::Disconnected(_)) => return Err(stopped()),
+            if let Some((tx, op)) = waiting {
+                tokio::task::spawn_blocking(move || tx.send(op).map_err(|_| ()))
+                    .await
+                    .map_err(|_| stopped())?
+                    .map_err(|_| stopped())?;
             }
             rx.await.map_err(|_| stopped())?
         })
@@ -425,8 +427,10 @@ struct Writer {
 /// Sends a reply, given the commit's error if it failed.
 type AfterCommit = Box<dyn FnOnce(Option<&QueueError>) + Send>;
 
-/// A reply to send once the batch's commit has succeeded or failed.
-struct Pending(AfterCommit);
+/// A reply to send once the batch's commit has succeeded or failed, and
+/// whether the operation itself failed in the store (which rolls back the
+/// whole batch: a half-applied operation must not be committed).
+struct Pending(AfterCommit, bool);
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Op>) {
@@ -474,7 +478,18 @@ impl Writer {
             );
             let _ = exec(&tx, "DELETE FROM jobs WHERE expires_at_ms <= ?1", [now]);
         }
-        let committed = tx.commit().map_err(db);
+        // An operation the store failed part-way through (or one after
+        // which SQLite rolled the transaction back itself) fails the whole
+        // batch: every caller hears the error and may try again, and nothing
+        // half-done is committed.
+        let committed = if pending.iter().any(|p| p.1) || tx.is_autocommit() {
+            drop(tx);
+            Err(QueueError::Backend(
+                "a queue operation failed; its batch was rolled back, retry it".into(),
+            ))
+        } else {
+            tx.commit().map_err(db)
+        };
         for p in pending {
             (p.0)(committed.as_ref().err());
         }
@@ -510,12 +525,16 @@ fn fail(op: Op, err: &QueueError) {
 /// Apply one op inside the batch's transaction; its reply is sent after the commit.
 fn apply_one(tx: &Transaction<'_>, now: u64, op: Op) -> Pending {
     fn later<T: Send + 'static>(reply: Reply<T>, result: Result<T, QueueError>) -> Pending {
-        Pending(Box::new(move |commit_err| {
-            let _ = reply.send(match commit_err {
-                Some(e) => Err(e.clone()),
-                None => result,
-            });
-        }))
+        let failed = matches!(result, Err(QueueError::Backend(_)));
+        Pending(
+            Box::new(move |commit_err| {
+                let _ = reply.send(match commit_err {
+                    Some(e) => Err(e.clone()),
+                    None => result,
+                });
+            }),
+            failed,
+        )
     }
     match op {
         Op::Send(queue, msgs, r) => later(r, msgs.into_iter().map(|m| send(tx, now, &queue, m)).collect()),
@@ -752,9 +771,9 @@ fn receive(
 
 /// Ack or dead-letter a leased message and, only if that happened, send
 /// `then`, in the batch's transaction. The sends were validated before they
-/// reached the writer, so what can still fail here is the storage itself,
-/// which fails the batch's commit as well; no savepoint is needed (one would
-/// cost a statement journal on every settlement).
+/// reached the writer, so what can still fail here is the storage itself;
+/// such a failure rolls back the whole batch (see `Writer::apply`), so no
+/// savepoint is needed (one would cost a statement journal per settlement).
 fn settle(
     tx: &Transaction<'_>,
     now: u64,

@@ -16,13 +16,15 @@
 //!
 //! How many invocations run at once follows the backlog ([`Scaler`]), and a
 //! worker never leases more messages than it has free instances, so other
-//! hosts sharing the queue can take the rest.
+//! hosts sharing the queue can take the rest. (An instance is free again
+//! when its guest returns; the message's settlement, already handed to the
+//! store, may still be committing.)
 
 use crate::dispatcher::{Attempt, Deployed, Dispatcher};
 use crate::jobs::{JobOutput, JobState, JobStore, JobUpdate};
 use crate::manifest::{QueuePolicy, Source};
 use crate::queue::BoxFuture;
-use crate::queue::{Delivery, NewMessage, QueueBackend, Settlement};
+use crate::queue::{Delivery, NewMessage, QueueBackend, QueueError, Receipt, Settlement};
 use crate::sandbox::Reporter;
 use crate::sandbox::{BlobChange, ChangeKind, Event, QueueMessage, TimerTick};
 use std::sync::Arc;
@@ -293,6 +295,14 @@ fn event(source: &Source, m: &crate::queue::Message) -> Result<Event, String> {
     })
 }
 
+/// A settlement handed to the store (its result to come), what to settle
+/// with if its reply is refused, and the job record's end.
+type Settling<'a> = (
+    BoxFuture<'a, Result<bool, QueueError>>,
+    Option<(Receipt, Settlement)>,
+    Option<JobUpdate>,
+);
+
 /// One of a binding's instances, taken while an invocation runs. It is
 /// given back (dropped) as soon as the guest returns, before the message is
 /// settled: waiting for the settlement's commit is the store's work, and an
@@ -415,14 +425,16 @@ impl Settle {
                 }
             }
         };
-        drop(slot);
         let who = format!(
             "{}@v{}",
             self.deployed.record.name, self.deployed.record.version
         );
         let receipt = d.receipt.clone();
         let retention_ms = self.dispatcher.job_retention().as_millis() as u64;
-        let (settled, finished) = match outcome.result {
+        // The settlement is handed to the store before the instance is given
+        // back, so the binding's next receive is applied after it (the next
+        // message of a group is receivable only once this one is settled).
+        let (pending, fallback, finished): Settling<'_> = match outcome.result {
             Ok(output) => {
                 let done = JobUpdate::Finished {
                     state: JobState::Succeeded,
@@ -435,8 +447,10 @@ impl Settle {
                     retention_ms,
                 };
                 let reply = self.reply(m, "succeeded", output.body);
+                let fallback = (!reply.is_empty()).then(|| (receipt.clone(), Settlement::Ack));
                 (
-                    self.settle(receipt, Settlement::Ack, reply).await,
+                    self.backend.settle(receipt, Settlement::Ack, reply),
+                    fallback,
                     Some(done),
                 )
             }
@@ -468,27 +482,43 @@ impl Settle {
                         error,
                         function: Some(who),
                     };
-                    (self.settle(receipt, how, reply).await, Some(done))
+                    let fallback = (!reply.is_empty()).then(|| (receipt.clone(), how.clone()));
+                    (
+                        self.backend.settle(receipt, how, reply),
+                        fallback,
+                        Some(done),
+                    )
                 } else {
                     let delay = backoff(&self.policy, m.dequeue_count, random_unit());
-                    if let Some((jobs, id)) = &job {
-                        let _ = jobs
-                            .update(
-                                id.clone(),
-                                JobUpdate::Retrying {
-                                    error: failure.to_string(),
-                                },
-                            )
-                            .await;
-                    }
-                    (
-                        self.backend
-                            .retry(receipt, delay, failure.to_string())
-                            .await,
-                        None,
-                    )
+                    let retrying = job.as_ref().map(|(jobs, id)| {
+                        jobs.update(
+                            id.clone(),
+                            JobUpdate::Retrying {
+                                error: failure.to_string(),
+                            },
+                        )
+                    });
+                    let retry = self.backend.retry(receipt, delay, failure.to_string());
+                    let pending: BoxFuture<'_, _> = Box::pin(async move {
+                        if let Some(update) = retrying {
+                            let _ = update.await;
+                        }
+                        retry.await
+                    });
+                    (pending, None, None)
                 }
             }
+        };
+        drop(slot);
+        let settled = match (pending.await, fallback) {
+            // A reply the store refuses (a message stored by an older
+            // version, say) must not keep the message forever: settle
+            // without it (nothing was applied, see `QueueBackend::settle`).
+            (Err(QueueError::Invalid(e)), Some((receipt, how))) => {
+                tracing::error!(message = %m.id, error = %e, "cannot send the reply; settling without it");
+                self.backend.settle(receipt, how, Vec::new()).await
+            }
+            (settled, _) => settled,
         };
         match &settled {
             Ok(true) => {}
@@ -504,31 +534,6 @@ impl Settle {
                 Ok(_) => self.callback(jobs.as_ref(), id).await,
                 Err(e) => tracing::error!(job = %id, error = %e, "cannot record the job's end"),
             }
-        }
-    }
-
-    /// Settle with the reply; a reply the store refuses (a message stored
-    /// by an older version, say) is dropped with an error in the log rather
-    /// than keeping the message forever.
-    async fn settle(
-        &self,
-        receipt: crate::queue::Receipt,
-        how: Settlement,
-        reply: Vec<(String, NewMessage)>,
-    ) -> Result<bool, crate::queue::QueueError> {
-        if reply.is_empty() {
-            return self.backend.settle(receipt, how, reply).await;
-        }
-        let first = self
-            .backend
-            .settle(receipt.clone(), how.clone(), reply)
-            .await;
-        match first {
-            Err(crate::queue::QueueError::Invalid(e)) => {
-                tracing::error!(message = %receipt.id, error = %e, "cannot send the reply; settling without it");
-                self.backend.settle(receipt, how, Vec::new()).await
-            }
-            other => other,
         }
     }
 
@@ -582,10 +587,13 @@ impl Settle {
             return;
         };
         let body = record.to_json();
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build();
-        let Ok(client) = client else { return };
+        // The binding's instance is free again by now, so bound the
+        // callbacks in flight host-wide: a dead callback URL must not pile up
+        // a task and a connection per finished job.
+        let Ok(_permit) = CALLBACK_SLOTS.acquire().await else {
+            return;
+        };
+        let client = &*CALLBACK_CLIENT;
         let mut delay = Duration::from_millis(500);
         for attempt in 1..=CALLBACK_ATTEMPTS {
             match client.post(&url).json(&body).send().await {
@@ -608,6 +616,17 @@ impl Settle {
 
 /// Tries of a completion callback.
 const CALLBACK_ATTEMPTS: u32 = 4;
+
+/// Completion callbacks in flight at once, host-wide; more wait their turn.
+static CALLBACK_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(64);
+
+/// One HTTP client (and connection pool) for every completion callback.
+static CALLBACK_CLIENT: std::sync::LazyLock<reqwest::Client> = std::sync::LazyLock::new(|| {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap_or_default()
+});
 
 #[cfg(test)]
 mod tests {

@@ -393,3 +393,23 @@ async fn a_store_from_before_row_receipts_keeps_its_messages_and_numbering() {
         .unwrap();
     assert_eq!(indexes, ["queue_messages_group", "queue_messages_order"]);
 }
+
+#[tokio::test]
+async fn operations_reach_the_store_in_the_order_they_are_made_not_awaited() {
+    // A worker hands over a grouped message's ack, frees its instance, and
+    // its next receive must see the group's head gone.
+    let (_d, q, _clock) = open();
+    for body in ["first", "second"] {
+        let m = NewMessage {
+            group: Some("g".into()),
+            ..msg(body)
+        };
+        q.send("work", m).await.unwrap();
+    }
+    let head = q.receive("work", 10, VIS).await.unwrap();
+    assert_eq!(bodies(&head), ["first"]);
+    let ack = q.ack(head[0].receipt.clone()); // made, not yet awaited
+    let next = q.receive("work", 10, VIS).await.unwrap();
+    assert_eq!(bodies(&next), ["second"]);
+    assert!(ack.await.unwrap());
+}
