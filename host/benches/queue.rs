@@ -179,6 +179,7 @@ async fn run(n: usize) {
     lat.sort_unstable();
     let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
     shutdown.cancel();
+    let peer = durable_peer(dir.path(), target, m);
 
     println!(
         "## (d) queue-triggered jobs end to end (trivial guest, every enqueue fsync'd before it is acknowledged)\n"
@@ -213,11 +214,85 @@ async fn run(n: usize) {
     );
     println!("| latency run: {m} single sends at {target:.0}/s (achieved {achieved:.0}/s) | |");
     println!(
+        "| peer, same pace right after: bare SQLite, three group commits per message, p50 / p99 / max | {} / {} / {} ms |",
+        peer[peer.len() / 2],
+        peer[(peer.len() - 1) * 99 / 100],
+        peer[peer.len() - 1]
+    );
+    println!(
         "| enqueue → completion p50 / p99 / max | {} / {} / {} ms |",
         pct(0.5),
         pct(0.99),
         lat[lat.len() - 1]
     );
+}
+
+/// The peer for the latency run: the same pace of single messages through
+/// the same three durable steps per message as a queue-triggered job
+/// (enqueue; lease; delete plus a reply row), each step a group commit on
+/// SQLite with the store's settings (WAL, `synchronous=FULL`), on one
+/// thread, with no wasm, async runtime or queue logic. Its p99 is what the
+/// machine's CPU and disk allow a durable pipeline at this pace; returns
+/// the sorted latencies (send → the commit of the third step), in ms.
+fn durable_peer(dir: &std::path::Path, rate: f64, m: usize) -> Vec<u64> {
+    let conn = rusqlite::Connection::open(dir.join("peer.db")).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    conn.execute_batch(
+        "CREATE TABLE m (seq INTEGER PRIMARY KEY, body BLOB NOT NULL, leased INTEGER NOT NULL DEFAULT 0);
+         CREATE TABLE replies (seq INTEGER PRIMARY KEY, body BLOB NOT NULL);",
+    )
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<(i64, Instant)>();
+    let writer = std::thread::spawn(move || {
+        let mut conn = conn;
+        let mut latencies = Vec::with_capacity(m);
+        let (mut fresh, mut leased): (Vec<(i64, Instant)>, Vec<(i64, Instant)>) =
+            (Vec::new(), Vec::new());
+        while latencies.len() < m {
+            let mut incoming = Vec::new();
+            if fresh.is_empty() && leased.is_empty() {
+                match rx.recv() {
+                    Ok(x) => incoming.push(x),
+                    Err(_) => break,
+                }
+            }
+            incoming.extend(rx.try_iter().take(2048));
+            let t = conn.transaction().unwrap();
+            for (seq, _) in &incoming {
+                t.execute("INSERT INTO m (seq, body) VALUES (?1, x'00')", [seq])
+                    .unwrap();
+            }
+            for (seq, _) in &fresh {
+                t.execute("UPDATE m SET leased = 1 WHERE seq = ?1", [seq])
+                    .unwrap();
+            }
+            for (seq, _) in &leased {
+                t.execute("DELETE FROM m WHERE seq = ?1", [seq]).unwrap();
+                t.execute("INSERT INTO replies (seq, body) VALUES (?1, x'00')", [seq])
+                    .unwrap();
+            }
+            t.commit().unwrap();
+            for (_, sent) in leased.drain(..) {
+                latencies.push(sent.elapsed().as_millis() as u64);
+            }
+            leased = std::mem::replace(&mut fresh, incoming);
+        }
+        latencies
+    });
+    let gap = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now();
+    for i in 0..m {
+        let due = start + gap.mul_f64(i as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        tx.send((i as i64, Instant::now())).unwrap();
+    }
+    drop(tx);
+    let mut latencies = writer.join().unwrap();
+    latencies.sort_unstable();
+    latencies
 }
 
 /// CPU seconds used by the process's threads, by kind (from `/proc`, Linux).
