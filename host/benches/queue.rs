@@ -247,8 +247,9 @@ fn durable_peer(dir: &std::path::Path, rate: f64, m: usize) -> Vec<u64> {
     let writer = std::thread::spawn(move || {
         let mut conn = conn;
         let mut latencies = Vec::with_capacity(m);
-        let (mut fresh, mut leased): (Vec<(i64, Instant)>, Vec<(i64, Instant)>) =
-            (Vec::new(), Vec::new());
+        // Messages at their first and second step.
+        let mut fresh: Vec<(i64, Instant)> = Vec::new();
+        let mut leased: Vec<(i64, Instant)> = Vec::new();
         while latencies.len() < m {
             let mut incoming = Vec::new();
             if fresh.is_empty() && leased.is_empty() {
