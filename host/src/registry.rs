@@ -282,26 +282,17 @@ impl Registry {
         state: &TimerState,
         create: bool,
     ) -> Result<(), RegistryError> {
-        if !create {
-            self.db().execute(
-                "UPDATE timers SET spec = ?2, last_run_ms = ?3, next_run_ms = ?4, skipped = ?5, last_skipped_ms = ?6
-                 WHERE function = ?1",
-                params![
-                    function,
-                    state.spec,
-                    state.last_run_ms,
-                    state.next_run_ms,
-                    state.skipped,
-                    state.last_skipped_ms
-                ],
-            )?;
-            return Ok(());
-        }
-        self.db().execute(
+        let sql = if create {
             "INSERT INTO timers (function, spec, last_run_ms, next_run_ms, skipped, last_skipped_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT(function) DO UPDATE SET spec = excluded.spec, last_run_ms = excluded.last_run_ms,
-                 next_run_ms = excluded.next_run_ms, skipped = excluded.skipped, last_skipped_ms = excluded.last_skipped_ms",
+                 next_run_ms = excluded.next_run_ms, skipped = excluded.skipped, last_skipped_ms = excluded.last_skipped_ms"
+        } else {
+            "UPDATE timers SET spec = ?2, last_run_ms = ?3, next_run_ms = ?4, skipped = ?5, last_skipped_ms = ?6
+             WHERE function = ?1"
+        };
+        self.db().execute(
+            sql,
             params![
                 function,
                 state.spec,
