@@ -427,10 +427,10 @@ struct Writer {
 /// Sends a reply, given the commit's error if it failed.
 type AfterCommit = Box<dyn FnOnce(Option<&QueueError>) + Send>;
 
-/// A reply to send once the batch's commit has succeeded or failed, and
-/// whether the operation itself failed in the store (which rolls back the
+/// A reply to send once the batch's commit has succeeded or failed, and the
+/// store's error if the operation itself failed there (which rolls back the
 /// whole batch: a half-applied operation must not be committed).
-struct Pending(AfterCommit, bool);
+struct Pending(AfterCommit, Option<QueueError>);
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Op>) {
@@ -482,11 +482,16 @@ impl Writer {
         // which SQLite rolled the transaction back itself) fails the whole
         // batch: every caller hears the error and may try again, and nothing
         // half-done is committed.
-        let committed = if pending.iter().any(|p| p.1) || tx.is_autocommit() {
+        let failure = pending.iter().find_map(|p| p.1.clone());
+        let committed = if failure.is_some() || tx.is_autocommit() {
             drop(tx);
-            Err(QueueError::Backend(
-                "a queue operation failed; its batch was rolled back, retry it".into(),
-            ))
+            let cause = failure.map_or_else(
+                || "the store rolled the transaction back".to_string(),
+                |e| e.to_string(),
+            );
+            Err(QueueError::Backend(format!(
+                "a queue operation failed ({cause}); its whole batch was rolled back, retry it"
+            )))
         } else {
             tx.commit().map_err(db)
         };
@@ -525,7 +530,10 @@ fn fail(op: Op, err: &QueueError) {
 /// Apply one op inside the batch's transaction; its reply is sent after the commit.
 fn apply_one(tx: &Transaction<'_>, now: u64, op: Op) -> Pending {
     fn later<T: Send + 'static>(reply: Reply<T>, result: Result<T, QueueError>) -> Pending {
-        let failed = matches!(result, Err(QueueError::Backend(_)));
+        let failed = match &result {
+            Err(e @ QueueError::Backend(_)) => Some(e.clone()),
+            _ => None,
+        };
         Pending(
             Box::new(move |commit_err| {
                 let _ = reply.send(match commit_err {
