@@ -134,6 +134,7 @@ async fn run(n: usize) {
     let m = (target as usize * 4).clamp(1_000, 20_000);
     let gap = Duration::from_secs_f64(1.0 / target);
     let mut sent_at = std::collections::HashMap::with_capacity(m);
+    let lcpu0 = thread_cpu();
     let start = Instant::now();
     let mut senders = tokio::task::JoinSet::new();
     for i in 0..m {
@@ -161,6 +162,7 @@ async fn run(n: usize) {
     while backend.backlog("bench", 1).await.unwrap() > 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let lcpu = thread_cpu().since(&lcpu0);
     let replies = loop {
         let s = backend.stats("bench-done").await.unwrap();
         if s.ready as usize >= m {
@@ -213,6 +215,12 @@ async fn run(n: usize) {
         cpu.workers / n as f64 * 1e6
     );
     println!("| latency run: {m} single sends at {target:.0}/s (achieved {achieved:.0}/s) | |");
+    println!(
+        "| CPU per job in the latency run: all threads / queue writer / async workers | {:.1} / {:.1} / {:.1} µs |",
+        lcpu.total() / m as f64 * 1e6,
+        lcpu.writer / m as f64 * 1e6,
+        lcpu.workers / m as f64 * 1e6
+    );
     println!(
         "| peer, same pace right after: bare SQLite, three group commits per message, p50 / p99 / max | {} / {} / {} ms |",
         peer[peer.len() / 2],

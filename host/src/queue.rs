@@ -285,12 +285,26 @@ pub trait QueueBackend: Send + Sync {
         queue: &str,
         msgs: Vec<NewMessage>,
     ) -> BoxFuture<'_, Result<Vec<Sent>, QueueError>>;
-    /// Lease up to `max` receivable messages for `visibility`.
+    /// Lease up to `max` receivable messages for `visibility`, at once
+    /// (none if none is receivable).
     fn receive(
         &self,
         queue: &str,
         max: usize,
         visibility: Duration,
+    ) -> BoxFuture<'_, Result<Vec<Delivery>, QueueError>> {
+        self.receive_waiting(queue, max, visibility, Duration::ZERO)
+    }
+    /// Lease up to `max` receivable messages for `visibility`; when none is
+    /// receivable, wait up to `wait` for some to arrive (SQS's long
+    /// polling) and answer with what arrived, or with none once `wait` is
+    /// over. Dropping the future gives up the wait.
+    fn receive_waiting(
+        &self,
+        queue: &str,
+        max: usize,
+        visibility: Duration,
+        wait: Duration,
     ) -> BoxFuture<'_, Result<Vec<Delivery>, QueueError>>;
     /// End a delivery ([`Settlement::Ack`] deletes the message,
     /// [`Settlement::DeadLetter`] moves it to the dead letters) and send
@@ -377,11 +391,6 @@ pub trait QueueBackend: Send + Sync {
     ) -> BoxFuture<'_, Result<u64, QueueError>>;
     /// Delete every message of a queue (not its dead letters).
     fn purge(&self, queue: &str) -> BoxFuture<'_, Result<u64, QueueError>>;
-    /// Woken when messages may have become receivable, for backends that can
-    /// tell (the embedded one); others are polled.
-    fn notifier(&self) -> Option<Arc<tokio::sync::Notify>> {
-        None
-    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,13 @@
 //! to a reader thread with its own connection instead, which sees every
 //! committed change (WAL readers do not block the writer): a dashboard
 //! counting a million messages must not hold up every enqueue and ack.
+//!
+//! A receive that finds nothing may wait (long polling, as in SQS): the
+//! writer parks it, and the batch that next makes messages of its queue
+//! receivable (sends, a job, a redrive, the settlement of a grouped message)
+//! leases them to it in the same transaction. A message then reaches a
+//! waiting worker with the commit that stores it, not one commit later, and
+//! an idle worker costs no polling.
 //! Knows nothing of wasm, functions or HTTP.
 
 use super::{
@@ -20,8 +27,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::Duration;
-use tokio::sync::{Notify, oneshot};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
 /// The most operations applied in one transaction.
 pub const MAX_BATCH: usize = 2048;
@@ -103,7 +110,8 @@ type Reply<T> = oneshot::Sender<Result<T, QueueError>>;
 
 enum Op {
     Send(String, Vec<NewMessage>, Reply<Vec<Sent>>),
-    Receive(String, usize, Duration, Reply<Vec<Delivery>>),
+    /// Queue, most messages, visibility, how long to wait for one.
+    Receive(String, usize, Duration, Duration, Reply<Vec<Delivery>>),
     Settle(Receipt, Settlement, Vec<(String, NewMessage)>, Reply<bool>),
     Retry(Receipt, Duration, String, Reply<bool>),
     Renew(Receipt, Duration, Reply<bool>),
@@ -138,7 +146,6 @@ impl Op {
 pub struct EmbeddedQueues {
     tx: mpsc::SyncSender<Op>,
     reads: mpsc::SyncSender<Op>,
-    notify: Arc<Notify>,
 }
 
 impl EmbeddedQueues {
@@ -182,18 +189,17 @@ impl EmbeddedQueues {
             .spawn(move || read_loop(reader, read_clock, read_rx))
             .map_err(|e| QueueError::Backend(format!("cannot start the queue reader: {e}")))?;
         let (tx, rx) = mpsc::sync_channel(QUEUE_DEPTH);
-        let notify = Arc::new(Notify::new());
         let writer = Writer {
             conn,
             clock,
-            notify: notify.clone(),
+            parked: Vec::new(),
             batches: 0,
         };
         std::thread::Builder::new()
             .name("fnhost-queue-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| QueueError::Backend(format!("cannot start the queue writer: {e}")))?;
-        Ok(EmbeddedQueues { tx, reads, notify })
+        Ok(EmbeddedQueues { tx, reads })
     }
 
     fn call<T: Send + 'static>(
@@ -274,7 +280,7 @@ fn read_loop(mut conn: Connection, clock: Arc<dyn Clock>, rx: mpsc::Receiver<Op>
     while let Ok(op) = rx.recv() {
         match conn.transaction() {
             Ok(tx) => {
-                let answer = apply_one(&tx, clock.now_ms(), op);
+                let answer = apply_one(&tx, clock.now_ms(), op, &mut Woken::default());
                 drop(tx);
                 (answer.0)(None);
             }
@@ -308,13 +314,14 @@ impl QueueBackend for EmbeddedQueues {
         self.call(|r| Op::Send(queue.to_string(), msgs, r))
     }
 
-    fn receive(
+    fn receive_waiting(
         &self,
         queue: &str,
         max: usize,
         visibility: Duration,
+        wait: Duration,
     ) -> BoxFuture<'_, Result<Vec<Delivery>, QueueError>> {
-        self.call(|r| Op::Receive(queue.to_string(), max, visibility, r))
+        self.call(|r| Op::Receive(queue.to_string(), max, visibility, wait, r))
     }
 
     fn settle(
@@ -394,10 +401,6 @@ impl QueueBackend for EmbeddedQueues {
         self.call(|r| Op::PurgeDead(queue.to_string(), ids, r))
     }
 
-    fn notifier(&self) -> Option<Arc<Notify>> {
-        Some(self.notify.clone())
-    }
-
     fn purge(&self, queue: &str) -> BoxFuture<'_, Result<u64, QueueError>> {
         self.call(|r| Op::Purge(queue.to_string(), r))
     }
@@ -420,8 +423,35 @@ impl JobStore for EmbeddedQueues {
 struct Writer {
     conn: Connection,
     clock: Arc<dyn Clock>,
-    notify: Arc<Notify>,
+    /// Receives waiting for messages, in the order they arrived.
+    parked: Vec<Parked>,
     batches: u64,
+}
+
+/// A receive that found nothing and waits, until `until`, for messages.
+struct Parked {
+    queue: String,
+    max: usize,
+    visibility: Duration,
+    until: Instant,
+    reply: Reply<Vec<Delivery>>,
+}
+
+/// Queues in which a batch may have made messages receivable: the parked
+/// receives of these (and only these) look again before the commit.
+#[derive(Default)]
+struct Woken(Vec<String>);
+
+impl Woken {
+    fn add(&mut self, queue: &str) {
+        if !self.0.iter().any(|q| q == queue) {
+            self.0.push(queue.to_string());
+        }
+    }
+
+    fn has(&self, queue: &str) -> bool {
+        self.0.iter().any(|q| q == queue)
+    }
 }
 
 /// Sends a reply, given the commit's error if it failed.
@@ -434,16 +464,50 @@ struct Pending(AfterCommit, Option<QueueError>);
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Op>) {
-        while let Ok(first) = rx.recv() {
-            let mut ops = vec![first];
+        loop {
+            // Wait for an operation, or until the first parked receive is due.
+            let first = match self.parked.iter().map(|p| p.until).min() {
+                None => match rx.recv() {
+                    Ok(op) => Some(op),
+                    Err(_) => break,
+                },
+                Some(due) => match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                    Ok(op) => Some(op),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                },
+            };
+            let mut ops: Vec<Op> = first.into_iter().collect();
             while ops.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(op) => ops.push(op),
                     Err(_) => break,
                 }
             }
-            self.apply(ops);
+            self.expire();
+            if !ops.is_empty() {
+                self.apply(ops);
+            }
         }
+    }
+
+    /// Answer the parked receives whose wait is over with nothing (their
+    /// callers look again, and see delayed messages that have come due),
+    /// and forget those whose callers have gone.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let mut kept = Vec::with_capacity(self.parked.len());
+        for p in self.parked.drain(..) {
+            if p.reply.is_closed() {
+                continue;
+            }
+            if p.until <= now {
+                let _ = p.reply.send(Ok(Vec::new()));
+            } else {
+                kept.push(p);
+            }
+        }
+        self.parked = kept;
     }
 
     fn apply(&mut self, ops: Vec<Op>) {
@@ -461,14 +525,42 @@ impl Writer {
             }
         };
         let mut pending = Vec::with_capacity(ops.len());
-        let mut wake = false;
+        let mut woken = Woken::default();
         for op in ops {
-            wake |= match &op {
-                Op::Send(..) | Op::Retry(..) | Op::Redrive(..) | Op::Submit(..) => true,
-                Op::Settle(_, _, then, _) => !then.is_empty(),
-                _ => false,
-            };
-            pending.push(apply_one(&tx, now, op));
+            match op {
+                Op::Receive(queue, max, visibility, wait, reply) if !wait.is_zero() => {
+                    match receive(&tx, now, &queue, max, visibility) {
+                        Ok(found) if found.is_empty() => self.parked.push(Parked {
+                            queue,
+                            max,
+                            visibility,
+                            until: Instant::now() + wait,
+                            reply,
+                        }),
+                        found => pending.push(later(reply, found)),
+                    }
+                }
+                op => pending.push(apply_one(&tx, now, op, &mut woken)),
+            }
+        }
+        // Lease what this batch made receivable to the receives waiting for
+        // it, oldest first, in this same transaction.
+        if !woken.0.is_empty() {
+            let mut waiting = Vec::with_capacity(self.parked.len());
+            for p in std::mem::take(&mut self.parked) {
+                if p.reply.is_closed() {
+                    continue;
+                }
+                if !woken.has(&p.queue) {
+                    waiting.push(p);
+                    continue;
+                }
+                match receive(&tx, now, &p.queue, p.max, p.visibility) {
+                    Ok(found) if found.is_empty() => waiting.push(p),
+                    found => pending.push(later(p.reply, found)),
+                }
+            }
+            self.parked = waiting;
         }
         if tidy {
             let _ = exec(
@@ -498,9 +590,6 @@ impl Writer {
         for p in pending {
             (p.0)(committed.as_ref().err());
         }
-        if wake && committed.is_ok() {
-            self.notify.notify_waiters();
-        }
     }
 }
 
@@ -508,7 +597,7 @@ impl Writer {
 fn fail(op: Op, err: &QueueError) {
     match op {
         Op::Send(_, _, r) => drop(r.send(Err(err.clone()))),
-        Op::Receive(_, _, _, r) => drop(r.send(Err(err.clone()))),
+        Op::Receive(_, _, _, _, r) => drop(r.send(Err(err.clone()))),
         Op::Settle(_, _, _, r)
         | Op::Retry(_, _, _, r)
         | Op::Renew(_, _, r)
@@ -527,27 +616,35 @@ fn fail(op: Op, err: &QueueError) {
     }
 }
 
-/// Apply one op inside the batch's transaction; its reply is sent after the commit.
-fn apply_one(tx: &Transaction<'_>, now: u64, op: Op) -> Pending {
-    fn later<T: Send + 'static>(reply: Reply<T>, result: Result<T, QueueError>) -> Pending {
-        let failed = match &result {
-            Err(e @ QueueError::Backend(_)) => Some(e.clone()),
-            _ => None,
-        };
-        Pending(
-            Box::new(move |commit_err| {
-                let _ = reply.send(match commit_err {
-                    Some(e) => Err(e.clone()),
-                    None => result,
-                });
-            }),
-            failed,
-        )
-    }
+/// The reply to an op applied in a batch, sent once the batch's commit has
+/// succeeded (with `result`) or failed (with the commit's error).
+fn later<T: Send + 'static>(reply: Reply<T>, result: Result<T, QueueError>) -> Pending {
+    let failed = match &result {
+        Err(e @ QueueError::Backend(_)) => Some(e.clone()),
+        _ => None,
+    };
+    Pending(
+        Box::new(move |commit_err| {
+            let _ = reply.send(match commit_err {
+                Some(e) => Err(e.clone()),
+                None => result,
+            });
+        }),
+        failed,
+    )
+}
+
+/// Apply one op inside the batch's transaction; its reply is sent after the
+/// commit. Queues in which it may have made messages receivable are added
+/// to `woken`.
+fn apply_one(tx: &Transaction<'_>, now: u64, op: Op, woken: &mut Woken) -> Pending {
     match op {
-        Op::Send(queue, msgs, r) => later(r, msgs.into_iter().map(|m| send(tx, now, &queue, m)).collect()),
-        Op::Receive(queue, max, vis, r) => later(r, receive(tx, now, &queue, max, vis)),
-        Op::Settle(rc, how, then, r) => later(r, settle(tx, now, &rc, how, then)),
+        Op::Send(queue, msgs, r) => {
+            woken.add(&queue);
+            later(r, msgs.into_iter().map(|m| send(tx, now, &queue, m)).collect())
+        }
+        Op::Receive(queue, max, vis, _, r) => later(r, receive(tx, now, &queue, max, vis)),
+        Op::Settle(rc, how, then, r) => later(r, settle(tx, now, &rc, how, then, woken)),
         Op::Retry(rc, delay, error, r) => later(
             r,
             exec(tx,
@@ -575,7 +672,10 @@ fn apply_one(tx: &Transaction<'_>, now: u64, op: Op) -> Pending {
             .map(|n| n == 1)
             .map_err(db),
         ),
-        Op::Submit(job, r) => later(r, submit(tx, now, job)),
+        Op::Submit(job, r) => {
+            woken.add(&crate::jobs::job_queue(&job.function));
+            later(r, submit(tx, now, job))
+        }
         Op::JobUpdate(id, update, r) => later(r, job_update(tx, now, &id, update)),
         Op::JobGet(id, r) => later(r, job_get(tx, now, &id)),
         Op::Stats(queue, r) => later(r, stats(tx, now, &queue)),
@@ -592,7 +692,10 @@ fn apply_one(tx: &Transaction<'_>, now: u64, op: Op) -> Pending {
         Op::Queues(r) => later(r, queues(tx)),
         Op::Peek(queue, max, r) => later(r, peek(tx, &queue, max)),
         Op::DeadLetters(queue, max, r) => later(r, dead_letters(tx, &queue, max)),
-        Op::Redrive(queue, ids, r) => later(r, redrive(tx, now, &queue, ids.as_deref())),
+        Op::Redrive(queue, ids, r) => {
+            woken.add(&queue);
+            later(r, redrive(tx, now, &queue, ids.as_deref()))
+        }
         Op::PurgeDead(queue, ids, r) => later(r, purge_dead(tx, &queue, ids.as_deref())),
         Op::Purge(queue, r) => later(
             r,
@@ -782,59 +885,52 @@ fn receive(
 /// reached the writer, so what can still fail here is the storage itself;
 /// such a failure rolls back the whole batch (see `Writer::apply`), so no
 /// savepoint is needed (one would cost a statement journal per settlement).
+/// The queues of `then`, and the message's own queue when it was grouped (its
+/// group's next message is receivable now), are added to `woken`.
 fn settle(
     tx: &Transaction<'_>,
     now: u64,
     rc: &Receipt,
     how: Settlement,
     then: Vec<(String, NewMessage)>,
+    woken: &mut Woken,
 ) -> Result<bool, QueueError> {
-    let settled = match how {
-        Settlement::Ack => {
-            exec(
-                tx,
-                "DELETE FROM queue_messages WHERE seq = ?1 AND lease = ?2",
-                params![seq_of(rc), rc.lease],
-            )
-            .map_err(db)?
-                == 1
-        }
-        Settlement::DeadLetter { error, function } => {
-            dead_letter(tx, now, rc, &error, function.as_deref())?
-        }
-    };
-    if settled {
-        for (queue, m) in then {
-            send(tx, now, &queue, m)?;
-        }
-    }
-    Ok(settled)
-}
-
-fn dead_letter(
-    tx: &Transaction<'_>,
-    now: u64,
-    rc: &Receipt,
-    error: &str,
-    function: Option<&str>,
-) -> Result<bool, QueueError> {
-    let moved = tx
-        .execute(
+    if let Settlement::DeadLetter { error, function } = how {
+        let moved = exec(
+            tx,
             "INSERT INTO queue_dead_letters (id, queue, body, attributes, enqueued_at_ms, dequeue_count, dedup_id, group_key, priority, correlation_id, reply_to, error, function, dead_at_ms)
              SELECT id, queue, body, attributes, enqueued_at_ms, dequeue_count, dedup_id, group_key, priority, correlation_id, reply_to, ?3, ?4, ?5
              FROM queue_messages WHERE seq = ?1 AND lease = ?2",
             params![seq_of(rc), rc.lease, error, function, now],
         )
         .map_err(db)?;
-    if moved == 1 {
-        exec(
-            tx,
-            "DELETE FROM queue_messages WHERE seq = ?1",
-            [seq_of(rc)],
-        )
-        .map_err(db)?;
+        if moved == 0 {
+            return Ok(false);
+        }
     }
-    Ok(moved == 1)
+    let removed: Option<(String, bool)> = tx
+        .prepare_cached(
+            "DELETE FROM queue_messages WHERE seq = ?1 AND lease = ?2
+             RETURNING queue, group_key IS NOT NULL",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![seq_of(rc), rc.lease], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+        })
+        .map_err(db)?;
+    let Some((queue, grouped)) = removed else {
+        return Ok(false);
+    };
+    if grouped {
+        woken.add(&queue);
+    }
+    for (queue, m) in then {
+        woken.add(&queue);
+        send(tx, now, &queue, m)?;
+    }
+    Ok(true)
 }
 
 fn stats(tx: &Transaction<'_>, now: u64, queue: &str) -> Result<QueueStats, QueueError> {

@@ -34,7 +34,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How long an idle worker waits before looking again (sends wake it sooner).
+/// How long a receive waits for messages to arrive before the worker looks
+/// again (at its policy, its backlog, and delayed messages come due). A
+/// message that arrives meanwhile is handed over at once.
 const IDLE_POLL: Duration = Duration::from_millis(250);
 /// How long a partly free binding waits for more instances to free up
 /// before leasing for the ones that are.
@@ -140,9 +142,6 @@ impl Worker {
     /// Lease, invoke and settle until the binding goes away or the host stops.
     pub async fn run(self) {
         let backend = self.dispatcher.queues().clone();
-        let wake = backend
-            .notifier()
-            .unwrap_or_else(|| Arc::new(Notify::new()));
         let done = Arc::new(Notify::new());
         let stats = self.dispatcher.worker_stats(&self.function, &self.queue);
         let mut scaler: Option<Scaler> = None;
@@ -206,13 +205,13 @@ impl Worker {
                 }
             }
             refill_now = false;
-            let notified = wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let deliveries = match backend
-                .receive(&self.queue, want, policy.visibility_timeout)
-                .await
-            {
+            // Long polling: a message sent while this waits is leased to it
+            // in the durable step that stores it.
+            let received = tokio::select! {
+                r = backend.receive_waiting(&self.queue, want, policy.visibility_timeout, IDLE_POLL) => r,
+                () = self.shutdown.cancelled() => break,
+            };
+            let deliveries = match received {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!(queue = %self.queue, error = %e, "cannot receive from the queue; retrying in 1s");
@@ -224,11 +223,6 @@ impl Worker {
                 }
             };
             if deliveries.is_empty() {
-                tokio::select! {
-                    () = &mut notified => {}
-                    () = tokio::time::sleep(IDLE_POLL) => {}
-                    () = self.shutdown.cancelled() => break,
-                }
                 continue;
             }
             if deliveries.len() == want && measured.is_some_and(|t| t.elapsed() >= STATS_SOON) {

@@ -413,3 +413,74 @@ async fn operations_reach_the_store_in_the_order_they_are_made_not_awaited() {
     assert_eq!(bodies(&next), ["second"]);
     assert!(ack.await.unwrap());
 }
+
+/// Long enough that a waiting receive answered at all was answered by an
+/// arrival, not by its wait running out.
+const LONG: Duration = Duration::from_secs(3600);
+
+/// Await a waiting receive's answer; a minute without one is a failure
+/// (a hang), not a slow machine.
+async fn answered<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), f)
+        .await
+        .expect("the waiting receive was never answered")
+}
+
+#[tokio::test]
+async fn a_waiting_receive_is_leased_what_arrives_in_the_step_that_stores_it() {
+    let (_d, q, _clock) = open();
+    let other = q.receive_waiting("other", 10, VIS, LONG);
+    let waiting = q.receive_waiting("orders", 2, VIS, LONG);
+    q.send_batch("orders", vec![msg("a"), msg("b"), msg("c")])
+        .await
+        .unwrap();
+    // The send is acknowledged once its commit is on disk: the leases are in it.
+    let s = q.stats("orders").await.unwrap();
+    assert_eq!(
+        (s.ready, s.in_flight),
+        (1, 2),
+        "two leased, up to the wait's max"
+    );
+    let got = answered(waiting).await.unwrap();
+    assert_eq!(bodies(&got), ["a", "b"]);
+    assert_eq!(got[0].message.dequeue_count, 1);
+    assert!(q.ack(got[0].receipt.clone()).await.unwrap());
+    // A wait on another queue is not handed these; it gets its own.
+    q.send("other", msg("x")).await.unwrap();
+    assert_eq!(bodies(&answered(other).await.unwrap()), ["x"]);
+}
+
+#[tokio::test]
+async fn a_wait_ends_empty_and_a_given_up_wait_leases_nothing() {
+    let (_d, q, _clock) = open();
+    let short = q.receive_waiting("orders", 10, VIS, Duration::from_millis(20));
+    assert!(answered(short).await.unwrap().is_empty());
+    drop(q.receive_waiting("orders", 10, VIS, LONG));
+    q.send("orders", msg("a")).await.unwrap();
+    let s = q.stats("orders").await.unwrap();
+    assert_eq!((s.ready, s.in_flight), (1, 0), "nobody is waiting any more");
+    assert_eq!(bodies(&q.receive("orders", 10, VIS).await.unwrap()), ["a"]);
+}
+
+#[tokio::test]
+async fn a_wait_is_handed_a_groups_next_message_when_the_one_before_settles() {
+    let (_d, q, _clock) = open();
+    let grouped = |body: &str| NewMessage {
+        group: Some("g".into()),
+        ..msg(body)
+    };
+    q.send_batch("orders", vec![grouped("g-1"), grouped("g-2")])
+        .await
+        .unwrap();
+    let first = q.receive("orders", 10, VIS).await.unwrap();
+    assert_eq!(bodies(&first), ["g-1"]);
+    let waiting = q.receive_waiting("orders", 10, VIS, LONG);
+    // A message not yet due wakes the wait without being handed over.
+    let later = NewMessage {
+        delay_ms: Some(60_000),
+        ..msg("later")
+    };
+    q.send("orders", later).await.unwrap();
+    assert!(q.ack(first[0].receipt.clone()).await.unwrap());
+    assert_eq!(bodies(&answered(waiting).await.unwrap()), ["g-2"]);
+}
