@@ -367,6 +367,12 @@ pub trait QueueBackend: Send + Sync {
             Ok((s.ready + s.in_flight).min(cap))
         })
     }
+    /// Every message of the queue (receivable, delayed or leased), counted
+    /// up to `cap`, in step with the operations handed to the store before
+    /// this call: a settlement already handed over is counted as done, even
+    /// if its commit is still to come (`stats` may answer from a snapshot
+    /// taken before it).
+    fn pending(&self, queue: &str, cap: u64) -> BoxFuture<'_, Result<u64, QueueError>>;
     /// Names of queues that hold messages or dead letters.
     fn queues(&self) -> BoxFuture<'_, Result<Vec<String>, QueueError>>;
     /// Look at up to `max` messages without leasing them, in delivery order.

@@ -121,6 +121,7 @@ enum Op {
     JobGet(String, Reply<Option<JobRecord>>),
     Stats(String, Reply<QueueStats>),
     Backlog(String, u64, Reply<u64>),
+    Pending(String, u64, Reply<u64>),
     Queues(Reply<Vec<String>>),
     Peek(String, usize, Reply<Vec<Message>>),
     DeadLetters(String, usize, Reply<Vec<DeadLetter>>),
@@ -131,8 +132,9 @@ enum Op {
 
 impl Op {
     /// Reads that are answered by the reader thread: they change nothing and
-    /// may visit a whole queue. (`Backlog` stays with the writer: it is
-    /// capped, and the scaler wants it in step with the leases.)
+    /// may visit a whole queue. (`Backlog` and `Pending` stay with the
+    /// writer: they are capped, and their callers want them in step with the
+    /// leases and settlements.)
     fn is_read(&self) -> bool {
         matches!(
             self,
@@ -367,6 +369,10 @@ impl QueueBackend for EmbeddedQueues {
 
     fn backlog(&self, queue: &str, cap: u64) -> BoxFuture<'_, Result<u64, QueueError>> {
         self.call(|r| Op::Backlog(queue.to_string(), cap, r))
+    }
+
+    fn pending(&self, queue: &str, cap: u64) -> BoxFuture<'_, Result<u64, QueueError>> {
+        self.call(|r| Op::Pending(queue.to_string(), cap, r))
     }
 
     fn queues(&self) -> BoxFuture<'_, Result<Vec<String>, QueueError>> {
@@ -606,7 +612,7 @@ fn fail(op: Op, err: &QueueError) {
         Op::Submit(_, r) => drop(r.send(Err(err.clone()))),
         Op::JobGet(_, r) => drop(r.send(Err(err.clone()))),
         Op::Stats(_, r) => drop(r.send(Err(err.clone()))),
-        Op::Backlog(_, _, r) => drop(r.send(Err(err.clone()))),
+        Op::Backlog(_, _, r) | Op::Pending(_, _, r) => drop(r.send(Err(err.clone()))),
         Op::Queues(r) => drop(r.send(Err(err.clone()))),
         Op::Peek(_, _, r) => drop(r.send(Err(err.clone()))),
         Op::DeadLetters(_, _, r) => drop(r.send(Err(err.clone()))),
@@ -687,6 +693,14 @@ fn apply_one(tx: &Transaction<'_>, now: u64, op: Op, woken: &mut Woken) -> Pendi
                  WHERE queue = ?1 AND (visible_at_ms <= ?2 OR lease IS NOT NULL) LIMIT ?3 + 0)",
             )
             .and_then(|mut s| s.query_row(params![queue, now, cap], |r| r.get(0)))
+            .map_err(db),
+        ),
+        Op::Pending(queue, cap, r) => later(
+            r,
+            tx.prepare_cached(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM queue_messages WHERE queue = ?1 LIMIT ?2 + 0)",
+            )
+            .and_then(|mut s| s.query_row(params![queue, cap], |r| r.get(0)))
             .map_err(db),
         ),
         Op::Queues(r) => later(r, queues(tx)),

@@ -484,3 +484,32 @@ async fn a_wait_is_handed_a_groups_next_message_when_the_one_before_settles() {
     assert!(q.ack(first[0].receipt.clone()).await.unwrap());
     assert_eq!(bodies(&answered(waiting).await.unwrap()), ["g-2"]);
 }
+
+#[tokio::test]
+async fn pending_counts_every_message_in_step_with_settlements_handed_over() {
+    let (_d, q, _clock) = open();
+    let later = NewMessage {
+        delay_ms: Some(60_000),
+        ..msg("later")
+    };
+    q.send_batch("ticks", vec![msg("now"), later])
+        .await
+        .unwrap();
+    assert_eq!(
+        q.pending("ticks", 10).await.unwrap(),
+        2,
+        "delayed ones count"
+    );
+    assert_eq!(q.pending("ticks", 1).await.unwrap(), 1, "up to the cap");
+    let d = q.receive("ticks", 10, VIS).await.unwrap().remove(0);
+    assert_eq!(
+        q.pending("ticks", 10).await.unwrap(),
+        2,
+        "leased ones count"
+    );
+    // Handed over, not yet awaited: the count already leaves it out.
+    let ack = q.ack(d.receipt.clone());
+    assert_eq!(q.pending("ticks", 10).await.unwrap(), 1);
+    assert!(ack.await.unwrap());
+    assert_eq!(q.pending("other", 10).await.unwrap(), 0);
+}
