@@ -98,21 +98,37 @@ pub struct Change {
     pub content_type: Option<String>,
     /// When it happened, ms since the epoch.
     pub at_ms: u64,
+    /// For a change found by a scan: the feed position its listing
+    /// reflects (every change up to it had happened when the object was
+    /// listed), so an older change read from the feed afterwards is known
+    /// to be older. None for changes from the feed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<u64>,
 }
 
 impl Change {
-    /// An existing object as a `created` change, for a scan that
-    /// reconciles a consumer with what is already stored.
-    pub fn found(bucket: &str, meta: ObjectMeta) -> Change {
+    /// A write of `meta` as a change of `kind`, not yet numbered by the feed.
+    pub fn written(bucket: &str, meta: ObjectMeta, kind: ChangeKind) -> Change {
         Change {
             seq: 0,
             bucket: bucket.to_string(),
             key: meta.key,
-            kind: ChangeKind::Created,
+            kind,
             etag: Some(meta.etag),
             size: Some(meta.size),
             content_type: meta.content_type,
             at_ms: meta.modified_ms,
+            as_of: None,
+        }
+    }
+
+    /// An existing object as a `created` change, for a scan that
+    /// reconciles a consumer with what is already stored; `as_of` is the
+    /// feed position the listing reflects (see [`BlobBackend::list_at`]).
+    pub fn found(bucket: &str, meta: ObjectMeta, as_of: u64) -> Change {
+        Change {
+            as_of: Some(as_of),
+            ..Change::written(bucket, meta, ChangeKind::Created)
         }
     }
 }
@@ -215,6 +231,16 @@ pub trait BlobBackend: Send + Sync {
         start_after: Option<String>,
         max: usize,
     ) -> BoxFuture<'_, Result<Vec<ObjectMeta>, BlobError>>;
+    /// Like [`BlobBackend::list`], with the feed position the page reflects:
+    /// every change up to it had happened when the page was read, and none
+    /// after it had.
+    fn list_at(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<String>,
+        max: usize,
+    ) -> BoxFuture<'_, Result<(Vec<ObjectMeta>, u64), BlobError>>;
 
     /// Changes after `after`, oldest first, at most `max`; only `bucket`'s
     /// when given.
@@ -229,7 +255,9 @@ pub trait BlobBackend: Send + Sync {
     /// Where `consumer` is in the feed, if it has started.
     fn cursor(&self, consumer: &str) -> BoxFuture<'_, Result<Option<Cursor>, BlobError>>;
     /// Of `changes`, those not yet handed to `consumer`: a create or update
-    /// is dropped when its (bucket, key, etag) already has a receipt.
+    /// is dropped when its (bucket, key, etag) already has a receipt, and any
+    /// feed change is dropped when the key's receipt is for a version as new
+    /// or newer (a scan that listed the object after the change).
     fn undelivered(
         &self,
         consumer: &str,

@@ -845,18 +845,17 @@ mod tests {
             ("fnhost-blob-t.uploads", 2)
         );
         let t = &m.triggers.blob[0];
-        let change = |key: &str, kind| crate::blobs::Change {
-            kind,
-            key: key.into(),
-            ..crate::blobs::Change::found(
+        let change = |key: &str, kind| {
+            crate::blobs::Change::written(
                 "uploads",
                 crate::blobs::ObjectMeta {
-                    key: String::new(),
+                    key: key.into(),
                     size: 1,
                     etag: "e".into(),
                     content_type: None,
                     modified_ms: 0,
                 },
+                kind,
             )
         };
         use crate::blobs::ChangeKind::*;

@@ -91,6 +91,16 @@ impl EmbeddedBlobs {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        // Receipts made before they recorded the feed position of the
+        // version they are for have none (and are judged by etag alone).
+        let positioned: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('blob_receipts') WHERE name = 'seq'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(db)?;
+        if !positioned {
+            conn.execute_batch("ALTER TABLE blob_receipts ADD COLUMN seq INTEGER")
+                .map_err(db)?;
+        }
         Ok(EmbeddedBlobs {
             inner: Arc::new(Inner {
                 root,
@@ -148,6 +158,7 @@ fn row_to_change(r: &rusqlite::Row<'_>) -> rusqlite::Result<Change> {
         size: r.get(5)?,
         content_type: r.get(6)?,
         at_ms: r.get(7)?,
+        as_of: None,
     })
 }
 
@@ -244,10 +255,12 @@ impl BlobBackend for EmbeddedBlobs {
                         params![bucket, meta.key, meta.size, meta.etag, meta.content_type, meta.modified_ms],
                     )
                     .map_err(db)?;
-                let mut change = Change::found(&bucket, meta.clone());
-                if replaced {
-                    change.kind = ChangeKind::Updated;
-                }
+                let kind = if replaced {
+                    ChangeKind::Updated
+                } else {
+                    ChangeKind::Created
+                };
+                let change = Change::written(&bucket, meta.clone(), kind);
                 record(&tx, &bucket, &change).map_err(db)?;
                 tx.commit().map_err(db)?;
                 drop(conn);
@@ -312,6 +325,7 @@ impl BlobBackend for EmbeddedBlobs {
                         size: None,
                         content_type: None,
                         at_ms: crate::registry::now_ms(),
+                        as_of: None,
                     };
                     record(&tx, &bucket, &change).map_err(db)?;
                 }
@@ -358,6 +372,42 @@ impl BlobBackend for EmbeddedBlobs {
                 .query_map(params![bucket, prefix, start_after, max as i64], row_to_meta)
                 .map_err(db)?;
             rows.collect::<Result<_, _>>().map_err(db)
+        })
+    }
+
+    fn list_at(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<String>,
+        max: usize,
+    ) -> BoxFuture<'_, Result<(Vec<ObjectMeta>, u64), BlobError>> {
+        if let Err(e) = super::validate_bucket(bucket) {
+            return Box::pin(async move { Err(e) });
+        }
+        let (bucket, prefix) = (bucket.to_string(), prefix.to_string());
+        self.blocking(move |inner| {
+            // One read transaction: the page and the position agree (puts
+            // and deletes change the index and the feed in one transaction).
+            let mut conn = inner.db();
+            let tx = conn.transaction().map_err(db)?;
+            let at: u64 = tx
+                .query_row("SELECT COALESCE(MAX(seq), 0) FROM blob_changes", [], |r| {
+                    r.get(0)
+                })
+                .map_err(db)?;
+            let page = tx
+                .prepare_cached(
+                    "SELECT key, size, etag, content_type, modified_ms FROM blob_objects
+                     WHERE bucket = ?1 AND substr(key, 1, length(?2)) = ?2 AND (?3 IS NULL OR key > ?3)
+                     ORDER BY key LIMIT ?4 + 0",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_map(params![bucket, prefix, start_after, max as i64], row_to_meta)?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(db)?;
+            Ok((page, at))
         })
     }
 
@@ -423,33 +473,46 @@ impl BlobBackend for EmbeddedBlobs {
             let conn = inner.db();
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT etag FROM blob_receipts WHERE consumer = ?1 AND bucket = ?2 AND key = ?3",
+                    "SELECT etag, seq FROM blob_receipts WHERE consumer = ?1 AND bucket = ?2 AND key = ?3",
                 )
                 .map_err(db)?;
-            // The receipts as they will be once the earlier changes of this
-            // batch are delivered: a delete then a re-upload of the same
-            // content is two changes, the same version twice is one.
-            let mut pending: std::collections::HashMap<(String, String), Option<String>> =
+            // The receipts (etag, feed position) as they will be once the
+            // earlier changes of this batch are delivered: a delete then a
+            // re-upload of the same content is two changes, the same version
+            // twice is one.
+            type Seen = Option<(String, Option<u64>)>;
+            let mut pending: std::collections::HashMap<(String, String), Seen> =
                 std::collections::HashMap::new();
             let mut out = Vec::with_capacity(changes.len());
             for c in changes {
                 let at = (c.bucket.clone(), c.key.clone());
+                let seen: Seen = match pending.get(&at) {
+                    Some(s) => s.clone(),
+                    None => stmt
+                        .query_row(params![consumer, c.bucket, c.key], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })
+                        .optional()
+                        .map_err(db)?,
+                };
+                // A feed change no newer than the version delivered (a scan
+                // listed the object after it happened) is already reflected.
+                if let Some((_, Some(delivered_at))) = &seen
+                    && c.seq > 0
+                    && c.seq <= *delivered_at
+                {
+                    continue;
+                }
                 if c.kind == ChangeKind::Deleted {
                     pending.insert(at, None);
                     out.push(c);
                     continue;
                 }
-                let seen = match pending.get(&at) {
-                    Some(s) => s.clone(),
-                    None => stmt
-                        .query_row(params![consumer, c.bucket, c.key], |r| r.get(0))
-                        .optional()
-                        .map_err(db)?,
-                };
-                if seen.is_some() && seen == c.etag {
+                if seen.as_ref().map(|(etag, _)| Some(etag)) == Some(c.etag.as_ref()) {
                     continue;
                 }
-                pending.insert(at, c.etag.clone());
+                let position = if c.seq > 0 { Some(c.seq) } else { c.as_of };
+                pending.insert(at, c.etag.clone().map(|etag| (etag, position)));
                 out.push(c);
             }
             Ok(out)
@@ -477,11 +540,13 @@ impl BlobBackend for EmbeddedBlobs {
                         .map_err(db)?;
                     }
                     (_, Some(etag)) => {
+                        // The feed position of the version delivered.
+                        let position = if c.seq > 0 { Some(c.seq) } else { c.as_of };
                         tx.prepare_cached(
-                            "INSERT INTO blob_receipts (consumer, bucket, key, etag, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
-                             ON CONFLICT(consumer, bucket, key) DO UPDATE SET etag = excluded.etag, at_ms = excluded.at_ms",
+                            "INSERT INTO blob_receipts (consumer, bucket, key, etag, at_ms, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                             ON CONFLICT(consumer, bucket, key) DO UPDATE SET etag = excluded.etag, at_ms = excluded.at_ms, seq = excluded.seq",
                         )
-                        .and_then(|mut s| s.execute(params![consumer, c.bucket, c.key, etag, now]))
+                        .and_then(|mut s| s.execute(params![consumer, c.bucket, c.key, etag, now, position]))
                         .map_err(db)?;
                     }
                 }
@@ -795,6 +860,62 @@ mod tests {
         blobs.prune(vec![]).await.unwrap();
         assert!(blobs.cursor(c).await.unwrap().is_none());
         assert_eq!(blobs.changes(None, 0, 100).await.unwrap().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_scan_is_not_followed_by_the_older_changes_it_already_reflects() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = EmbeddedBlobs::open(dir.path()).unwrap();
+        let c = "fn/uploads";
+        // A consumer starts reconciling at `start`; while it does, one object
+        // is written twice and another is deleted and written again.
+        let start = blobs.latest_change().await.unwrap();
+        blobs
+            .put("uploads", "a", b"1".to_vec(), None)
+            .await
+            .unwrap();
+        let a2 = blobs
+            .put("uploads", "a", b"2".to_vec(), None)
+            .await
+            .unwrap();
+        blobs
+            .put("uploads", "b", b"x".to_vec(), None)
+            .await
+            .unwrap();
+        assert!(blobs.delete("uploads", "b").await.unwrap());
+        blobs
+            .put("uploads", "b", b"x".to_vec(), None)
+            .await
+            .unwrap();
+        let (page, as_of) = blobs.list_at("uploads", "", None, 10).await.unwrap();
+        assert_eq!(as_of, blobs.latest_change().await.unwrap());
+        let found: Vec<Change> = page
+            .into_iter()
+            .map(|m| Change::found("uploads", m, as_of))
+            .collect();
+        let fresh = blobs.undelivered(c, found).await.unwrap();
+        assert_eq!(fresh.len(), 2);
+        assert_eq!(fresh[0].etag.as_deref(), Some(a2.meta.etag.as_str()));
+        let scanning = Cursor {
+            seq: start,
+            spec: "s (reconciling)".into(),
+        };
+        blobs.advance(c, scanning, fresh).await.unwrap();
+        // The feed from `start` holds all five changes; the scan already
+        // handed over where they led, so none is delivered (not a stale
+        // `created` of version 1, not a delete of an object that exists).
+        let feed = blobs.changes(None, start, 100).await.unwrap();
+        assert_eq!(feed.len(), 5);
+        let again = blobs.undelivered(c, feed).await.unwrap();
+        assert!(again.is_empty(), "{again:?}");
+        // Changes after the scan are delivered as usual.
+        blobs
+            .put("uploads", "a", b"3".to_vec(), None)
+            .await
+            .unwrap();
+        assert!(blobs.delete("uploads", "b").await.unwrap());
+        let later = blobs.changes(None, as_of, 100).await.unwrap();
+        assert_eq!(blobs.undelivered(c, later).await.unwrap().len(), 2);
     }
 
     #[tokio::test]

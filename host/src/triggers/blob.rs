@@ -10,7 +10,9 @@
 //! changed, or one that was away) is first reconciled with what is stored:
 //! every matching object without a receipt for its etag is delivered as
 //! `created`. Receipts make each version of an object go to a consumer once
-//! per change, not once per restart. Enqueue and then advance: a crash in
+//! per change, not once per restart; they also hold the feed position of the
+//! version they are for, so the changes a scan already reflects are not
+//! replayed from the feed after it. Enqueue and then advance: a crash in
 //! between enqueues the same changes again, under the same dedup ids, so
 //! the queue's dedup window absorbs the repeat (at least once, never lost).
 
@@ -171,12 +173,12 @@ async fn reconcile(
         let prefix = c.trigger.prefix.clone().unwrap_or_default();
         let mut after: Option<String> = None;
         loop {
-            let page = blobs.list(bucket, &prefix, after.clone(), PAGE).await?;
+            let (page, as_of) = blobs.list_at(bucket, &prefix, after.clone(), PAGE).await?;
             after = page.last().map(|m| m.key.clone());
             let full = page.len() == PAGE;
             let found: Vec<Change> = page
                 .into_iter()
-                .map(|m| Change::found(bucket, m))
+                .map(|m| Change::found(bucket, m, as_of))
                 .filter(|ch| c.trigger.matches(ch))
                 .collect();
             let fresh = blobs.undelivered(&c.id, found).await?;
@@ -266,6 +268,7 @@ mod tests {
             size: Some(1),
             content_type: None,
             at_ms: 0,
+            as_of: None,
         }
     }
 
