@@ -213,6 +213,9 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 /// How long a dedup id is remembered (as SQS FIFO's five minutes).
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(5 * 60);
 
+/// The longest a receive waits for messages (as SQS's `WaitTimeSeconds`).
+pub const MAX_WAIT: Duration = Duration::from_secs(20);
+
 /// Is this one of the host's own queues (jobs, blob and timer deliveries)?
 pub fn is_host_queue(queue: &str) -> bool {
     queue
@@ -296,9 +299,12 @@ pub trait QueueBackend: Send + Sync {
         self.receive_waiting(queue, max, visibility, Duration::ZERO)
     }
     /// Lease up to `max` receivable messages for `visibility`; when none is
-    /// receivable, wait up to `wait` for some to arrive (SQS's long
-    /// polling) and answer with what arrived, or with none once `wait` is
-    /// over. Dropping the future gives up the wait.
+    /// receivable, wait up to `wait` (at most [`MAX_WAIT`]) for some to
+    /// arrive (SQS's long polling) and answer with what arrived, or with
+    /// none once `wait` is over. Messages that become receivable by time
+    /// alone (a delay or a lease running out) are seen when the wait ends.
+    /// Dropping the future gives up the wait; leases made for it meanwhile
+    /// are given back.
     fn receive_waiting(
         &self,
         queue: &str,

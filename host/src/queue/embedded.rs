@@ -12,15 +12,16 @@
 //!
 //! A receive that finds nothing may wait (long polling, as in SQS): the
 //! writer parks it, and the batch that next makes messages of its queue
-//! receivable (sends, a job, a redrive, the settlement of a grouped message)
-//! leases them to it in the same transaction. A message then reaches a
-//! waiting worker with the commit that stores it, not one commit later, and
-//! an idle worker costs no polling.
+//! receivable (sends, a job, a redrive, the settlement of a grouped message,
+//! a retry without delay) leases them to it in the same transaction. A
+//! message then reaches a waiting worker with the commit that stores it, not
+//! one commit later. Leases made for a receive whose caller has gone are
+//! given back at once.
 //! Knows nothing of wasm, functions or HTTP.
 
 use super::{
-    BoxFuture, Clock, DEDUP_WINDOW, DeadLetter, Delivery, Message, NewMessage, QueueBackend,
-    QueueError, QueueStats, Receipt, Sent, Settlement,
+    BoxFuture, Clock, DEDUP_WINDOW, DeadLetter, Delivery, MAX_WAIT, Message, NewMessage,
+    QueueBackend, QueueError, QueueStats, Receipt, Sent, Settlement,
 };
 use crate::jobs::{JobRecord, JobState, JobStore, JobUpdate, NewJob};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
@@ -116,6 +117,8 @@ enum Op {
     Retry(Receipt, Duration, String, Reply<bool>),
     Renew(Receipt, Duration, Reply<bool>),
     Checkpoint(Receipt, Vec<u8>, Reply<bool>),
+    /// Leases nobody received: the messages are receivable again at once.
+    Release(Vec<Receipt>, Reply<()>),
     Submit(NewJob, Reply<JobRecord>),
     JobUpdate(String, JobUpdate, Reply<bool>),
     JobGet(String, Reply<Option<JobRecord>>),
@@ -195,6 +198,7 @@ impl EmbeddedQueues {
             conn,
             clock,
             parked: Vec::new(),
+            orphans: Orphans::default(),
             batches: 0,
         };
         std::thread::Builder::new()
@@ -209,29 +213,63 @@ impl EmbeddedQueues {
         op: impl FnOnce(Reply<T>) -> Op,
     ) -> BoxFuture<'_, Result<T, QueueError>> {
         let (reply, rx) = oneshot::channel();
-        let op = op(reply);
-        let tx = if op.is_read() { &self.reads } else { &self.tx };
-        // Handed over now, not when the future is first polled, so a
-        // caller's operations reach the store in the order it made them (a
-        // settlement made before a receive is applied before it).
-        let waiting = match tx.try_send(op) {
-            Ok(()) => None,
-            Err(mpsc::TrySendError::Full(op)) => Some((tx.clone(), op)),
-            Err(mpsc::TrySendError::Disconnected(_)) => {
-                return Box::pin(async { Err(stopped()) });
-            }
-        };
+        let handed = self.hand_over(op(reply));
         Box::pin(async move {
+            handed.await?;
+            rx.await.map_err(|_| stopped())?
+        })
+    }
+
+    /// Hand `op` to its thread now, not when the returned future is first
+    /// polled, so a caller's operations reach the store in the order it made
+    /// them (a settlement made before a receive is applied before it). The
+    /// future finishes the hand-over when the channel was full.
+    fn hand_over(
+        &self,
+        op: Op,
+    ) -> impl std::future::Future<Output = Result<(), QueueError>> + Send + 'static {
+        let tx = if op.is_read() { &self.reads } else { &self.tx };
+        let waiting = match tx.try_send(op) {
+            Ok(()) => Ok(None),
+            Err(mpsc::TrySendError::Full(op)) => Ok(Some((tx.clone(), op))),
+            Err(mpsc::TrySendError::Disconnected(_)) => Err(stopped()),
+        };
+        async move {
             // The channel is bounded: when the writer falls behind, wait off the
             // async threads rather than grow without limit.
-            if let Some((tx, op)) = waiting {
+            if let Some((tx, op)) = waiting? {
                 tokio::task::spawn_blocking(move || tx.send(op).map_err(|_| ()))
                     .await
                     .map_err(|_| stopped())?
                     .map_err(|_| stopped())?;
             }
-            rx.await.map_err(|_| stopped())?
-        })
+            Ok(())
+        }
+    }
+}
+
+/// A receive's answer on its way. Dropped before it was taken (a worker
+/// stopping while its receive waits), the leases it carries are given back
+/// at once instead of after their visibility timeout; leases committed after
+/// the drop are given back by the writer (see `leases_later`).
+struct Receiving {
+    rx: Option<oneshot::Receiver<Result<Vec<Delivery>, QueueError>>>,
+    tx: mpsc::SyncSender<Op>,
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else { return };
+        // Closed first: an answer is either already here or never sent (the
+        // writer then gives its leases back itself).
+        rx.close();
+        if let Ok(Ok(unreceived)) = rx.try_recv()
+            && !unreceived.is_empty()
+        {
+            let (reply, _) = oneshot::channel();
+            let receipts = unreceived.into_iter().map(|d| d.receipt).collect();
+            let _ = self.tx.try_send(Op::Release(receipts, reply));
+        }
     }
 }
 
@@ -323,7 +361,21 @@ impl QueueBackend for EmbeddedQueues {
         visibility: Duration,
         wait: Duration,
     ) -> BoxFuture<'_, Result<Vec<Delivery>, QueueError>> {
-        self.call(|r| Op::Receive(queue.to_string(), max, visibility, wait, r))
+        let (reply, rx) = oneshot::channel();
+        let handed = self.hand_over(Op::Receive(queue.to_string(), max, visibility, wait, reply));
+        let mut receiving = Receiving {
+            rx: Some(rx),
+            tx: self.tx.clone(),
+        };
+        Box::pin(async move {
+            handed.await?;
+            let Some(rx) = receiving.rx.as_mut() else {
+                return Err(stopped());
+            };
+            let answer = rx.await;
+            receiving.rx.take(); // taken: nothing to give back
+            answer.map_err(|_| stopped())?
+        })
     }
 
     fn settle(
@@ -431,6 +483,7 @@ struct Writer {
     clock: Arc<dyn Clock>,
     /// Receives waiting for messages, in the order they arrived.
     parked: Vec<Parked>,
+    orphans: Orphans,
     batches: u64,
 }
 
@@ -532,26 +585,39 @@ impl Writer {
         };
         let mut pending = Vec::with_capacity(ops.len());
         let mut woken = Woken::default();
-        for op in ops {
+        let mut ops = ops.into_iter();
+        // The first operation the store fails (or after which SQLite rolled
+        // the transaction back itself) dooms the batch: the rest are not
+        // applied (they would run outside the transaction), and no waiting
+        // receive is served from it.
+        let mut doomed = false;
+        for op in ops.by_ref() {
             match op {
-                Op::Receive(queue, max, visibility, wait, reply) if !wait.is_zero() => {
+                Op::Receive(queue, max, visibility, wait, reply) => {
                     match receive(&tx, now, &queue, max, visibility) {
-                        Ok(found) if found.is_empty() => self.parked.push(Parked {
-                            queue,
-                            max,
-                            visibility,
-                            until: Instant::now() + wait,
-                            reply,
-                        }),
-                        found => pending.push(later(reply, found)),
+                        Ok(found) if found.is_empty() && !wait.is_zero() => {
+                            self.parked.push(Parked {
+                                queue,
+                                max,
+                                visibility,
+                                until: Instant::now() + wait.min(MAX_WAIT),
+                                reply,
+                            })
+                        }
+                        found => pending.push(leases_later(reply, found, &self.orphans)),
                     }
                 }
                 op => pending.push(apply_one(&tx, now, op, &mut woken)),
             }
+            if pending.last().is_some_and(|p| p.1.is_some()) || tx.is_autocommit() {
+                doomed = true;
+                break;
+            }
         }
+        let skipped: Vec<Op> = ops.collect();
         // Lease what this batch made receivable to the receives waiting for
-        // it, oldest first, in this same transaction.
-        if !woken.0.is_empty() {
+        // it, in the order they began waiting, in this same transaction.
+        if !doomed && !woken.0.is_empty() {
             let mut waiting = Vec::with_capacity(self.parked.len());
             for p in std::mem::take(&mut self.parked) {
                 if p.reply.is_closed() {
@@ -563,12 +629,12 @@ impl Writer {
                 }
                 match receive(&tx, now, &p.queue, p.max, p.visibility) {
                     Ok(found) if found.is_empty() => waiting.push(p),
-                    found => pending.push(later(p.reply, found)),
+                    found => pending.push(leases_later(p.reply, found, &self.orphans)),
                 }
             }
             self.parked = waiting;
         }
-        if tidy {
+        if tidy && !doomed {
             let _ = exec(
                 &tx,
                 "DELETE FROM queue_dedup WHERE expires_at_ms <= ?1",
@@ -581,7 +647,7 @@ impl Writer {
         // batch: every caller hears the error and may try again, and nothing
         // half-done is committed.
         let failure = pending.iter().find_map(|p| p.1.clone());
-        let committed = if failure.is_some() || tx.is_autocommit() {
+        let committed = if doomed || failure.is_some() || tx.is_autocommit() {
             drop(tx);
             let cause = failure.map_or_else(
                 || "the store rolled the transaction back".to_string(),
@@ -595,6 +661,19 @@ impl Writer {
         };
         for p in pending {
             (p.0)(committed.as_ref().err());
+        }
+        if let Err(e) = &committed {
+            for op in skipped {
+                fail(op, e);
+            }
+        }
+        // Leases whose receiver had gone by the time they were committed (a
+        // worker stopping): give the messages back now rather than after
+        // their visibility timeout.
+        let orphans = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|e| e.into_inner()));
+        if !orphans.is_empty() {
+            let (reply, _) = oneshot::channel();
+            self.apply(vec![Op::Release(orphans, reply)]);
         }
     }
 }
@@ -610,6 +689,7 @@ fn fail(op: Op, err: &QueueError) {
         | Op::Checkpoint(_, _, r)
         | Op::JobUpdate(_, _, r) => drop(r.send(Err(err.clone()))),
         Op::Submit(_, r) => drop(r.send(Err(err.clone()))),
+        Op::Release(_, r) => drop(r.send(Err(err.clone()))),
         Op::JobGet(_, r) => drop(r.send(Err(err.clone()))),
         Op::Stats(_, r) => drop(r.send(Err(err.clone()))),
         Op::Backlog(_, _, r) | Op::Pending(_, _, r) => drop(r.send(Err(err.clone()))),
@@ -620,6 +700,38 @@ fn fail(op: Op, err: &QueueError) {
             drop(r.send(Err(err.clone())))
         }
     }
+}
+
+/// Leases committed for a receiver that had gone, to give back.
+type Orphans = Arc<std::sync::Mutex<Vec<Receipt>>>;
+
+/// [`later`] for a receive: leases its receiver is no longer there to take
+/// are added to `orphans`, to be given back.
+fn leases_later(
+    reply: Reply<Vec<Delivery>>,
+    result: Result<Vec<Delivery>, QueueError>,
+    orphans: &Orphans,
+) -> Pending {
+    let failed = match &result {
+        Err(e @ QueueError::Backend(_)) => Some(e.clone()),
+        _ => None,
+    };
+    let orphans = orphans.clone();
+    Pending(
+        Box::new(move |commit_err| {
+            let answer = match commit_err {
+                Some(e) => Err(e.clone()),
+                None => result,
+            };
+            if let Err(Ok(unreceived)) = reply.send(answer)
+                && !unreceived.is_empty()
+            {
+                let mut orphans = orphans.lock().unwrap_or_else(|e| e.into_inner());
+                orphans.extend(unreceived.into_iter().map(|d| d.receipt));
+            }
+        }),
+        failed,
+    )
 }
 
 /// The reply to an op applied in a batch, sent once the batch's commit has
@@ -657,7 +769,16 @@ fn apply_one(tx: &Transaction<'_>, now: u64, op: Op, woken: &mut Woken) -> Pendi
                 "UPDATE queue_messages SET visible_at_ms = ?3, lease = NULL, last_error = ?4 WHERE seq = ?1 AND lease = ?2",
                 params![seq_of(&rc), rc.lease, now + delay.as_millis() as u64, error],
             )
-            .map(|n| n == 1)
+            .and_then(|n| {
+                // Receivable again at once: a waiting receive may take it.
+                if n == 1 && delay.is_zero() {
+                    let queue: String = tx
+                        .prepare_cached("SELECT queue FROM queue_messages WHERE seq = ?1")?
+                        .query_row([seq_of(&rc)], |r| r.get(0))?;
+                    woken.add(&queue);
+                }
+                Ok(n == 1)
+            })
             .map_err(db),
         ),
         Op::Renew(rc, vis, r) => later(
@@ -669,6 +790,25 @@ fn apply_one(tx: &Transaction<'_>, now: u64, op: Op, woken: &mut Woken) -> Pendi
             .map(|n| n == 1)
             .map_err(db),
         ),
+        Op::Release(receipts, r) => {
+            let released = receipts.iter().try_for_each(|rc| {
+                let n = exec(
+                    tx,
+                    "UPDATE queue_messages SET lease = NULL, visible_at_ms = ?3,
+                     dequeue_count = MAX(dequeue_count - 1, 0) WHERE seq = ?1 AND lease = ?2",
+                    params![seq_of(rc), rc.lease, now],
+                )?;
+                // Receivable again at once: a waiting receive may take it.
+                if n == 1 {
+                    let queue: String = tx
+                        .prepare_cached("SELECT queue FROM queue_messages WHERE seq = ?1")?
+                        .query_row([seq_of(rc)], |r| r.get(0))?;
+                    woken.add(&queue);
+                }
+                Ok(())
+            });
+            later(r, released.map_err(db))
+        }
         Op::Checkpoint(rc, state, r) => later(
             r,
             exec(tx,

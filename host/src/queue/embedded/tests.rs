@@ -414,9 +414,9 @@ async fn operations_reach_the_store_in_the_order_they_are_made_not_awaited() {
     assert!(ack.await.unwrap());
 }
 
-/// Long enough that a waiting receive answered at all was answered by an
-/// arrival, not by its wait running out.
-const LONG: Duration = Duration::from_secs(3600);
+/// The longest wait: a waiting receive answered with messages was answered
+/// by their arrival (its wait running out answers with none).
+const LONG: Duration = crate::queue::MAX_WAIT;
 
 /// Await a waiting receive's answer; a minute without one is a failure
 /// (a hang), not a slow machine.
@@ -512,4 +512,38 @@ async fn pending_counts_every_message_in_step_with_settlements_handed_over() {
     assert_eq!(q.pending("ticks", 10).await.unwrap(), 1);
     assert!(ack.await.unwrap());
     assert_eq!(q.pending("other", 10).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_retry_without_delay_is_handed_to_a_waiting_receive() {
+    let (_d, q, _clock) = open();
+    q.send("orders", msg("a")).await.unwrap();
+    let d = q.receive("orders", 1, VIS).await.unwrap().remove(0);
+    let waiting = q.receive_waiting("orders", 10, VIS, LONG);
+    assert!(
+        q.retry(d.receipt, Duration::ZERO, "again".into())
+            .await
+            .unwrap()
+    );
+    let got = answered(waiting).await.unwrap();
+    assert_eq!(bodies(&got), ["a"]);
+    assert_eq!(got[0].message.dequeue_count, 2);
+}
+
+#[tokio::test]
+async fn leases_of_a_receive_dropped_unanswered_are_given_back_at_once() {
+    let (_d, q, _clock) = open();
+    q.send("orders", msg("a")).await.unwrap();
+    // Dropped before or after its answer arrived: either way the lease is
+    // given back (by the writer, or by the dropped receive), not left to
+    // run out its visibility timeout.
+    drop(q.receive("orders", 10, VIS));
+    let again = answered(q.receive_waiting("orders", 10, VIS, LONG))
+        .await
+        .unwrap();
+    assert_eq!(bodies(&again), ["a"]);
+    assert_eq!(
+        again[0].message.dequeue_count, 1,
+        "a delivery nobody got is not counted"
+    );
 }
