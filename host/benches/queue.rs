@@ -76,7 +76,7 @@ async fn run(n: usize) {
     )
     .await
     .unwrap();
-    let manifest = "name = \"sink\"\n[[triggers.queue]]\nqueue = \"bench\"\nbatch_size = 128\nmax_concurrency = 64\ntarget_backlog = 1\nmin_concurrency = 64\n";
+    let manifest = "name = \"sink\"\n[[triggers.queue]]\nqueue = \"bench\"\nbatch_size = 128\nmax_concurrency = 128\ntarget_backlog = 1\nmin_concurrency = 64\n";
     dispatcher.deploy(manifest.into(), wasm).await.unwrap();
     let shutdown = CancellationToken::new();
     let _tracker = fnhost::triggers::Supervisor::spawn(dispatcher.clone(), shutdown.clone());
