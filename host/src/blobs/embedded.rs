@@ -355,24 +355,8 @@ impl BlobBackend for EmbeddedBlobs {
         start_after: Option<String>,
         max: usize,
     ) -> BoxFuture<'_, Result<Vec<ObjectMeta>, BlobError>> {
-        if let Err(e) = super::validate_bucket(bucket) {
-            return Box::pin(async move { Err(e) });
-        }
-        let (bucket, prefix) = (bucket.to_string(), prefix.to_string());
-        self.blocking(move |inner| {
-            let conn = inner.db();
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT key, size, etag, content_type, modified_ms FROM blob_objects
-                     WHERE bucket = ?1 AND substr(key, 1, length(?2)) = ?2 AND (?3 IS NULL OR key > ?3)
-                     ORDER BY key LIMIT ?4 + 0",
-                )
-                .map_err(db)?;
-            let rows = stmt
-                .query_map(params![bucket, prefix, start_after, max as i64], row_to_meta)
-                .map_err(db)?;
-            rows.collect::<Result<_, _>>().map_err(db)
-        })
+        let page = self.list_at(bucket, prefix, start_after, max);
+        Box::pin(async move { Ok(page.await?.0) })
     }
 
     fn list_at(
