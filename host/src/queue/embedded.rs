@@ -1062,10 +1062,11 @@ fn settle(
             return Ok(false);
         }
     }
-    let removed: Option<(String, bool)> = tx
+    // Looked up, then deleted by row number (both by primary key): a
+    // `DELETE ... RETURNING` would build a temporary table per settlement.
+    let held: Option<(String, bool)> = tx
         .prepare_cached(
-            "DELETE FROM queue_messages WHERE seq = ?1 AND lease = ?2
-             RETURNING queue, group_key IS NOT NULL",
+            "SELECT queue, group_key IS NOT NULL FROM queue_messages WHERE seq = ?1 AND lease = ?2",
         )
         .and_then(|mut s| {
             s.query_row(params![seq_of(rc), rc.lease], |r| {
@@ -1074,9 +1075,15 @@ fn settle(
             .optional()
         })
         .map_err(db)?;
-    let Some((queue, grouped)) = removed else {
+    let Some((queue, grouped)) = held else {
         return Ok(false);
     };
+    exec(
+        tx,
+        "DELETE FROM queue_messages WHERE seq = ?1",
+        [seq_of(rc)],
+    )
+    .map_err(db)?;
     if grouped {
         woken.add(&queue);
     }
