@@ -336,6 +336,10 @@ pub trait QueueBackend: Send + Sync {
         delay: Duration,
         error: String,
     ) -> BoxFuture<'_, Result<bool, QueueError>>;
+    /// Give leases back unprocessed: the messages are receivable again at
+    /// once, their dequeue count as before (SQS: a visibility timeout of 0).
+    /// Stale receipts are skipped.
+    fn release(&self, receipts: Vec<Receipt>) -> BoxFuture<'_, Result<(), QueueError>>;
     /// Save a checkpoint on a leased message; the next delivery carries it.
     fn checkpoint(
         &self,

@@ -399,6 +399,10 @@ impl QueueBackend for EmbeddedQueues {
         self.call(|r| Op::Retry(receipt, delay, error, r))
     }
 
+    fn release(&self, receipts: Vec<Receipt>) -> BoxFuture<'_, Result<(), QueueError>> {
+        self.call(|r| Op::Release(receipts, r))
+    }
+
     fn checkpoint(
         &self,
         receipt: Receipt,

@@ -225,6 +225,24 @@ impl Worker {
             if deliveries.is_empty() {
                 continue;
             }
+            // The receive may have waited through a deploy, rollback or
+            // remove: run the messages on the binding as it is now, or, if it
+            // is gone, give them back untouched.
+            let current = self.dispatcher.get(&self.function).and_then(|d| {
+                let p = d
+                    .manifest
+                    .queue_policies()
+                    .into_iter()
+                    .find(|p| p.queue == self.queue)?;
+                Some((d, p))
+            });
+            let Some((deployed, policy)) = current else {
+                let receipts = deliveries.into_iter().map(|d| d.receipt).collect();
+                if let Err(e) = backend.release(receipts).await {
+                    tracing::warn!(queue = %self.queue, error = %e, "cannot give back messages received as the binding went away; they come back after their visibility timeout");
+                }
+                break;
+            };
             if deliveries.len() == want && measured.is_some_and(|t| t.elapsed() >= STATS_SOON) {
                 measured = None; // a full batch: there may be more backlog; measure again soon
             }

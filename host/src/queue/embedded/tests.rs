@@ -547,3 +547,19 @@ async fn leases_of_a_receive_dropped_unanswered_are_given_back_at_once() {
         "a delivery nobody got is not counted"
     );
 }
+
+#[tokio::test]
+async fn released_leases_are_receivable_at_once_as_if_never_delivered() {
+    let (_d, q, _clock) = open();
+    q.send("orders", msg("a")).await.unwrap();
+    let d = q.receive("orders", 1, VIS).await.unwrap().remove(0);
+    let stale = d.receipt.clone();
+    q.release(vec![d.receipt]).await.unwrap();
+    let again = q.receive("orders", 1, VIS).await.unwrap();
+    assert_eq!(bodies(&again), ["a"]);
+    assert_eq!(again[0].message.dequeue_count, 1);
+    // A stale receipt gives back nothing: the current lease holds.
+    q.release(vec![stale]).await.unwrap();
+    assert!(q.receive("orders", 1, VIS).await.unwrap().is_empty());
+    assert!(q.ack(again[0].receipt.clone()).await.unwrap());
+}
