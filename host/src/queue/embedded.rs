@@ -716,44 +716,51 @@ fn leases_later(
     result: Result<Vec<Delivery>, QueueError>,
     orphans: &Orphans,
 ) -> Pending {
+    let orphans = orphans.clone();
+    later_or(reply, result, move |unreceived| {
+        let mut orphans = orphans.lock().unwrap_or_else(|e| e.into_inner());
+        orphans.extend(unreceived.into_iter().map(|d| d.receipt));
+    })
+}
+
+/// The reply to an op applied in a batch, sent once the batch's commit has
+/// succeeded (with `result`) or failed (with the commit's error).
+fn later<T: Send + 'static>(reply: Reply<T>, result: Result<T, QueueError>) -> Pending {
+    later_or(reply, result, |_| {})
+}
+
+/// [`later`], handing a committed result its caller is no longer there to
+/// take to `unheard`.
+fn later_or<T: Send + 'static>(
+    reply: Reply<T>,
+    result: Result<T, QueueError>,
+    unheard: impl FnOnce(T) + Send + 'static,
+) -> Pending {
     let failed = match &result {
         Err(e @ QueueError::Backend(_)) => Some(e.clone()),
         _ => None,
     };
-    let orphans = orphans.clone();
     Pending(
         Box::new(move |commit_err| {
             let answer = match commit_err {
                 Some(e) => Err(e.clone()),
                 None => result,
             };
-            if let Err(Ok(unreceived)) = reply.send(answer)
-                && !unreceived.is_empty()
-            {
-                let mut orphans = orphans.lock().unwrap_or_else(|e| e.into_inner());
-                orphans.extend(unreceived.into_iter().map(|d| d.receipt));
+            if let Err(Ok(value)) = reply.send(answer) {
+                unheard(value);
             }
         }),
         failed,
     )
 }
 
-/// The reply to an op applied in a batch, sent once the batch's commit has
-/// succeeded (with `result`) or failed (with the commit's error).
-fn later<T: Send + 'static>(reply: Reply<T>, result: Result<T, QueueError>) -> Pending {
-    let failed = match &result {
-        Err(e @ QueueError::Backend(_)) => Some(e.clone()),
-        _ => None,
-    };
-    Pending(
-        Box::new(move |commit_err| {
-            let _ = reply.send(match commit_err {
-                Some(e) => Err(e.clone()),
-                None => result,
-            });
-        }),
-        failed,
-    )
+/// Mark the queue of row `seq` as woken: its message is receivable now.
+fn wake_row(tx: &Transaction<'_>, seq: i64, woken: &mut Woken) -> rusqlite::Result<()> {
+    let queue: String = tx
+        .prepare_cached("SELECT queue FROM queue_messages WHERE seq = ?1")?
+        .query_row([seq], |r| r.get(0))?;
+    woken.add(&queue);
+    Ok(())
 }
 
 /// Apply one op inside the batch's transaction; its reply is sent after the
@@ -776,10 +783,7 @@ fn apply_one(tx: &Transaction<'_>, now: u64, op: Op, woken: &mut Woken) -> Pendi
             .and_then(|n| {
                 // Receivable again at once: a waiting receive may take it.
                 if n == 1 && delay.is_zero() {
-                    let queue: String = tx
-                        .prepare_cached("SELECT queue FROM queue_messages WHERE seq = ?1")?
-                        .query_row([seq_of(&rc)], |r| r.get(0))?;
-                    woken.add(&queue);
+                    wake_row(tx, seq_of(&rc), woken)?;
                 }
                 Ok(n == 1)
             })
@@ -804,10 +808,7 @@ fn apply_one(tx: &Transaction<'_>, now: u64, op: Op, woken: &mut Woken) -> Pendi
                 )?;
                 // Receivable again at once: a waiting receive may take it.
                 if n == 1 {
-                    let queue: String = tx
-                        .prepare_cached("SELECT queue FROM queue_messages WHERE seq = ?1")?
-                        .query_row([seq_of(rc)], |r| r.get(0))?;
-                    woken.add(&queue);
+                    wake_row(tx, seq_of(rc), woken)?;
                 }
                 Ok(())
             });

@@ -139,6 +139,18 @@ impl Worker {
         }
     }
 
+    /// The function's active version and this binding's policy in it, while
+    /// both exist.
+    fn binding(&self) -> Option<(Arc<Deployed>, QueuePolicy)> {
+        let deployed = self.dispatcher.get(&self.function)?;
+        let policy = deployed
+            .manifest
+            .queue_policies()
+            .into_iter()
+            .find(|p| p.queue == self.queue)?;
+        Some((deployed, policy))
+    }
+
     /// Lease, invoke and settle until the binding goes away or the host stops.
     pub async fn run(self) {
         let backend = self.dispatcher.queues().clone();
@@ -152,15 +164,7 @@ impl Worker {
             if self.shutdown.is_cancelled() {
                 break;
             }
-            let Some(deployed) = self.dispatcher.get(&self.function) else {
-                break;
-            };
-            let Some(policy) = deployed
-                .manifest
-                .queue_policies()
-                .into_iter()
-                .find(|p| p.queue == self.queue)
-            else {
+            let Some((_, policy)) = self.binding() else {
                 break;
             };
             let scaler = scaler.get_or_insert_with(|| {
@@ -228,15 +232,7 @@ impl Worker {
             // The receive may have waited through a deploy, rollback or
             // remove: run the messages on the binding as it is now, or, if it
             // is gone, give them back untouched.
-            let current = self.dispatcher.get(&self.function).and_then(|d| {
-                let p = d
-                    .manifest
-                    .queue_policies()
-                    .into_iter()
-                    .find(|p| p.queue == self.queue)?;
-                Some((d, p))
-            });
-            let Some((deployed, policy)) = current else {
+            let Some((deployed, policy)) = self.binding() else {
                 let receipts = deliveries.into_iter().map(|d| d.receipt).collect();
                 if let Err(e) = backend.release(receipts).await {
                     tracing::warn!(queue = %self.queue, error = %e, "cannot give back messages received as the binding went away; they come back after their visibility timeout");
