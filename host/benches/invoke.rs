@@ -220,6 +220,10 @@ async fn fnhost_call(
     assert!(out.result.is_ok(), "{:?}", out.result);
 }
 
+/// The binary's allocator (see `src/main.rs`), so the figures are the host's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let n: usize = if quick { 2_000 } else { 20_000 };

@@ -34,6 +34,10 @@ use tokio_util::sync::CancellationToken;
 /// days put the same load on the store.
 const LATENCY_RATE: f64 = 12_500.0;
 
+/// The binary's allocator (see `src/main.rs`), so the figures are the host's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let n: usize = std::env::var("BENCH_N")

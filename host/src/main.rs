@@ -3,6 +3,14 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc's allocator: every invocation builds and drops
+/// a store, WASI context and message copies on the async threads while the
+/// queue writer allocates beside them, and glibc's arenas spent a fifth of
+/// the workers' CPU there (`malloc_consolidate`, `_int_free`). Measured in
+/// `BENCHMARKS.md` (queue bench, interleaved runs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = fnhost::cli::Cli::parse();
