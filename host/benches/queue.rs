@@ -11,6 +11,14 @@
 //!    pace, each with `reply_to`; the reply's enqueue time minus the send
 //!    time is enqueue → completion.
 //!
+//! During the latency run, and during its peer's, a probe thread counts
+//! the host's memory stalls (see [`StallProbe`]): this VM's cache misses
+//! sometimes run several times slower for tens of ms, and the tail follows
+//! them, so each run says whether it met one.
+//!
+//! With `--stalls` the bench runs only the probe, for 10 s, with nothing
+//! else running.
+//!
 //! `BENCH_N` (messages in the throughput run) and `BENCH_LATENCY_RATE`
 //! (sends/s in the latency run) override the defaults for experiments. The
 //! bench also reports CPU time per job by thread (queue writer, async
@@ -39,6 +47,14 @@ const LATENCY_RATE: f64 = 12_500.0;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    if std::env::args().any(|a| a == "--stalls") {
+        // The probe alone, on an otherwise idle process: how often the
+        // platform stalls with nothing of fnhost's running.
+        let probe = StallProbe::start(Arc::new(random_cycle(16 << 20)));
+        std::thread::sleep(Duration::from_secs(10));
+        println!("memory stalls in 10 s idle: {}", probe.stop());
+        return;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let n: usize = std::env::var("BENCH_N")
         .ok()
@@ -101,6 +117,8 @@ async fn run(n: usize) {
     }
     let bare = t.elapsed() / bare_n;
 
+    let cycle = Arc::new(random_cycle(16 << 20));
+
     // 1. Throughput.
     let body = |i: usize| NewMessage {
         body: i.to_string().into_bytes(),
@@ -139,6 +157,7 @@ async fn run(n: usize) {
     let gap = Duration::from_secs_f64(1.0 / target);
     let mut sent_at = std::collections::HashMap::with_capacity(m);
     let lcpu0 = thread_cpu();
+    let probe = StallProbe::start(cycle.clone());
     let start = Instant::now();
     let mut senders = tokio::task::JoinSet::new();
     for i in 0..m {
@@ -166,6 +185,8 @@ async fn run(n: usize) {
     while backend.backlog("bench", 1).await.unwrap() > 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // (The probe's thread has ended, so its CPU is not in the figures.)
+    let stalls = probe.stop();
     let lcpu = thread_cpu().since(&lcpu0);
     let replies = loop {
         let s = backend.stats("bench-done").await.unwrap();
@@ -185,7 +206,9 @@ async fn run(n: usize) {
     lat.sort_unstable();
     let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
     shutdown.cancel();
+    let probe = StallProbe::start(cycle);
     let peer = durable_peer(dir.path(), target, m);
+    let peer_stalls = probe.stop();
 
     println!(
         "## (d) queue-triggered jobs end to end (trivial guest, every enqueue fsync'd before it is acknowledged)\n"
@@ -236,6 +259,9 @@ async fn run(n: usize) {
         pct(0.5),
         pct(0.99),
         lat[lat.len() - 1]
+    );
+    println!(
+        "| memory stalls during the latency run / the peer's run: 5 ms windows with loads {STALL}× slower than usual (longest stretch) | {stalls} / {peer_stalls} |"
     );
 }
 
@@ -306,6 +332,91 @@ fn durable_peer(dir: &std::path::Path, rate: f64, m: usize) -> Vec<u64> {
     let mut latencies = writer.join().unwrap();
     latencies.sort_unstable();
     latencies
+}
+
+/// How much slower than its run's median a probe window must be to count
+/// as a memory stall.
+const STALL: f64 = 2.5;
+
+/// A single random cycle through `n` slots (Sattolo's shuffle, xorshift
+/// for the draws): following it misses the caches at every step.
+fn random_cycle(n: usize) -> Vec<u32> {
+    let mut next: Vec<u32> = (0..n as u32).collect();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in (1..n).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        next.swap(i, (x % i as u64) as usize);
+    }
+    next
+}
+
+/// A memory-latency probe on its own thread. This VM shares its host's
+/// memory with other tenants, whose traffic now and then slows cache
+/// misses several-fold for tens of ms while plain arithmetic runs at full
+/// speed; SQLite's B-tree walks and the sandbox's instance set-up are made
+/// of such misses. Every 5 ms the probe follows 256 steps of a 64 MiB
+/// random cycle and times them by its own thread's CPU time (so waiting
+/// for a CPU does not count), about 1% of one CPU; a window more than
+/// [`STALL`] times slower than the run's median is a stall.
+struct StallProbe {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<f64>>,
+}
+
+impl StallProbe {
+    fn start(cycle: Arc<Vec<u32>>) -> StallProbe {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut per_step = Vec::new();
+            let mut at = 0u32;
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = own_cpu_ns();
+                for _ in 0..256 {
+                    at = cycle[at as usize];
+                }
+                per_step.push((own_cpu_ns() - t) as f64 / 256.0);
+                std::hint::black_box(at);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            per_step
+        });
+        StallProbe { stop, thread }
+    }
+
+    /// Stop it; "N (longest M ms)": the stalled windows and the longest
+    /// stretch of them in a row.
+    fn stop(self) -> String {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let per_step = self.thread.join().unwrap();
+        let mut sorted = per_step.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
+        let (mut stalled, mut run, mut longest) = (0, 0, 0);
+        for &ns in &per_step {
+            if ns > STALL * median {
+                stalled += 1;
+                run += 1;
+                longest = longest.max(run);
+            } else {
+                run = 0;
+            }
+        }
+        format!("{stalled} (longest {} ms)", longest * 5)
+    }
+}
+
+/// This thread's CPU time in ns.
+fn own_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// CPU seconds used by the process's threads, by kind (from `/proc`, Linux).
