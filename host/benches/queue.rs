@@ -50,7 +50,7 @@ fn main() {
     if std::env::args().any(|a| a == "--stalls") {
         // The probe alone, on an otherwise idle process: how often the
         // platform stalls with nothing of fnhost's running.
-        let probe = StallProbe::start(Arc::new(random_cycle(16 << 20)));
+        let probe = StallProbe::start(probe_cycle());
         std::thread::sleep(Duration::from_secs(10));
         println!("memory stalls in 10 s idle: {}", probe.stop());
         return;
@@ -117,7 +117,7 @@ async fn run(n: usize) {
     }
     let bare = t.elapsed() / bare_n;
 
-    let cycle = Arc::new(random_cycle(16 << 20));
+    let cycle = probe_cycle();
 
     // 1. Throughput.
     let body = |i: usize| NewMessage {
@@ -337,6 +337,11 @@ fn durable_peer(dir: &std::path::Path, rate: f64, m: usize) -> Vec<u64> {
 /// How much slower than its run's median a probe window must be to count
 /// as a memory stall.
 const STALL: f64 = 2.5;
+
+/// The probe's 64 MiB cycle (16 Mi slots of 4 bytes), far past the caches.
+fn probe_cycle() -> Arc<Vec<u32>> {
+    Arc::new(random_cycle(16 << 20))
+}
 
 /// A single random cycle through `n` slots (Sattolo's shuffle, xorshift
 /// for the draws): following it misses the caches at every step.
