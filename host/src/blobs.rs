@@ -223,14 +223,17 @@ pub trait BlobBackend: Send + Sync {
     /// Delete an object; false when there was none.
     fn delete(&self, bucket: &str, key: &str) -> BoxFuture<'_, Result<bool, BlobError>>;
     /// Objects whose keys start with `prefix` and sort after `start_after`,
-    /// in key order, at most `max`.
+    /// in key order, at most `max`: [`BlobBackend::list_at`]'s page.
     fn list(
         &self,
         bucket: &str,
         prefix: &str,
         start_after: Option<String>,
         max: usize,
-    ) -> BoxFuture<'_, Result<Vec<ObjectMeta>, BlobError>>;
+    ) -> BoxFuture<'_, Result<Vec<ObjectMeta>, BlobError>> {
+        let page = self.list_at(bucket, prefix, start_after, max);
+        Box::pin(async move { Ok(page.await?.0) })
+    }
     /// Like [`BlobBackend::list`], with the feed position the page reflects:
     /// every change up to it had happened when the page was read, and none
     /// after it had.

@@ -348,17 +348,6 @@ impl BlobBackend for EmbeddedBlobs {
         })
     }
 
-    fn list(
-        &self,
-        bucket: &str,
-        prefix: &str,
-        start_after: Option<String>,
-        max: usize,
-    ) -> BoxFuture<'_, Result<Vec<ObjectMeta>, BlobError>> {
-        let page = self.list_at(bucket, prefix, start_after, max);
-        Box::pin(async move { Ok(page.await?.0) })
-    }
-
     fn list_at(
         &self,
         bucket: &str,
