@@ -90,7 +90,7 @@ async fn run(n: usize) {
         registry,
         backend.clone(),
         Arc::new(queues),
-        Duration::from_secs(3600),
+        fnhost::jobs::JobSettings::new(Duration::from_secs(3600)),
         Arc::new(fnhost::blobs::embedded::EmbeddedBlobs::open(dir.path()).unwrap()),
         128,
     )

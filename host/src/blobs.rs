@@ -21,6 +21,9 @@ use std::sync::Arc;
 pub const MAX_KEY_BYTES: usize = 1024;
 /// The largest object, in bytes.
 pub const MAX_OBJECT_BYTES: usize = 64 << 20;
+/// The longest content type, in bytes (a MIME type is at most 127 + 1 +
+/// 127 characters, RFC 6838; parameters such as `charset` fit beside it).
+pub const MAX_CONTENT_TYPE_BYTES: usize = 256;
 
 /// An object's metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -158,9 +161,12 @@ pub enum BlobError {
     /// The key is not acceptable.
     #[error("{0}")]
     InvalidKey(String),
-    /// The object is too large.
+    /// The object (or its content type) is too large.
     #[error("{0}")]
     TooLarge(String),
+    /// The content type is not acceptable.
+    #[error("{0}")]
+    InvalidContentType(String),
     /// The store failed; the operation may not have happened.
     #[error("the blob store failed: {0}")]
     Backend(String),
@@ -172,7 +178,8 @@ pub fn validate_bucket(bucket: &str) -> Result<(), BlobError> {
         Ok(())
     } else {
         Err(BlobError::InvalidBucket(format!(
-            "{bucket:?} is not a valid bucket name; use 1-63 lower-case letters, digits and '-', starting with a letter"
+            "{} is not a valid bucket name; use 1-63 lower-case letters, digits and '-', starting with a letter",
+            crate::text::quote(bucket)
         )))
     }
 }
@@ -182,7 +189,12 @@ pub fn validate_bucket(bucket: &str) -> Result<(), BlobError> {
 /// at most [`MAX_KEY_BYTES`].
 pub fn validate(bucket: &str, key: &str) -> Result<(), BlobError> {
     validate_bucket(bucket)?;
-    let bad = |why: &str| Err(BlobError::InvalidKey(format!("key {key:?} {why}")));
+    let bad = |why: &str| {
+        Err(BlobError::InvalidKey(format!(
+            "key {} {why}",
+            crate::text::quote(key)
+        )))
+    };
     if key.is_empty() {
         return bad("is empty");
     }
@@ -200,6 +212,25 @@ pub fn validate(bucket: &str, key: &str) -> Result<(), BlobError> {
         .any(|s| s.is_empty() || s == "." || s == "..")
     {
         return bad("has an empty, '.' or '..' segment");
+    }
+    Ok(())
+}
+
+/// Check a content type: at most [`MAX_CONTENT_TYPE_BYTES`] of printable
+/// ASCII (what an HTTP header carries), so that every change to an object
+/// fits the message that hands it to a blob trigger.
+pub fn validate_content_type(content_type: &str) -> Result<(), BlobError> {
+    if content_type.len() > MAX_CONTENT_TYPE_BYTES {
+        return Err(BlobError::TooLarge(format!(
+            "the content type is {} bytes, over the limit of {MAX_CONTENT_TYPE_BYTES}",
+            content_type.len()
+        )));
+    }
+    if content_type.is_empty() || !content_type.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(BlobError::InvalidContentType(format!(
+            "the content type {} is not acceptable; use printable ASCII such as \"image/png\"",
+            crate::text::quote(content_type)
+        )));
     }
     Ok(())
 }
@@ -312,10 +343,28 @@ mod tests {
                 "{key:?}"
             );
         }
-        assert!(validate("uploads", &"k".repeat(MAX_KEY_BYTES + 1)).is_err());
+        let e = validate("uploads", &"k".repeat(1_200_000))
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 200, "the error quotes a prefix, not the key: {e}");
         assert!(matches!(
             validate("Up Loads", "a"),
             Err(BlobError::InvalidBucket(_))
         ));
+    }
+
+    #[test]
+    fn content_types_are_capped_printable_text() {
+        assert!(validate_content_type("image/png").is_ok());
+        assert!(validate_content_type("text/plain; charset=utf-8").is_ok());
+        let e = validate_content_type(&"x".repeat(2 << 20)).unwrap_err();
+        assert!(matches!(e, BlobError::TooLarge(_)), "{e}");
+        assert!(e.to_string().contains("over the limit of 256"), "{e}");
+        for bad in ["", "text/plain\r\nx-forged: 1", "t\u{7f}"] {
+            assert!(matches!(
+                validate_content_type(bad),
+                Err(BlobError::InvalidContentType(_))
+            ));
+        }
     }
 }

@@ -75,7 +75,9 @@ impl Grants {
                 Access::Write | Access::ReadWrite => "write",
             };
             Err(format!(
-                "no storage grant allows {what} of key {key:?} in bucket {bucket:?}; add one under [[grants.storage]] in fnhost.toml"
+                "no storage grant allows {what} of key {} in bucket {}; add one under [[grants.storage]] in fnhost.toml",
+                crate::text::quote(key),
+                crate::text::quote(bucket)
             ))
         }
     }
@@ -86,7 +88,8 @@ impl Grants {
             Ok(())
         } else {
             Err(format!(
-                "no grant allows sending to queue {queue:?}; add it to grants.queues in fnhost.toml"
+                "no grant allows sending to queue {}; add it to grants.queues in fnhost.toml",
+                crate::text::quote(queue)
             ))
         }
     }
@@ -96,6 +99,8 @@ impl Grants {
 /// and the backends that granted calls go to.
 #[derive(Clone, Default)]
 pub struct Capabilities {
+    /// The function's name: its sends' dedup ids are scoped by it.
+    pub function: String,
     /// The function's grants.
     pub grants: Grants,
     /// The manifest's `[config]` values.
@@ -109,6 +114,7 @@ pub struct Capabilities {
 impl std::fmt::Debug for Capabilities {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Capabilities")
+            .field("function", &self.function)
             .field("grants", &self.grants)
             .field("config", &self.config)
             .field("queues", &self.queues.is_some())

@@ -141,9 +141,25 @@ struct ServeArgs {
     /// Invocations that may run at once, host-wide.
     #[arg(long, env = "FNHOST_MAX_CONCURRENCY", default_value_t = 64)]
     max_concurrency: usize,
+    /// HTTP requests that may wait for a free instance; more get 503 with Retry-After.
+    #[arg(long, env = "FNHOST_MAX_PENDING_REQUESTS", default_value_t = 512)]
+    max_pending_requests: usize,
+    /// Connections open at once; more get 503 with Retry-After and are closed.
+    #[arg(long, env = "FNHOST_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+    /// How long a client may take to send a request's headers, e.g. 10s.
+    #[arg(long, env = "FNHOST_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    header_read_timeout: Duration,
+    /// How long a request body may stall (send nothing) before the request is refused, e.g. 30s.
+    #[arg(long, env = "FNHOST_BODY_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    body_read_timeout: Duration,
     /// How long finished job records are kept, e.g. 24h.
     #[arg(long, env = "FNHOST_JOB_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
     job_retention: Duration,
+    /// Non-public addresses that job callbacks may reach (comma-separated:
+    /// loopback, private, link-local); none by default.
+    #[arg(long, env = "FNHOST_CALLBACK_ALLOW", value_delimiter = ',', value_enum)]
+    callback_allow: Vec<crate::jobs::callback::Reach>,
     /// Use on-demand instance allocation instead of the pooling allocator.
     #[arg(long, env = "FNHOST_NO_POOLING")]
     no_pooling: bool,
@@ -251,7 +267,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         registry,
         Arc::new(queues.clone()),
         Arc::new(queues),
-        args.job_retention,
+        crate::jobs::JobSettings {
+            retention: args.job_retention,
+            callbacks: Arc::new(crate::jobs::callback::Callbacks::new(
+                crate::jobs::callback::CallbackPolicy {
+                    allow: args.callback_allow,
+                },
+            )),
+        },
         Arc::new(blobs),
         args.max_concurrency,
     )
@@ -274,6 +297,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         max_upload_bytes: args.max_upload_bytes,
         stopping_wait_time: args.stopping_wait_time,
+        max_connections: args.max_connections,
+        header_read_timeout: args.header_read_timeout,
+        body_read_timeout: args.body_read_timeout,
+        max_pending_requests: args.max_pending_requests,
     };
     let background = crate::triggers::Supervisor::spawn(dispatcher.clone(), shutdown.clone());
     crate::server::serve(listener, dispatcher, config, shutdown, background).await

@@ -63,12 +63,14 @@ pub struct Dispatcher {
     active: RwLock<HashMap<String, Arc<Deployed>>>,
     routes: RwLock<Arc<matchit::Router<RouteTarget>>>,
     permits: Arc<Semaphore>,
+    /// Callers of [`Dispatcher::invoke_or_busy`] waiting for a permit.
+    waiting: std::sync::atomic::AtomicUsize,
     max_concurrency: usize,
     /// Deploys, rollbacks and removals run one at a time.
     admin: Mutex<()>,
     queues: Arc<dyn QueueBackend>,
     jobs: Arc<dyn crate::jobs::JobStore>,
-    job_retention: std::time::Duration,
+    job_settings: crate::jobs::JobSettings,
     blobs: Arc<dyn crate::blobs::BlobBackend>,
     /// Bumped whenever the active set changes, so triggers can follow.
     changes: watch::Sender<u64>,
@@ -116,7 +118,7 @@ impl Dispatcher {
         registry: Arc<Registry>,
         queues: Arc<dyn QueueBackend>,
         jobs: Arc<dyn crate::jobs::JobStore>,
-        job_retention: std::time::Duration,
+        job_settings: crate::jobs::JobSettings,
         blobs: Arc<dyn crate::blobs::BlobBackend>,
         max_concurrency: usize,
     ) -> anyhow::Result<Arc<Dispatcher>> {
@@ -126,11 +128,12 @@ impl Dispatcher {
             active: RwLock::default(),
             routes: RwLock::new(Arc::new(matchit::Router::new())),
             permits: Arc::new(Semaphore::new(max_concurrency)),
+            waiting: Default::default(),
             max_concurrency,
             admin: Mutex::new(()),
             queues,
             jobs,
-            job_retention,
+            job_settings,
             blobs,
             changes: watch::Sender::new(0),
             bindings: Default::default(),
@@ -225,7 +228,10 @@ impl Dispatcher {
     ) -> Result<Arc<Deployed>, DeployError> {
         let _admin = self.admin.lock().await;
         let current = self.get(name).ok_or_else(|| {
-            DeployError::NotFound(format!("no function named {name:?} is deployed"))
+            DeployError::NotFound(format!(
+                "no function named {} is deployed",
+                crate::text::quote(name)
+            ))
         })?;
         let target = match to {
             Some(v) => v,
@@ -286,7 +292,8 @@ impl Dispatcher {
         let n = name.to_string();
         if !blocking(move || registry.remove(&n)).await? {
             return Err(DeployError::NotFound(format!(
-                "no function named {name:?} is deployed"
+                "no function named {} is deployed",
+                crate::text::quote(name)
             )));
         }
         self.swap(name, None, None);
@@ -352,9 +359,9 @@ impl Dispatcher {
         &self.jobs
     }
 
-    /// How long finished job records are kept.
-    pub fn job_retention(&self) -> std::time::Duration {
-        self.job_retention
+    /// How finished job records are kept and callbacks sent.
+    pub fn job_settings(&self) -> &crate::jobs::JobSettings {
+        &self.job_settings
     }
 
     /// The live figures of `function`'s binding of `queue` (created on first use).
@@ -394,6 +401,55 @@ impl Dispatcher {
         event: Event,
         attempt: Attempt,
     ) -> (String, Outcome) {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        self.run(permit, deployed, event, attempt).await
+    }
+
+    /// [`Dispatcher::invoke`] for a caller that would rather hear "busy"
+    /// than wait in a long line: when no slot is free and `max_waiting`
+    /// such callers already wait for one, answers [`Busy`] at once.
+    pub async fn invoke_or_busy(
+        &self,
+        deployed: Arc<Deployed>,
+        event: Event,
+        attempt: Attempt,
+        max_waiting: usize,
+    ) -> Result<(String, Outcome), Busy> {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if self
+                    .waiting
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                    >= max_waiting
+                {
+                    self.waiting
+                        .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    return Err(Busy {
+                        waiting: max_waiting,
+                    });
+                }
+                let permit = self.permits.clone().acquire_owned().await;
+                self.waiting
+                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                permit.expect("the semaphore is never closed")
+            }
+        };
+        Ok(self.run(permit, deployed, event, attempt).await)
+    }
+
+    async fn run(
+        &self,
+        _permit: tokio::sync::OwnedSemaphorePermit,
+        deployed: Arc<Deployed>,
+        event: Event,
+        attempt: Attempt,
+    ) -> (String, Outcome) {
         let id = uuid::Uuid::now_v7().to_string();
         let span = tracing::info_span!(
             "invocation",
@@ -403,7 +459,6 @@ impl Dispatcher {
             attempt = attempt.number,
         );
         let outcome = async {
-            let _permit = self.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
             let inv = Invocation {
                 id: id.clone(),
                 function: deployed.record.name.clone(),
@@ -421,7 +476,7 @@ impl Dispatcher {
             outcome.logs.emit();
             match &outcome.result {
                 Ok(out) => tracing::debug!(status = out.status, fuel = outcome.fuel_used, elapsed_us = outcome.elapsed.as_micros() as u64, "invocation succeeded"),
-                Err(failure) => tracing::warn!(fuel = outcome.fuel_used, elapsed_us = outcome.elapsed.as_micros() as u64, reason = %failure, "invocation failed"),
+                Err(failure) => tracing::warn!(fuel = outcome.fuel_used, elapsed_us = outcome.elapsed.as_micros() as u64, reason = %crate::text::LogSafe(&failure.to_string()), "invocation failed"),
             }
             outcome
         }
@@ -429,6 +484,13 @@ impl Dispatcher {
         .await;
         (id, outcome)
     }
+}
+
+/// Every instance is busy and the line for one is full.
+#[derive(Debug, Clone, Copy)]
+pub struct Busy {
+    /// How many callers the line holds.
+    pub waiting: usize,
 }
 
 fn build_routes(

@@ -8,7 +8,9 @@
 //! job's record and its message are created in one transaction. Knows
 //! nothing of wasm or HTTP.
 
-use crate::queue::{BoxFuture, QueueError};
+pub mod callback;
+
+use crate::queue::{BoxFuture, NewMessage, QueueError, Receipt, Settlement};
 use serde::Serialize;
 
 /// Queues whose names start with this belong to the host.
@@ -24,6 +26,26 @@ pub fn job_function(queue: &str) -> Option<&str> {
     queue
         .strip_prefix(RESERVED_QUEUE_PREFIX)?
         .strip_prefix("jobs-")
+}
+
+/// How the host keeps async jobs: how long finished records stay, and
+/// what completion callbacks may reach.
+#[derive(Clone)]
+pub struct JobSettings {
+    /// How long a finished job's record is kept.
+    pub retention: std::time::Duration,
+    /// Sends completion callbacks under the host's policy.
+    pub callbacks: std::sync::Arc<callback::Callbacks>,
+}
+
+impl JobSettings {
+    /// Records kept `retention`; callbacks to public addresses only.
+    pub fn new(retention: std::time::Duration) -> JobSettings {
+        JobSettings {
+            retention,
+            callbacks: std::sync::Arc::new(callback::Callbacks::new(Default::default())),
+        }
+    }
 }
 
 /// Where a job is in its life.
@@ -177,6 +199,8 @@ pub enum JobUpdate {
         /// How long to keep the record.
         retention_ms: u64,
     },
+    /// The completion callback was delivered, or given up on.
+    CallbackDone,
 }
 
 impl JobRecord {
@@ -204,6 +228,23 @@ pub trait JobStore: Send + Sync {
     fn update(&self, id: String, update: JobUpdate) -> BoxFuture<'_, Result<bool, QueueError>>;
     /// The record, if it exists and has not expired.
     fn get(&self, id: String) -> BoxFuture<'_, Result<Option<JobRecord>, QueueError>>;
+    /// Settle the job's delivery (as `QueueBackend::settle`, with its
+    /// replies) and apply `update` (its end) to the record, in one durable
+    /// step: a crash leaves both done or neither (the message then comes
+    /// back and the job runs again). A `Finished` update on a job with a
+    /// callback URL also records the callback as owed. False, with nothing
+    /// changed, when the receipt is stale.
+    fn settle_job(
+        &self,
+        receipt: Receipt,
+        how: Settlement,
+        then: Vec<(String, NewMessage)>,
+        id: String,
+        update: JobUpdate,
+    ) -> BoxFuture<'_, Result<bool, QueueError>>;
+    /// Finished jobs whose completion callback is still owed (cut off by a
+    /// crash, say), oldest first, at most `max`.
+    fn pending_callbacks(&self, max: usize) -> BoxFuture<'_, Result<Vec<JobRecord>, QueueError>>;
 }
 
 #[cfg(test)]

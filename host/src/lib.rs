@@ -12,7 +12,8 @@
 //! - [`triggers`]: background triggers (queues, blob changes, timers) that invoke through the dispatcher;
 //! - [`server`]: the admin API and the HTTP trigger;
 //! - [`cli`]: the `fnhost` command line;
-//! - [`files`]: content hashes and atomic file writes, shared by the stores.
+//! - [`files`]: content hashes and atomic file writes, shared by the stores;
+//! - [`text`]: caller text made safe to quote, store and log.
 
 pub mod blobs;
 pub mod capabilities;
@@ -25,4 +26,8 @@ pub mod queue;
 pub mod registry;
 pub mod sandbox;
 pub mod server;
+pub mod text;
 pub mod triggers;
+
+#[cfg(test)]
+mod proptests;

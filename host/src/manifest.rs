@@ -173,15 +173,18 @@ impl TimerTrigger {
             return Err((
                 "schedule",
                 format!(
-                    "{:?} has {fields} fields; use 6, with seconds first: \"sec min hour day-of-month month day-of-week\", e.g. \"0 0 3 * * *\"",
-                    self.schedule
+                    "{} has {fields} fields; use 6, with seconds first: \"sec min hour day-of-month month day-of-week\", e.g. \"0 0 3 * * *\"",
+                    crate::text::quote(&self.schedule)
                 ),
             ));
         }
         let schedule: cron::Schedule = self.schedule.parse().map_err(|e| {
             (
                 "schedule",
-                format!("{:?} is not a cron schedule: {e}", self.schedule),
+                format!(
+                    "{} is not a cron schedule: {e}",
+                    crate::text::quote(&self.schedule)
+                ),
             )
         })?;
         let tz = match &self.timezone {
@@ -190,7 +193,8 @@ impl TimerTrigger {
                 (
                     "timezone",
                     format!(
-                        "{name:?} is not an IANA time zone; write e.g. \"Europe/Paris\" or \"UTC\""
+                        "{} is not an IANA time zone; write e.g. \"Europe/Paris\" or \"UTC\"",
+                        crate::text::quote(name)
                     ),
                 )
             })?,
@@ -302,22 +306,48 @@ impl QueueTrigger {
 
     /// Check everything but the queue name; errors are (field, reason).
     fn validate_settings(&self) -> Result<(), (&'static str, String)> {
-        for (field, value) in [
-            ("visibility_timeout", &self.visibility_timeout),
-            ("backoff_initial", &self.backoff_initial),
-            ("backoff_max", &self.backoff_max),
-            ("scale_down_cooldown", &self.scale_down_cooldown),
+        for (field, value, max, max_text) in [
+            (
+                "visibility_timeout",
+                &self.visibility_timeout,
+                MAX_VISIBILITY,
+                "12h",
+            ),
+            ("backoff_initial", &self.backoff_initial, MAX_BACKOFF, "24h"),
+            ("backoff_max", &self.backoff_max, MAX_BACKOFF, "24h"),
+            (
+                "scale_down_cooldown",
+                &self.scale_down_cooldown,
+                MAX_COOLDOWN,
+                "1h",
+            ),
         ] {
             if let Some(t) = value {
                 match humantime::parse_duration(t) {
                     Ok(d) if field == "visibility_timeout" && d < Duration::from_secs(1) => {
-                        return Err((field, format!("{t:?} is too short; use at least 1s")));
+                        return Err((
+                            field,
+                            format!("{} is too short; use at least 1s", crate::text::quote(t)),
+                        ));
+                    }
+                    Ok(d) if d > max => {
+                        return Err((
+                            field,
+                            format!(
+                                "{} is too long; use at most {max_text}",
+                                crate::text::quote(t)
+                            ),
+                        ));
                     }
                     Ok(_) => {}
                     Err(e) => {
                         return Err((
                             field,
-                            format!("{t:?} is not a duration ({e}); write e.g. \"30s\""),
+                            format!(
+                                "{} is not a duration ({}); write e.g. \"30s\"",
+                                crate::text::quote(t),
+                                crate::text::capped(e.to_string(), 128)
+                            ),
                         ));
                     }
                 }
@@ -392,6 +422,12 @@ pub struct ManifestError {
 }
 
 const MAX_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// The longest lease a binding may ask for (as SQS's 12 hours).
+const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 60 * 60);
+/// The longest retry delay a binding may ask for.
+const MAX_BACKOFF: Duration = Duration::from_secs(24 * 60 * 60);
+/// The longest scale-down cooldown a binding may ask for.
+const MAX_COOLDOWN: Duration = Duration::from_secs(60 * 60);
 const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
 impl Manifest {
@@ -408,7 +444,8 @@ impl Manifest {
             ManifestError {
                 file: file.into(),
                 field,
-                reason: e.to_string().trim().replace('\n', " "),
+                // toml quotes the offending line: a long one is cut.
+                reason: crate::text::capped(e.to_string().trim().replace('\n', " "), 1024),
             }
         })?;
         manifest.validate(file)?;
@@ -426,8 +463,8 @@ impl Manifest {
             return Err(err(
                 "name",
                 format!(
-                    "{:?} is not a valid function name; use 1-63 lower-case letters, digits and '-', starting with a letter",
-                    self.name
+                    "{} is not a valid function name; use 1-63 lower-case letters, digits and '-', starting with a letter",
+                    crate::text::quote(&self.name)
                 ),
             ));
         }
@@ -436,7 +473,10 @@ impl Manifest {
             let field = format!("triggers.http[{i}].path");
             let path = &route.path;
             if !path.starts_with('/') {
-                return Err(err(&field, format!("{path:?} must start with '/'")));
+                return Err(err(
+                    &field,
+                    format!("{} must start with '/'", crate::text::quote(path)),
+                ));
             }
             if let Some(reserved) = RESERVED_PREFIXES.iter().find(|p| {
                 path == *p
@@ -446,7 +486,8 @@ impl Manifest {
                 return Err(err(
                     &field,
                     format!(
-                        "{path:?} would shadow the host's own {reserved} paths; choose another path"
+                        "{} would shadow the host's own {reserved} paths; choose another path",
+                        crate::text::quote(path)
                     ),
                 ));
             }
@@ -454,19 +495,24 @@ impl Manifest {
                 return Err(err(
                     &field,
                     format!(
-                        "{path:?} starts with a parameter and would capture the host's own paths; start with a fixed segment"
+                        "{} starts with a parameter and would capture the host's own paths; start with a fixed segment",
+                        crate::text::quote(path)
                     ),
                 ));
             }
             if let Err(e) = router.insert(path.clone(), ()) {
-                return Err(err(&field, format!("{path:?} is not a valid route: {e}")));
+                return Err(err(
+                    &field,
+                    format!("{} is not a valid route: {e}", crate::text::quote(path)),
+                ));
             }
             for (j, m) in route.methods.iter().enumerate() {
                 if !METHODS.contains(&m.as_str()) {
                     return Err(err(
                         &format!("triggers.http[{i}].methods[{j}]"),
                         format!(
-                            "{m:?} is not a method fnhost routes; use one of {}",
+                            "{} is not a method fnhost routes; use one of {}",
+                            crate::text::quote(m),
                             METHODS.join(", ")
                         ),
                     ));
@@ -480,8 +526,8 @@ impl Manifest {
                 return Err(err(
                     &at("queue"),
                     format!(
-                        "{:?} is not a valid queue name; use lower-case letters, digits and '-', not starting with {:?}",
-                        q.queue,
+                        "{} is not a valid queue name; use lower-case letters, digits and '-', not starting with {:?}",
+                        crate::text::quote(&q.queue),
                         crate::jobs::RESERVED_QUEUE_PREFIX
                     ),
                 ));
@@ -489,7 +535,10 @@ impl Manifest {
             if !bound.insert(q.queue.as_str()) {
                 return Err(err(
                     &at("queue"),
-                    format!("{:?} is bound twice; bind each queue once", q.queue),
+                    format!(
+                        "{} is bound twice; bind each queue once",
+                        crate::text::quote(&q.queue)
+                    ),
                 ));
             }
             q.validate_settings()
@@ -501,8 +550,8 @@ impl Manifest {
                 return Err(err(
                     &at("bucket"),
                     format!(
-                        "{:?} is not a valid bucket name; use lower-case letters, digits and '-'",
-                        b.bucket
+                        "{} is not a valid bucket name; use lower-case letters, digits and '-'",
+                        crate::text::quote(&b.bucket)
                     ),
                 ));
             }
@@ -510,8 +559,8 @@ impl Manifest {
                 return Err(err(
                     &at("bucket"),
                     format!(
-                        "{:?} is watched twice; use one trigger per bucket (a shorter prefix covers both)",
-                        b.bucket
+                        "{} is watched twice; use one trigger per bucket (a shorter prefix covers both)",
+                        crate::text::quote(&b.bucket)
                     ),
                 ));
             }
@@ -539,7 +588,7 @@ impl Manifest {
                         g.bucket,
                         g.prefix
                             .as_deref()
-                            .map(|p| format!(" (prefix {p:?})"))
+                            .map(|p| format!(" (prefix {})", crate::text::quote(p)))
                             .unwrap_or_default()
                     ),
                 ));
@@ -566,8 +615,27 @@ impl Manifest {
             check_delivery(jobs).map_err(|(f, reason)| err(&format!("jobs.{f}"), reason))?;
         }
         let limits = &self.limits;
-        if limits.fuel == Some(0) {
-            return Err(err("limits.fuel", "must be more than 0".into()));
+        if let Some(fuel) = limits.fuel
+            && !(1..=crate::sandbox::MAX_FUEL).contains(&fuel)
+        {
+            return Err(err(
+                "limits.fuel",
+                format!(
+                    "{fuel} is out of range; use 1 to {}",
+                    crate::sandbox::MAX_FUEL
+                ),
+            ));
+        }
+        if let Some(bytes) = limits.log_bytes
+            && bytes > crate::sandbox::MAX_LOG_BYTES
+        {
+            return Err(err(
+                "limits.log_bytes",
+                format!(
+                    "{bytes} is out of range; use 0 to {}",
+                    crate::sandbox::MAX_LOG_BYTES
+                ),
+            ));
         }
         if let Some(mb) = limits.memory_mb {
             let max = (crate::sandbox::MAX_MEMORY_BYTES >> 20) as u64;
@@ -583,25 +651,49 @@ impl Manifest {
                 Ok(d) if d.is_zero() || d > MAX_TIMEOUT => {
                     return Err(err(
                         "limits.timeout",
-                        format!("{t:?} is out of range; use more than 0 and at most 15m"),
+                        format!(
+                            "{} is out of range; use more than 0 and at most 15m",
+                            crate::text::quote(t)
+                        ),
                     ));
                 }
                 Ok(_) => {}
                 Err(e) => {
                     return Err(err(
                         "limits.timeout",
-                        format!("{t:?} is not a duration ({e}); write e.g. \"30s\" or \"2m\""),
+                        format!(
+                            "{} is not a duration ({}); write e.g. \"30s\" or \"2m\"",
+                            crate::text::quote(t),
+                            crate::text::capped(e.to_string(), 128)
+                        ),
                     ));
                 }
             }
         }
         for (i, g) in self.grants.storage.iter().enumerate() {
+            // A prefix is a folder: "user1" would grant "user10/" too.
+            if let Some(p) = &g.prefix
+                && !p.is_empty()
+                && (!p.ends_with('/') || p.len() > crate::blobs::MAX_KEY_BYTES)
+            {
+                return Err(err(
+                    &format!("grants.storage[{i}].prefix"),
+                    format!(
+                        "{} must end with '/' (and be at most {} bytes): a grant is for a folder, and {} would also grant keys such as {}; write {}",
+                        crate::text::quote(p),
+                        crate::blobs::MAX_KEY_BYTES,
+                        crate::text::quote(p),
+                        crate::text::quote(&format!("{p}0/")),
+                        crate::text::quote(&format!("{p}/"))
+                    ),
+                ));
+            }
             if !valid_name(&g.bucket) {
                 return Err(err(
                     &format!("grants.storage[{i}].bucket"),
                     format!(
-                        "{:?} is not a valid bucket name; use lower-case letters, digits and '-'",
-                        g.bucket
+                        "{} is not a valid bucket name; use lower-case letters, digits and '-'",
+                        crate::text::quote(&g.bucket)
                     ),
                 ));
             }
@@ -611,7 +703,8 @@ impl Manifest {
                 return Err(err(
                     &format!("grants.queues[{i}]"),
                     format!(
-                        "{q:?} is not a valid queue name; use lower-case letters, digits and '-', not starting with {:?}",
+                        "{} is not a valid queue name; use lower-case letters, digits and '-', not starting with {:?}",
+                        crate::text::quote(q),
                         crate::jobs::RESERVED_QUEUE_PREFIX
                     ),
                 ));
@@ -683,6 +776,7 @@ impl Manifest {
     /// The grants and config the sandbox hands to the function's imports.
     pub fn capabilities(&self) -> Capabilities {
         Capabilities {
+            function: self.name.clone(),
             grants: self.grants.clone(),
             config: self.config.clone(),
             queues: None,
@@ -775,6 +869,20 @@ mod tests {
         let e = parse("name = \"a\"\n[limits]\ntimeout = \"soon\"").unwrap_err();
         assert_eq!(e.field, "limits.timeout");
 
+        for (limit, field) in [
+            ("fuel = 0", "limits.fuel"),
+            ("fuel = 18_446_744_073_709_551_615", "limits.fuel"),
+            ("log_bytes = 1_073_741_824", "limits.log_bytes"),
+        ] {
+            let e = parse(&format!("name = \"a\"\n[limits]\n{limit}")).unwrap_err();
+            assert_eq!(e.field, field, "{limit}: {e}");
+            assert!(e.reason.contains("out of range; use"), "{e}");
+        }
+        assert!(
+            parse("name = \"a\"\n[limits]\nfuel = 1_000_000_000_000\nlog_bytes = 1_048_576")
+                .is_ok()
+        );
+
         let e = parse("name = \"a\"\n[limits]\nmemory_mb = 4096").unwrap_err();
         assert_eq!(e.field, "limits.memory_mb");
         assert!(e.reason.contains("1 to 1024"), "{e}");
@@ -805,6 +913,18 @@ mod tests {
                 "triggers.queue[0].visibility_timeout",
             ),
             ("min_concurrency = 9", "triggers.queue[0].min_concurrency"),
+            (
+                "visibility_timeout = \"13h\"",
+                "triggers.queue[0].visibility_timeout",
+            ),
+            (
+                "backoff_max = \"100000000y\"",
+                "triggers.queue[0].backoff_max",
+            ),
+            (
+                "scale_down_cooldown = \"2h\"",
+                "triggers.queue[0].scale_down_cooldown",
+            ),
             ("backoff_max = \"soon\"", "triggers.queue[0].backoff_max"),
         ] {
             let text = format!("name = \"a\"\n[[triggers.queue]]\nqueue = \"orders\"\n{extra}\n");
@@ -907,6 +1027,31 @@ mod tests {
         assert_eq!(e.field, "triggers.timer.schedule", "{e}");
         let e = parse("name = \"c\"\n[triggers.timer]\nschedule = \"0 0 3 * * *\"\ntimezone = \"Mars/Olympus\"\n").unwrap_err();
         assert_eq!(e.field, "triggers.timer.timezone");
+    }
+
+    #[test]
+    fn storage_grant_prefixes_are_folders() {
+        let grant = |prefix: &str| {
+            format!(
+                "name = \"a\"\n[[grants.storage]]\nbucket = \"files\"\naccess = \"read\"\nprefix = \"{prefix}\"\n"
+            )
+        };
+        let e = parse(&grant("user1")).unwrap_err();
+        assert_eq!(e.field, "grants.storage[0].prefix");
+        assert!(
+            e.reason.contains("\"user10/\"") && e.reason.contains("write \"user1/\""),
+            "{e}"
+        );
+        assert!(parse(&grant("user1/")).is_ok());
+        assert!(
+            parse(&grant("")).is_ok(),
+            "an empty prefix is the whole bucket"
+        );
+        let m = parse(&grant("user1/")).unwrap();
+        let g = m.grants;
+        use crate::capabilities::Access;
+        assert!(g.check_storage("files", "user1/a", Access::Read).is_ok());
+        assert!(g.check_storage("files", "user10/a", Access::Read).is_err());
     }
 
     #[test]

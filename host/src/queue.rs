@@ -86,6 +86,11 @@ pub struct NewMessage {
     /// Where completion should be reported.
     #[serde(default)]
     pub reply_to: Option<String>,
+    /// Whose dedup ids this message's shares a window with: the sending
+    /// function's name, or none for the admin API and the host. One
+    /// function's dedup ids never suppress another's messages.
+    #[serde(skip)]
+    pub dedup_scope: Option<String>,
 }
 
 /// A stored message.
@@ -216,6 +221,29 @@ pub const DEDUP_WINDOW: Duration = Duration::from_secs(5 * 60);
 /// The longest a receive waits for messages (as SQS's `WaitTimeSeconds`).
 pub const MAX_WAIT: Duration = Duration::from_secs(20);
 
+/// The latest time a message (or a job) may be scheduled for, in ms since
+/// the epoch: 9999-12-31T23:59:59.999Z, the last instant RFC 3339 can
+/// write. Every delay and not-before time is checked against it, so no
+/// time the host computes from a caller's can overflow.
+pub const LATEST_MS: u64 = 253_402_300_799_999;
+
+/// The most attributes on one message.
+pub const MAX_ATTRIBUTES: usize = 16;
+/// The longest attribute name, in bytes.
+pub const MAX_ATTRIBUTE_NAME_BYTES: usize = 128;
+/// The longest attribute value, in bytes.
+pub const MAX_ATTRIBUTE_VALUE_BYTES: usize = 4096;
+/// The longest dedup id, group or correlation id, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+/// The longest error kept with a message (its `last_error`, a dead
+/// letter's reason); longer ones are cut, with a note of their length.
+pub const MAX_ERROR_BYTES: usize = 4096;
+
+/// Attribute names starting with this are the host's (`fnhost-status` on
+/// replies, `fnhost-key` on blob changes): senders other than the host
+/// cannot set them.
+pub const RESERVED_ATTRIBUTE_PREFIX: &str = "fnhost-";
+
 /// Is this one of the host's own queues (jobs, blob and timer deliveries)?
 pub fn is_host_queue(queue: &str) -> bool {
     queue
@@ -234,48 +262,138 @@ pub fn is_host_queue(queue: &str) -> bool {
 pub fn check_user_queue(queue: &str) -> Result<(), QueueError> {
     if queue.starts_with(crate::jobs::RESERVED_QUEUE_PREFIX) {
         return Err(QueueError::Invalid(format!(
-            "{queue:?}: queue names starting with {:?} are reserved for the host; send to a queue of your own",
+            "{}: queue names starting with {:?} are reserved for the host; send to a queue of your own",
+            crate::text::quote(queue),
             crate::jobs::RESERVED_QUEUE_PREFIX
         )));
     }
     Ok(())
 }
 
-/// Check a message before it is stored.
-pub fn validate(queue: &str, msg: &NewMessage) -> Result<(), QueueError> {
+/// Check a message before it is stored, at `now_ms`: its queue's name, its
+/// size, its attributes, ids and times. Every field a sender sets has a
+/// cap, and a message past one is refused whole, naming the field and the
+/// limit; nothing of it is stored.
+pub fn validate(queue: &str, msg: &NewMessage, now_ms: u64) -> Result<(), QueueError> {
+    let invalid = |m: String| Err(QueueError::Invalid(m));
     if !crate::manifest::valid_name(queue) && !is_host_queue(queue) {
-        return Err(QueueError::Invalid(format!(
-            "{queue:?} is not a valid queue name; use 1-63 lower-case letters, digits and '-', starting with a letter"
-        )));
+        return invalid(format!(
+            "{} is not a valid queue name; use 1-63 lower-case letters, digits and '-', starting with a letter",
+            crate::text::quote(queue)
+        ));
     }
     if msg.body.len() > MAX_BODY_BYTES {
-        return Err(QueueError::Invalid(format!(
+        return invalid(format!(
             "the message body is {} bytes, over the limit of {MAX_BODY_BYTES}",
             msg.body.len()
-        )));
+        ));
     }
+    check_attributes(&msg.attributes)?;
     for (field, value) in [
         ("dedup_id", &msg.dedup_id),
         ("group", &msg.group),
         ("correlation_id", &msg.correlation_id),
     ] {
-        if value
-            .as_ref()
-            .is_some_and(|v| v.is_empty() || v.len() > 128)
+        if let Some(v) = value
+            && (v.is_empty() || v.len() > MAX_ID_BYTES)
         {
-            return Err(QueueError::Invalid(format!(
-                "{field} must be 1 to 128 characters"
-            )));
+            return invalid(format!(
+                "{field} is {} bytes; it must be 1 to {MAX_ID_BYTES} bytes",
+                v.len()
+            ));
         }
     }
     if let Some(reply_to) = &msg.reply_to
         && (!crate::manifest::valid_name(reply_to) || check_user_queue(reply_to).is_err())
     {
+        return invalid(format!(
+            "reply_to {} is not a valid queue name; use 1-63 lower-case letters, digits and '-', not starting with \"fnhost-\"",
+            crate::text::quote(reply_to)
+        ));
+    }
+    check_schedule(msg.delay_ms, msg.not_before_ms, now_ms)
+}
+
+/// Check a message's attributes: at most [`MAX_ATTRIBUTES`], names of 1 to
+/// [`MAX_ATTRIBUTE_NAME_BYTES`] letters, digits, `-`, `_` and `.`, values
+/// of at most [`MAX_ATTRIBUTE_VALUE_BYTES`].
+fn check_attributes(attributes: &[(String, String)]) -> Result<(), QueueError> {
+    let invalid = |m: String| Err(QueueError::Invalid(m));
+    if attributes.len() > MAX_ATTRIBUTES {
+        return invalid(format!(
+            "the message has {} attributes, over the limit of {MAX_ATTRIBUTES}",
+            attributes.len()
+        ));
+    }
+    for (name, value) in attributes {
+        let well_formed = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if name.is_empty() || name.len() > MAX_ATTRIBUTE_NAME_BYTES || !well_formed {
+            return invalid(format!(
+                "attribute name {} is not acceptable; use 1 to {MAX_ATTRIBUTE_NAME_BYTES} letters, digits, '-', '_' or '.'",
+                crate::text::quote(name)
+            ));
+        }
+        if value.len() > MAX_ATTRIBUTE_VALUE_BYTES {
+            return invalid(format!(
+                "attribute {name:?} is {} bytes, over the limit of {MAX_ATTRIBUTE_VALUE_BYTES}",
+                value.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Check a delay and a not-before time given at `now_ms`: neither may put
+/// the message after [`LATEST_MS`].
+pub fn check_schedule(
+    delay_ms: Option<u64>,
+    not_before_ms: Option<u64>,
+    now_ms: u64,
+) -> Result<(), QueueError> {
+    if let Some(d) = delay_ms
+        && now_ms.saturating_add(d) > LATEST_MS
+    {
         return Err(QueueError::Invalid(format!(
-            "reply_to {reply_to:?} is not a valid queue name"
+            "the delay of {d} ms is over the limit of {} ms from now: nothing can be scheduled after 9999-12-31T23:59:59.999Z",
+            LATEST_MS.saturating_sub(now_ms)
+        )));
+    }
+    if let Some(at) = not_before_ms
+        && at > LATEST_MS
+    {
+        return Err(QueueError::Invalid(format!(
+            "not_before_ms {at} is over the limit of {LATEST_MS} (9999-12-31T23:59:59.999Z), the latest time a message or job can be scheduled for"
         )));
     }
     Ok(())
+}
+
+/// When a message sent at `now_ms` becomes receivable. Callers validated
+/// the times with [`check_schedule`]; this never overflows regardless.
+pub fn visible_at(delay_ms: Option<u64>, not_before_ms: Option<u64>, now_ms: u64) -> u64 {
+    not_before_ms
+        .unwrap_or(now_ms)
+        .max(now_ms.saturating_add(delay_ms.unwrap_or(0)))
+}
+
+/// The stricter check for a message from a user (a function's `send`, the
+/// queue API): besides [`validate`], it may not go to one of the host's own
+/// queues, and may not carry the host's own attributes.
+pub fn validate_user(queue: &str, msg: &NewMessage, now_ms: u64) -> Result<(), QueueError> {
+    check_user_queue(queue)?;
+    if let Some((name, _)) = msg
+        .attributes
+        .iter()
+        .find(|(name, _)| name.starts_with(RESERVED_ATTRIBUTE_PREFIX))
+    {
+        return Err(QueueError::Invalid(format!(
+            "attribute {} is reserved: names starting with {RESERVED_ATTRIBUTE_PREFIX:?} are set by the host only; rename it",
+            crate::text::quote(name)
+        )));
+    }
+    validate(queue, msg, now_ms)
 }
 
 /// A durable queue store. Every method's effect is durable when it returns `Ok`.
@@ -329,6 +447,16 @@ pub trait QueueBackend: Send + Sync {
     fn ack(&self, receipt: Receipt) -> BoxFuture<'_, Result<bool, QueueError>> {
         self.settle(receipt, Settlement::Ack, Vec::new())
     }
+    /// Store a message straight in `queue`'s dead letters with `error` as
+    /// the reason, for one that cannot be delivered (the blob feed's change
+    /// that no message can carry): it is kept for a look and a redrive,
+    /// and does not hold up the ones behind it. Returns its id.
+    fn bury(
+        &self,
+        queue: &str,
+        msg: NewMessage,
+        error: String,
+    ) -> BoxFuture<'_, Result<String, QueueError>>;
     /// Make a leased message receivable again after `delay`, recording the error.
     fn retry(
         &self,
@@ -419,14 +547,14 @@ mod tests {
             body: b"x".to_vec(),
             ..Default::default()
         };
-        assert!(validate("orders", &ok).is_ok());
-        assert!(validate("Orders", &ok).is_err());
+        assert!(validate("orders", &ok, 0).is_ok());
+        assert!(validate("Orders", &ok, 0).is_err());
         let big = NewMessage {
             body: vec![0; MAX_BODY_BYTES + 1],
             ..Default::default()
         };
         assert!(
-            validate("orders", &big)
+            validate("orders", &big, 0)
                 .unwrap_err()
                 .to_string()
                 .contains("over the limit")
@@ -435,6 +563,72 @@ mod tests {
             group: Some(String::new()),
             ..Default::default()
         };
-        assert!(validate("orders", &empty_group).is_err());
+        assert!(validate("orders", &empty_group, 0).is_err());
+    }
+
+    #[test]
+    fn times_are_capped_so_no_sum_can_overflow() {
+        let at = |delay_ms, not_before_ms| NewMessage {
+            delay_ms,
+            not_before_ms,
+            ..Default::default()
+        };
+        let now = 1_000;
+        assert!(validate("q", &at(Some(LATEST_MS - now), None), now).is_ok());
+        assert!(validate("q", &at(None, Some(LATEST_MS)), now).is_ok());
+        for huge in [LATEST_MS - now + 1, 1 << 63, u64::MAX] {
+            let e = validate("q", &at(Some(huge), None), now).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("over the limit of 253402300798999 ms from now"),
+                "{e}"
+            );
+        }
+        for huge in [LATEST_MS + 1, 1 << 63, u64::MAX] {
+            let e = validate("q", &at(None, Some(huge)), now).unwrap_err();
+            assert!(
+                e.to_string().contains("over the limit of 253402300799999"),
+                "{e}"
+            );
+        }
+        assert_eq!(visible_at(Some(u64::MAX), None, 5), u64::MAX);
+        assert_eq!(visible_at(Some(10), Some(3), 5), 15);
+        assert_eq!(visible_at(None, Some(30), 5), 30);
+    }
+
+    #[test]
+    fn attributes_are_capped_and_the_hosts_are_reserved() {
+        let with = |attributes: Vec<(String, String)>| NewMessage {
+            attributes,
+            ..Default::default()
+        };
+        let ok = with(vec![("trace-id".into(), "abc".into())]);
+        assert!(validate_user("q", &ok, 0).is_ok());
+        let many = with(
+            (0..=MAX_ATTRIBUTES)
+                .map(|i| (format!("a{i}"), String::new()))
+                .collect(),
+        );
+        assert!(
+            validate("q", &many, 0)
+                .unwrap_err()
+                .to_string()
+                .contains("17 attributes")
+        );
+        let long = with(vec![(
+            "a".into(),
+            "v".repeat(MAX_ATTRIBUTE_VALUE_BYTES + 1),
+        )]);
+        assert!(validate("q", &long, 0).is_err());
+        let name = with(vec![("n".repeat(1 << 20), String::new())]);
+        let e = validate("q", &name, 0).unwrap_err().to_string();
+        assert!(e.len() < 300 && e.contains("1048576 bytes"), "{e}");
+        let odd = with(vec![("a b\n".into(), String::new())]);
+        assert!(validate("q", &odd, 0).is_err());
+        let host = with(vec![("fnhost-status".into(), "succeeded".into())]);
+        assert!(validate("q", &host, 0).is_ok(), "the host may set them");
+        let e = validate_user("q", &host, 0).unwrap_err().to_string();
+        assert!(e.contains("reserved"), "{e}");
+        assert!(validate_user("fnhost-jobs-a", &ok, 0).is_err());
     }
 }

@@ -24,7 +24,11 @@ use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-pub use limits::{Limits, MAX_MEMORY_BYTES};
+pub use limits::{
+    Limits, MAX_FUEL, MAX_GUEST_ERROR_BYTES, MAX_HEADER_NAME_BYTES, MAX_HEADER_VALUE_BYTES,
+    MAX_HOSTCALL_BYTES, MAX_LOG_BYTES, MAX_MEMORY_BYTES, MAX_OUTPUT_BYTES, MAX_OUTPUT_HEADERS,
+    MAX_RESOURCES,
+};
 pub use logs::GuestLogs;
 
 /// Host-side bindings of the `fnhost:job` world.
@@ -171,6 +175,10 @@ pub enum Failure {
     /// The guest returned `job-error::fail`.
     #[error("the job failed: {0}")]
     Fail(String),
+    /// The guest handed the host more than a limit allows (an output over
+    /// [`MAX_OUTPUT_BYTES`], say): its fault, and the same next time.
+    #[error("the job broke a limit: {0}")]
+    Limit(String),
     /// The guest was stopped by the sandbox.
     #[error("{0}")]
     Trap(TrapReason),
@@ -180,7 +188,7 @@ impl Failure {
     /// True when another attempt may succeed (a retry request, or a trap that
     /// may be transient such as a timeout).
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, Failure::Fail(_))
+        !matches!(self, Failure::Fail(_) | Failure::Limit(_))
     }
 }
 
@@ -212,6 +220,14 @@ pub enum TrapReason {
     /// The wasm call stack ran out.
     #[error("stack overflow: the guest exhausted its call stack")]
     StackOverflow,
+    /// The guest held more host resources (streams, pollables) than allowed.
+    #[error(
+        "too many resources: the guest held more than {limit} host resources (streams, pollables) at once"
+    )]
+    TooManyResources {
+        /// The resource limit.
+        limit: usize,
+    },
     /// The guest panicked (Rust `panic!`), with the panic message when it printed one.
     #[error("the guest panicked: {0}")]
     Panic(String),
@@ -369,9 +385,11 @@ impl Sandbox {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
         let state = HostState {
             wasi,
-            table: ResourceTable::new(),
+            table,
             limiter: limits::GuestLimiter::new(limits),
             caps,
             progress: None,
@@ -379,14 +397,20 @@ impl Sandbox {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
+        store.set_hostcall_fuel(MAX_HOSTCALL_BYTES);
+        store.set_max_component_handles(MAX_RESOURCES);
         let started = Instant::now();
         let result = match self
             .configure_and_run(&mut store, loaded, limits, &inv, &event)
             .await
         {
-            Ok(Ok(Ok(output))) => Ok(output),
-            Ok(Ok(Err(JobError::Retry(m)))) => Err(Failure::Retry(m)),
-            Ok(Ok(Err(JobError::Fail(m)))) => Err(Failure::Fail(m)),
+            Ok(Ok(Ok(output))) => check_output(output),
+            Ok(Ok(Err(JobError::Retry(m)))) => Err(Failure::Retry(guest_error(m))),
+            Ok(Ok(Err(JobError::Fail(m)))) => Err(Failure::Fail(guest_error(m))),
+            Ok(Err(err)) if is_hostcall_overflow(&err) => Err(Failure::Limit(format!(
+                "it handed the host more than {MAX_HOSTCALL_BYTES} bytes in one call (its output, or a value passed to storage or a queue); outputs are limited to {MAX_OUTPUT_BYTES} bytes and objects to {} bytes",
+                crate::blobs::MAX_OBJECT_BYTES
+            ))),
             Ok(Err(err)) => Err(Failure::Trap(classify(&err, &store, limits, &logs))),
             Err(_elapsed) => Err(Failure::Trap(TrapReason::Timeout {
                 limit: limits.timeout,
@@ -468,6 +492,46 @@ fn build_engine(config: &SandboxConfig, pooling: bool) -> anyhow::Result<Engine>
         .map_err(|e| anyhow::anyhow!("failed to create the wasm engine: {}", error_chain(&e)))
 }
 
+/// A guest's error message, cut to [`MAX_GUEST_ERROR_BYTES`].
+fn guest_error(message: String) -> String {
+    crate::text::capped(message, MAX_GUEST_ERROR_BYTES)
+}
+
+/// An output within the limits, or why not.
+fn check_output(output: Output) -> Result<Output, Failure> {
+    if output.body.len() > MAX_OUTPUT_BYTES {
+        return Err(Failure::Limit(format!(
+            "its output is {} bytes, over the limit of {MAX_OUTPUT_BYTES}; return less, or put the result in a bucket and return its key",
+            output.body.len()
+        )));
+    }
+    if output.headers.len() > MAX_OUTPUT_HEADERS {
+        return Err(Failure::Limit(format!(
+            "its output has {} headers, over the limit of {MAX_OUTPUT_HEADERS}",
+            output.headers.len()
+        )));
+    }
+    for (name, value) in &output.headers {
+        if name.len() > MAX_HEADER_NAME_BYTES || value.len() > MAX_HEADER_VALUE_BYTES {
+            return Err(Failure::Limit(format!(
+                "its output header {} is over the limits of {MAX_HEADER_NAME_BYTES} bytes for a name and {MAX_HEADER_VALUE_BYTES} for a value",
+                crate::text::quote(name)
+            )));
+        }
+    }
+    Ok(output)
+}
+
+/// True when wasmtime refused to copy more than the host-call budget
+/// ([`MAX_HOSTCALL_BYTES`]) from the guest. (wasmtime has no public type
+/// for it; its message is matched, and a test keeps the match honest.)
+fn is_hostcall_overflow(err: &wasmtime::Error) -> bool {
+    err.chain().any(|e| {
+        e.to_string()
+            .contains("fuel allocated for hostcalls has been exhausted")
+    })
+}
+
 /// Turn a wasmtime error from a guest call into a precise reason.
 fn classify(
     err: &wasmtime::Error,
@@ -481,11 +545,22 @@ fn classify(
             requested,
         };
     }
+    let too_many_resources = err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<wasmtime::component::ResourceTableError>(),
+            Some(wasmtime::component::ResourceTableError::Full)
+        ) || e.to_string().contains("store handle limit exceeded")
+    });
+    if too_many_resources {
+        return TrapReason::TooManyResources {
+            limit: MAX_RESOURCES,
+        };
+    }
     match err.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => TrapReason::FuelExhausted { limit: limits.fuel },
         Some(Trap::StackOverflow) => TrapReason::StackOverflow,
         Some(Trap::UnreachableCodeReached) => match logs.panic_message() {
-            Some(msg) => TrapReason::Panic(msg),
+            Some(msg) => TrapReason::Panic(guest_error(msg)),
             None => TrapReason::Other(Trap::UnreachableCodeReached.to_string()),
         },
         Some(trap) => TrapReason::Other(trap.to_string()),

@@ -8,6 +8,7 @@
 mod admin;
 mod auth;
 mod blobs;
+mod conn;
 mod jobs;
 mod queues;
 mod trigger;
@@ -22,6 +23,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use auth::{load_or_create_token, token_path};
+#[cfg(test)]
+pub(crate) use jobs::parse_submit;
+#[cfg(test)]
+pub(crate) use queues::parse_send;
 
 /// Settings of the HTTP server.
 #[derive(Debug, Clone)]
@@ -34,6 +39,31 @@ pub struct ServerConfig {
     pub max_upload_bytes: usize,
     /// How long to drain in-flight requests on shutdown.
     pub stopping_wait_time: Duration,
+    /// Connections open at once; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// How long a request body may go without sending anything.
+    pub body_read_timeout: Duration,
+    /// HTTP invocations that may wait for a free instance; one more is
+    /// answered 503 with `Retry-After`.
+    pub max_pending_requests: usize,
+}
+
+impl ServerConfig {
+    /// The defaults of `fnhost serve`, with `token`.
+    pub fn new(token: String) -> ServerConfig {
+        ServerConfig {
+            token,
+            max_body_bytes: 10 << 20,
+            max_upload_bytes: 64 << 20,
+            stopping_wait_time: Duration::from_secs(30),
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_pending_requests: 512,
+        }
+    }
 }
 
 /// What every handler can reach.
@@ -63,6 +93,11 @@ pub fn router(dispatcher: Arc<Dispatcher>, config: ServerConfig) -> axum::Router
 /// HTTP requests and `background` invocations (queue messages) for at most
 /// the stopping wait time; what is still running then is abandoned, and its
 /// queue leases expire so the messages come back.
+///
+/// Connections are served by hyper (HTTP/1.1) under the config's caps: at
+/// most `max_connections` at once (the next is answered `503` with
+/// `Retry-After` and closed), `header_read_timeout` to send a request's
+/// headers, and `body_read_timeout` between pieces of a body.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     dispatcher: Arc<Dispatcher>,
@@ -71,34 +106,31 @@ pub async fn serve(
     background: TaskTracker,
 ) -> anyhow::Result<()> {
     let wait = config.stopping_wait_time;
+    let limits = conn::Limits::from(&config);
     let app = router(dispatcher.clone(), config);
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let mut task = tokio::spawn(async move { server.await });
-    tokio::select! {
-        res = &mut task => return res?.map_err(Into::into),
-        () = shutdown.cancelled() => {}
-    }
+    let connections = TaskTracker::new();
+    let accepting = conn::accept_loop(listener, app, limits, shutdown.clone(), connections.clone());
+    accepting.await;
+    connections.close();
     tracing::info!(in_flight = dispatcher.in_flight(), wait = ?wait, "shutting down: no new requests or messages; draining in-flight invocations");
     let drain = async {
-        let served = (&mut task).await;
+        connections.wait().await;
         background.wait().await;
-        served
     };
     match tokio::time::timeout(wait, drain).await {
-        Ok(res) => {
-            res??;
-            tracing::info!("drained; stopped");
-        }
-        Err(_) => {
-            tracing::warn!(
-                in_flight = dispatcher.in_flight(),
-                "the stopping wait time passed; abandoning in-flight invocations"
-            );
-            task.abort();
-        }
+        Ok(()) => tracing::info!("drained; stopped"),
+        Err(_) => tracing::warn!(
+            in_flight = dispatcher.in_flight(),
+            "the stopping wait time passed; abandoning in-flight invocations"
+        ),
     }
     Ok(())
+}
+
+/// A JSON body's parse error, cut short: serde quotes the value it choked
+/// on, which may be as long as the body.
+pub(crate) fn json_error(e: serde_json::Error) -> String {
+    crate::text::capped(e.to_string(), 256)
 }
 
 /// A JSON error response: `{"error": {"code": …, "message": …}}`.

@@ -40,6 +40,12 @@ impl Supervisor {
             workers: HashMap::new(),
         };
         let feed = tokio::spawn(blob::run(sup.dispatcher.clone(), sup.shutdown.clone()));
+        // Callbacks a crash cut off: tracked, so a shutdown waits for them
+        // like any other in-flight work.
+        tracker.spawn(crate::jobs::callback::resume(
+            sup.dispatcher.jobs().clone(),
+            sup.dispatcher.job_settings().callbacks.clone(),
+        ));
         tokio::spawn(async move {
             let mut changes = sup.dispatcher.subscribe();
             loop {

@@ -115,7 +115,9 @@ fn a_checkpoint_survives_a_kill_9() {
 #[test]
 fn completion_callbacks_are_posted() {
     let g = guests();
-    let host = Host::start();
+    // The callback server is on loopback, which callbacks reach only when
+    // the host is told they may.
+    let host = Host::start_with(&["--callback-allow", "loopback"]);
     host.deploy_ok(ADVERSARY, &g.adversary);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/done", listener.local_addr().unwrap());

@@ -1,13 +1,18 @@
 //! The embedded blob store: each bucket is a folder under
-//! `<data-dir>/blobs/`, each object a file named by the SHA-256 of its key
-//! (so any valid key maps to one flat, safe file name), and an SQLite index
-//! (`<data-dir>/blobs.db`) holds keys and metadata.
+//! `<data-dir>/blobs/`, each version of an object a file named by the
+//! SHA-256 of its key and the start of its etag (so any valid key maps to
+//! flat, safe file names), and an SQLite index (`<data-dir>/blobs.db`) holds
+//! keys, metadata and which file is current.
 //!
-//! A put writes a temp file beside the target, fsyncs it, renames it into
-//! place and fsyncs the folder, then records the metadata: readers see the
-//! old object or the new one, never half. A delete forgets the key first,
-//! then removes the file, so a crash can leave an unreferenced file but never
-//! a key without content.
+//! A put writes the new version's file (temp file, fsync, rename, fsync of
+//! the folder) beside the current one, then switches the index to it in one
+//! transaction, then removes the old file: the commit is the one step, so a
+//! crash before it leaves the old object whole (and an unreferenced file,
+//! removed at the next open) and a crash after it the new one, with its
+//! change in the feed. Readers see the old object or the new one, never
+//! half, and never new bytes under the old etag. A delete forgets the key
+//! first, then removes the file, so a crash can leave an unreferenced file
+//! but never a key without content.
 //!
 //! The change feed lives in the same database: the index update and its
 //! [`Change`] row commit in one transaction, so no acknowledged write goes
@@ -31,6 +36,7 @@ CREATE TABLE IF NOT EXISTS blob_objects (
     etag TEXT NOT NULL,
     content_type TEXT,
     modified_ms INTEGER NOT NULL,
+    file TEXT,
     PRIMARY KEY (bucket, key)
 );
 CREATE TABLE IF NOT EXISTS blob_changes (
@@ -101,12 +107,24 @@ impl EmbeddedBlobs {
             conn.execute_batch("ALTER TABLE blob_receipts ADD COLUMN seq INTEGER")
                 .map_err(db)?;
         }
+        // Objects written before versions had files of their own have none
+        // (their file is named by the key alone).
+        let versioned: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('blob_objects') WHERE name = 'file'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(db)?;
+        if !versioned {
+            conn.execute_batch("ALTER TABLE blob_objects ADD COLUMN file TEXT")
+                .map_err(db)?;
+        }
+        let inner = Inner {
+            root,
+            db: Mutex::new(conn),
+            notify: Arc::new(Notify::new()),
+        };
+        inner.sweep()?;
         Ok(EmbeddedBlobs {
-            inner: Arc::new(Inner {
-                root,
-                db: Mutex::new(conn),
-                notify: Arc::new(Notify::new()),
-            }),
+            inner: Arc::new(inner),
         })
     }
 
@@ -125,10 +143,76 @@ impl EmbeddedBlobs {
 }
 
 impl Inner {
-    fn path(&self, bucket: &str, key: &str) -> PathBuf {
-        self.root
-            .join(bucket)
-            .join(crate::files::sha256_hex(key.as_bytes()))
+    /// The file of an object's version: its key's hash, then (for versions
+    /// written since files were versioned) the start of its etag.
+    fn path(&self, bucket: &str, file: &str) -> PathBuf {
+        self.root.join(bucket).join(file)
+    }
+
+    /// Where the current version of `key` lives, if it exists, with its metadata.
+    fn current(
+        &self,
+        conn: &Connection,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<(ObjectMeta, String)>, BlobError> {
+        conn.prepare_cached(
+            "SELECT key, size, etag, content_type, modified_ms, file FROM blob_objects WHERE bucket = ?1 AND key = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![bucket, key], |r| {
+                let file: Option<String> = r.get(5)?;
+                Ok((
+                    row_to_meta(r)?,
+                    file.unwrap_or_else(|| legacy_file(key)),
+                ))
+            })
+            .optional()
+        })
+        .map_err(db)
+    }
+
+    /// Remove what a crash left behind: temp files of puts cut off before
+    /// their rename, and version files no index row names (a put cut off
+    /// before its commit, or an old version whose removal was).
+    fn sweep(&self) -> Result<(), BlobError> {
+        let conn = self.db();
+        let mut referenced = std::collections::HashSet::new();
+        let mut stmt = conn
+            .prepare("SELECT bucket, key, file FROM blob_objects")
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([], |r| {
+                let (bucket, key, file): (String, String, Option<String>) =
+                    (r.get(0)?, r.get(1)?, r.get(2)?);
+                Ok((bucket, file.unwrap_or_else(|| legacy_file(&key))))
+            })
+            .map_err(db)?;
+        for row in rows {
+            referenced.insert(row.map_err(db)?);
+        }
+        let Ok(buckets) = std::fs::read_dir(&self.root) else {
+            return Ok(());
+        };
+        let mut removed = 0usize;
+        for bucket in buckets.flatten() {
+            let name = bucket.file_name().to_string_lossy().into_owned();
+            let Ok(files) = std::fs::read_dir(bucket.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let file = f.file_name().to_string_lossy().into_owned();
+                if !referenced.contains(&(name.clone(), file))
+                    && std::fs::remove_file(f.path()).is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "removed blob files left by an interrupted write");
+        }
+        Ok(())
     }
 
     fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -136,15 +220,18 @@ impl Inner {
     }
 
     fn meta(&self, bucket: &str, key: &str) -> Result<Option<ObjectMeta>, BlobError> {
-        self.db()
-            .query_row(
-                "SELECT key, size, etag, content_type, modified_ms FROM blob_objects WHERE bucket = ?1 AND key = ?2",
-                params![bucket, key],
-                row_to_meta,
-            )
-            .optional()
-            .map_err(db)
+        Ok(self.current(&self.db(), bucket, key)?.map(|(meta, _)| meta))
     }
+}
+
+/// The file of an object written before versions had files of their own.
+fn legacy_file(key: &str) -> String {
+    crate::files::sha256_hex(key.as_bytes())
+}
+
+/// The file of the version of `key` whose content hash is `etag`.
+fn version_file(key: &str, etag: &str) -> String {
+    format!("{}.{}", legacy_file(key), &etag[..etag.len().min(16)])
 }
 
 fn row_to_change(r: &rusqlite::Row<'_>) -> rusqlite::Result<Change> {
@@ -216,45 +303,45 @@ impl BlobBackend for EmbeddedBlobs {
             ));
             return Box::pin(async move { Err(e) });
         }
+        if let Some(Err(e)) = content_type.as_deref().map(super::validate_content_type) {
+            return Box::pin(async move { Err(e) });
+        }
         let (bucket, key) = (bucket.to_string(), key.to_string());
         checked(&bucket.clone(), &key.clone(), move || {
             self.blocking(move |inner| {
-                let path = inner.path(&bucket, &key);
+                let etag = crate::files::sha256_hex(&body);
+                let file = version_file(&key, &etag);
+                let path = inner.path(&bucket, &file);
                 let dir = path.parent().expect("an object path has a bucket folder");
                 std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
-                // The bytes reach the disk outside the lock; the rename into
-                // place happens under it, with the index update, so the file
-                // and the index (and the feed's etag) always name the same
-                // put when two race on one key.
+                // The bytes reach the disk outside the lock, in a file of
+                // their own; the index switches to it in one transaction,
+                // under the lock, so the index, the feed and the file always
+                // name the same put when two race on one key.
                 let tmp = crate::files::write_beside(&path, &body)
                     .map_err(|e| io("write", &path, e))?;
                 let meta = ObjectMeta {
                     key,
                     size: body.len() as u64,
-                    etag: crate::files::sha256_hex(&body),
+                    etag,
                     content_type,
                     modified_ms: crate::registry::now_ms(),
                 };
+                let mut conn = inner.db();
+                let old = inner.current(&conn, &bucket, &meta.key)?.map(|(_, f)| f);
+                crate::files::put_in_place(tmp, &path).map_err(|e| io("write", &path, e))?;
                 // One transaction for the check, the write and its change, so
                 // concurrent puts agree on which of them created the object
                 // and no write is left out of the feed.
-                let mut conn = inner.db();
-                crate::files::put_in_place(tmp, &path).map_err(|e| io("write", &path, e))?;
                 let tx = conn.transaction().map_err(db)?;
-                let replaced: bool = tx
-                    .query_row(
-                        "SELECT EXISTS (SELECT 1 FROM blob_objects WHERE bucket = ?1 AND key = ?2)",
-                        params![bucket, meta.key],
-                        |r| r.get(0),
-                    )
-                    .map_err(db)?;
                 tx.execute(
-                        "INSERT INTO blob_objects (bucket, key, size, etag, content_type, modified_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                        "INSERT INTO blob_objects (bucket, key, size, etag, content_type, modified_ms, file) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                          ON CONFLICT(bucket, key) DO UPDATE SET size = excluded.size, etag = excluded.etag,
-                             content_type = excluded.content_type, modified_ms = excluded.modified_ms",
-                        params![bucket, meta.key, meta.size, meta.etag, meta.content_type, meta.modified_ms],
+                             content_type = excluded.content_type, modified_ms = excluded.modified_ms, file = excluded.file",
+                        params![bucket, meta.key, meta.size, meta.etag, meta.content_type, meta.modified_ms, file],
                     )
                     .map_err(db)?;
+                let replaced = old.is_some();
                 let kind = if replaced {
                     ChangeKind::Updated
                 } else {
@@ -263,6 +350,11 @@ impl BlobBackend for EmbeddedBlobs {
                 let change = Change::written(&bucket, meta.clone(), kind);
                 record(&tx, &bucket, &change).map_err(db)?;
                 tx.commit().map_err(db)?;
+                // The old version's file, now unreferenced (a crash here
+                // leaves it for the next open's sweep).
+                if let Some(old) = old.filter(|o| *o != file) {
+                    let _ = std::fs::remove_file(inner.path(&bucket, &old));
+                }
                 drop(conn);
                 inner.notify.notify_one();
                 Ok(Stored { meta, replaced })
@@ -278,16 +370,21 @@ impl BlobBackend for EmbeddedBlobs {
         let (bucket, key) = (bucket.to_string(), key.to_string());
         checked(&bucket.clone(), &key.clone(), move || {
             self.blocking(move |inner| {
-                let Some(meta) = inner.meta(&bucket, &key)? else { return Ok(None) };
-                let path = inner.path(&bucket, &key);
-                match std::fs::read(&path) {
-                    Ok(body) => Ok(Some((meta, body))),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        tracing::warn!(%bucket, %key, "an indexed object has no file; treating it as absent");
-                        Ok(None)
+                // A put may replace the version between the lookup and the
+                // read (its old file is then gone): look again.
+                for _ in 0..3 {
+                    let Some((meta, file)) = inner.current(&inner.db(), &bucket, &key)? else {
+                        return Ok(None);
+                    };
+                    let path = inner.path(&bucket, &file);
+                    match std::fs::read(&path) {
+                        Ok(body) => return Ok(Some((meta, body))),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(io("read", &path, e)),
                     }
-                    Err(e) => Err(io("read", &path, e)),
                 }
+                tracing::warn!(bucket = %bucket, key = %crate::text::LogSafe(&key), "an indexed object has no file; treating it as absent");
+                Ok(None)
             })
         })
     }
@@ -308,6 +405,7 @@ impl BlobBackend for EmbeddedBlobs {
         checked(&bucket.clone(), &key.clone(), move || {
             self.blocking(move |inner| {
                 let mut conn = inner.db();
+                let file = inner.current(&conn, &bucket, &key)?.map(|(_, f)| f);
                 let tx = conn.transaction().map_err(db)?;
                 let n = tx
                     .execute(
@@ -332,11 +430,13 @@ impl BlobBackend for EmbeddedBlobs {
                 tx.commit().map_err(db)?;
                 // Under the lock too: a put racing this delete must not have
                 // its new file removed after it was indexed.
-                let path = inner.path(&bucket, &key);
-                let removed = match std::fs::remove_file(&path) {
-                    Ok(()) => Ok(()),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(io("remove", &path, e)),
+                let removed = match file.map(|f| inner.path(&bucket, &f)) {
+                    None => Ok(()),
+                    Some(path) => match std::fs::remove_file(&path) {
+                        Ok(()) => Ok(()),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                        Err(e) => Err(io("remove", &path, e)),
+                    },
                 };
                 drop(conn);
                 if n == 1 {
@@ -913,5 +1013,95 @@ mod tests {
             blobs.put("uploads", "big", big, None).await,
             Err(BlobError::TooLarge(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_put_cut_off_before_its_index_commits_leaves_the_old_object_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = EmbeddedBlobs::open(dir.path()).unwrap();
+        let v1 = blobs
+            .put("docs", "a.txt", b"version one".to_vec(), None)
+            .await
+            .unwrap();
+        // Another process holds the index's write lock: the put writes its
+        // file, then cannot commit (as if the host died between the two).
+        let other = Connection::open(dir.path().join("blobs.db")).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let cut_off = blobs
+            .put("docs", "a.txt", b"version two".to_vec(), None)
+            .await;
+        assert!(matches!(cut_off, Err(BlobError::Backend(_))), "{cut_off:?}");
+        other.execute_batch("ROLLBACK").unwrap();
+        let (meta, body) = blobs.get("docs", "a.txt").await.unwrap().unwrap();
+        assert_eq!(body, b"version one", "the old bytes, not the new");
+        assert_eq!(meta.etag, v1.meta.etag);
+        assert_eq!(meta.etag, crate::files::sha256_hex(&body));
+        let feed = blobs.changes(Some("docs".into()), 0, 10).await.unwrap();
+        assert_eq!(feed.len(), 1, "no change recorded for the cut-off put");
+        drop(blobs);
+        // The next open removes what the cut-off put left.
+        let files = || {
+            std::fs::read_dir(dir.path().join("blobs/docs"))
+                .unwrap()
+                .count()
+        };
+        assert_eq!(files(), 2);
+        let blobs = EmbeddedBlobs::open(dir.path()).unwrap();
+        assert_eq!(files(), 1);
+        let (_, body) = blobs.get("docs", "a.txt").await.unwrap().unwrap();
+        assert_eq!(body, b"version one");
+    }
+
+    #[tokio::test]
+    async fn objects_written_before_versioned_files_are_still_read_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let blobs = EmbeddedBlobs::open(dir.path()).unwrap();
+            blobs
+                .put("docs", "old.txt", b"legacy".to_vec(), None)
+                .await
+                .unwrap();
+        }
+        // As the earlier layout left it: the file named by the key alone.
+        let conn = Connection::open(dir.path().join("blobs.db")).unwrap();
+        let file: String = conn
+            .query_row("SELECT file FROM blob_objects", [], |r| r.get(0))
+            .unwrap();
+        let folder = dir.path().join("blobs/docs");
+        std::fs::rename(folder.join(&file), folder.join(legacy_file("old.txt"))).unwrap();
+        conn.execute("UPDATE blob_objects SET file = NULL", [])
+            .unwrap();
+        drop(conn);
+        let blobs = EmbeddedBlobs::open(dir.path()).unwrap();
+        let (_, body) = blobs.get("docs", "old.txt").await.unwrap().unwrap();
+        assert_eq!(body, b"legacy", "kept by the sweep and read");
+        blobs
+            .put("docs", "old.txt", b"new".to_vec(), None)
+            .await
+            .unwrap();
+        let (_, body) = blobs.get("docs", "old.txt").await.unwrap().unwrap();
+        assert_eq!(body, b"new");
+        assert_eq!(
+            std::fs::read_dir(&folder).unwrap().count(),
+            1,
+            "the legacy file is gone"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_content_type_is_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = EmbeddedBlobs::open(dir.path()).unwrap();
+        let huge = "image/png;".to_string() + &"x".repeat(2 << 20);
+        let err = blobs
+            .put("uploads", "a.png", b"png".to_vec(), Some(huge))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, BlobError::TooLarge(m) if m.contains("content type")),
+            "{err}"
+        );
+        assert!(blobs.head("uploads", "a.png").await.unwrap().is_none());
+        assert!(blobs.changes(None, 0, 10).await.unwrap().is_empty());
     }
 }

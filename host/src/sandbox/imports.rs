@@ -53,6 +53,9 @@ fn blob_error(e: BlobError) -> storage::StorageError {
             storage::StorageError::InvalidKey(m)
         }
         BlobError::TooLarge(m) => storage::StorageError::TooLarge(m),
+        // The WIT contract (0.1) has no separate variant for a bad value
+        // other than the key; the message names the content type.
+        BlobError::InvalidContentType(m) => storage::StorageError::InvalidKey(m),
         e @ BlobError::Backend(_) => {
             tracing::error!(error = %e, "a guest's storage call failed");
             storage::StorageError::Unavailable("the blob store failed; try again later".into())
@@ -130,7 +133,9 @@ impl storage::Host for HostState {
         if objects.len() > MAX_LISTED {
             // A silently shortened list would look complete to the guest.
             return Err(storage::StorageError::TooLarge(format!(
-                "more than {MAX_LISTED} objects in {bucket:?} start with {prefix:?}; list them in pages with list-page"
+                "more than {MAX_LISTED} objects in {} start with {}; list them in pages with list-page",
+                crate::text::quote(&bucket),
+                crate::text::quote(&prefix)
             )));
         }
         Ok(objects.into_iter().map(wit_meta).collect())
@@ -168,10 +173,17 @@ impl queue::Host for HostState {
         body: Vec<u8>,
         options: queue::SendOptions,
     ) -> Result<String, queue::QueueError> {
-        self.caps
-            .grants
+        let grants = &self.caps.grants;
+        grants
             .check_queue_send(&queue)
             .map_err(queue::QueueError::Denied)?;
+        // A reply goes where the sender says: it must be a queue the sender
+        // may send to itself, or `reply_to` would reach any queue.
+        if let Some(reply_to) = &options.reply_to {
+            grants
+                .check_queue_send(reply_to)
+                .map_err(|why| queue::QueueError::Denied(format!("reply_to: {why}")))?;
+        }
         let Some(backend) = self.caps.queues.clone() else {
             return Err(queue::QueueError::Unavailable(NO_QUEUES.into()));
         };
@@ -185,7 +197,10 @@ impl queue::Host for HostState {
             priority: options.priority.unwrap_or(0),
             correlation_id: options.correlation_id,
             reply_to: options.reply_to,
+            dedup_scope: Some(self.caps.function.clone()),
         };
+        crate::queue::validate_user(&queue, &msg, crate::registry::now_ms())
+            .map_err(|e| queue::QueueError::Invalid(e.to_string()))?;
         match backend.send(&queue, msg).await {
             Ok(sent) => Ok(sent.id),
             Err(crate::queue::QueueError::Invalid(m)) => Err(queue::QueueError::Invalid(m)),
@@ -218,7 +233,7 @@ impl context::Host for HostState {
             }
             message.truncate(end);
         }
-        tracing::debug!(percent, %message, "progress");
+        tracing::debug!(percent, message = %crate::text::LogSafe(&message), "progress");
         if let Some(reporter) = &self.reporter {
             reporter
                 .progress(percent, message.clone())

@@ -100,15 +100,16 @@ impl GuestLogs {
     /// Emit the captured output through `tracing` in the current span.
     pub fn emit(&self) {
         let (out, dropped_out) = self.stdout();
+        // Escaped: whatever the guest writes stays inside its own log line.
         for line in out.lines() {
-            tracing::info!(target: "fnhost::guest", stream = "stdout", "{line}");
+            tracing::info!(target: "fnhost::guest", stream = "stdout", "{}", crate::text::LogSafe(line));
         }
         if dropped_out > 0 {
             tracing::warn!(target: "fnhost::guest", dropped = dropped_out, "guest stdout over the log cap was dropped");
         }
         let (err, dropped_err) = self.stderr();
         for line in err.lines() {
-            tracing::error!(target: "fnhost::guest", stream = "stderr", "{line}");
+            tracing::error!(target: "fnhost::guest", stream = "stderr", "{}", crate::text::LogSafe(line));
         }
         if dropped_err > 0 {
             tracing::warn!(target: "fnhost::guest", dropped = dropped_err, "guest stderr over the log cap was dropped");

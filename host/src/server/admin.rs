@@ -2,7 +2,7 @@
 //! invoke functions. Every route requires the bearer token.
 
 use super::{AppState, auth, error, trigger};
-use crate::dispatcher::{Attempt, DeployError, Deployed};
+use crate::dispatcher::{DeployError, Deployed};
 use crate::sandbox::{Event, LoadError};
 use axum::Json;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
@@ -121,7 +121,10 @@ async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Respon
         None => error(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no function named {name:?} is deployed"),
+            format!(
+                "no function named {} is deployed",
+                crate::text::quote(&name)
+            ),
         ),
     }
 }
@@ -148,7 +151,11 @@ async fn deploy(State(state): State<AppState>, mut form: Multipart) -> Response 
                 return error(
                     e.status(),
                     "bad_upload",
-                    format!("cannot read field {name:?}: {}", e.body_text()),
+                    format!(
+                        "cannot read field {}: {}",
+                        crate::text::quote(&name),
+                        e.body_text()
+                    ),
                 );
             }
         };
@@ -169,7 +176,8 @@ async fn deploy(State(state): State<AppState>, mut form: Multipart) -> Response 
                     StatusCode::BAD_REQUEST,
                     "bad_upload",
                     format!(
-                        "unexpected form field {other:?}; send `manifest` (fnhost.toml) and `component` (the .wasm)"
+                        "unexpected form field {}; send `manifest` (fnhost.toml) and `component` (the .wasm)",
+                        crate::text::quote(other)
                     ),
                 );
             }
@@ -211,7 +219,10 @@ async fn rollback(
                 return error(
                     StatusCode::BAD_REQUEST,
                     "bad_request",
-                    format!("the body must be {{\"version\": N}} or empty: {e}"),
+                    format!(
+                        "the body must be {{\"version\": N}} or empty: {}",
+                        super::json_error(e)
+                    ),
                 );
             }
         }
@@ -240,12 +251,11 @@ async fn invoke(State(state): State<AppState>, Path(name): Path<String>, body: B
         return error(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no function named {name:?} is deployed"),
+            format!(
+                "no function named {} is deployed",
+                crate::text::quote(&name)
+            ),
         );
     };
-    let (id, outcome) = state
-        .dispatcher
-        .invoke(deployed, Event::Invoke(body.to_vec()), Attempt::default())
-        .await;
-    trigger::outcome_response(&id, outcome.result)
+    trigger::invoke(&state, deployed, Event::Invoke(body.to_vec())).await
 }

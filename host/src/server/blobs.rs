@@ -28,6 +28,9 @@ fn blob_error(e: BlobError) -> Response {
         BlobError::InvalidBucket(m) => error(StatusCode::BAD_REQUEST, "invalid_bucket", m),
         BlobError::InvalidKey(m) => error(StatusCode::BAD_REQUEST, "invalid_key", m),
         BlobError::TooLarge(m) => error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", m),
+        BlobError::InvalidContentType(m) => {
+            error(StatusCode::BAD_REQUEST, "invalid_content_type", m)
+        }
         BlobError::Backend(m) => {
             tracing::error!(error = %m, "blob store failure");
             error(
@@ -43,7 +46,11 @@ fn not_found(bucket: &str, key: &str) -> Response {
     error(
         StatusCode::NOT_FOUND,
         "not_found",
-        format!("no object {key:?} in bucket {bucket:?}"),
+        format!(
+            "no object {} in bucket {}",
+            crate::text::quote(key),
+            crate::text::quote(bucket)
+        ),
     )
 }
 

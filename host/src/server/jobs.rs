@@ -48,69 +48,17 @@ async fn submit(
         return error(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no function named {name:?} is deployed"),
+            format!(
+                "no function named {} is deployed",
+                crate::text::quote(&name)
+            ),
         );
     }
-    let req: Submit = if body.is_empty() {
-        Submit::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(r) => r,
-            Err(e) => {
-                return bad(format!(
-                    "the body must be {{\"input\": …, \"callback_url\", \"reply_to\", \"correlation_id\", \"delay\", \"not_before\", \"not_before_ms\"}}: {e}"
-                ));
-            }
-        }
+    let policy = state.dispatcher.job_settings().callbacks.policy();
+    let job = match parse_submit(name, &body, crate::registry::now_ms(), policy) {
+        Ok(job) => job,
+        Err(message) => return bad(message),
     };
-    if let Some(url) = &req.callback_url
-        && !(url.starts_with("http://") || url.starts_with("https://"))
-    {
-        return bad(format!(
-            "callback_url {url:?} must be an http:// or https:// URL"
-        ));
-    }
-    if let Some(q) = &req.reply_to
-        && (!crate::manifest::valid_name(q) || crate::queue::check_user_queue(q).is_err())
-    {
-        return bad(format!(
-            "reply_to {q:?} is not a valid queue name; use lower-case letters, digits and '-', not starting with \"fnhost-\""
-        ));
-    }
-    let delay_ms = match req.delay.as_deref().map(humantime::parse_duration) {
-        None => None,
-        Some(Ok(d)) => Some(d.as_millis() as u64),
-        Some(Err(e)) => return bad(format!("delay is not a duration ({e}); write e.g. \"2s\"")),
-    };
-    let not_before_ms = match (&req.not_before, req.not_before_ms) {
-        (Some(_), Some(_)) => {
-            return bad("give not_before or not_before_ms, not both".into());
-        }
-        (Some(t), None) => match chrono::DateTime::parse_from_rfc3339(t) {
-            Ok(at) => Some(u64::try_from(at.timestamp_millis()).unwrap_or(0)),
-            Err(e) => {
-                return bad(format!(
-                    "not_before {t:?} is not an RFC 3339 time ({e}); write e.g. \"2026-12-01T03:00:00Z\""
-                ));
-            }
-        },
-        (None, ms) => ms,
-    };
-    let job = NewJob {
-        function: name,
-        payload: req.input.map(super::queues::body_bytes).unwrap_or_default(),
-        callback_url: req.callback_url,
-        reply_to: req.reply_to,
-        correlation_id: req.correlation_id,
-        not_before_ms,
-        delay_ms,
-    };
-    if job.payload.len() > crate::queue::MAX_BODY_BYTES {
-        return bad(format!(
-            "the input is over the limit of {} bytes",
-            crate::queue::MAX_BODY_BYTES
-        ));
-    }
     match state.dispatcher.jobs().submit(job).await {
         Ok(record) => {
             let location = format!("/v1/jobs/{}", record.id);
@@ -125,13 +73,96 @@ async fn submit(
     }
 }
 
+/// A submission's body as the job to submit for `function` at `now`, with
+/// its callback URL checked against `policy`; or why not.
+pub(crate) fn parse_submit(
+    function: String,
+    body: &[u8],
+    now: u64,
+    policy: &crate::jobs::callback::CallbackPolicy,
+) -> Result<NewJob, String> {
+    let req: Submit = if body.is_empty() {
+        Submit::default()
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(format!(
+                    "the body must be {{\"input\": …, \"callback_url\", \"reply_to\", \"correlation_id\", \"delay\", \"not_before\", \"not_before_ms\"}}: {}",
+                    super::json_error(e)
+                ));
+            }
+        }
+    };
+    if let Some(url) = &req.callback_url {
+        policy.check_url(url)?;
+    }
+    if let Some(q) = &req.reply_to
+        && (!crate::manifest::valid_name(q) || crate::queue::check_user_queue(q).is_err())
+    {
+        return Err(format!(
+            "reply_to {} is not a valid queue name; use lower-case letters, digits and '-', not starting with \"fnhost-\"",
+            crate::text::quote(q)
+        ));
+    }
+    if let Some(c) = &req.correlation_id
+        && (c.is_empty() || c.len() > crate::queue::MAX_ID_BYTES)
+    {
+        return Err(format!(
+            "correlation_id is {} bytes; it must be 1 to {} bytes",
+            c.len(),
+            crate::queue::MAX_ID_BYTES
+        ));
+    }
+    let delay_ms = match req.delay.as_deref().map(super::queues::parse_delay) {
+        None => None,
+        Some(Ok(ms)) => Some(ms),
+        Some(Err(e)) => return Err(e),
+    };
+    let not_before_ms = match (&req.not_before, req.not_before_ms) {
+        (Some(_), Some(_)) => {
+            return Err("give not_before or not_before_ms, not both".into());
+        }
+        (Some(t), None) => match chrono::DateTime::parse_from_rfc3339(t) {
+            Ok(at) => Some(u64::try_from(at.timestamp_millis()).unwrap_or(0)),
+            Err(e) => {
+                return Err(format!(
+                    "not_before {} is not an RFC 3339 time ({e}); write e.g. \"2026-12-01T03:00:00Z\"",
+                    crate::text::quote(t)
+                ));
+            }
+        },
+        (None, ms) => ms,
+    };
+    crate::queue::check_schedule(delay_ms, not_before_ms, now).map_err(|e| e.to_string())?;
+    let job = NewJob {
+        function,
+        payload: req.input.map(super::queues::body_bytes).unwrap_or_default(),
+        callback_url: req.callback_url,
+        reply_to: req.reply_to,
+        correlation_id: req.correlation_id,
+        not_before_ms,
+        delay_ms,
+    };
+    if job.payload.len() > crate::queue::MAX_BODY_BYTES {
+        return Err(format!(
+            "the input is over the limit of {} bytes",
+            crate::queue::MAX_BODY_BYTES
+        ));
+    }
+    Ok(job)
+}
+
 async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     match state.dispatcher.jobs().get(id.clone()).await {
         Ok(Some(record)) => Json(record.to_json()).into_response(),
         Ok(None) => error(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no job {id:?}: it never existed or its record expired"),
+            format!(
+                "no job {}: it never existed or its record expired",
+                crate::text::quote(&id)
+            ),
         ),
         Err(e) => job_error(e),
     }

@@ -55,14 +55,7 @@ enum SendRequest {
 
 impl SendMessage {
     fn into_message(self) -> Result<NewMessage, String> {
-        let delay_ms = match &self.delay {
-            None => None,
-            Some(d) => Some(
-                humantime::parse_duration(d)
-                    .map_err(|e| format!("delay {d:?} is not a duration ({e}); write e.g. \"5s\""))?
-                    .as_millis() as u64,
-            ),
-        };
+        let delay_ms = self.delay.as_deref().map(parse_delay).transpose()?;
         Ok(NewMessage {
             body: body_bytes(self.body),
             attributes: self.attributes.into_iter().collect(),
@@ -73,8 +66,22 @@ impl SendMessage {
             priority: self.priority,
             correlation_id: self.correlation_id,
             reply_to: self.reply_to,
+            dedup_scope: None,
         })
     }
+}
+
+/// A `delay` as milliseconds (saturated: the caller's range check names the limit).
+pub(crate) fn parse_delay(d: &str) -> Result<u64, String> {
+    humantime::parse_duration(d)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map_err(|e| {
+            format!(
+                "delay {} is not a duration ({}); write e.g. \"5s\"",
+                crate::text::quote(d),
+                crate::text::capped(e.to_string(), 128)
+            )
+        })
 }
 
 /// A string body is its text; anything else is its JSON.
@@ -132,7 +139,10 @@ fn check_name(queue: &str) -> Result<(), Refused> {
     } else {
         Err(Refused(
             "invalid_queue",
-            format!("{queue:?} is not a valid queue name; use lower-case letters, digits and '-'"),
+            format!(
+                "{} is not a valid queue name; use lower-case letters, digits and '-'",
+                crate::text::quote(queue)
+            ),
         ))
     }
 }
@@ -148,35 +158,10 @@ async fn send(
     if let Err(e) = crate::queue::check_user_queue(&queue) {
         return queue_error(e);
     }
-    let request: SendRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "invalid_message",
-                format!(
-                    "the body must be a message {{\"body\": …}} or {{\"messages\": [...]}}: {e}"
-                ),
-            );
-        }
+    let (messages, many) = match parse_send(&queue, &body, crate::registry::now_ms()) {
+        Ok(parsed) => parsed,
+        Err(message) => return error(StatusCode::BAD_REQUEST, "invalid_message", message),
     };
-    let (batch, many) = match request {
-        SendRequest::Batch { messages } => (messages, true),
-        SendRequest::One(m) => (vec![m], false),
-    };
-    let mut messages = Vec::with_capacity(batch.len());
-    for (i, m) in batch.into_iter().enumerate() {
-        match m.into_message() {
-            Ok(m) => messages.push(m),
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_message",
-                    format!("message {i}: {e}"),
-                );
-            }
-        }
-    }
     match state.dispatcher.queues().send_batch(&queue, messages).await {
         Ok(sent) if many => {
             (StatusCode::CREATED, Json(json!({ "messages": sent }))).into_response()
@@ -184,6 +169,47 @@ async fn send(
         Ok(mut sent) => (StatusCode::CREATED, Json(json!(sent.remove(0)))).into_response(),
         Err(e) => queue_error(e),
     }
+}
+
+/// A send request's body as the messages to store (and whether it was a
+/// batch), each checked as a user's message at `now`; or why not.
+pub(crate) fn parse_send(
+    queue: &str,
+    body: &[u8],
+    now: u64,
+) -> Result<(Vec<NewMessage>, bool), String> {
+    let request: SendRequest = serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "the body must be a message {{\"body\": …}} or {{\"messages\": [...]}}: {}",
+            super::json_error(e)
+        )
+    })?;
+    let (batch, many) = match request {
+        SendRequest::Batch { messages } => (messages, true),
+        SendRequest::One(m) => (vec![m], false),
+    };
+    if batch.is_empty() {
+        return Err("the batch has no messages; send at least one".into());
+    }
+    if batch.len() > MAX_SEND_BATCH {
+        return Err(format!(
+            "{} messages is over the limit of {MAX_SEND_BATCH} per request; send them in several",
+            batch.len()
+        ));
+    }
+    let mut messages = Vec::with_capacity(batch.len());
+    for (i, m) in batch.into_iter().enumerate() {
+        let m = m
+            .into_message()
+            .and_then(|m| {
+                crate::queue::validate_user(queue, &m, now)
+                    .map(|()| m)
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(|e| format!("message {i}: {e}"))?;
+        messages.push(m);
+    }
+    Ok((messages, many))
 }
 
 async fn list(State(state): State<AppState>) -> Response {
@@ -303,18 +329,38 @@ struct Ids {
     ids: Option<Vec<String>>,
 }
 
+/// The most ids one redrive or purge names.
+pub(crate) const MAX_IDS: usize = 1000;
+/// The most messages one send carries.
+pub(crate) const MAX_SEND_BATCH: usize = 1000;
+
 fn ids(body: &[u8]) -> Result<Option<Vec<String>>, Refused> {
     if body.is_empty() {
         return Ok(None);
     }
-    serde_json::from_slice::<Ids>(body)
+    let ids = serde_json::from_slice::<Ids>(body)
         .map(|i| i.ids)
         .map_err(|e| {
             Refused(
                 "bad_request",
-                format!("the body must be empty or {{\"ids\": [...]}}: {e}"),
+                format!(
+                    "the body must be empty or {{\"ids\": [...]}}: {}",
+                    super::json_error(e)
+                ),
             )
-        })
+        })?;
+    if let Some(ids) = &ids
+        && ids.len() > MAX_IDS
+    {
+        return Err(Refused(
+            "bad_request",
+            format!(
+                "{} ids is over the limit of {MAX_IDS} per request; send them in several",
+                ids.len()
+            ),
+        ));
+    }
+    Ok(ids)
 }
 
 async fn redrive(

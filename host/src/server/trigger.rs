@@ -48,6 +48,16 @@ pub(crate) async fn handle(State(state): State<AppState>, req: Request) -> Respo
     let (parts, body) = req.into_parts();
     let body = match axum::body::to_bytes(body, state.config.max_body_bytes).await {
         Ok(b) => b,
+        Err(e) if timed_out(&e) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body stalled for longer than the host's limit of {:?}",
+                    state.config.body_read_timeout
+                ),
+            );
+        }
         Err(_) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -72,11 +82,55 @@ pub(crate) async fn handle(State(state): State<AppState>, req: Request) -> Respo
         headers,
         body: body.to_vec(),
     });
-    let (id, outcome) = state
+    invoke(&state, deployed, event).await
+}
+
+/// Invoke for an HTTP caller: `503` with `Retry-After` when every instance
+/// is busy and the line for one is full.
+pub(crate) async fn invoke(
+    state: &AppState,
+    deployed: std::sync::Arc<crate::dispatcher::Deployed>,
+    event: Event,
+) -> Response {
+    match state
         .dispatcher
-        .invoke(deployed, event, Attempt::default())
-        .await;
-    outcome_response(&id, outcome.result)
+        .invoke_or_busy(
+            deployed,
+            event,
+            Attempt::default(),
+            state.config.max_pending_requests,
+        )
+        .await
+    {
+        Ok((id, outcome)) => outcome_response(&id, outcome.result),
+        Err(busy) => {
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                format!(
+                    "every instance is busy and {} requests already wait for one; retry in a moment",
+                    busy.waiting
+                ),
+            );
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                HeaderValue::from_static("1"),
+            );
+            response
+        }
+    }
+}
+
+/// True when a body failed because it stalled past the body-read timeout.
+pub(crate) fn timed_out(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// An invocation's result as an HTTP response, tagged with its invocation id.
@@ -113,7 +167,9 @@ fn output_response(output: Output) -> Response {
 
 fn failure_response(failure: &Failure) -> Response {
     let (code, message) = match failure {
-        Failure::Retry(_) | Failure::Fail(_) => ("function_error", failure.to_string()),
+        Failure::Retry(_) | Failure::Fail(_) | Failure::Limit(_) => {
+            ("function_error", failure.to_string())
+        }
         Failure::Trap(TrapReason::Host(_)) => (
             "host_error",
             "the host could not run the invocation; see the host log".to_string(),

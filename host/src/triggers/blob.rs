@@ -207,7 +207,10 @@ fn reconciling(spec: &str) -> String {
     format!("{spec} (reconciling)")
 }
 
-/// Enqueue changes on the consumer's queue, durably.
+/// Enqueue changes on the consumer's queue, durably. A change no message
+/// can carry (a content type stored before content types were capped, say)
+/// goes straight to the queue's dead letters with the reason, so it never
+/// holds up the changes behind it.
 async fn deliver(
     dispatcher: &Dispatcher,
     c: &Consumer,
@@ -217,25 +220,54 @@ async fn deliver(
         return Ok(());
     }
     let queue = c.trigger.queue(&c.function);
-    let messages: Vec<NewMessage> = changes
-        .iter()
-        .map(|ch| NewMessage {
-            body: serde_json::to_vec(ch).expect("a change serializes"),
-            dedup_id: Some(dedup_id(&c.id, ch)),
-            // One object's changes run one at a time, in order.
-            group: Some(crate::files::sha256_hex(
-                format!("{}/{}", ch.bucket, ch.key).as_bytes(),
-            )),
-            attributes: vec![
-                ("fnhost-bucket".into(), ch.bucket.clone()),
-                ("fnhost-key".into(), ch.key.clone()),
-            ],
-            ..NewMessage::default()
-        })
-        .collect();
-    dispatcher.queues().send_batch(&queue, messages).await?;
+    let now = crate::registry::now_ms();
+    let mut messages = Vec::with_capacity(changes.len());
+    for ch in changes {
+        let msg = message(c, ch);
+        match crate::queue::validate(&queue, &msg, now) {
+            Ok(()) => messages.push(msg),
+            Err(why) => {
+                let error = format!(
+                    "the change to {} cannot be handed to the trigger: {why}",
+                    crate::text::quote(&ch.key)
+                );
+                tracing::warn!(function = %c.function, bucket = %c.trigger.bucket, error = %crate::text::LogSafe(&error), "a blob change goes to the trigger's dead letters");
+                let kept = Change {
+                    content_type: ch
+                        .content_type
+                        .clone()
+                        .map(|t| crate::text::capped(t, crate::blobs::MAX_CONTENT_TYPE_BYTES)),
+                    ..ch.clone()
+                };
+                dispatcher
+                    .queues()
+                    .bury(&queue, message(c, &kept), error)
+                    .await?;
+            }
+        }
+    }
+    if !messages.is_empty() {
+        dispatcher.queues().send_batch(&queue, messages).await?;
+    }
     tracing::debug!(function = %c.function, bucket = %c.trigger.bucket, n = changes.len(), "blob changes enqueued");
     Ok(())
+}
+
+/// The message that hands `ch` to the consumer's queue.
+fn message(c: &Consumer, ch: &Change) -> NewMessage {
+    NewMessage {
+        body: serde_json::to_vec(ch).expect("a change serializes"),
+        dedup_id: Some(dedup_id(&c.id, ch)),
+        // One object's changes run one at a time, in order.
+        group: Some(crate::files::sha256_hex(
+            format!("{}/{}", ch.bucket, ch.key).as_bytes(),
+        )),
+        attributes: vec![
+            ("fnhost-bucket".into(), ch.bucket.clone()),
+            ("fnhost-key".into(), ch.key.clone()),
+        ],
+        ..NewMessage::default()
+    }
 }
 
 /// The same change to the same consumer always gets the same dedup id: a

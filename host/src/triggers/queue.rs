@@ -303,12 +303,11 @@ fn event(source: &Source, m: &crate::queue::Message) -> Result<Event, String> {
     })
 }
 
-/// A settlement handed to the store (its result to come), what to settle
-/// with if its reply is refused, and the job record's end.
+/// A settlement handed to the store (its result to come), and what to
+/// settle with (and record, for a job) if its reply is refused.
 type Settling<'a> = (
     BoxFuture<'a, Result<bool, QueueError>>,
-    Option<(Receipt, Settlement)>,
-    Option<JobUpdate>,
+    Option<(Settlement, JobUpdate)>,
 );
 
 /// One of a binding's instances, taken while an invocation runs. It is
@@ -438,11 +437,12 @@ impl Settle {
             self.deployed.record.name, self.deployed.record.version
         );
         let receipt = d.receipt.clone();
-        let retention_ms = self.dispatcher.job_retention().as_millis() as u64;
+        let retention_ms = self.dispatcher.job_settings().retention.as_millis() as u64;
         // The settlement is handed to the store before the instance is given
         // back, so the binding's next receive is applied after it (the next
         // message of a group is receivable only once this one is settled).
-        let (pending, fallback, finished): Settling<'_> = match outcome.result {
+        // A job's end is recorded in the same durable step as its settlement.
+        let (pending, fallback): Settling<'_> = match outcome.result {
             Ok(output) => {
                 let done = JobUpdate::Finished {
                     state: JobState::Succeeded,
@@ -455,11 +455,10 @@ impl Settle {
                     retention_ms,
                 };
                 let reply = self.reply(m, "succeeded", output.body);
-                let fallback = (!reply.is_empty()).then(|| (receipt.clone(), Settlement::Ack));
+                let fallback = (!reply.is_empty()).then(|| (Settlement::Ack, done.clone()));
                 (
-                    self.backend.settle(receipt, Settlement::Ack, reply),
+                    self.settle(&job, receipt, Settlement::Ack, reply, done),
                     fallback,
-                    Some(done),
                 )
             }
             Err(failure) => {
@@ -473,7 +472,8 @@ impl Settle {
                             m.dequeue_count
                         )
                     };
-                    tracing::warn!(message = %m.id, queue = %m.queue, %error, "dead-lettered");
+                    let error = crate::text::capped(error, crate::queue::MAX_ERROR_BYTES);
+                    tracing::warn!(message = %m.id, queue = %m.queue, error = %crate::text::LogSafe(&error), "dead-lettered");
                     let reply = self.reply(m, "failed", error.clone().into_bytes());
                     let state = if permanent {
                         JobState::Failed
@@ -490,30 +490,28 @@ impl Settle {
                         error,
                         function: Some(who),
                     };
-                    let fallback = (!reply.is_empty()).then(|| (receipt.clone(), how.clone()));
-                    (
-                        self.backend.settle(receipt, how, reply),
-                        fallback,
-                        Some(done),
-                    )
+                    let fallback = (!reply.is_empty()).then(|| (how.clone(), done.clone()));
+                    (self.settle(&job, receipt, how, reply, done), fallback)
                 } else {
                     let delay = backoff(&self.policy, m.dequeue_count, random_unit());
+                    let error =
+                        crate::text::capped(failure.to_string(), crate::queue::MAX_ERROR_BYTES);
                     let retrying = job.as_ref().map(|(jobs, id)| {
                         jobs.update(
                             id.clone(),
                             JobUpdate::Retrying {
-                                error: failure.to_string(),
+                                error: error.clone(),
                             },
                         )
                     });
-                    let retry = self.backend.retry(receipt, delay, failure.to_string());
+                    let retry = self.backend.retry(receipt, delay, error);
                     let pending: BoxFuture<'_, _> = Box::pin(async move {
                         if let Some(update) = retrying {
                             let _ = update.await;
                         }
                         retry.await
                     });
-                    (pending, None, None)
+                    (pending, None)
                 }
             }
         };
@@ -522,9 +520,10 @@ impl Settle {
             // A reply the store refuses (a message stored by an older
             // version, say) must not keep the message forever: settle
             // without it (nothing was applied, see `QueueBackend::settle`).
-            (Err(QueueError::Invalid(e)), Some((receipt, how))) => {
+            (Err(QueueError::Invalid(e)), Some((how, done))) => {
                 tracing::error!(message = %m.id, error = %e, "cannot send the reply; settling without it");
-                self.backend.settle(receipt, how, Vec::new()).await
+                self.settle(&job, d.receipt.clone(), how, Vec::new(), done)
+                    .await
             }
             (settled, _) => settled,
         };
@@ -537,11 +536,29 @@ impl Settle {
                 tracing::error!(message = %m.id, error = %e, "cannot settle a message; it will be delivered again")
             }
         }
-        if let (Some((jobs, id)), Some(done), Ok(true)) = (&job, finished, &settled) {
-            match jobs.update(id.clone(), done).await {
-                Ok(_) => self.callback(jobs.as_ref(), id).await,
-                Err(e) => tracing::error!(job = %id, error = %e, "cannot record the job's end"),
-            }
+        if let (Some((jobs, id)), Ok(true)) = (&job, &settled) {
+            self.dispatcher
+                .job_settings()
+                .callbacks
+                .send(jobs.as_ref(), id)
+                .await;
+        }
+    }
+
+    /// Settle the delivery with its replies; for a job, record its end
+    /// (`done`) in the same durable step. The operation is handed to the
+    /// store now; the future is its answer.
+    fn settle<'a>(
+        &'a self,
+        job: &'a Option<(Arc<dyn JobStore>, String)>,
+        receipt: Receipt,
+        how: Settlement,
+        reply: Vec<(String, NewMessage)>,
+        done: JobUpdate,
+    ) -> BoxFuture<'a, Result<bool, QueueError>> {
+        match job {
+            Some((jobs, id)) => jobs.settle_job(receipt, how, reply, id.clone(), done),
+            None => self.backend.settle(receipt, how, reply),
         }
     }
 
@@ -584,57 +601,7 @@ impl Settle {
         };
         vec![(reply_to.clone(), reply)]
     }
-
-    /// POST the finished job's record to its callback URL, retrying a few
-    /// times with backoff; the record stays readable either way.
-    async fn callback(&self, jobs: &dyn JobStore, id: &str) {
-        let Ok(Some(record)) = jobs.get(id.to_string()).await else {
-            return;
-        };
-        let Some(url) = record.callback_url.clone() else {
-            return;
-        };
-        let body = record.to_json();
-        // The binding's instance is free again by now, so bound the
-        // callbacks in flight host-wide: a dead callback URL must not pile up
-        // a task and a connection per finished job.
-        let Ok(_permit) = CALLBACK_SLOTS.acquire().await else {
-            return;
-        };
-        let client = &*CALLBACK_CLIENT;
-        let mut delay = Duration::from_millis(500);
-        for attempt in 1..=CALLBACK_ATTEMPTS {
-            match client.post(&url).json(&body).send().await {
-                Ok(resp) if resp.status().is_success() => return,
-                Ok(resp) => {
-                    tracing::warn!(job = %id, %url, status = %resp.status(), attempt, "the job callback was refused")
-                }
-                Err(e) => {
-                    tracing::warn!(job = %id, %url, error = %e, attempt, "the job callback failed")
-                }
-            }
-            if attempt < CALLBACK_ATTEMPTS {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-        }
-        tracing::error!(job = %id, %url, "giving up on the job callback; the record stays at its status URL");
-    }
 }
-
-/// Tries of a completion callback.
-const CALLBACK_ATTEMPTS: u32 = 4;
-
-/// Completion callbacks in flight at once, host-wide; more wait their turn.
-static CALLBACK_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(64);
-
-/// One HTTP client (and connection pool) for every completion callback.
-static CALLBACK_CLIENT: std::sync::LazyLock<reqwest::Client> = std::sync::LazyLock::new(|| {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap_or_default()
-});
 
 #[cfg(test)]
 mod tests {

@@ -1,7 +1,8 @@
 //! Delivery rules of the embedded store, on a manual clock (no sleeps).
 
 use super::*;
-use crate::queue::ManualClock;
+use crate::jobs::JobState;
+use crate::queue::{DEDUP_WINDOW, ManualClock};
 
 const VIS: Duration = Duration::from_secs(30);
 
@@ -562,4 +563,206 @@ async fn released_leases_are_receivable_at_once_as_if_never_delivered() {
     q.release(vec![stale]).await.unwrap();
     assert!(q.receive("orders", 1, VIS).await.unwrap().is_empty());
     assert!(q.ack(again[0].receipt.clone()).await.unwrap());
+}
+
+/// Run `reqs` through the writer as one batch, as if they had arrived
+/// together, and collect their answers.
+fn one_batch(
+    dir: &std::path::Path,
+    reqs: Vec<writer::Req>,
+) -> Vec<Result<writer::Answer, QueueError>> {
+    let conn = Connection::open(dir.join("queues.db")).unwrap();
+    let mut writer = writer::Writer::new(conn, ManualClock::at(1_000_000));
+    let (ops, answers): (Vec<_>, Vec<_>) = reqs
+        .into_iter()
+        .map(|req| {
+            let (reply, rx) = oneshot::channel();
+            (writer::Op { req, reply }, rx)
+        })
+        .unzip();
+    writer.apply_for_test(ops);
+    answers
+        .into_iter()
+        .map(|mut rx| rx.try_recv().expect("every operation is answered"))
+        .collect()
+}
+
+#[tokio::test]
+async fn one_failing_operation_does_not_fail_the_others_in_its_batch() {
+    let (dir, q, _clock) = open();
+    q.send("work", msg("before")).await.unwrap();
+    drop(q);
+    // More ids than SQLite takes in one statement (250,000 in the bundled
+    // build): the redrive fails in the store itself, between two sends
+    // applied in the same transaction.
+    let too_many: Vec<String> = (0..250_001).map(|i| format!("id-{i}")).collect();
+    let answers = one_batch(
+        dir.path(),
+        vec![
+            writer::Req::Send("work".into(), vec![msg("a")]),
+            writer::Req::Redrive("work".into(), Some(too_many)),
+            writer::Req::Send("work".into(), vec![msg("b")]),
+            writer::Req::Receive {
+                queue: "work".into(),
+                max: 10,
+                visibility: VIS,
+                wait: Duration::ZERO,
+            },
+        ],
+    );
+    assert!(
+        matches!(answers[0], Ok(writer::Answer::Sent(_))),
+        "the send before"
+    );
+    assert!(
+        matches!(&answers[1], Err(QueueError::Backend(_))),
+        "the redrive alone fails: {:?}",
+        answers[1].as_ref().err()
+    );
+    assert!(
+        matches!(answers[2], Ok(writer::Answer::Sent(_))),
+        "the send after"
+    );
+    let Ok(writer::Answer::Deliveries(got)) = &answers[3] else {
+        panic!("the receive is answered")
+    };
+    assert_eq!(bodies(got), ["before", "a", "b"], "all stored, in order");
+}
+
+#[tokio::test]
+async fn dedup_ids_are_scoped_by_sender() {
+    let (_d, q, _clock) = open();
+    let from = |scope: Option<&str>, body: &str| NewMessage {
+        dedup_id: Some("order-1".into()),
+        dedup_scope: scope.map(str::to_string),
+        ..msg(body)
+    };
+    let a = q.send("outbox", from(Some("billing"), "a")).await.unwrap();
+    let b = q.send("outbox", from(Some("mallory"), "b")).await.unwrap();
+    assert!(!b.duplicate, "another function's id does not suppress it");
+    let again = q.send("outbox", from(Some("billing"), "a2")).await.unwrap();
+    assert!(
+        again.duplicate && again.id == a.id,
+        "the same sender's does"
+    );
+    let api = q.send("outbox", from(None, "c")).await.unwrap();
+    assert!(!api.duplicate, "the admin API has a scope of its own");
+    let got = q.receive("outbox", 10, VIS).await.unwrap();
+    assert_eq!(bodies(&got), ["a", "b", "c"]);
+}
+
+#[tokio::test]
+async fn huge_delays_are_refused_with_the_limit_and_nothing_is_stored() {
+    let (_d, q, _clock) = open();
+    for delay in [1u64 << 63, u64::MAX] {
+        let m = NewMessage {
+            delay_ms: Some(delay),
+            ..msg("late")
+        };
+        let e = q.send("work", m).await.unwrap_err();
+        assert!(
+            matches!(&e, QueueError::Invalid(m) if m.contains("9999-12-31T23:59:59.999Z")),
+            "{e}"
+        );
+    }
+    assert_eq!(q.stats("work").await.unwrap().delayed, 0);
+    assert_eq!(q.stats("work").await.unwrap().ready, 0);
+}
+
+#[tokio::test]
+async fn a_buried_message_is_a_dead_letter_with_its_reason() {
+    let (_d, q, _clock) = open();
+    let id = q
+        .bury(
+            "fnhost-blob-f.uploads",
+            msg("change"),
+            "cannot be handed over".into(),
+        )
+        .await
+        .unwrap();
+    let dead = q.dead_letters("fnhost-blob-f.uploads", 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message.id, id);
+    assert_eq!(dead[0].error, "cannot be handed over");
+    assert_eq!(q.redrive("fnhost-blob-f.uploads", None).await.unwrap(), 1);
+    let got = q.receive("fnhost-blob-f.uploads", 10, VIS).await.unwrap();
+    assert_eq!(bodies(&got), ["change"]);
+}
+
+#[tokio::test]
+async fn a_jobs_end_is_recorded_in_the_step_that_settles_it_and_its_callback_is_owed_until_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at(1_000_000);
+    let q = EmbeddedQueues::open(dir.path(), clock.clone()).unwrap();
+    let job = q
+        .submit(NewJob {
+            function: "f".into(),
+            payload: b"in".to_vec(),
+            callback_url: Some("https://example.com/done".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let finished = |body: &str| JobUpdate::Finished {
+        state: JobState::Succeeded,
+        output: Some(crate::jobs::JobOutput {
+            status: 200,
+            headers: Vec::new(),
+            body: body.as_bytes().to_vec(),
+        }),
+        error: None,
+        retention_ms: 60_000,
+    };
+    let d = q.receive("fnhost-jobs-f", 1, VIS).await.unwrap().remove(0);
+    // A stale lease settles nothing and records nothing.
+    clock.advance(VIS + Duration::from_millis(1));
+    let d2 = q.receive("fnhost-jobs-f", 1, VIS).await.unwrap().remove(0);
+    let stale = q
+        .settle_job(
+            d.receipt,
+            Settlement::Ack,
+            Vec::new(),
+            job.id.clone(),
+            finished("stale"),
+        )
+        .await
+        .unwrap();
+    assert!(!stale);
+    assert_eq!(
+        q.get(job.id.clone()).await.unwrap().unwrap().state,
+        JobState::Queued
+    );
+    assert!(q.pending_callbacks(10).await.unwrap().is_empty());
+    // The live lease settles and records together; the callback is owed,
+    // also after a restart, until it is done.
+    assert!(
+        q.settle_job(
+            d2.receipt,
+            Settlement::Ack,
+            Vec::new(),
+            job.id.clone(),
+            finished("ok")
+        )
+        .await
+        .unwrap()
+    );
+    let record = q.get(job.id.clone()).await.unwrap().unwrap();
+    assert_eq!(
+        (record.state, record.result.as_deref()),
+        (JobState::Succeeded, Some(&b"ok"[..]))
+    );
+    assert_eq!(q.pending("fnhost-jobs-f", 10).await.unwrap(), 0);
+    drop(q);
+    let q = EmbeddedQueues::open(dir.path(), clock.clone()).unwrap();
+    let owed = q.pending_callbacks(10).await.unwrap();
+    assert_eq!(
+        owed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        [job.id.as_str()]
+    );
+    assert!(
+        q.update(job.id.clone(), JobUpdate::CallbackDone)
+            .await
+            .unwrap()
+    );
+    assert!(q.pending_callbacks(10).await.unwrap().is_empty());
 }

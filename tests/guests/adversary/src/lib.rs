@@ -8,11 +8,24 @@
 //! the `secret-word` config value), `grow-<mb>`, `big-<kib>` (answers with
 //! that many KiB), `pages-<limit>` (lists `secrets/notes/` in pages).
 //!
+//!
+//! Hostile modes, each answering with what the host said (so a test can
+//! assert the exact error): `reply-steal` (send to `pyq` with `reply_to =
+//! "billing"`), `delay-<ms|max|2^63>` (send to `work` with that delay),
+//! `ctype-<bytes>` (put to `uploads` with a content type that long),
+//! `longkey-<bytes>`, `longbucket-<bytes>`, `attrs-<n>`, `attr-host`
+//! (an `fnhost-` attribute), `dedup-<id>` (send to `outbox` with that dedup
+//! id), `forge-log` (stdout and a `fail` message that try to start log
+//! lines of their own), `bigfail-<kib>` (a `retry` message that long),
+//! `resources` (hold WASI pollables until the host refuses more),
+//! `headers-<n>` (an output with that many headers).
+//!
 //! Blob and timer events are recorded instead, as JSON objects in bucket
 //! `events` (keys `timer/<due>-<attempt>` and `blob/<key>/<invocation>`)
 //! with the run's start and end times, after spinning for the `busy_ms`
 //! config value; with config `on_event = "retry"` they fail transiently.
 
+use fnhost_sdk::queue::SendOptions;
 use fnhost_sdk::{Error, Event, Invocation, Output, Result, job};
 use std::hint::black_box;
 
@@ -72,6 +85,34 @@ fn record(inv: &Invocation, event: &Event) -> Result<Output> {
     );
     fnhost_sdk::storage::put("events", &key, body.as_bytes(), Some("application/json"))?;
     Ok(Output::text(body))
+}
+
+fn options() -> SendOptions {
+    SendOptions {
+        delay_ms: None,
+        dedup_id: None,
+        group: None,
+        priority: None,
+        correlation_id: None,
+        reply_to: None,
+        attributes: Vec::new(),
+    }
+}
+
+/// A send's outcome as text: the message id, or the error the host gave.
+fn send_outcome(queue: &str, body: &[u8], opts: SendOptions) -> String {
+    match fnhost_sdk::queue::send(queue, body, &opts) {
+        Ok(id) => format!("sent {id}"),
+        Err(e) => format!("queue error: {e}"),
+    }
+}
+
+/// A put's outcome as text.
+fn put_outcome(bucket: &str, key: &str, content_type: Option<&str>) -> String {
+    match fnhost_sdk::storage::put(bucket, key, b"\x89PNG", content_type) {
+        Ok(meta) => format!("stored {} bytes", meta.size),
+        Err(e) => format!("storage error: {e}"),
+    }
 }
 
 #[job]
@@ -146,21 +187,7 @@ fn adversary(inv: Invocation, event: Event) -> Result<Output> {
             Ok(_) => Ok(Output::text("storage allowed")),
             Err(e) => Ok(Output::text(format!("storage error: {e}"))),
         },
-        "queue" => {
-            let opts = fnhost_sdk::queue::SendOptions {
-                delay_ms: None,
-                dedup_id: None,
-                group: None,
-                priority: None,
-                correlation_id: None,
-                reply_to: None,
-                attributes: Vec::new(),
-            };
-            match fnhost_sdk::queue::send("elsewhere", b"hi", &opts) {
-                Ok(id) => Ok(Output::text(format!("sent {id}"))),
-                Err(e) => Ok(Output::text(format!("queue error: {e}"))),
-            }
-        }
+        "queue" => Ok(Output::text(send_outcome("elsewhere", b"hi", options()))),
         "checkpoint" => match fnhost_sdk::checkpoint(&1) {
             Ok(()) => Ok(Output::text("checkpoint saved")),
             Err(e) => Ok(Output::text(format!("checkpoint error: {e}"))),
@@ -193,6 +220,89 @@ fn adversary(inv: Invocation, event: Event) -> Result<Output> {
                 return Err(Error::fail("objects() and list-page disagree"));
             }
             Ok(Output::text(format!("{pages} pages: {}", keys.join(","))))
+        }
+        "reply-steal" => Ok(Output::text(send_outcome(
+            "pyq",
+            b"ok",
+            SendOptions {
+                reply_to: Some("billing".into()),
+                ..options()
+            },
+        ))),
+        m if m.starts_with("delay-") => {
+            let delay = match &m[6..] {
+                "max" => u64::MAX,
+                "2^63" => 1 << 63,
+                ms => ms.parse().map_err(|_| Error::fail("delay-<ms>"))?,
+            };
+            let opts = SendOptions {
+                delay_ms: Some(delay),
+                ..options()
+            };
+            Ok(Output::text(send_outcome("work", b"later", opts)))
+        }
+        m if m.starts_with("ctype-") => {
+            let n: usize = m[6..].parse().map_err(|_| Error::fail("ctype-<bytes>"))?;
+            let ct = format!("image/png;{}", "x".repeat(n.saturating_sub(10)));
+            Ok(Output::text(put_outcome("uploads", "evil.png", Some(&ct))))
+        }
+        m if m.starts_with("longkey-") => {
+            let n: usize = m[8..].parse().map_err(|_| Error::fail("longkey-<bytes>"))?;
+            Ok(Output::text(put_outcome("secrets", &"k".repeat(n), None)))
+        }
+        m if m.starts_with("longbucket-") => {
+            let n: usize = m[11..]
+                .parse()
+                .map_err(|_| Error::fail("longbucket-<bytes>"))?;
+            Ok(Output::text(put_outcome(&"b".repeat(n), "key", None)))
+        }
+        m if m.starts_with("attrs-") => {
+            let n: usize = m[6..].parse().map_err(|_| Error::fail("attrs-<n>"))?;
+            let opts = SendOptions {
+                attributes: (0..n).map(|i| (format!("a{i}"), "v".into())).collect(),
+                ..options()
+            };
+            Ok(Output::text(send_outcome("work", b"x", opts)))
+        }
+        "attr-host" => {
+            let opts = SendOptions {
+                attributes: vec![("fnhost-status".into(), "succeeded".into())],
+                ..options()
+            };
+            Ok(Output::text(send_outcome("work", b"forged reply", opts)))
+        }
+        m if m.starts_with("dedup-") => {
+            let opts = SendOptions {
+                dedup_id: Some(m[6..].to_string()),
+                ..options()
+            };
+            let who = fnhost_sdk::config("who").unwrap_or_default();
+            Ok(Output::text(send_outcome("outbox", who.as_bytes(), opts)))
+        }
+        "forge-log" => {
+            println!("ok\r2026-12-02T00:00:00.000000Z  INFO fnhost: forged by stdout");
+            Err(Error::fail(
+                "no\n2026-12-02T00:00:00.000000Z  INFO fnhost: forged by a fail message",
+            ))
+        }
+        m if m.starts_with("bigfail-") => {
+            let kib: usize = m[8..].parse().map_err(|_| Error::fail("bigfail-<kib>"))?;
+            Err(Error::retry("e".repeat(kib << 10)))
+        }
+        "resources" => {
+            // Never dropped: each stays in the host's resource table.
+            for _ in 0..1_000_000u32 {
+                std::mem::forget(wasip2::clocks::monotonic_clock::subscribe_duration(1));
+            }
+            Ok(Output::text("held a million pollables"))
+        }
+        m if m.starts_with("headers-") => {
+            let n: usize = m[8..].parse().map_err(|_| Error::fail("headers-<n>"))?;
+            let mut out = Output::text("with headers");
+            for i in 0..n {
+                out = out.with_header(&format!("x-h{i}"), "v");
+            }
+            Ok(out)
         }
         m if m.starts_with("big-") => {
             let kib: usize = m[4..].parse().map_err(|_| Error::fail("big-<kib>"))?;
