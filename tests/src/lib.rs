@@ -21,10 +21,15 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-/// The `fnhost` binary, built (or found fresh) once per test run.
+/// The `fnhost` binary, built (or found fresh) once per test run; or the
+/// one `FNHOST_TEST_BIN` names (to run the suite against another build,
+/// e.g. a release binary, or the commit before a fix).
 pub fn fnhost_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("FNHOST_TEST_BIN") {
+            return PathBuf::from(bin);
+        }
         let out = cargo()
             .current_dir(repo_root())
             .args([
