@@ -11,8 +11,8 @@
 //! Run with `scripts/bench` (it builds the guest components first) or
 //! `cargo bench -p fnhost --bench invoke`.
 
-use fnhost::capabilities::Capabilities;
-use fnhost::sandbox::{Event, Invocation, Limits, Sandbox, SandboxConfig, WallClock};
+use fnhost::exec::{Event, Invocation, Limits, Profile};
+use fnhost::sandbox::{Sandbox, SandboxConfig, Stores, WallClock};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -201,17 +201,24 @@ impl Floor {
     }
 }
 
-async fn fnhost_call(
-    sandbox: &Sandbox,
-    loaded: &fnhost::sandbox::Loaded,
-    limits: &Limits,
-    caps: &Arc<Capabilities>,
-) {
+/// A version with the default limits and no grants.
+fn profile(limits: Limits) -> Arc<Profile> {
+    Arc::new(Profile {
+        function: "bench".into(),
+        version: 1,
+        digest: String::new(),
+        limits,
+        grants: Default::default(),
+        config: Default::default(),
+    })
+}
+
+async fn fnhost_call(sandbox: &Sandbox, loaded: &fnhost::sandbox::Loaded, caps: &Arc<Profile>) {
     let out = sandbox
         .invoke(
             loaded,
-            limits,
             caps.clone(),
+            Stores::default(),
             inv(),
             Event::Invoke(Vec::new()),
             None,
@@ -247,8 +254,7 @@ fn main() {
         "the benchmark expects the pooling allocator"
     );
     let loaded = sandbox.load(&empty).unwrap();
-    let limits = Limits::default();
-    let caps = Arc::new(Capabilities::default());
+    let caps = profile(Limits::default());
     let floor = Floor::new(&empty);
 
     println!(
@@ -257,12 +263,12 @@ fn main() {
     let (mut ours, mut theirs) = (Vec::with_capacity(n), Vec::with_capacity(n));
     rt.block_on(async {
         for _ in 0..200 {
-            fnhost_call(&sandbox, &loaded, &limits, &caps).await;
+            fnhost_call(&sandbox, &loaded, &caps).await;
             floor.call().await;
         }
         for _ in 0..n {
             let t = Instant::now();
-            fnhost_call(&sandbox, &loaded, &limits, &caps).await;
+            fnhost_call(&sandbox, &loaded, &caps).await;
             ours.push(t.elapsed());
             let t = Instant::now();
             floor.call().await;
@@ -297,28 +303,18 @@ fn main() {
     let sandbox = Arc::new(sandbox);
     let floor = Arc::new(floor);
     let run = |which: &'static str| {
-        let (sandbox, floor, loaded, caps, limits) = (
-            sandbox.clone(),
-            floor.clone(),
-            loaded.clone(),
-            caps.clone(),
-            limits.clone(),
-        );
+        let (sandbox, floor, loaded, caps) =
+            (sandbox.clone(), floor.clone(), loaded.clone(), caps.clone());
         rt.block_on(async move {
             let t = Instant::now();
             let tasks: Vec<_> = (0..2)
                 .map(|_| {
-                    let (sandbox, floor, loaded, caps, limits) = (
-                        sandbox.clone(),
-                        floor.clone(),
-                        loaded.clone(),
-                        caps.clone(),
-                        limits.clone(),
-                    );
+                    let (sandbox, floor, loaded, caps) =
+                        (sandbox.clone(), floor.clone(), loaded.clone(), caps.clone());
                     tokio::spawn(async move {
                         for _ in 0..per_task {
                             if which == "fnhost" {
-                                fnhost_call(&sandbox, &loaded, &limits, &caps).await;
+                                fnhost_call(&sandbox, &loaded, &caps).await;
                             } else {
                                 floor.call().await;
                             }
@@ -357,13 +353,13 @@ fn main() {
         for i in 0..rounds + 3 {
             let t = Instant::now();
             let out = fuel
-                .invoke(&lf, &limits, caps.clone(), inv(), ev(), None)
+                .invoke(&lf, caps.clone(), Stores::default(), inv(), ev(), None)
                 .await;
             assert!(out.result.is_ok(), "{:?}", out.result);
             let df = t.elapsed();
             let t = Instant::now();
             let out = epoch
-                .invoke(&le, &limits, caps.clone(), inv(), ev(), None)
+                .invoke(&le, caps.clone(), Stores::default(), inv(), ev(), None)
                 .await;
             assert!(out.result.is_ok(), "{:?}", out.result);
             let de = t.elapsed();

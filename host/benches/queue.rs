@@ -28,11 +28,8 @@
 //! own overhead is visible. Run with `scripts/bench` or
 //! `cargo bench -p fnhost --bench queue`.
 
-use fnhost::dispatcher::Dispatcher;
-use fnhost::queue::embedded::EmbeddedQueues;
-use fnhost::queue::{NewMessage, QueueBackend, SystemClock};
-use fnhost::registry::Registry;
-use fnhost::sandbox::{Sandbox, SandboxConfig};
+use fnhost::host::{Host, HostConfig};
+use fnhost::queue::{NewMessage, QueueBackend};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -75,31 +72,20 @@ async fn run(n: usize) {
     let wasm = std::fs::read(&wasm_path).unwrap_or_else(|e| {
         panic!("cannot read {wasm_path:?} ({e}); run scripts/bench, which builds it")
     });
-    let sandbox = Arc::new(
-        Sandbox::new(SandboxConfig {
-            max_instances: 256,
-            ..SandboxConfig::new(dir.path().join("cache"))
-        })
-        .unwrap(),
-    );
-    let registry = Arc::new(Registry::open(dir.path()).unwrap());
-    let queues = EmbeddedQueues::open(dir.path(), Arc::new(SystemClock)).unwrap();
-    let backend: Arc<dyn QueueBackend> = Arc::new(queues.clone());
-    let dispatcher = Dispatcher::start(
-        sandbox.clone(),
-        registry,
-        backend.clone(),
-        Arc::new(queues),
-        fnhost::jobs::JobSettings::new(Duration::from_secs(3600)),
-        Arc::new(fnhost::blobs::embedded::EmbeddedBlobs::open(dir.path()).unwrap()),
-        128,
-    )
-    .await
-    .unwrap();
+    // Put together as `fnhost serve` does, on the embedded stores, with 128
+    // instances host-wide.
+    let config = HostConfig {
+        max_concurrency: 128,
+        job_retention: Duration::from_secs(3600),
+        ..HostConfig::new(dir.path().to_path_buf(), "bench".into())
+    };
+    let host = Host::builder(config).build().await.unwrap();
+    let dispatcher = host.dispatcher().clone();
+    let backend: Arc<dyn QueueBackend> = dispatcher.queues().clone();
     let manifest = "name = \"sink\"\n[[triggers.queue]]\nqueue = \"bench\"\nbatch_size = 128\nmax_concurrency = 128\ntarget_backlog = 1\nmin_concurrency = 64\n";
     dispatcher.deploy(manifest.into(), wasm).await.unwrap();
     let shutdown = CancellationToken::new();
-    let _tracker = fnhost::triggers::Supervisor::spawn(dispatcher.clone(), shutdown.clone());
+    let _tracker = host.start_triggers(shutdown.clone());
 
     // Bare invocation cost of the same guest, for reference.
     let deployed = dispatcher.get("sink").unwrap();
@@ -109,7 +95,7 @@ async fn run(n: usize) {
         let (_, out) = dispatcher
             .invoke(
                 deployed.clone(),
-                fnhost::sandbox::Event::Invoke(Vec::new()),
+                fnhost::exec::Event::Invoke(Vec::new()),
                 Default::default(),
             )
             .await;
@@ -170,7 +156,7 @@ async fn run(n: usize) {
                 correlation_id: Some(i.to_string()),
                 ..body(i)
             };
-            let at = fnhost::registry::now_ms();
+            let at = fnhost::clock::now_ms();
             backend.send("bench", msg).await.unwrap();
             (i, at)
         });

@@ -11,9 +11,7 @@
 //! each version of an object is handed to a consumer once. Knows nothing of
 //! wasm, triggers or HTTP.
 
-pub mod embedded;
-
-use crate::queue::BoxFuture;
+use crate::task::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -174,14 +172,9 @@ pub enum BlobError {
 
 /// Check a bucket name.
 pub fn validate_bucket(bucket: &str) -> Result<(), BlobError> {
-    if crate::manifest::valid_name(bucket) {
-        Ok(())
-    } else {
-        Err(BlobError::InvalidBucket(format!(
-            "{} is not a valid bucket name; use 1-63 lower-case letters, digits and '-', starting with a letter",
-            crate::text::quote(bucket)
-        )))
-    }
+    crate::names::BucketName::parse(bucket)
+        .map(drop)
+        .map_err(|e| BlobError::InvalidBucket(e.to_string()))
 }
 
 /// Check a bucket name and a key. Keys are relative paths of non-empty

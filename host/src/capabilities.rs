@@ -6,14 +6,10 @@
 //! an error value for the guest, never a trap. Deny by default: a function
 //! with no grants reaches nothing.
 //!
-//! This module knows nothing of wasm or HTTP; backends are reached only
-//! through their traits.
+//! Plain data and checks: this module knows nothing of wasm, HTTP or
+//! backends (the sandbox asks it, then calls the backend).
 
-use crate::blobs::BlobBackend;
-use crate::queue::QueueBackend;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::sync::Arc;
 
 /// What a storage grant allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,34 +88,6 @@ impl Grants {
                 crate::text::quote(queue)
             ))
         }
-    }
-}
-
-/// What one deployed function version may reach: its grants and config,
-/// and the backends that granted calls go to.
-#[derive(Clone, Default)]
-pub struct Capabilities {
-    /// The function's name: its sends' dedup ids are scoped by it.
-    pub function: String,
-    /// The function's grants.
-    pub grants: Grants,
-    /// The manifest's `[config]` values.
-    pub config: BTreeMap<String, String>,
-    /// Where granted queue sends go; none means queues are unavailable.
-    pub queues: Option<Arc<dyn QueueBackend>>,
-    /// Where granted storage calls go; none means storage is unavailable.
-    pub blobs: Option<Arc<dyn BlobBackend>>,
-}
-
-impl std::fmt::Debug for Capabilities {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Capabilities")
-            .field("function", &self.function)
-            .field("grants", &self.grants)
-            .field("config", &self.config)
-            .field("queues", &self.queues.is_some())
-            .field("blobs", &self.blobs.is_some())
-            .finish()
     }
 }
 

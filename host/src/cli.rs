@@ -9,7 +9,6 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -244,41 +243,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             crate::server::token_path(&data_dir)
         );
     }
-    let sandbox = Arc::new(crate::sandbox::Sandbox::new(
-        crate::sandbox::SandboxConfig {
-            pooling: !args.no_pooling,
-            max_instances: (args.max_concurrency as u32).max(1) * 2,
-            ..crate::sandbox::SandboxConfig::new(data_dir.join("cache"))
+    let config = crate::host::HostConfig {
+        data_dir: data_dir.clone(),
+        max_concurrency: args.max_concurrency,
+        pooling: !args.no_pooling,
+        job_retention: args.job_retention,
+        callbacks: crate::jobs::callback::CallbackPolicy {
+            allow: args.callback_allow,
         },
-    )?);
-    let registry = Arc::new(
-        crate::registry::Registry::open(&data_dir)
-            .with_context(|| format!("failed to open the registry in {data_dir:?}"))?,
-    );
-    let queues = crate::queue::embedded::EmbeddedQueues::open(
-        &data_dir,
-        Arc::new(crate::queue::SystemClock),
-    )
-    .with_context(|| format!("failed to open the queue store in {data_dir:?}"))?;
-    let blobs = crate::blobs::embedded::EmbeddedBlobs::open(&data_dir)
-        .with_context(|| format!("failed to open the blob store in {data_dir:?}"))?;
-    let dispatcher = crate::dispatcher::Dispatcher::start(
-        sandbox.clone(),
-        registry,
-        Arc::new(queues.clone()),
-        Arc::new(queues),
-        crate::jobs::JobSettings {
-            retention: args.job_retention,
-            callbacks: Arc::new(crate::jobs::callback::Callbacks::new(
-                crate::jobs::callback::CallbackPolicy {
-                    allow: args.callback_allow,
-                },
-            )),
+        server: crate::server::ServerConfig {
+            token,
+            max_body_bytes: args.max_body_bytes,
+            max_upload_bytes: args.max_upload_bytes,
+            stopping_wait_time: args.stopping_wait_time,
+            max_connections: args.max_connections,
+            header_read_timeout: args.header_read_timeout,
+            body_read_timeout: args.body_read_timeout,
+            max_pending_requests: args.max_pending_requests,
         },
-        Arc::new(blobs),
-        args.max_concurrency,
-    )
-    .await?;
+    };
+    let host = crate::host::Host::builder(config).build().await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| {
@@ -288,22 +272,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )
         })?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, data_dir = ?data_dir, pooling = sandbox.pooling(), "fnhost started");
+    tracing::info!(%addr, data_dir = ?data_dir, pooling = host.pooling(), "fnhost started");
     println!("fnhost listening on http://{addr}");
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
-    let config = crate::server::ServerConfig {
-        token,
-        max_body_bytes: args.max_body_bytes,
-        max_upload_bytes: args.max_upload_bytes,
-        stopping_wait_time: args.stopping_wait_time,
-        max_connections: args.max_connections,
-        header_read_timeout: args.header_read_timeout,
-        body_read_timeout: args.body_read_timeout,
-        max_pending_requests: args.max_pending_requests,
-    };
-    let background = crate::triggers::Supervisor::spawn(dispatcher.clone(), shutdown.clone());
-    crate::server::serve(listener, dispatcher, config, shutdown, background).await
+    host.serve(listener, shutdown).await
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {

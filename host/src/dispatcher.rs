@@ -1,30 +1,35 @@
-//! The dispatcher: which version of each function is active, which HTTP
-//! routes lead to it, and how many invocations may run at once.
+//! The dispatcher: deployments. Which version of each function is active,
+//! which HTTP routes lead to it, and handing its events to the
+//! [`Executor`] (which runs them, under the host-wide concurrency cap).
 //!
 //! Deploys, rollbacks and removals go through here so that the registry (on
 //! disk) and the active set (in memory) change together; activation swaps an
 //! `Arc`, so in-flight invocations finish on the version they started with.
-//! Triggers ask it to [`Dispatcher::invoke`]; it knows nothing of HTTP.
+//! Triggers ask it to [`Dispatcher::invoke`]; it knows nothing of HTTP or
+//! of wasm (that is the executor's).
 
-use crate::capabilities::Capabilities;
+use crate::backends::Backends;
+use crate::clock::now_ms;
+use crate::exec::{
+    Busy, Event, Execution, Executor, Invocation, LoadError, Outcome, Profile, Wait,
+};
 use crate::manifest::{HttpTrigger, Manifest};
 use crate::queue::QueueBackend;
-use crate::registry::{Registry, RegistryError, VersionRecord, now_ms};
-use crate::sandbox::{self, Event, Invocation, Limits, LoadError, Loaded, Outcome, Sandbox};
+use crate::registry::{Registry, RegistryError, VersionRecord};
+use crate::task::blocking;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use tokio::sync::{Mutex, Semaphore, watch};
+use tokio::sync::{Mutex, watch};
 use tracing::Instrument;
 
-/// A deployed, loaded function version.
+/// A deployed function version, ready to run.
 pub struct Deployed {
     /// The version's registry record.
     pub record: VersionRecord,
     /// Its parsed manifest.
     pub manifest: Manifest,
-    limits: Limits,
-    caps: Arc<Capabilities>,
-    loaded: Loaded,
+    /// What the executor runs it with.
+    pub profile: Arc<Profile>,
 }
 
 /// Where an HTTP request goes.
@@ -58,14 +63,10 @@ pub enum DeployError {
 
 /// Active functions, routes and the concurrency cap.
 pub struct Dispatcher {
-    sandbox: Arc<Sandbox>,
+    executor: Arc<dyn Executor>,
     registry: Arc<Registry>,
     active: RwLock<HashMap<String, Arc<Deployed>>>,
     routes: RwLock<Arc<matchit::Router<RouteTarget>>>,
-    permits: Arc<Semaphore>,
-    /// Callers of [`Dispatcher::invoke_or_busy`] waiting for a permit.
-    waiting: std::sync::atomic::AtomicUsize,
-    max_concurrency: usize,
     /// Deploys, rollbacks and removals run one at a time.
     admin: Mutex<()>,
     queues: Arc<dyn QueueBackend>,
@@ -97,7 +98,7 @@ pub struct Attempt {
     /// The last checkpoint of an earlier attempt.
     pub checkpoint: Option<Vec<u8>>,
     /// Receives progress and checkpoints.
-    pub reporter: Option<Arc<dyn crate::sandbox::Reporter>>,
+    pub reporter: Option<Arc<dyn crate::exec::Reporter>>,
 }
 
 impl Default for Attempt {
@@ -112,29 +113,24 @@ impl Default for Attempt {
 }
 
 impl Dispatcher {
-    /// Load every active version from the registry.
+    /// Load every active version from the registry, with `executor` to
+    /// run them and `backends` for triggers and the API.
     pub async fn start(
-        sandbox: Arc<Sandbox>,
+        executor: Arc<dyn Executor>,
         registry: Arc<Registry>,
-        queues: Arc<dyn QueueBackend>,
-        jobs: Arc<dyn crate::jobs::JobStore>,
+        backends: Backends,
         job_settings: crate::jobs::JobSettings,
-        blobs: Arc<dyn crate::blobs::BlobBackend>,
-        max_concurrency: usize,
     ) -> anyhow::Result<Arc<Dispatcher>> {
         let dispatcher = Arc::new(Dispatcher {
-            sandbox,
+            executor,
             registry: registry.clone(),
             active: RwLock::default(),
             routes: RwLock::new(Arc::new(matchit::Router::new())),
-            permits: Arc::new(Semaphore::new(max_concurrency)),
-            waiting: Default::default(),
-            max_concurrency,
             admin: Mutex::new(()),
-            queues,
-            jobs,
+            queues: backends.queues,
+            jobs: backends.jobs,
             job_settings,
-            blobs,
+            blobs: backends.blobs,
             changes: watch::Sender::new(0),
             bindings: Default::default(),
         });
@@ -161,25 +157,20 @@ impl Dispatcher {
         Ok(dispatcher)
     }
 
+    /// A stored version, its component prepared by the executor.
     async fn load(&self, record: VersionRecord) -> Result<Deployed, DeployError> {
         let manifest = Manifest::parse(
             &format!("{} v{}", record.name, record.version),
             &record.manifest,
         )?;
         let registry = self.registry.clone();
-        let sandbox = self.sandbox.clone();
         let digest = record.digest.clone();
-        let loaded = blocking(move || -> Result<Loaded, DeployError> {
-            let wasm = registry.component(&digest)?;
-            Ok(sandbox.load(&wasm)?)
-        })
-        .await?;
+        let wasm = blocking(move || registry.component(&digest)).await?;
+        self.executor.prepare(wasm).await?;
         Ok(Deployed {
-            limits: manifest.limits(),
-            caps: Arc::new(self.capabilities(&manifest)),
+            profile: Arc::new(manifest.profile(record.version, &record.digest)),
             manifest,
             record,
-            loaded,
         })
     }
 
@@ -191,8 +182,7 @@ impl Dispatcher {
         wasm: Vec<u8>,
     ) -> Result<Arc<Deployed>, DeployError> {
         let manifest = Manifest::parse(crate::manifest::FILE_NAME, &manifest_text)?;
-        let sandbox = self.sandbox.clone();
-        let (wasm, loaded) = blocking(move || sandbox.load(&wasm).map(|l| (wasm, l))).await?;
+        self.executor.prepare(wasm.clone()).await?;
         let _admin = self.admin.lock().await;
         let name = manifest.name.clone();
         // Check the routes against every other active function first.
@@ -209,11 +199,9 @@ impl Dispatcher {
         })
         .await?;
         let deployed = Arc::new(Deployed {
-            limits: manifest.limits(),
-            caps: Arc::new(self.capabilities(&manifest)),
+            profile: Arc::new(manifest.profile(record.version, &record.digest)),
             manifest,
             record,
-            loaded,
         });
         self.swap(&name, Some(deployed.clone()), Some(probe));
         self.forget_timer_unless_scheduled(&deployed).await?;
@@ -326,14 +314,6 @@ impl Dispatcher {
         self.changes.send_modify(|g| *g += 1);
     }
 
-    fn capabilities(&self, manifest: &Manifest) -> Capabilities {
-        Capabilities {
-            queues: Some(self.queues.clone()),
-            blobs: Some(self.blobs.clone()),
-            ..manifest.capabilities()
-        }
-    }
-
     /// Every active function version.
     pub fn active(&self) -> Vec<Arc<Deployed>> {
         self.active.read().unwrap().values().cloned().collect()
@@ -389,8 +369,7 @@ impl Dispatcher {
 
     /// Invocations running now.
     pub fn in_flight(&self) -> usize {
-        self.max_concurrency
-            .saturating_sub(self.permits.available_permits())
+        self.executor.in_flight()
     }
 
     /// Run one invocation of `deployed`, waiting for a free slot under the
@@ -401,13 +380,10 @@ impl Dispatcher {
         event: Event,
         attempt: Attempt,
     ) -> (String, Outcome) {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        self.run(permit, deployed, event, attempt).await
+        match self.run(deployed, event, attempt, Wait::Always).await {
+            Ok(done) => done,
+            Err(_) => unreachable!("an executor never answers busy to a caller that waits"),
+        }
     }
 
     /// [`Dispatcher::invoke`] for a caller that would rather hear "busy"
@@ -420,36 +396,17 @@ impl Dispatcher {
         attempt: Attempt,
         max_waiting: usize,
     ) -> Result<(String, Outcome), Busy> {
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                if self
-                    .waiting
-                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-                    >= max_waiting
-                {
-                    self.waiting
-                        .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                    return Err(Busy {
-                        waiting: max_waiting,
-                    });
-                }
-                let permit = self.permits.clone().acquire_owned().await;
-                self.waiting
-                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                permit.expect("the semaphore is never closed")
-            }
-        };
-        Ok(self.run(permit, deployed, event, attempt).await)
+        self.run(deployed, event, attempt, Wait::AtMost(max_waiting))
+            .await
     }
 
     async fn run(
         &self,
-        _permit: tokio::sync::OwnedSemaphorePermit,
         deployed: Arc<Deployed>,
         event: Event,
         attempt: Attempt,
-    ) -> (String, Outcome) {
+        wait: Wait,
+    ) -> Result<(String, Outcome), Busy> {
         let id = uuid::Uuid::now_v7().to_string();
         let span = tracing::info_span!(
             "invocation",
@@ -458,39 +415,33 @@ impl Dispatcher {
             invocation = %id,
             attempt = attempt.number,
         );
-        let outcome = async {
-            let inv = Invocation {
+        let profile = deployed.profile.clone();
+        let execution = Execution {
+            invocation: Invocation {
                 id: id.clone(),
-                function: deployed.record.name.clone(),
-                version: deployed.record.version,
+                function: profile.function.clone(),
+                version: profile.version,
                 attempt: attempt.number,
                 job_id: attempt.job_id,
                 checkpoint: attempt.checkpoint,
-                deadline_ms: now_ms() + deployed.limits.timeout.as_millis() as u64,
-            };
-            tracing::debug!("invocation started");
-            let outcome = self
-                .sandbox
-                .invoke(&deployed.loaded, &deployed.limits, deployed.caps.clone(), inv, event, attempt.reporter)
-                .await;
+                deadline_ms: now_ms() + profile.limits.timeout.as_millis() as u64,
+            },
+            profile,
+            event,
+        };
+        let outcome = async {
+            let outcome = self.executor.execute(execution, attempt.reporter, wait).await?;
             outcome.logs.emit();
             match &outcome.result {
                 Ok(out) => tracing::debug!(status = out.status, fuel = outcome.fuel_used, elapsed_us = outcome.elapsed.as_micros() as u64, "invocation succeeded"),
                 Err(failure) => tracing::warn!(fuel = outcome.fuel_used, elapsed_us = outcome.elapsed.as_micros() as u64, reason = %crate::text::LogSafe(&failure.to_string()), "invocation failed"),
             }
-            outcome
+            Ok(outcome)
         }
         .instrument(span)
-        .await;
-        (id, outcome)
+        .await?;
+        Ok((id, outcome))
     }
-}
-
-/// Every instance is busy and the line for one is full.
-#[derive(Debug, Clone, Copy)]
-pub struct Busy {
-    /// How many callers the line holds.
-    pub waiting: usize,
 }
 
 fn build_routes(
@@ -538,13 +489,4 @@ fn build_routes_with(
     Ok(router)
 }
 
-/// Run blocking work (SQLite, files, compilation) off the async threads.
-async fn blocking<T: Send + 'static, E: Send + 'static>(
-    f: impl FnOnce() -> Result<T, E> + Send + 'static,
-) -> Result<T, E> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .expect("blocking task panicked")
-}
-
-pub use sandbox::Failure;
+pub use crate::exec::Failure;

@@ -10,23 +10,9 @@
 
 pub mod callback;
 
-use crate::queue::{BoxFuture, NewMessage, QueueError, Receipt, Settlement};
+use crate::queue::{NewMessage, QueueError, Receipt, Settlement};
+use crate::task::BoxFuture;
 use serde::Serialize;
-
-/// Queues whose names start with this belong to the host.
-pub const RESERVED_QUEUE_PREFIX: &str = "fnhost-";
-
-/// The queue that carries `function`'s jobs.
-pub fn job_queue(function: &str) -> String {
-    format!("{RESERVED_QUEUE_PREFIX}jobs-{function}")
-}
-
-/// The function whose job queue this is, if it is one.
-pub fn job_function(queue: &str) -> Option<&str> {
-    queue
-        .strip_prefix(RESERVED_QUEUE_PREFIX)?
-        .strip_prefix("jobs-")
-}
 
 /// How the host keeps async jobs: how long finished records stay, and
 /// what completion callbacks may reach.
@@ -252,10 +238,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn job_queues_are_named_after_their_function() {
-        assert_eq!(job_queue("hello"), "fnhost-jobs-hello");
-        assert_eq!(job_function("fnhost-jobs-hello"), Some("hello"));
-        assert_eq!(job_function("orders"), None);
+    fn job_states_round_trip() {
         for s in [
             JobState::Queued,
             JobState::Running,

@@ -15,17 +15,23 @@
 //! - [`files`]: content hashes and atomic file writes, shared by the stores;
 //! - [`text`]: caller text made safe to quote, store and log.
 
+pub mod backends;
 pub mod blobs;
 pub mod capabilities;
 pub mod cli;
+pub mod clock;
 pub mod dispatcher;
+pub mod exec;
 pub mod files;
+pub mod host;
 pub mod jobs;
 pub mod manifest;
+pub mod names;
 pub mod queue;
 pub mod registry;
 pub mod sandbox;
 pub mod server;
+pub mod task;
 pub mod text;
 pub mod triggers;
 

@@ -7,8 +7,9 @@
 //!
 //! This module knows nothing of wasm or of how triggers are served.
 
-use crate::capabilities::{Capabilities, Grants};
-use crate::sandbox::Limits;
+use crate::capabilities::Grants;
+use crate::exec::{Limits, Profile};
+use crate::names::{BucketName, FunctionName, QueueName};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -94,11 +95,7 @@ impl BlobTrigger {
     /// The host-owned queue that carries this trigger's changes. The `.`
     /// cannot occur in names, so no two (function, bucket) pairs share one.
     pub fn queue(&self, function: &str) -> String {
-        format!(
-            "{}blob-{function}.{}",
-            crate::jobs::RESERVED_QUEUE_PREFIX,
-            self.bucket
-        )
+        crate::names::blob_queue(function, &self.bucket)
     }
 
     /// The change kinds delivered.
@@ -163,7 +160,7 @@ pub struct TimerTrigger {
 impl TimerTrigger {
     /// The host-owned queue that carries the function's ticks.
     pub fn queue(function: &str) -> String {
-        format!("{}timer-{function}", crate::jobs::RESERVED_QUEUE_PREFIX)
+        crate::names::timer_queue(function)
     }
 
     /// The parsed schedule and time zone, or why they are not acceptable.
@@ -459,15 +456,7 @@ impl Manifest {
             field: field.into(),
             reason,
         };
-        if !valid_name(&self.name) {
-            return Err(err(
-                "name",
-                format!(
-                    "{} is not a valid function name; use 1-63 lower-case letters, digits and '-', starting with a letter",
-                    crate::text::quote(&self.name)
-                ),
-            ));
-        }
+        FunctionName::parse(&self.name).map_err(|e| err("name", e.to_string()))?;
         let mut router = matchit::Router::new();
         for (i, route) in self.triggers.http.iter().enumerate() {
             let field = format!("triggers.http[{i}].path");
@@ -522,16 +511,7 @@ impl Manifest {
         let mut bound = std::collections::BTreeSet::new();
         for (i, q) in self.triggers.queue.iter().enumerate() {
             let at = |f: &str| format!("triggers.queue[{i}].{f}");
-            if !valid_name(&q.queue) || reserved(&q.queue) {
-                return Err(err(
-                    &at("queue"),
-                    format!(
-                        "{} is not a valid queue name; use lower-case letters, digits and '-', not starting with {:?}",
-                        crate::text::quote(&q.queue),
-                        crate::jobs::RESERVED_QUEUE_PREFIX
-                    ),
-                ));
-            }
+            QueueName::parse_user(&q.queue).map_err(|e| err(&at("queue"), e.to_string()))?;
             if !bound.insert(q.queue.as_str()) {
                 return Err(err(
                     &at("queue"),
@@ -546,15 +526,7 @@ impl Manifest {
         }
         for (i, b) in self.triggers.blob.iter().enumerate() {
             let at = |f: &str| format!("triggers.blob[{i}].{f}");
-            if !valid_name(&b.bucket) {
-                return Err(err(
-                    &at("bucket"),
-                    format!(
-                        "{} is not a valid bucket name; use lower-case letters, digits and '-'",
-                        crate::text::quote(&b.bucket)
-                    ),
-                ));
-            }
+            BucketName::parse(&b.bucket).map_err(|e| err(&at("bucket"), e.to_string()))?;
             if self.triggers.blob[..i].iter().any(|o| o.bucket == b.bucket) {
                 return Err(err(
                     &at("bucket"),
@@ -608,7 +580,7 @@ impl Manifest {
                     "jobs.queue",
                     format!(
                         "a function's job queue is always {:?}; remove `queue` from [jobs]",
-                        crate::jobs::job_queue(&self.name)
+                        crate::names::job_queue(&self.name)
                     ),
                 ));
             }
@@ -616,29 +588,26 @@ impl Manifest {
         }
         let limits = &self.limits;
         if let Some(fuel) = limits.fuel
-            && !(1..=crate::sandbox::MAX_FUEL).contains(&fuel)
+            && !(1..=crate::exec::MAX_FUEL).contains(&fuel)
         {
             return Err(err(
                 "limits.fuel",
-                format!(
-                    "{fuel} is out of range; use 1 to {}",
-                    crate::sandbox::MAX_FUEL
-                ),
+                format!("{fuel} is out of range; use 1 to {}", crate::exec::MAX_FUEL),
             ));
         }
         if let Some(bytes) = limits.log_bytes
-            && bytes > crate::sandbox::MAX_LOG_BYTES
+            && bytes > crate::exec::MAX_LOG_BYTES
         {
             return Err(err(
                 "limits.log_bytes",
                 format!(
                     "{bytes} is out of range; use 0 to {}",
-                    crate::sandbox::MAX_LOG_BYTES
+                    crate::exec::MAX_LOG_BYTES
                 ),
             ));
         }
         if let Some(mb) = limits.memory_mb {
-            let max = (crate::sandbox::MAX_MEMORY_BYTES >> 20) as u64;
+            let max = (crate::exec::MAX_MEMORY_BYTES >> 20) as u64;
             if mb == 0 || mb > max {
                 return Err(err(
                     "limits.memory_mb",
@@ -688,27 +657,12 @@ impl Manifest {
                     ),
                 ));
             }
-            if !valid_name(&g.bucket) {
-                return Err(err(
-                    &format!("grants.storage[{i}].bucket"),
-                    format!(
-                        "{} is not a valid bucket name; use lower-case letters, digits and '-'",
-                        crate::text::quote(&g.bucket)
-                    ),
-                ));
-            }
+            BucketName::parse(&g.bucket)
+                .map_err(|e| err(&format!("grants.storage[{i}].bucket"), e.to_string()))?;
         }
         for (i, q) in self.grants.queues.iter().enumerate() {
-            if !valid_name(q) || reserved(q) {
-                return Err(err(
-                    &format!("grants.queues[{i}]"),
-                    format!(
-                        "{} is not a valid queue name; use lower-case letters, digits and '-', not starting with {:?}",
-                        crate::text::quote(q),
-                        crate::jobs::RESERVED_QUEUE_PREFIX
-                    ),
-                ));
-            }
+            QueueName::parse_user(q)
+                .map_err(|e| err(&format!("grants.queues[{i}]"), e.to_string()))?;
         }
         Ok(())
     }
@@ -752,7 +706,7 @@ impl Manifest {
             .map(QueueTrigger::policy)
             .collect();
         policies.push(hosted(
-            crate::jobs::job_queue(&self.name),
+            crate::names::job_queue(&self.name),
             &self.jobs,
             Source::Jobs,
         ));
@@ -773,14 +727,16 @@ impl Manifest {
         policies
     }
 
-    /// The grants and config the sandbox hands to the function's imports.
-    pub fn capabilities(&self) -> Capabilities {
-        Capabilities {
+    /// What the executor runs version `version` (component `digest`) of
+    /// this function with. Call on a validated manifest.
+    pub fn profile(&self, version: u32, digest: &str) -> Profile {
+        Profile {
             function: self.name.clone(),
+            version,
+            digest: digest.to_string(),
+            limits: self.limits(),
             grants: self.grants.clone(),
             config: self.config.clone(),
-            queues: None,
-            blobs: None,
         }
     }
 }
@@ -797,25 +753,12 @@ fn check_delivery(d: &QueueTrigger) -> Result<(), (&'static str, String)> {
     d.validate_settings()
 }
 
-/// Is this one of the host's own queue names?
-fn reserved(queue: &str) -> bool {
-    queue.starts_with(crate::jobs::RESERVED_QUEUE_PREFIX)
-}
-
 /// Do two key prefixes (none = every key) share any key?
 fn overlaps(a: Option<&str>, b: Option<&str>) -> bool {
     match (a, b) {
         (Some(a), Some(b)) => a.starts_with(b) || b.starts_with(a),
         _ => true,
     }
-}
-
-/// Function, bucket and queue names: `[a-z][a-z0-9-]{0,62}`.
-pub fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some('a'..='z'))
-        && name.len() <= 63
-        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-'))
 }
 
 #[cfg(test)]
@@ -854,7 +797,7 @@ mod tests {
         assert_eq!(limits.memory_bytes, 32 << 20);
         assert_eq!(limits.timeout, Duration::from_secs(2));
         assert_eq!(limits.fuel, Limits::default().fuel);
-        assert_eq!(m.capabilities().config["greeting"], "Hi");
+        assert_eq!(m.profile(1, "d").config["greeting"], "Hi");
     }
 
     #[test]

@@ -56,7 +56,7 @@ proptest! {
         );
         match Manifest::parse("fnhost.toml", &text) {
             Ok(m) => {
-                prop_assert!(crate::manifest::valid_name(&m.name));
+                prop_assert!(crate::names::valid_name(&m.name));
                 prop_assert!(m.triggers.http[0].path.starts_with('/'));
                 let p = m.grants.storage[0].prefix.as_deref().unwrap_or("");
                 prop_assert!(p.is_empty() || (p.ends_with('/') && p.len() <= MAX_KEY_BYTES));
@@ -82,9 +82,9 @@ proptest! {
         );
         if let Ok(m) = Manifest::parse("fnhost.toml", &text) {
             let l = m.limits();
-            prop_assert!((1..=crate::sandbox::MAX_FUEL).contains(&l.fuel));
-            prop_assert!((1..=crate::sandbox::MAX_MEMORY_BYTES).contains(&l.memory_bytes));
-            prop_assert!(l.log_bytes <= crate::sandbox::MAX_LOG_BYTES);
+            prop_assert!((1..=crate::exec::MAX_FUEL).contains(&l.fuel));
+            prop_assert!((1..=crate::exec::MAX_MEMORY_BYTES).contains(&l.memory_bytes));
+            prop_assert!(l.log_bytes <= crate::exec::MAX_LOG_BYTES);
             prop_assert!((1..=1000).contains(&m.triggers.queue[0].policy().batch_size));
         }
     }
@@ -93,7 +93,7 @@ proptest! {
     fn prop_keys_that_pass_cannot_escape_and_errors_stay_short(bucket in any_text(), key in any_text()) {
         match blobs::validate(&bucket, &key) {
             Ok(()) => {
-                prop_assert!(crate::manifest::valid_name(&bucket));
+                prop_assert!(crate::names::valid_name(&bucket));
                 prop_assert!(!key.is_empty() && key.len() <= MAX_KEY_BYTES);
                 prop_assert!(!key.starts_with('/') && !key.contains('\0') && !key.contains('\\'));
                 prop_assert!(key.split('/').all(|s| !s.is_empty() && s != "." && s != ".."));

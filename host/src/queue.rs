@@ -8,54 +8,10 @@
 //! nothing of wasm, functions or HTTP. Retry policy (backoff, attempt limits)
 //! is the caller's; the backend only does what it is told.
 
-pub mod embedded;
-
+pub use crate::clock::Clock;
+use crate::task::BoxFuture;
 use serde::{Deserialize, Serialize};
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-/// A boxed future, so the backend trait can be used as `dyn`.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// The time, for everything that leases, delays or expires.
-pub trait Clock: Send + Sync {
-    /// Milliseconds since the Unix epoch.
-    fn now_ms(&self) -> u64;
-}
-
-/// The real clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        crate::registry::now_ms()
-    }
-}
-
-/// A clock that moves only when told: for tests of leases, delays and backoff.
-#[derive(Debug, Default)]
-pub struct ManualClock(AtomicU64);
-
-impl ManualClock {
-    /// A clock at `ms`.
-    pub fn at(ms: u64) -> Arc<Self> {
-        Arc::new(ManualClock(AtomicU64::new(ms)))
-    }
-    /// Move the clock forward.
-    pub fn advance(&self, by: Duration) {
-        self.0.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
 
 /// A message to enqueue.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,30 +200,12 @@ pub const MAX_ERROR_BYTES: usize = 4096;
 /// cannot set them.
 pub const RESERVED_ATTRIBUTE_PREFIX: &str = "fnhost-";
 
-/// Is this one of the host's own queues (jobs, blob and timer deliveries)?
-pub fn is_host_queue(queue: &str) -> bool {
-    queue
-        .strip_prefix(crate::jobs::RESERVED_QUEUE_PREFIX)
-        .is_some_and(|rest| {
-            !rest.is_empty()
-                && queue.len() <= 200
-                && rest
-                    .chars()
-                    .all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-' | '.'))
-        })
-}
-
 /// Refuse a user's send to one of the host's own queues: only the host
 /// enqueues jobs, blob changes and timer ticks.
 pub fn check_user_queue(queue: &str) -> Result<(), QueueError> {
-    if queue.starts_with(crate::jobs::RESERVED_QUEUE_PREFIX) {
-        return Err(QueueError::Invalid(format!(
-            "{}: queue names starting with {:?} are reserved for the host; send to a queue of your own",
-            crate::text::quote(queue),
-            crate::jobs::RESERVED_QUEUE_PREFIX
-        )));
-    }
-    Ok(())
+    crate::names::QueueName::parse_user(queue)
+        .map(drop)
+        .map_err(|e| QueueError::Invalid(e.to_string()))
 }
 
 /// Check a message before it is stored, at `now_ms`: its queue's name, its
@@ -276,11 +214,8 @@ pub fn check_user_queue(queue: &str) -> Result<(), QueueError> {
 /// limit; nothing of it is stored.
 pub fn validate(queue: &str, msg: &NewMessage, now_ms: u64) -> Result<(), QueueError> {
     let invalid = |m: String| Err(QueueError::Invalid(m));
-    if !crate::manifest::valid_name(queue) && !is_host_queue(queue) {
-        return invalid(format!(
-            "{} is not a valid queue name; use 1-63 lower-case letters, digits and '-', starting with a letter",
-            crate::text::quote(queue)
-        ));
+    if let Err(e) = crate::names::QueueName::parse(queue) {
+        return invalid(e.to_string());
     }
     if msg.body.len() > MAX_BODY_BYTES {
         return invalid(format!(
@@ -304,12 +239,9 @@ pub fn validate(queue: &str, msg: &NewMessage, now_ms: u64) -> Result<(), QueueE
         }
     }
     if let Some(reply_to) = &msg.reply_to
-        && (!crate::manifest::valid_name(reply_to) || check_user_queue(reply_to).is_err())
+        && let Err(e) = crate::names::QueueName::parse_user(reply_to)
     {
-        return invalid(format!(
-            "reply_to {} is not a valid queue name; use 1-63 lower-case letters, digits and '-', not starting with \"fnhost-\"",
-            crate::text::quote(reply_to)
-        ));
+        return invalid(format!("reply_to: {e}"));
     }
     check_schedule(msg.delay_ms, msg.not_before_ms, now_ms)
 }

@@ -9,7 +9,6 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A registry failure.
 #[derive(Debug, thiserror::Error)]
@@ -100,14 +99,6 @@ pub struct TimerState {
     pub last_skipped_ms: Option<u64>,
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl Registry {
     /// Open (or create) the registry in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Registry, RegistryError> {
@@ -169,7 +160,7 @@ impl Registry {
             [name],
             |r| r.get(0),
         )?;
-        let created_at_ms = now_ms();
+        let created_at_ms = crate::clock::now_ms();
         tx.execute(
             "INSERT INTO versions (name, version, digest, manifest, size, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![name, version, digest, manifest, size, created_at_ms],

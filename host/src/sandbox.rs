@@ -1,34 +1,39 @@
-//! The sandbox: everything fnhost knows about wasmtime.
+//! The sandbox: everything fnhost knows about wasmtime, and the local
+//! side of the execution seam ([`LocalExecutor`]).
 //!
 //! One [`Sandbox`] per process owns the `Engine` (pooling allocator where the
 //! platform allows, fuel metering), the `Linker` (WASI with nothing granted,
 //! plus the fnhost imports) and the on-disk cache of compiled components.
 //! [`Sandbox::load`] turns component bytes into a [`Loaded`] (`InstancePre`),
-//! once per deployed version; [`Sandbox::invoke`] runs one invocation in a
-//! fresh `Store` with the function's [`Limits`] and returns an [`Outcome`].
-//! A trap, fuel exhaustion, memory-limit hit or timeout is an outcome, never
-//! a host crash.
+//! once per component; [`Sandbox::invoke`] runs one invocation in a fresh
+//! `Store` with the version's [`Limits`] and returns an [`Outcome`]. A trap,
+//! fuel exhaustion, memory-limit hit or timeout is an outcome, never a host
+//! crash.
 //!
-//! The sandbox knows nothing of HTTP, queues or the registry: callers hand it
-//! a WIT event and [`Capabilities`] and get an outcome back.
+//! The sandbox knows nothing of HTTP, triggers or deployments: callers hand
+//! it an execution's plain data (`crate::exec`) and get an outcome back.
 
+mod executor;
 mod imports;
 mod limits;
 mod logs;
+mod outcome;
 
-use crate::capabilities::Capabilities;
+use crate::blobs::BlobBackend;
+use crate::exec::{
+    Event, Failure, Invocation, Limits, LoadError, MAX_HOSTCALL_BYTES, MAX_OUTPUT_BYTES,
+    MAX_RESOURCES, Outcome, Profile, Reporter, TrapReason,
+};
+use crate::queue::QueueBackend;
+use outcome::{check_output, classify, error_chain, guest_error, is_hostcall_overflow};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-pub use limits::{
-    Limits, MAX_FUEL, MAX_GUEST_ERROR_BYTES, MAX_HEADER_NAME_BYTES, MAX_HEADER_VALUE_BYTES,
-    MAX_HOSTCALL_BYTES, MAX_LOG_BYTES, MAX_MEMORY_BYTES, MAX_OUTPUT_BYTES, MAX_OUTPUT_HEADERS,
-    MAX_RESOURCES,
-};
+pub use executor::LocalExecutor;
 pub use logs::GuestLogs;
 
 /// Host-side bindings of the `fnhost:job` world.
@@ -41,10 +46,7 @@ pub mod bindings {
     });
 }
 
-pub use bindings::fnhost::job::types::{
-    BlobChange, ChangeKind, Event, HttpRequest, Invocation, JobError, Output, QueueMessage,
-    TimerTick,
-};
+use bindings::fnhost::job::types::{JobError, Output as WitOutput};
 
 /// How the process-wide engine is set up.
 #[derive(Debug, Clone)]
@@ -83,7 +85,7 @@ impl SandboxConfig {
         SandboxConfig {
             cache_dir,
             max_instances: 256,
-            max_memory_bytes: limits::MAX_MEMORY_BYTES,
+            max_memory_bytes: crate::exec::MAX_MEMORY_BYTES,
             pooling: true,
             fuel_yield_interval: 100_000,
             wall_clock: WallClock::FuelYield,
@@ -91,31 +93,20 @@ impl SandboxConfig {
     }
 }
 
-/// Why a component could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// Not a WebAssembly component at all (a core module, or not wasm).
-    #[error("the file is not a WebAssembly component: {0}")]
-    NotAComponent(String),
-    /// A component, but not one of the `fnhost:job` world.
-    #[error(
-        "the component does not implement the fnhost:job@0.1.0 world ({0}); build it with the fnhost guest SDK and `#[job]`"
-    )]
-    WrongWorld(String),
-    /// The compiled-component cache could not be written.
-    #[error("cannot write the compiled-component cache at {path}: {source}")]
-    Cache {
-        /// The cache file.
-        path: PathBuf,
-        /// What went wrong.
-        source: std::io::Error,
-    },
-}
-
-/// A component ready to instantiate: compiled once per deployed version.
+/// A component ready to instantiate: compiled once per component.
 #[derive(Clone)]
 pub struct Loaded {
     pre: bindings::JobPre<HostState>,
+}
+
+/// Where a function's granted calls go: the backends behind its imports
+/// (none means that kind of call answers `unavailable`).
+#[derive(Clone, Default)]
+pub struct Stores {
+    /// Where granted queue sends go.
+    pub queues: Option<Arc<dyn QueueBackend>>,
+    /// Where granted storage calls go.
+    pub blobs: Option<Arc<dyn BlobBackend>>,
 }
 
 /// The per-invocation state the guest's imports see.
@@ -123,23 +114,10 @@ pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: limits::GuestLimiter,
-    caps: Arc<Capabilities>,
+    profile: Arc<Profile>,
+    stores: Stores,
     progress: Option<(u8, String)>,
     reporter: Option<Arc<dyn Reporter>>,
-}
-
-/// Where a running invocation's progress and checkpoints go (the job record,
-/// the queue message). Invocations without one (synchronous HTTP calls) keep
-/// progress on the outcome and refuse checkpoints.
-pub trait Reporter: Send + Sync {
-    /// Record progress.
-    fn progress(
-        &self,
-        percent: u8,
-        message: String,
-    ) -> crate::queue::BoxFuture<'_, Result<(), String>>;
-    /// Save a checkpoint for the next attempt.
-    fn checkpoint(&self, state: Vec<u8>) -> crate::queue::BoxFuture<'_, Result<(), String>>;
 }
 
 impl WasiView for HostState {
@@ -149,94 +127,6 @@ impl WasiView for HostState {
             table: &mut self.table,
         }
     }
-}
-
-/// How an invocation ended.
-#[derive(Debug)]
-pub struct Outcome {
-    /// The guest's result, or why it did not produce one.
-    pub result: Result<Output, Failure>,
-    /// Fuel the invocation consumed.
-    pub fuel_used: u64,
-    /// Wall-clock time spent in the sandbox.
-    pub elapsed: Duration,
-    /// The last progress the guest reported.
-    pub progress: Option<(u8, String)>,
-    /// What the guest wrote to stdout and stderr (capped).
-    pub logs: GuestLogs,
-}
-
-/// Why an invocation did not succeed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Failure {
-    /// The guest returned `job-error::retry`.
-    #[error("the job asked to be retried: {0}")]
-    Retry(String),
-    /// The guest returned `job-error::fail`.
-    #[error("the job failed: {0}")]
-    Fail(String),
-    /// The guest handed the host more than a limit allows (an output over
-    /// [`MAX_OUTPUT_BYTES`], say): its fault, and the same next time.
-    #[error("the job broke a limit: {0}")]
-    Limit(String),
-    /// The guest was stopped by the sandbox.
-    #[error("{0}")]
-    Trap(TrapReason),
-}
-
-impl Failure {
-    /// True when another attempt may succeed (a retry request, or a trap that
-    /// may be transient such as a timeout).
-    pub fn is_retryable(&self) -> bool {
-        !matches!(self, Failure::Fail(_) | Failure::Limit(_))
-    }
-}
-
-/// What stopped a guest.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TrapReason {
-    /// The fuel budget ran out.
-    #[error("fuel exhausted: the invocation used all {limit} units of its fuel limit")]
-    FuelExhausted {
-        /// The fuel limit.
-        limit: u64,
-    },
-    /// The guest tried to grow its memory past the limit.
-    #[error(
-        "memory limit exceeded: the guest asked for {requested} bytes, over its limit of {limit} bytes"
-    )]
-    MemoryLimit {
-        /// The memory limit in bytes.
-        limit: usize,
-        /// The size the guest asked for.
-        requested: usize,
-    },
-    /// The wall-clock limit passed.
-    #[error("timed out: the invocation ran longer than its limit of {limit:?}")]
-    Timeout {
-        /// The wall-clock limit.
-        limit: Duration,
-    },
-    /// The wasm call stack ran out.
-    #[error("stack overflow: the guest exhausted its call stack")]
-    StackOverflow,
-    /// The guest held more host resources (streams, pollables) than allowed.
-    #[error(
-        "too many resources: the guest held more than {limit} host resources (streams, pollables) at once"
-    )]
-    TooManyResources {
-        /// The resource limit.
-        limit: usize,
-    },
-    /// The guest panicked (Rust `panic!`), with the panic message when it printed one.
-    #[error("the guest panicked: {0}")]
-    Panic(String),
-    /// Any other trap, with wasmtime's description.
-    #[error("the guest trapped: {0}")]
-    Other(String),
-    /// The host itself could not run the invocation (e.g. no free instance slot).
-    #[error("the host could not run the invocation: {0}")]
-    Host(String),
 }
 
 /// The process-wide wasmtime state.
@@ -362,21 +252,26 @@ impl Sandbox {
         let bytes = component
             .serialize()
             .map_err(|e| LoadError::NotAComponent(error_chain(&e)))?;
-        crate::files::write_atomic(&path, &bytes)
-            .map_err(|source| LoadError::Cache { path, source })?;
+        crate::files::write_atomic(&path, &bytes).map_err(|source| {
+            LoadError::Store(format!(
+                "cannot write the compiled-component cache at {path:?}: {source}"
+            ))
+        })?;
         Ok(component)
     }
 
-    /// Run one invocation in a fresh store.
+    /// Run one invocation of `profile`'s component (`loaded`) in a fresh
+    /// store, its granted calls going to `stores`.
     pub async fn invoke(
         &self,
         loaded: &Loaded,
-        limits: &Limits,
-        caps: Arc<Capabilities>,
+        profile: Arc<Profile>,
+        stores: Stores,
         inv: Invocation,
         event: Event,
         reporter: Option<Arc<dyn Reporter>>,
     ) -> Outcome {
+        let limits = profile.limits.clone();
         let logs = GuestLogs::new(limits.log_bytes);
         let wasi = WasiCtx::builder()
             .stdout(logs.stdout_pipe())
@@ -390,8 +285,9 @@ impl Sandbox {
         let state = HostState {
             wasi,
             table,
-            limiter: limits::GuestLimiter::new(limits),
-            caps,
+            limiter: limits::GuestLimiter::new(&limits),
+            profile,
+            stores,
             progress: None,
             reporter,
         };
@@ -400,18 +296,20 @@ impl Sandbox {
         store.set_hostcall_fuel(MAX_HOSTCALL_BYTES);
         store.set_max_component_handles(MAX_RESOURCES);
         let started = Instant::now();
+        let inv = outcome::wit_invocation(inv);
+        let event = outcome::wit_event(event);
         let result = match self
-            .configure_and_run(&mut store, loaded, limits, &inv, &event)
+            .configure_and_run(&mut store, loaded, &limits, &inv, &event)
             .await
         {
-            Ok(Ok(Ok(output))) => check_output(output),
+            Ok(Ok(Ok(output))) => check_output(outcome::output(output)),
             Ok(Ok(Err(JobError::Retry(m)))) => Err(Failure::Retry(guest_error(m))),
             Ok(Ok(Err(JobError::Fail(m)))) => Err(Failure::Fail(guest_error(m))),
             Ok(Err(err)) if is_hostcall_overflow(&err) => Err(Failure::Limit(format!(
                 "it handed the host more than {MAX_HOSTCALL_BYTES} bytes in one call (its output, or a value passed to storage or a queue); outputs are limited to {MAX_OUTPUT_BYTES} bytes and objects to {} bytes",
                 crate::blobs::MAX_OBJECT_BYTES
             ))),
-            Ok(Err(err)) => Err(Failure::Trap(classify(&err, &store, limits, &logs))),
+            Ok(Err(err)) => Err(Failure::Trap(classify(&err, &store, &limits, &logs))),
             Err(_elapsed) => Err(Failure::Trap(TrapReason::Timeout {
                 limit: limits.timeout,
             })),
@@ -423,7 +321,7 @@ impl Sandbox {
             fuel_used,
             elapsed: started.elapsed(),
             progress,
-            logs,
+            logs: logs.into_logs(),
         }
     }
 
@@ -432,9 +330,9 @@ impl Sandbox {
         store: &mut Store<HostState>,
         loaded: &Loaded,
         limits: &Limits,
-        inv: &Invocation,
-        event: &Event,
-    ) -> Result<wasmtime::Result<Result<Output, JobError>>, tokio::time::error::Elapsed> {
+        inv: &bindings::fnhost::job::types::Invocation,
+        event: &bindings::fnhost::job::types::Event,
+    ) -> Result<wasmtime::Result<Result<WitOutput, JobError>>, tokio::time::error::Elapsed> {
         // All per-invocation limits are set here, in one place.
         if let Err(err) = store.set_fuel(limits.fuel) {
             return Ok(Err(err));
@@ -490,90 +388,6 @@ fn engine_config(config: &SandboxConfig, pooling: bool) -> Config {
 fn build_engine(config: &SandboxConfig, pooling: bool) -> anyhow::Result<Engine> {
     Engine::new(&engine_config(config, pooling))
         .map_err(|e| anyhow::anyhow!("failed to create the wasm engine: {}", error_chain(&e)))
-}
-
-/// A guest's error message, cut to [`MAX_GUEST_ERROR_BYTES`].
-fn guest_error(message: String) -> String {
-    crate::text::capped(message, MAX_GUEST_ERROR_BYTES)
-}
-
-/// An output within the limits, or why not.
-fn check_output(output: Output) -> Result<Output, Failure> {
-    if output.body.len() > MAX_OUTPUT_BYTES {
-        return Err(Failure::Limit(format!(
-            "its output is {} bytes, over the limit of {MAX_OUTPUT_BYTES}; return less, or put the result in a bucket and return its key",
-            output.body.len()
-        )));
-    }
-    if output.headers.len() > MAX_OUTPUT_HEADERS {
-        return Err(Failure::Limit(format!(
-            "its output has {} headers, over the limit of {MAX_OUTPUT_HEADERS}",
-            output.headers.len()
-        )));
-    }
-    for (name, value) in &output.headers {
-        if name.len() > MAX_HEADER_NAME_BYTES || value.len() > MAX_HEADER_VALUE_BYTES {
-            return Err(Failure::Limit(format!(
-                "its output header {} is over the limits of {MAX_HEADER_NAME_BYTES} bytes for a name and {MAX_HEADER_VALUE_BYTES} for a value",
-                crate::text::quote(name)
-            )));
-        }
-    }
-    Ok(output)
-}
-
-/// True when wasmtime refused to copy more than the host-call budget
-/// ([`MAX_HOSTCALL_BYTES`]) from the guest. (wasmtime has no public type
-/// for it; its message is matched, and a test keeps the match honest.)
-fn is_hostcall_overflow(err: &wasmtime::Error) -> bool {
-    err.chain().any(|e| {
-        e.to_string()
-            .contains("fuel allocated for hostcalls has been exhausted")
-    })
-}
-
-/// Turn a wasmtime error from a guest call into a precise reason.
-fn classify(
-    err: &wasmtime::Error,
-    store: &Store<HostState>,
-    limits: &Limits,
-    logs: &GuestLogs,
-) -> TrapReason {
-    if let Some(requested) = store.data().limiter.memory_refused() {
-        return TrapReason::MemoryLimit {
-            limit: limits.memory_bytes,
-            requested,
-        };
-    }
-    let too_many_resources = err.chain().any(|e| {
-        matches!(
-            e.downcast_ref::<wasmtime::component::ResourceTableError>(),
-            Some(wasmtime::component::ResourceTableError::Full)
-        ) || e.to_string().contains("store handle limit exceeded")
-    });
-    if too_many_resources {
-        return TrapReason::TooManyResources {
-            limit: MAX_RESOURCES,
-        };
-    }
-    match err.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => TrapReason::FuelExhausted { limit: limits.fuel },
-        Some(Trap::StackOverflow) => TrapReason::StackOverflow,
-        Some(Trap::UnreachableCodeReached) => match logs.panic_message() {
-            Some(msg) => TrapReason::Panic(guest_error(msg)),
-            None => TrapReason::Other(Trap::UnreachableCodeReached.to_string()),
-        },
-        Some(trap) => TrapReason::Other(trap.to_string()),
-        None => TrapReason::Host(error_chain(err)),
-    }
-}
-
-/// A wasmtime error with its causes, on one line.
-pub(crate) fn error_chain(err: &wasmtime::Error) -> String {
-    err.chain()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join(": ")
 }
 
 /// True when the bytes carry the component-model layer (not a core module).

@@ -90,7 +90,7 @@ impl Supervisor {
                     self.dispatcher.clone(),
                     key.0.clone(),
                     t.clone(),
-                    Arc::new(crate::queue::SystemClock),
+                    Arc::new(crate::clock::SystemClock),
                     self.shutdown.clone(),
                 );
                 self.workers.insert(key, tokio::spawn(scheduler.run()));

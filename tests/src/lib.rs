@@ -191,7 +191,10 @@ impl Host {
             .arg(data_dir)
             .args(args)
             .env_remove("FNHOST_TOKEN")
-            .env("FNHOST_LOG", "info,fnhost::dispatcher=debug")
+            .env(
+                "FNHOST_LOG",
+                "info,fnhost::dispatcher=debug,fnhost::sandbox=debug",
+            )
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))

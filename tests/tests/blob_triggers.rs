@@ -199,7 +199,7 @@ access = "read-write"
 /// sharing the data dir would (SQLite index, atomic file writes).
 fn upload_while_stopped(data_dir: &std::path::Path, key: &str) {
     use fnhost::blobs::BlobBackend;
-    let blobs = fnhost::blobs::embedded::EmbeddedBlobs::open(data_dir).unwrap();
+    let blobs = fnhost::backends::embedded::EmbeddedBlobs::open(data_dir).unwrap();
     tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(blobs.put("uploads", key, png(), Some("image/png".into())))

@@ -146,7 +146,7 @@ pub fn build(dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// `fnhost new NAME`: a job crate with a manifest and an HTTP route.
 pub fn new(name: &str, dir: Option<PathBuf>) -> anyhow::Result<()> {
-    if !crate::manifest::valid_name(name) {
+    if !crate::names::valid_name(name) {
         bail!(
             "{name:?} is not a valid function name; use lower-case letters, digits and '-', starting with a letter"
         );

@@ -14,17 +14,10 @@ use std::sync::Arc;
 const NO_BLOB_STORE: &str = "this host has no blob store configured";
 const NO_QUEUES: &str = "this host has no queue backend configured";
 
-/// The most objects one guest `list-objects` call returns.
-const MAX_LISTED: usize = 10_000;
-
-/// The most objects one guest `list-page` call returns.
-const MAX_PAGE: u32 = 1_000;
-
-/// Largest checkpoint, in bytes.
-const MAX_CHECKPOINT: usize = 256 << 10;
-
-/// Longest progress message kept, in bytes.
-const MAX_PROGRESS_MESSAGE: usize = 1024;
+use crate::exec::{
+    MAX_CHECKPOINT_BYTES as MAX_CHECKPOINT, MAX_LISTED, MAX_PAGE,
+    MAX_PROGRESS_MESSAGE_BYTES as MAX_PROGRESS_MESSAGE,
+};
 
 impl types::Host for HostState {}
 
@@ -36,11 +29,11 @@ impl HostState {
         key: &str,
         access: Access,
     ) -> Result<Arc<dyn BlobBackend>, storage::StorageError> {
-        self.caps
+        self.profile
             .grants
             .check_storage(bucket, key, access)
             .map_err(storage::StorageError::Denied)?;
-        self.caps
+        self.stores
             .blobs
             .clone()
             .ok_or_else(|| storage::StorageError::Unavailable(NO_BLOB_STORE.into()))
@@ -173,7 +166,7 @@ impl queue::Host for HostState {
         body: Vec<u8>,
         options: queue::SendOptions,
     ) -> Result<String, queue::QueueError> {
-        let grants = &self.caps.grants;
+        let grants = &self.profile.grants;
         grants
             .check_queue_send(&queue)
             .map_err(queue::QueueError::Denied)?;
@@ -184,7 +177,7 @@ impl queue::Host for HostState {
                 .check_queue_send(reply_to)
                 .map_err(|why| queue::QueueError::Denied(format!("reply_to: {why}")))?;
         }
-        let Some(backend) = self.caps.queues.clone() else {
+        let Some(backend) = self.stores.queues.clone() else {
             return Err(queue::QueueError::Unavailable(NO_QUEUES.into()));
         };
         let msg = crate::queue::NewMessage {
@@ -197,9 +190,9 @@ impl queue::Host for HostState {
             priority: options.priority.unwrap_or(0),
             correlation_id: options.correlation_id,
             reply_to: options.reply_to,
-            dedup_scope: Some(self.caps.function.clone()),
+            dedup_scope: Some(self.profile.function.clone()),
         };
-        crate::queue::validate_user(&queue, &msg, crate::registry::now_ms())
+        crate::queue::validate_user(&queue, &msg, crate::clock::now_ms())
             .map_err(|e| queue::QueueError::Invalid(e.to_string()))?;
         match backend.send(&queue, msg).await {
             Ok(sent) => Ok(sent.id),
@@ -261,6 +254,6 @@ impl context::Host for HostState {
     }
 
     async fn config(&mut self, key: String) -> Option<String> {
-        self.caps.config.get(&key).cloned()
+        self.profile.config.get(&key).cloned()
     }
 }

@@ -1,5 +1,5 @@
-//! Guest stdout and stderr: captured per invocation with a size cap, then
-//! logged (stdout at INFO, stderr at ERROR, as WebJobs do).
+//! Guest stdout and stderr: captured per invocation with a size cap, and
+//! handed back with the outcome (`crate::exec::Logs`, which logs them).
 //!
 //! A guest that prints without end is not stopped for it: what passes the
 //! cap is counted and dropped, so the invocation's other limits decide.
@@ -97,22 +97,15 @@ impl GuestLogs {
         })
     }
 
-    /// Emit the captured output through `tracing` in the current span.
-    pub fn emit(&self) {
-        let (out, dropped_out) = self.stdout();
-        // Escaped: whatever the guest writes stays inside its own log line.
-        for line in out.lines() {
-            tracing::info!(target: "fnhost::guest", stream = "stdout", "{}", crate::text::LogSafe(line));
-        }
-        if dropped_out > 0 {
-            tracing::warn!(target: "fnhost::guest", dropped = dropped_out, "guest stdout over the log cap was dropped");
-        }
-        let (err, dropped_err) = self.stderr();
-        for line in err.lines() {
-            tracing::error!(target: "fnhost::guest", stream = "stderr", "{}", crate::text::LogSafe(line));
-        }
-        if dropped_err > 0 {
-            tracing::warn!(target: "fnhost::guest", dropped = dropped_err, "guest stderr over the log cap was dropped");
+    /// What was captured, as the seam's plain data.
+    pub fn into_logs(self) -> crate::exec::Logs {
+        let (stdout, stdout_dropped) = self.stdout();
+        let (stderr, stderr_dropped) = self.stderr();
+        crate::exec::Logs {
+            stdout,
+            stdout_dropped,
+            stderr,
+            stderr_dropped,
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use super::{AppState, auth, error, trigger};
 use crate::dispatcher::{DeployError, Deployed};
-use crate::sandbox::{Event, LoadError};
+use crate::exec::{Event, LoadError};
 use axum::Json;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
 use axum::http::StatusCode;

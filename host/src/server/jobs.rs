@@ -55,7 +55,7 @@ async fn submit(
         );
     }
     let policy = state.dispatcher.job_settings().callbacks.policy();
-    let job = match parse_submit(name, &body, crate::registry::now_ms(), policy) {
+    let job = match parse_submit(name, &body, crate::clock::now_ms(), policy) {
         Ok(job) => job,
         Err(message) => return bad(message),
     };
@@ -97,13 +97,8 @@ pub(crate) fn parse_submit(
     if let Some(url) = &req.callback_url {
         policy.check_url(url)?;
     }
-    if let Some(q) = &req.reply_to
-        && (!crate::manifest::valid_name(q) || crate::queue::check_user_queue(q).is_err())
-    {
-        return Err(format!(
-            "reply_to {} is not a valid queue name; use lower-case letters, digits and '-', not starting with \"fnhost-\"",
-            crate::text::quote(q)
-        ));
+    if let Some(q) = &req.reply_to {
+        crate::names::QueueName::parse_user(q).map_err(|e| format!("reply_to: {e}"))?;
     }
     if let Some(c) = &req.correlation_id
         && (c.is_empty() || c.len() > crate::queue::MAX_ID_BYTES)

@@ -134,17 +134,9 @@ impl IntoResponse for Refused {
 }
 
 fn check_name(queue: &str) -> Result<(), Refused> {
-    if crate::manifest::valid_name(queue) || crate::queue::is_host_queue(queue) {
-        Ok(())
-    } else {
-        Err(Refused(
-            "invalid_queue",
-            format!(
-                "{} is not a valid queue name; use lower-case letters, digits and '-'",
-                crate::text::quote(queue)
-            ),
-        ))
-    }
+    crate::names::QueueName::parse(queue)
+        .map(drop)
+        .map_err(|e| Refused("invalid_queue", e.to_string()))
 }
 
 async fn send(
@@ -158,7 +150,7 @@ async fn send(
     if let Err(e) = crate::queue::check_user_queue(&queue) {
         return queue_error(e);
     }
-    let (messages, many) = match parse_send(&queue, &body, crate::registry::now_ms()) {
+    let (messages, many) = match parse_send(&queue, &body, crate::clock::now_ms()) {
         Ok(parsed) => parsed,
         Err(message) => return error(StatusCode::BAD_REQUEST, "invalid_message", message),
     };

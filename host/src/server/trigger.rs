@@ -6,8 +6,9 @@
 //! internals.
 
 use super::{AppState, error};
-use crate::dispatcher::{Attempt, Failure};
-use crate::sandbox::{Event, HttpRequest, Output, TrapReason};
+use crate::dispatcher::Attempt;
+use crate::exec::Failure;
+use crate::exec::{Event, HttpRequest, Output, TrapReason};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};

@@ -220,7 +220,7 @@ async fn deliver(
         return Ok(());
     }
     let queue = c.trigger.queue(&c.function);
-    let now = crate::registry::now_ms();
+    let now = crate::clock::now_ms();
     let mut messages = Vec::with_capacity(changes.len());
     for ch in changes {
         let msg = message(c, ch);

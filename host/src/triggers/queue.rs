@@ -21,12 +21,12 @@
 //! store, may still be committing.)
 
 use crate::dispatcher::{Attempt, Deployed, Dispatcher};
+use crate::exec::Reporter;
+use crate::exec::{BlobChange, ChangeKind, Event, QueueMessage, TimerTick};
 use crate::jobs::{JobOutput, JobState, JobStore, JobUpdate};
 use crate::manifest::{QueuePolicy, Source};
-use crate::queue::BoxFuture;
 use crate::queue::{Delivery, NewMessage, QueueBackend, QueueError, Receipt, Settlement};
-use crate::sandbox::Reporter;
-use crate::sandbox::{BlobChange, ChangeKind, Event, QueueMessage, TimerTick};
+use crate::task::BoxFuture;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

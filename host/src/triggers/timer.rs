@@ -12,9 +12,10 @@
 //! The decisions are pure functions of the saved state and the time
 //! ([`on_start`], [`next_after`]), tested without sleeping.
 
+use crate::clock::Clock;
 use crate::dispatcher::Dispatcher;
 use crate::manifest::TimerTrigger;
-use crate::queue::{Clock, NewMessage};
+use crate::queue::NewMessage;
 use crate::registry::TimerState;
 use chrono::TimeZone;
 use serde::{Deserialize, Serialize};

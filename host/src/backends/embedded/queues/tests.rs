@@ -1,8 +1,9 @@
 //! Delivery rules of the embedded store, on a manual clock (no sleeps).
 
 use super::*;
+use crate::clock::ManualClock;
 use crate::jobs::JobState;
-use crate::queue::{DEDUP_WINDOW, ManualClock};
+use crate::queue::DEDUP_WINDOW;
 
 const VIS: Duration = Duration::from_secs(30);
 
@@ -567,17 +568,14 @@ async fn released_leases_are_receivable_at_once_as_if_never_delivered() {
 
 /// Run `reqs` through the writer as one batch, as if they had arrived
 /// together, and collect their answers.
-fn one_batch(
-    dir: &std::path::Path,
-    reqs: Vec<writer::Req>,
-) -> Vec<Result<writer::Answer, QueueError>> {
+fn one_batch(dir: &std::path::Path, reqs: Vec<ops::Req>) -> Vec<Result<ops::Answer, QueueError>> {
     let conn = Connection::open(dir.join("queues.db")).unwrap();
     let mut writer = writer::Writer::new(conn, ManualClock::at(1_000_000));
     let (ops, answers): (Vec<_>, Vec<_>) = reqs
         .into_iter()
         .map(|req| {
             let (reply, rx) = oneshot::channel();
-            (writer::Op { req, reply }, rx)
+            (ops::Op { req, reply }, rx)
         })
         .unzip();
     writer.apply_for_test(ops);
@@ -599,10 +597,10 @@ async fn one_failing_operation_does_not_fail_the_others_in_its_batch() {
     let answers = one_batch(
         dir.path(),
         vec![
-            writer::Req::Send("work".into(), vec![msg("a")]),
-            writer::Req::Redrive("work".into(), Some(too_many)),
-            writer::Req::Send("work".into(), vec![msg("b")]),
-            writer::Req::Receive {
+            ops::Req::Send("work".into(), vec![msg("a")]),
+            ops::Req::Redrive("work".into(), Some(too_many)),
+            ops::Req::Send("work".into(), vec![msg("b")]),
+            ops::Req::Receive {
                 queue: "work".into(),
                 max: 10,
                 visibility: VIS,
@@ -611,7 +609,7 @@ async fn one_failing_operation_does_not_fail_the_others_in_its_batch() {
         ],
     );
     assert!(
-        matches!(answers[0], Ok(writer::Answer::Sent(_))),
+        matches!(answers[0], Ok(ops::Answer::Sent(_))),
         "the send before"
     );
     assert!(
@@ -620,10 +618,10 @@ async fn one_failing_operation_does_not_fail_the_others_in_its_batch() {
         answers[1].as_ref().err()
     );
     assert!(
-        matches!(answers[2], Ok(writer::Answer::Sent(_))),
+        matches!(answers[2], Ok(ops::Answer::Sent(_))),
         "the send after"
     );
-    let Ok(writer::Answer::Deliveries(got)) = &answers[3] else {
+    let Ok(ops::Answer::Deliveries(got)) = &answers[3] else {
         panic!("the receive is answered")
     };
     assert_eq!(bodies(got), ["before", "a", "b"], "all stored, in order");

@@ -9,119 +9,17 @@
 //! the batch gets its answer as if nothing had happened. A commit that fails
 //! fails every operation of its batch (nothing of it is on disk).
 
-use super::sql;
-use crate::jobs::{JobRecord, JobUpdate, NewJob};
-use crate::queue::{
-    Clock, DeadLetter, Delivery, MAX_WAIT, Message, NewMessage, QueueError, QueueStats, Receipt,
-    Sent, Settlement,
-};
+use super::ops::{Answer, Op, Req, Woken};
+use super::{apply, messages};
+use crate::clock::Clock;
+use crate::queue::{Delivery, MAX_WAIT, QueueError, Receipt};
 use rusqlite::{Connection, Transaction};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
 
 /// The most operations applied in one transaction.
 pub const MAX_BATCH: usize = 2048;
-
-/// What a caller asks of the store.
-pub(super) enum Req {
-    Send(String, Vec<NewMessage>),
-    Receive {
-        queue: String,
-        max: usize,
-        visibility: Duration,
-        /// How long to wait for a message when none is receivable.
-        wait: Duration,
-    },
-    /// Settle a delivery, send its replies and, for a job, record its end,
-    /// all in one step.
-    Settle(
-        Receipt,
-        Settlement,
-        Vec<(String, NewMessage)>,
-        Option<(String, JobUpdate)>,
-    ),
-    Retry(Receipt, Duration, String),
-    Renew(Receipt, Duration),
-    Checkpoint(Receipt, Vec<u8>),
-    /// Leases nobody received: the messages are receivable again at once.
-    Release(Vec<Receipt>),
-    /// Store a message straight in its queue's dead letters.
-    Bury(String, NewMessage, String),
-    Submit(NewJob),
-    JobUpdate(String, JobUpdate),
-    JobGet(String),
-    PendingCallbacks(usize),
-    Stats(String),
-    Backlog(String, u64),
-    Pending(String, u64),
-    Queues,
-    Peek(String, usize),
-    DeadLetters(String, usize),
-    Redrive(String, Option<Vec<String>>),
-    PurgeDead(String, Option<Vec<String>>),
-    Purge(String),
-}
-
-impl Req {
-    /// Reads that are answered by the reader thread: they change nothing and
-    /// may visit a whole queue. (`Backlog` and `Pending` stay with the
-    /// writer: they are capped, and their callers want them in step with the
-    /// leases and settlements.)
-    pub(super) fn is_read(&self) -> bool {
-        matches!(
-            self,
-            Req::Stats(..)
-                | Req::Peek(..)
-                | Req::DeadLetters(..)
-                | Req::Queues
-                | Req::JobGet(..)
-                | Req::PendingCallbacks(..)
-        )
-    }
-}
-
-/// What the store answers; the caller picks the kind it asked for.
-pub(super) enum Answer {
-    Sent(Vec<Sent>),
-    Deliveries(Vec<Delivery>),
-    Done(bool),
-    Nothing,
-    Id(String),
-    Job(JobRecord),
-    MaybeJob(Option<JobRecord>),
-    Jobs(Vec<JobRecord>),
-    Stats(QueueStats),
-    Count(u64),
-    Names(Vec<String>),
-    Messages(Vec<Message>),
-    DeadLetters(Vec<DeadLetter>),
-}
-
-/// A request and where its answer goes.
-pub(super) struct Op {
-    pub(super) req: Req,
-    pub(super) reply: oneshot::Sender<Result<Answer, QueueError>>,
-}
-
-impl Op {
-    /// A request nobody waits for (leases given back).
-    pub(super) fn unanswered(req: Req) -> Op {
-        Op {
-            req,
-            reply: oneshot::channel().0,
-        }
-    }
-
-    /// Answer, handing back a committed answer nobody is left to take.
-    fn answer(self, result: Result<Answer, QueueError>) -> Option<Answer> {
-        match self.reply.send(result) {
-            Err(Ok(unheard)) => Some(unheard),
-            _ => None,
-        }
-    }
-}
 
 /// The writer thread's state.
 pub(super) struct Writer {
@@ -146,23 +44,6 @@ impl Parked {
             Req::Receive { queue, .. } => queue,
             _ => "",
         }
-    }
-}
-
-/// Queues in which a batch may have made messages receivable: the parked
-/// receives of these (and only these) look again before the commit.
-#[derive(Default)]
-pub(super) struct Woken(Vec<String>);
-
-impl Woken {
-    pub(super) fn add(&mut self, queue: &str) {
-        if !self.0.iter().any(|q| q == queue) {
-            self.0.push(queue.to_string());
-        }
-    }
-
-    fn has(&self, queue: &str) -> bool {
-        self.0.iter().any(|q| q == queue)
     }
 }
 
@@ -350,7 +231,9 @@ fn attempt(
     parked: &[Parked],
     tidy: bool,
 ) -> Result<Applied, Undone> {
-    let tx = conn.transaction().map_err(|e| Undone::Store(sql::db(e)))?;
+    let tx = conn
+        .transaction()
+        .map_err(|e| Undone::Store(messages::db(e)))?;
     let mut woken = Woken::default();
     let mut answers = Vec::with_capacity(ops.len());
     for op in ops {
@@ -360,11 +243,11 @@ fn attempt(
                 max,
                 visibility,
                 wait,
-            } => match sql::receive(&tx, now, queue, *max, *visibility) {
+            } => match messages::receive(&tx, now, queue, *max, *visibility) {
                 Ok(found) if found.is_empty() && !wait.is_zero() => None,
                 found => Some(found.map(Answer::Deliveries)),
             },
-            req => Some(sql::run(&tx, now, req, &mut woken)),
+            req => Some(apply::run(&tx, now, req, &mut woken)),
         };
         if let Some(Err(e)) = &answer {
             return Err(Undone::Op(e.clone()));
@@ -401,21 +284,22 @@ fn attempt(
             if !woken.has(queue) {
                 continue;
             }
-            let found = sql::receive(&tx, now, queue, *max, *visibility).map_err(Undone::Op)?;
+            let found =
+                messages::receive(&tx, now, queue, *max, *visibility).map_err(Undone::Op)?;
             if !found.is_empty() {
                 served.push((waiter, found));
             }
         }
     }
     if tidy {
-        sql::tidy(&tx, now);
+        messages::tidy(&tx, now);
     }
     if tx.is_autocommit() {
         return Err(Undone::Op(QueueError::Backend(
             "the store rolled the transaction back".into(),
         )));
     }
-    tx.commit().map_err(|e| Undone::Store(sql::db(e)))?;
+    tx.commit().map_err(|e| Undone::Store(messages::db(e)))?;
     Ok(Applied { answers, served })
 }
 
@@ -429,12 +313,12 @@ pub(super) fn read_loop(mut conn: Connection, clock: Arc<dyn Clock>, rx: mpsc::R
                 drop(tx);
                 answer
             }
-            Err(e) => Err(sql::db(e)),
+            Err(e) => Err(messages::db(e)),
         };
         op.answer(answer);
     }
 }
 
 fn read(tx: &Transaction<'_>, now: u64, req: &Req) -> Result<Answer, QueueError> {
-    sql::run(tx, now, req, &mut Woken::default())
+    apply::run(tx, now, req, &mut Woken::default())
 }

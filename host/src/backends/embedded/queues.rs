@@ -21,25 +21,31 @@
 //! one commit later. Leases made for a receive whose caller has gone are
 //! given back at once.
 //!
-//! The SQL of each operation is in [`sql`]. Knows nothing of wasm,
-//! functions or HTTP.
+//! The writer and reader threads are in [`writer`], the requests they take
+//! in [`ops`], and the SQL in [`messages`] (messages, leases, dead letters)
+//! and [`jobs`] (async job records). Knows nothing of wasm, functions or
+//! HTTP.
 
-mod sql;
+mod apply;
+mod jobs;
+mod messages;
+mod ops;
 mod writer;
 
-use super::{
-    BoxFuture, Clock, DeadLetter, Delivery, Message, NewMessage, QueueBackend, QueueError,
-    QueueStats, Receipt, Sent, Settlement,
-};
 use crate::jobs::{JobRecord, JobStore, JobUpdate, NewJob};
+use crate::queue::{
+    Clock, DeadLetter, Delivery, Message, NewMessage, QueueBackend, QueueError, QueueStats,
+    Receipt, Sent, Settlement,
+};
+use crate::task::BoxFuture;
+use messages::MESSAGE_COLUMNS;
+use ops::{Answer, Op, Req};
 use rusqlite::Connection;
-use sql::MESSAGE_COLUMNS;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 use tokio::sync::oneshot;
-use writer::{Answer, Op, Req};
 
 pub use writer::MAX_BATCH;
 
@@ -237,7 +243,7 @@ impl EmbeddedQueues {
         let now = self.clock.now_ms();
         if let Err(e) = then
             .iter()
-            .try_for_each(|(q, m)| super::validate(q, m, now))
+            .try_for_each(|(q, m)| crate::queue::validate(q, m, now))
         {
             return Self::refuse(e);
         }
@@ -335,7 +341,10 @@ impl QueueBackend for EmbeddedQueues {
         msgs: Vec<NewMessage>,
     ) -> BoxFuture<'_, Result<Vec<Sent>, QueueError>> {
         let now = self.clock.now_ms();
-        if let Err(e) = msgs.iter().try_for_each(|m| super::validate(queue, m, now)) {
+        if let Err(e) = msgs
+            .iter()
+            .try_for_each(|m| crate::queue::validate(queue, m, now))
+        {
             return Self::refuse(e);
         }
         self.call(Req::Send(queue.to_string(), msgs), |a| match a {
@@ -509,7 +518,8 @@ fn count(a: Answer) -> Option<u64> {
 
 impl JobStore for EmbeddedQueues {
     fn submit(&self, job: NewJob) -> BoxFuture<'_, Result<JobRecord, QueueError>> {
-        if let Err(e) = super::check_schedule(job.delay_ms, job.not_before_ms, self.clock.now_ms())
+        if let Err(e) =
+            crate::queue::check_schedule(job.delay_ms, job.not_before_ms, self.clock.now_ms())
         {
             return Self::refuse(e);
         }

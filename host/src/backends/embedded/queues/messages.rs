@@ -1,10 +1,10 @@
-//! The SQL of each embedded queue operation, applied inside the caller's
-//! transaction (the writer's batch, or the reader's snapshot). Every time a
-//! caller gave is stored saturated to SQLite's integer range, every error
-//! text cut to [`MAX_ERROR_BYTES`]. Knows nothing of batching or threads.
+//! The SQL of each message operation (send, lease, settle, retry, stats,
+//! dead letters, ...), applied inside the caller's transaction (the
+//! writer's batch, or the reader's snapshot). Every time a caller gave is
+//! stored saturated to SQLite's integer range, every error text cut to
+//! [`MAX_ERROR_BYTES`]. Knows nothing of batching, threads or job records.
 
-use super::writer::{Answer, Req, Woken};
-use crate::jobs::{JobRecord, JobState, JobUpdate, NewJob};
+use super::ops::Woken;
 use crate::queue::{
     DEDUP_WINDOW, DeadLetter, Delivery, MAX_ERROR_BYTES, Message, NewMessage, QueueError,
     QueueStats, Receipt, Sent, Settlement,
@@ -18,126 +18,6 @@ pub(super) fn db(e: rusqlite::Error) -> QueueError {
     QueueError::Backend(e.to_string())
 }
 
-/// Apply one request inside `tx` at `now`. Queues in which it may have made
-/// messages receivable are added to `woken`. (A receive that may wait is
-/// the writer's to park; here it answers with what it finds.)
-pub(super) fn run(
-    tx: &Transaction<'_>,
-    now: u64,
-    req: &Req,
-    woken: &mut Woken,
-) -> Result<Answer, QueueError> {
-    Ok(match req {
-        Req::Send(queue, msgs) => {
-            woken.add(queue);
-            Answer::Sent(
-                msgs.iter()
-                    .map(|m| send(tx, now, queue, m))
-                    .collect::<Result<_, _>>()?,
-            )
-        }
-        Req::Receive {
-            queue,
-            max,
-            visibility,
-            ..
-        } => Answer::Deliveries(receive(tx, now, queue, *max, *visibility)?),
-        Req::Settle(rc, how, then, job) => {
-            let settled = settle(tx, now, rc, how, then, woken)?;
-            if settled && let Some((id, update)) = job {
-                job_update(tx, now, id, update)?;
-            }
-            Answer::Done(settled)
-        }
-        Req::Retry(rc, delay, error) => {
-            let n = exec(tx,
-                "UPDATE queue_messages SET visible_at_ms = ?3, lease = NULL, last_error = ?4 WHERE seq = ?1 AND lease = ?2",
-                params![seq_of(rc), rc.lease, sql_ms(now.saturating_add(delay.as_millis() as u64)), crate::text::cut(error, MAX_ERROR_BYTES)],
-            )
-            .map_err(db)?;
-            // Receivable again at once: a waiting receive may take it.
-            if n == 1 && delay.is_zero() {
-                wake_row(tx, seq_of(rc), woken).map_err(db)?;
-            }
-            Answer::Done(n == 1)
-        }
-        Req::Renew(rc, vis) => Answer::Done(
-            exec(
-                tx,
-                "UPDATE queue_messages SET visible_at_ms = ?3 WHERE seq = ?1 AND lease = ?2",
-                params![
-                    seq_of(rc),
-                    rc.lease,
-                    sql_ms(now.saturating_add(vis.as_millis() as u64))
-                ],
-            )
-            .map_err(db)?
-                == 1,
-        ),
-        Req::Release(receipts) => {
-            for rc in receipts {
-                let n = exec(
-                    tx,
-                    "UPDATE queue_messages SET lease = NULL, visible_at_ms = ?3,
-                     dequeue_count = MAX(dequeue_count - 1, 0) WHERE seq = ?1 AND lease = ?2",
-                    params![seq_of(rc), rc.lease, now],
-                )
-                .map_err(db)?;
-                // Receivable again at once: a waiting receive may take it.
-                if n == 1 {
-                    wake_row(tx, seq_of(rc), woken).map_err(db)?;
-                }
-            }
-            Answer::Nothing
-        }
-        Req::Checkpoint(rc, state) => Answer::Done(
-            exec(
-                tx,
-                "UPDATE queue_messages SET checkpoint = ?3 WHERE seq = ?1 AND lease = ?2",
-                params![seq_of(rc), rc.lease, state],
-            )
-            .map_err(db)?
-                == 1,
-        ),
-        Req::Bury(queue, m, error) => Answer::Id(bury(tx, now, queue, m, error)?),
-        Req::Submit(job) => {
-            woken.add(&crate::jobs::job_queue(&job.function));
-            Answer::Job(submit(tx, now, job)?)
-        }
-        Req::JobUpdate(id, update) => Answer::Done(job_update(tx, now, id, update)?),
-        Req::JobGet(id) => Answer::MaybeJob(job_get(tx, now, id)?),
-        Req::PendingCallbacks(max) => Answer::Jobs(pending_callbacks(tx, now, *max)?),
-        Req::Stats(queue) => Answer::Stats(stats(tx, now, queue)?),
-        // Visits at most `cap` rows, where a full count visits the whole queue.
-        Req::Backlog(queue, cap) => Answer::Count(
-            tx.prepare_cached(
-                "SELECT COUNT(*) FROM (SELECT 1 FROM queue_messages
-                 WHERE queue = ?1 AND (visible_at_ms <= ?2 OR lease IS NOT NULL) LIMIT ?3 + 0)",
-            )
-            .and_then(|mut s| s.query_row(params![queue, now, sql_ms(*cap)], |r| r.get(0)))
-            .map_err(db)?,
-        ),
-        Req::Pending(queue, cap) => Answer::Count(
-            tx.prepare_cached(
-                "SELECT COUNT(*) FROM (SELECT 1 FROM queue_messages WHERE queue = ?1 LIMIT ?2 + 0)",
-            )
-            .and_then(|mut s| s.query_row(params![queue, sql_ms(*cap)], |r| r.get(0)))
-            .map_err(db)?,
-        ),
-        Req::Queues => Answer::Names(queues(tx)?),
-        Req::Peek(queue, max) => Answer::Messages(peek(tx, queue, *max)?),
-        Req::DeadLetters(queue, max) => Answer::DeadLetters(dead_letters(tx, queue, *max)?),
-        Req::Redrive(queue, ids) => {
-            woken.add(queue);
-            Answer::Count(redrive(tx, now, queue, ids.as_deref())?)
-        }
-        Req::PurgeDead(queue, ids) => Answer::Count(purge_dead(tx, queue, ids.as_deref())?),
-        Req::Purge(queue) => Answer::Count(
-            exec(tx, "DELETE FROM queue_messages WHERE queue = ?1", [queue]).map_err(db)? as u64,
-        ),
-    })
-}
-
 /// Forget expired dedup ids and job records (every thousandth batch).
 pub(super) fn tidy(tx: &Transaction<'_>, now: u64) {
     let _ = exec(
@@ -149,7 +29,7 @@ pub(super) fn tidy(tx: &Transaction<'_>, now: u64) {
 }
 
 /// Mark the queue of row `seq` as woken: its message is receivable now.
-fn wake_row(tx: &Transaction<'_>, seq: i64, woken: &mut Woken) -> rusqlite::Result<()> {
+pub(super) fn wake_row(tx: &Transaction<'_>, seq: i64, woken: &mut Woken) -> rusqlite::Result<()> {
     let queue: String = tx
         .prepare_cached("SELECT queue FROM queue_messages WHERE seq = ?1")?
         .query_row([seq], |r| r.get(0))?;
@@ -159,7 +39,7 @@ fn wake_row(tx: &Transaction<'_>, seq: i64, woken: &mut Woken) -> rusqlite::Resu
 
 /// Run a statement through the connection's statement cache: the hot
 /// statements (ack, lease, retry, renew) are parsed once, not per message.
-fn exec<P: rusqlite::Params>(
+pub(super) fn exec<P: rusqlite::Params>(
     tx: &Transaction<'_>,
     sql: &str,
     params: P,
@@ -169,7 +49,7 @@ fn exec<P: rusqlite::Params>(
 
 /// Store a message straight in `queue`'s dead letters, with `error` as the
 /// reason (a change the blob feed cannot deliver, say).
-fn bury(
+pub(super) fn bury(
     tx: &Transaction<'_>,
     now: u64,
     queue: &str,
@@ -257,7 +137,7 @@ fn dedup_key(m: &NewMessage, id: &str) -> String {
 /// A time for SQLite's signed 64-bit integers. Times are validated at the
 /// edge (at most a year ahead); this only keeps an overflow from failing a
 /// statement if one slipped through.
-fn sql_ms(ms: u64) -> i64 {
+pub(super) fn sql_ms(ms: u64) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
@@ -317,7 +197,7 @@ fn lease_token(seq: i64) -> String {
 
 /// The row a receipt names (see [`lease_token`]); a receipt that names none
 /// matches no row.
-fn seq_of(rc: &Receipt) -> i64 {
+pub(super) fn seq_of(rc: &Receipt) -> i64 {
     rc.lease
         .split_once('.')
         .and_then(|(seq, _)| seq.parse().ok())
@@ -381,7 +261,7 @@ pub(super) fn receive(
 /// savepoint is needed (one would cost a statement journal per settlement).
 /// The queues of `then`, and the message's own queue when it was grouped (its
 /// group's next message is receivable now), are added to `woken`.
-fn settle(
+pub(super) fn settle(
     tx: &Transaction<'_>,
     now: u64,
     rc: &Receipt,
@@ -435,7 +315,7 @@ fn settle(
     Ok(true)
 }
 
-fn stats(tx: &Transaction<'_>, now: u64, queue: &str) -> Result<QueueStats, QueueError> {
+pub(super) fn stats(tx: &Transaction<'_>, now: u64, queue: &str) -> Result<QueueStats, QueueError> {
     let (ready, delayed, in_flight, oldest): (u64, u64, u64, Option<u64>) = tx
         .prepare_cached(
             "SELECT
@@ -468,7 +348,7 @@ fn stats(tx: &Transaction<'_>, now: u64, queue: &str) -> Result<QueueStats, Queu
     })
 }
 
-fn queues(tx: &Transaction<'_>) -> Result<Vec<String>, QueueError> {
+pub(super) fn queues(tx: &Transaction<'_>) -> Result<Vec<String>, QueueError> {
     let mut stmt = tx
         .prepare("SELECT queue FROM queue_messages UNION SELECT queue FROM queue_dead_letters ORDER BY 1")
         .map_err(db)?;
@@ -480,7 +360,11 @@ fn queues(tx: &Transaction<'_>) -> Result<Vec<String>, QueueError> {
     Ok(names)
 }
 
-fn peek(tx: &Transaction<'_>, queue: &str, max: usize) -> Result<Vec<Message>, QueueError> {
+pub(super) fn peek(
+    tx: &Transaction<'_>,
+    queue: &str,
+    max: usize,
+) -> Result<Vec<Message>, QueueError> {
     let mut stmt = tx
         .prepare(&format!(
             "SELECT {MESSAGE_COLUMNS}, checkpoint FROM queue_messages WHERE queue = ?1 ORDER BY priority DESC, seq LIMIT ?2"
@@ -497,7 +381,7 @@ fn peek(tx: &Transaction<'_>, queue: &str, max: usize) -> Result<Vec<Message>, Q
     rows.collect::<Result<_, _>>().map_err(db)
 }
 
-fn dead_letters(
+pub(super) fn dead_letters(
     tx: &Transaction<'_>,
     queue: &str,
     max: usize,
@@ -537,7 +421,7 @@ fn id_filter(ids: Option<&[String]>, first: usize) -> String {
     }
 }
 
-fn redrive(
+pub(super) fn redrive(
     tx: &Transaction<'_>,
     now: u64,
     queue: &str,
@@ -571,7 +455,7 @@ fn redrive(
     Ok(moved as u64)
 }
 
-fn purge_dead(
+pub(super) fn purge_dead(
     tx: &Transaction<'_>,
     queue: &str,
     ids: Option<&[String]>,
@@ -590,142 +474,4 @@ fn purge_dead(
         )
         .map_err(db)?;
     Ok(n as u64)
-}
-
-fn submit(tx: &Transaction<'_>, now: u64, job: &NewJob) -> Result<JobRecord, QueueError> {
-    let id = uuid::Uuid::now_v7().to_string();
-    let queue = crate::jobs::job_queue(&job.function);
-    let visible_at = crate::queue::visible_at(job.delay_ms, job.not_before_ms, now);
-    exec(tx,
-        "INSERT INTO queue_messages (id, queue, body, attributes, enqueued_at_ms, visible_at_ms, correlation_id, reply_to)
-         VALUES (?1, ?2, ?3, '[]', ?4, ?5, ?6, ?7)",
-        params![id, queue, job.payload, now, sql_ms(visible_at), job.correlation_id, job.reply_to],
-    )
-    .map_err(db)?;
-    let not_before = (visible_at > now).then_some(visible_at);
-    exec(tx,
-        "INSERT INTO jobs (id, function, state, created_at_ms, callback_url, reply_to, correlation_id, not_before_ms)
-         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7)",
-        params![id, job.function, now, job.callback_url, job.reply_to, job.correlation_id, not_before.map(sql_ms)],
-    )
-    .map_err(db)?;
-    job_get(tx, now, &id)?.ok_or_else(|| QueueError::Backend("the new job vanished".into()))
-}
-
-fn job_update(
-    tx: &Transaction<'_>,
-    now: u64,
-    id: &str,
-    update: &JobUpdate,
-) -> Result<bool, QueueError> {
-    let n = match update {
-        JobUpdate::Started { attempt } => exec(
-            tx,
-            "UPDATE jobs SET state = 'running', attempts = ?2, started_at_ms = COALESCE(started_at_ms, ?3) WHERE id = ?1",
-            params![id, attempt, now],
-        ),
-        JobUpdate::Progress { percent, message } => exec(
-            tx,
-            "UPDATE jobs SET progress = ?2, progress_message = ?3 WHERE id = ?1",
-            params![id, percent, message],
-        ),
-        JobUpdate::Retrying { error } => exec(
-            tx,
-            "UPDATE jobs SET state = 'queued', error = ?2 WHERE id = ?1",
-            params![id, crate::text::cut(error, MAX_ERROR_BYTES)],
-        ),
-        JobUpdate::Finished {
-            state,
-            output,
-            error,
-            retention_ms,
-        } => {
-            let (status, headers, body) = match output {
-                Some(o) => (
-                    Some(o.status),
-                    Some(serde_json::to_string(&o.headers).unwrap_or_default()),
-                    Some(o.body.as_slice()),
-                ),
-                None => (None, None, None),
-            };
-            let error = error
-                .as_deref()
-                .map(|e| crate::text::cut(e, MAX_ERROR_BYTES));
-            // A callback owed is recorded with the end, in the same step, so
-            // one cut off by a crash is sent after the restart.
-            exec(tx,
-                "UPDATE jobs SET state = ?2, result_status = ?3, result_headers = ?4, result = ?5, error = ?6,
-                 finished_at_ms = ?7, expires_at_ms = ?8,
-                 progress = CASE WHEN ?2 = 'succeeded' THEN 100 ELSE progress END,
-                 callback_pending = (callback_url IS NOT NULL) WHERE id = ?1",
-                params![id, state.as_str(), status, headers, body, error, now, now.saturating_add(*retention_ms)],
-            )
-        }
-        JobUpdate::CallbackDone => exec(
-            tx,
-            "UPDATE jobs SET callback_pending = 0 WHERE id = ?1",
-            params![id],
-        ),
-    };
-    n.map(|n| n == 1).map_err(db)
-}
-
-const JOB_COLUMNS: &str = "id, function, state, attempts, progress, progress_message, result_status, result_headers, result, error,
-     created_at_ms, started_at_ms, finished_at_ms, expires_at_ms, callback_url, reply_to, correlation_id, not_before_ms";
-
-fn job_get(tx: &Transaction<'_>, now: u64, id: &str) -> Result<Option<JobRecord>, QueueError> {
-    tx.query_row(
-        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1 AND (expires_at_ms IS NULL OR expires_at_ms > ?2)"),
-        params![id, now],
-        row_to_job,
-    )
-    .optional()
-    .map_err(db)
-}
-
-/// Finished jobs whose completion callback is still owed, oldest first.
-fn pending_callbacks(
-    tx: &Transaction<'_>,
-    now: u64,
-    max: usize,
-) -> Result<Vec<JobRecord>, QueueError> {
-    let mut stmt = tx
-        .prepare(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE callback_pending = 1 AND (expires_at_ms IS NULL OR expires_at_ms > ?1)
-             ORDER BY finished_at_ms LIMIT ?2"
-        ))
-        .map_err(db)?;
-    let rows = stmt
-        .query_map(params![now, max as i64], row_to_job)
-        .map_err(db)?;
-    rows.collect::<Result<_, _>>().map_err(db)
-}
-
-fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
-    {
-        let state: String = r.get(2)?;
-        let headers: Option<String> = r.get(7)?;
-        Ok(JobRecord {
-            id: r.get(0)?,
-            function: r.get(1)?,
-            state: JobState::parse(&state),
-            attempts: r.get(3)?,
-            progress: r.get(4)?,
-            progress_message: r.get(5)?,
-            result_status: r.get(6)?,
-            result_headers: headers
-                .and_then(|h| serde_json::from_str(&h).ok())
-                .unwrap_or_default(),
-            result: r.get(8)?,
-            error: r.get(9)?,
-            created_at_ms: r.get(10)?,
-            started_at_ms: r.get(11)?,
-            finished_at_ms: r.get(12)?,
-            expires_at_ms: r.get(13)?,
-            callback_url: r.get(14)?,
-            reply_to: r.get(15)?,
-            correlation_id: r.get(16)?,
-            not_before_ms: r.get(17)?,
-        })
-    }
 }

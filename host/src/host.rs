@@ -1,0 +1,167 @@
+//! The composition root: the one place where a host is put together from
+//! its config and its [`Backends`] — the sandbox and the executor, the
+//! registry, the dispatcher, the triggers and the HTTP server. `fnhost
+//! serve`, the benches and any embedding of fnhost build a [`Host`] here;
+//! nothing else wires stores to the dispatcher by hand.
+//!
+//! Without backends given, the host runs on the embedded default (SQLite
+//! and files in the data dir).
+
+use crate::backends::Backends;
+use crate::clock::SystemClock;
+use crate::dispatcher::Dispatcher;
+use crate::jobs::JobSettings;
+use crate::jobs::callback::{CallbackPolicy, Callbacks};
+use crate::registry::Registry;
+use crate::sandbox::{LocalExecutor, Sandbox, SandboxConfig, Stores};
+use crate::server::ServerConfig;
+use anyhow::Context as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How a host is set up; every field has the default `fnhost serve` uses.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Where the registry, components, compiled cache (and the embedded
+    /// stores) live.
+    pub data_dir: PathBuf,
+    /// Invocations that may run at once, host-wide.
+    pub max_concurrency: usize,
+    /// Use the pooling allocator (falls back to on-demand when refused).
+    pub pooling: bool,
+    /// How long finished job records are kept.
+    pub job_retention: Duration,
+    /// What completion callbacks may reach.
+    pub callbacks: CallbackPolicy,
+    /// The HTTP server's settings.
+    pub server: ServerConfig,
+}
+
+impl HostConfig {
+    /// The defaults, for a host whose data lives in `data_dir`, whose admin
+    /// API takes `token`.
+    pub fn new(data_dir: PathBuf, token: String) -> HostConfig {
+        HostConfig {
+            data_dir,
+            max_concurrency: 64,
+            pooling: true,
+            job_retention: Duration::from_secs(24 * 60 * 60),
+            callbacks: CallbackPolicy::default(),
+            server: ServerConfig::new(token),
+        }
+    }
+}
+
+/// A host, put together and ready to serve.
+pub struct Host {
+    config: HostConfig,
+    dispatcher: Arc<Dispatcher>,
+    pooling: bool,
+}
+
+/// Puts a [`Host`] together: [`Host::builder`], then [`HostBuilder::build`].
+pub struct HostBuilder {
+    config: HostConfig,
+    backends: Option<Backends>,
+}
+
+impl HostBuilder {
+    /// Run on these backends instead of the embedded default.
+    pub fn backends(mut self, backends: Backends) -> HostBuilder {
+        self.backends = Some(backends);
+        self
+    }
+
+    /// Open the stores, build the sandbox and executor, and load every
+    /// active version.
+    pub async fn build(self) -> anyhow::Result<Host> {
+        let config = self.config;
+        let data_dir = &config.data_dir;
+        std::fs::create_dir_all(data_dir).with_context(|| {
+            format!(
+                "failed to create the data dir {data_dir:?}; pass --data-dir with a writable path"
+            )
+        })?;
+        let backends = match self.backends {
+            Some(b) => b,
+            None => Backends::embedded(data_dir, Arc::new(SystemClock))?,
+        };
+        let sandbox = Arc::new(Sandbox::new(SandboxConfig {
+            pooling: config.pooling,
+            max_instances: (config.max_concurrency as u32).max(1) * 2,
+            ..SandboxConfig::new(data_dir.join("cache"))
+        })?);
+        let pooling = sandbox.pooling();
+        let registry = Arc::new(
+            Registry::open(data_dir)
+                .with_context(|| format!("failed to open the registry in {data_dir:?}"))?,
+        );
+        let stores = Stores {
+            queues: Some(backends.queues.clone()),
+            blobs: Some(backends.blobs.clone()),
+        };
+        let executor = Arc::new(LocalExecutor::new(
+            sandbox,
+            registry.clone(),
+            stores,
+            config.max_concurrency,
+        ));
+        let jobs = JobSettings {
+            retention: config.job_retention,
+            callbacks: Arc::new(Callbacks::new(config.callbacks.clone())),
+        };
+        let dispatcher = Dispatcher::start(executor, registry, backends, jobs).await?;
+        Ok(Host {
+            config,
+            dispatcher,
+            pooling,
+        })
+    }
+}
+
+impl Host {
+    /// A builder for a host set up by `config`.
+    pub fn builder(config: HostConfig) -> HostBuilder {
+        HostBuilder {
+            config,
+            backends: None,
+        }
+    }
+
+    /// The dispatcher: deployments, routes, invocations.
+    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.dispatcher
+    }
+
+    /// True when the sandbox uses the pooling allocator.
+    pub fn pooling(&self) -> bool {
+        self.pooling
+    }
+
+    /// Start the background triggers (queue workers, the blob feed, timers)
+    /// until `shutdown`; the tracker holds their in-flight invocations.
+    pub fn start_triggers(&self, shutdown: CancellationToken) -> TaskTracker {
+        crate::triggers::Supervisor::spawn(self.dispatcher.clone(), shutdown)
+    }
+
+    /// Serve on `listener` (triggers and the HTTP server) until `shutdown`,
+    /// then drain within the stopping wait time.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let background = self.start_triggers(shutdown.clone());
+        crate::server::serve(
+            listener,
+            self.dispatcher,
+            self.config.server,
+            shutdown,
+            background,
+        )
+        .await
+    }
+}
