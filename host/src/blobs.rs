@@ -165,9 +165,48 @@ pub enum BlobError {
     /// The content type is not acceptable.
     #[error("{0}")]
     InvalidContentType(String),
-    /// The store failed; the operation may not have happened.
-    #[error("the blob store failed: {0}")]
-    Backend(String),
+    /// The store asks the caller to slow down (S3's SlowDown, say): nothing
+    /// happened, and a retry after a while can succeed.
+    #[error("the blob store is busy: {message}; retry later")]
+    Throttled {
+        /// What the store said.
+        message: String,
+        /// The store's own error.
+        #[source]
+        source: Option<crate::task::ErrorSource>,
+    },
+    /// The store failed; the operation may not have happened, and a retry
+    /// may succeed.
+    #[error("the blob store failed: {message}")]
+    Backend {
+        /// What failed.
+        message: String,
+        /// The store's own error.
+        #[source]
+        source: Option<crate::task::ErrorSource>,
+    },
+}
+
+impl BlobError {
+    /// A store failure described by `message`, caused by `source` if given.
+    pub fn backend(
+        message: impl Into<String>,
+        source: Option<crate::task::ErrorSource>,
+    ) -> BlobError {
+        BlobError::Backend {
+            message: message.into(),
+            source,
+        }
+    }
+
+    /// True when trying the same operation again may succeed (the store
+    /// failed or was busy), false when it will not (it was refused).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            BlobError::Throttled { .. } | BlobError::Backend { .. }
+        )
+    }
 }
 
 /// Check a bucket name.

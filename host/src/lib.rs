@@ -1,19 +1,22 @@
 //! fnhost: a host for background jobs written as WebAssembly components.
 //!
-//! The layers, each in its own module (see `docs/architecture.md`):
-//! - [`manifest`]: `fnhost.toml`, parsed and validated;
-//! - [`sandbox`]: wasmtime: engine, compiled components, one store per invocation;
-//! - [`capabilities`]: grants, checked in one place for every guest call;
-//! - [`registry`]: deployed functions and their versions, on disk;
-//! - [`dispatcher`]: active versions, routes and the host-wide concurrency cap;
-//! - [`queue`]: the durable queue store (embedded SQLite) behind its backend trait;
-//! - [`blobs`]: buckets of objects (embedded folders + index) behind their backend trait;
-//! - [`jobs`]: async job records (state, progress, results) and their store trait;
-//! - [`triggers`]: background triggers (queues, blob changes, timers) that invoke through the dispatcher;
-//! - [`server`]: the admin API and the HTTP trigger;
+//! The modules, from the top layer down (each uses only the layers below
+//! it; `host/tests/layers.rs` keeps it so; see `docs/architecture.md`):
 //! - [`cli`]: the `fnhost` command line;
-//! - [`files`]: content hashes and atomic file writes, shared by the stores;
-//! - [`text`]: caller text made safe to quote, store and log.
+//! - [`host`]: the composition root, where a host is put together;
+//! - [`server`]: the admin API and the HTTP trigger;
+//! - [`triggers`]: background triggers (queues, blob changes, timers) that invoke through the dispatcher;
+//! - [`dispatcher`]: deployments: active versions and routes; hands events to the executor;
+//! - [`manifest`]: `fnhost.toml`, parsed and checked;
+//! - [`backends`]: the stores behind the seams (embedded: SQLite + files);
+//! - [`sandbox`]: wasmtime: engine, compiled components, one store per invocation; the local executor;
+//! - [`exec`]: the execution seam: what runs, under which limits, and how it ended, as plain data;
+//! - [`jobs`]: async job records and their store trait; completion callbacks;
+//! - [`queue`], [`blobs`]: the queue and blob backend traits, their types and validation;
+//! - [`registry`]: deployed functions and their versions, on disk;
+//! - [`capabilities`]: grants, checked in one place for every guest call;
+//! - [`names`]: function, queue and bucket names; the host's own queues;
+//! - [`text`], [`clock`], [`task`], [`files`]: leaves every layer shares.
 
 pub mod backends;
 pub mod blobs;

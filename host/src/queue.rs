@@ -9,7 +9,7 @@
 //! is the caller's; the backend only does what it is told.
 
 pub use crate::clock::Clock;
-use crate::task::BoxFuture;
+use crate::task::{BoxFuture, ErrorSource};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -161,12 +161,53 @@ pub struct QueueStats {
 /// A queue backend failure.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum QueueError {
-    /// The request is not acceptable.
+    /// The request is not acceptable; the same request will fail again.
     #[error("{0}")]
     Invalid(String),
-    /// The backend failed; the operation may not have happened.
-    #[error("the queue store failed: {0}")]
-    Backend(String),
+    /// The backend asks the caller to slow down (SQS throttling, say): the
+    /// operation did not happen, and a retry after a while can succeed.
+    #[error("the queue store is busy: {message}; retry later")]
+    Throttled {
+        /// What the backend said.
+        message: String,
+        /// The backend's own error.
+        #[source]
+        source: Option<ErrorSource>,
+    },
+    /// The backend failed; the operation may not have happened, and a
+    /// retry may succeed.
+    #[error("the queue store failed: {message}")]
+    Backend {
+        /// What failed.
+        message: String,
+        /// The backend's own error.
+        #[source]
+        source: Option<ErrorSource>,
+    },
+}
+
+impl QueueError {
+    /// A backend failure described by `message`.
+    pub fn backend(message: impl Into<String>) -> QueueError {
+        QueueError::Backend {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A backend failure caused by `source` (its text is the message).
+    pub fn caused_by(source: impl std::error::Error + Send + Sync + 'static) -> QueueError {
+        QueueError::Backend {
+            message: source.to_string(),
+            source: Some(std::sync::Arc::new(source)),
+        }
+    }
+
+    /// True when trying the same operation again may succeed (the store
+    /// failed or was busy), false when it will not (it was refused).
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, QueueError::Invalid(_))
+    }
 }
 
 /// The largest message body, in bytes.

@@ -49,7 +49,7 @@ fn blob_error(e: BlobError) -> storage::StorageError {
         // The WIT contract (0.1) has no separate variant for a bad value
         // other than the key; the message names the content type.
         BlobError::InvalidContentType(m) => storage::StorageError::InvalidKey(m),
-        e @ BlobError::Backend(_) => {
+        e @ (BlobError::Backend { .. } | BlobError::Throttled { .. }) => {
             tracing::error!(error = %e, "a guest's storage call failed");
             storage::StorageError::Unavailable("the blob store failed; try again later".into())
         }
@@ -197,7 +197,7 @@ impl queue::Host for HostState {
         match backend.send(&queue, msg).await {
             Ok(sent) => Ok(sent.id),
             Err(crate::queue::QueueError::Invalid(m)) => Err(queue::QueueError::Invalid(m)),
-            Err(e @ crate::queue::QueueError::Backend(_)) => {
+            Err(e) => {
                 tracing::error!(queue = %queue, error = %e, "a guest's queue send failed");
                 Err(queue::QueueError::Unavailable(
                     "the queue store failed; try again later".into(),

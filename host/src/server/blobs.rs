@@ -31,8 +31,8 @@ fn blob_error(e: BlobError) -> Response {
         BlobError::InvalidContentType(m) => {
             error(StatusCode::BAD_REQUEST, "invalid_content_type", m)
         }
-        BlobError::Backend(m) => {
-            tracing::error!(error = %m, "blob store failure");
+        e => {
+            tracing::error!(error = %e, "blob store failure");
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "blobs_unavailable",

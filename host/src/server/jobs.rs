@@ -166,8 +166,8 @@ async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Respon
 fn job_error(e: QueueError) -> Response {
     match e {
         QueueError::Invalid(m) => bad(m),
-        QueueError::Backend(m) => {
-            tracing::error!(error = %m, "job store failure");
+        e => {
+            tracing::error!(error = %e, "job store failure");
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "jobs_unavailable",

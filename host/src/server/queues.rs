@@ -113,8 +113,8 @@ fn dead_letter_json(d: &DeadLetter) -> Value {
 fn queue_error(e: QueueError) -> Response {
     match e {
         QueueError::Invalid(m) => error(StatusCode::BAD_REQUEST, "invalid_message", m),
-        QueueError::Backend(m) => {
-            tracing::error!(error = %m, "queue store failure");
+        e => {
+            tracing::error!(error = %e, "queue store failure");
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "queue_unavailable",

@@ -173,13 +173,13 @@ impl EmbeddedQueues {
         std::thread::Builder::new()
             .name("fnhost-queue-reader".into())
             .spawn(move || writer::read_loop(reader, read_clock, read_rx))
-            .map_err(|e| QueueError::Backend(format!("cannot start the queue reader: {e}")))?;
+            .map_err(|e| QueueError::backend(format!("cannot start the queue reader: {e}")))?;
         let (tx, rx) = mpsc::sync_channel(QUEUE_DEPTH);
         let writer = writer::Writer::new(conn, clock.clone());
         std::thread::Builder::new()
             .name("fnhost-queue-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| QueueError::Backend(format!("cannot start the queue writer: {e}")))?;
+            .map_err(|e| QueueError::backend(format!("cannot start the queue writer: {e}")))?;
         Ok(EmbeddedQueues { tx, reads, clock })
     }
 
@@ -195,7 +195,7 @@ impl EmbeddedQueues {
             handed.await?;
             let answer = rx.await.map_err(|_| stopped())??;
             pick(answer).ok_or_else(|| {
-                QueueError::Backend("the queue store answered with the wrong kind of result".into())
+                QueueError::backend("the queue store answered with the wrong kind of result")
             })
         })
     }
@@ -322,11 +322,11 @@ fn drop_message_id_index(conn: &mut Connection) -> rusqlite::Result<()> {
 }
 
 fn stopped() -> QueueError {
-    QueueError::Backend("the queue writer has stopped".into())
+    QueueError::backend("the queue writer has stopped")
 }
 
 fn db(e: rusqlite::Error) -> QueueError {
-    QueueError::Backend(e.to_string())
+    QueueError::caused_by(e)
 }
 
 impl QueueBackend for EmbeddedQueues {
@@ -381,8 +381,8 @@ impl QueueBackend for EmbeddedQueues {
             receiving.rx.take(); // taken: nothing to give back
             match answer.map_err(|_| stopped())?? {
                 Answer::Deliveries(d) => Ok(d),
-                _ => Err(QueueError::Backend(
-                    "the queue store answered a receive with the wrong kind of result".into(),
+                _ => Err(QueueError::backend(
+                    "the queue store answered a receive with the wrong kind of result",
                 )),
             }
         })

@@ -347,7 +347,10 @@ async fn a_put_cut_off_before_its_index_commits_leaves_the_old_object_whole() {
     let cut_off = blobs
         .put("docs", "a.txt", b"version two".to_vec(), None)
         .await;
-    assert!(matches!(cut_off, Err(BlobError::Backend(_))), "{cut_off:?}");
+    assert!(
+        matches!(cut_off, Err(BlobError::Backend { .. })),
+        "{cut_off:?}"
+    );
     other.execute_batch("ROLLBACK").unwrap();
     let (meta, body) = blobs.get("docs", "a.txt").await.unwrap().unwrap();
     assert_eq!(body, b"version one", "the old bytes, not the new");

@@ -28,7 +28,7 @@ pub(super) fn submit(
         params![id, job.function, now, job.callback_url, job.reply_to, job.correlation_id, not_before.map(sql_ms)],
     )
     .map_err(db)?;
-    get(tx, now, &id)?.ok_or_else(|| QueueError::Backend("the new job vanished".into()))
+    get(tx, now, &id)?.ok_or_else(|| QueueError::backend("the new job vanished"))
 }
 
 pub(super) fn update(

@@ -15,7 +15,7 @@ use std::time::Duration;
 pub(super) const MESSAGE_COLUMNS: &str = "id, queue, body, attributes, enqueued_at_ms, visible_at_ms, dequeue_count, dedup_id, group_key, priority, correlation_id, reply_to, last_error";
 
 pub(super) fn db(e: rusqlite::Error) -> QueueError {
-    QueueError::Backend(e.to_string())
+    QueueError::caused_by(e)
 }
 
 /// Forget expired dedup ids and job records (every thousandth batch).

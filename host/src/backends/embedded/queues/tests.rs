@@ -613,7 +613,7 @@ async fn one_failing_operation_does_not_fail_the_others_in_its_batch() {
         "the send before"
     );
     assert!(
-        matches!(&answers[1], Err(QueueError::Backend(_))),
+        matches!(&answers[1], Err(QueueError::Backend { .. })),
         "the redrive alone fails: {:?}",
         answers[1].as_ref().err()
     );

@@ -161,9 +161,12 @@ impl Writer {
                 self.apply(second);
             }
             Err(Undone::Store(e)) => {
-                let e = QueueError::Backend(format!(
-                    "a batch of queue operations could not be committed ({e}); retry"
-                ));
+                let e = QueueError::Backend {
+                    message: format!(
+                        "a batch of queue operations could not be committed ({e}); retry"
+                    ),
+                    source: Some(std::sync::Arc::new(e)),
+                };
                 for op in ops {
                     op.answer(Err(e.clone()));
                 }
@@ -253,8 +256,8 @@ fn attempt(
             return Err(Undone::Op(e.clone()));
         }
         if tx.is_autocommit() {
-            return Err(Undone::Op(QueueError::Backend(
-                "the store rolled the transaction back".into(),
+            return Err(Undone::Op(QueueError::backend(
+                "the store rolled the transaction back",
             )));
         }
         answers.push(answer);
@@ -295,8 +298,8 @@ fn attempt(
         messages::tidy(&tx, now);
     }
     if tx.is_autocommit() {
-        return Err(Undone::Op(QueueError::Backend(
-            "the store rolled the transaction back".into(),
+        return Err(Undone::Op(QueueError::backend(
+            "the store rolled the transaction back",
         )));
     }
     tx.commit().map_err(|e| Undone::Store(messages::db(e)))?;

@@ -1,0 +1,259 @@
+//! The manifest's parsing and every check, with the field each error names.
+
+use super::*;
+use std::time::Duration;
+
+fn parse(text: &str) -> Result<Manifest, ManifestError> {
+    Manifest::parse("fnhost.toml", text)
+}
+
+#[test]
+fn a_full_manifest_parses_with_defaults_filled() {
+    let m = parse(
+        r#"
+        name = "hello"
+        component = "hello.wasm"
+        [[triggers.http]]
+        path = "/hello/{name}"
+        methods = ["GET"]
+        [limits]
+        memory_mb = 32
+        timeout = "2s"
+        [grants]
+        queues = ["outbox"]
+        [[grants.storage]]
+        bucket = "thumbnails"
+        access = "write"
+        prefix = "small/"
+        [config]
+        greeting = "Hi"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(m.name, "hello");
+    let limits = m.limits();
+    assert_eq!(limits.memory_bytes, 32 << 20);
+    assert_eq!(limits.timeout, Duration::from_secs(2));
+    assert_eq!(limits.fuel, Limits::default().fuel);
+    assert_eq!(m.profile(1, "d").config["greeting"], "Hi");
+}
+
+#[test]
+fn errors_name_the_file_the_field_and_the_reason() {
+    let e = parse("name = \"Hello\"").unwrap_err();
+    assert_eq!((e.file.as_str(), e.field.as_str()), ("fnhost.toml", "name"));
+    assert!(e.reason.contains("lower-case"), "{e}");
+
+    let e = parse("name = \"a\"\nmemory = 3").unwrap_err();
+    assert_eq!(e.field, "unknown field `memory`", "{e}");
+
+    let e = parse("name = \"a\"\n[limits]\ntimeout = \"soon\"").unwrap_err();
+    assert_eq!(e.field, "limits.timeout");
+
+    for (limit, field) in [
+        ("fuel = 0", "limits.fuel"),
+        ("fuel = 18_446_744_073_709_551_615", "limits.fuel"),
+        ("log_bytes = 1_073_741_824", "limits.log_bytes"),
+    ] {
+        let e = parse(&format!("name = \"a\"\n[limits]\n{limit}")).unwrap_err();
+        assert_eq!(e.field, field, "{limit}: {e}");
+        assert!(e.reason.contains("out of range; use"), "{e}");
+    }
+    assert!(
+        parse("name = \"a\"\n[limits]\nfuel = 1_000_000_000_000\nlog_bytes = 1_048_576").is_ok()
+    );
+
+    let e = parse("name = \"a\"\n[limits]\nmemory_mb = 4096").unwrap_err();
+    assert_eq!(e.field, "limits.memory_mb");
+    assert!(e.reason.contains("1 to 1024"), "{e}");
+
+    let e =
+        parse("name = \"a\"\n[[triggers.http]]\npath = \"/x\"\nmethods = [\"FETCH\"]").unwrap_err();
+    assert_eq!(e.field, "triggers.http[0].methods[0]");
+
+    let e = parse("name = [").unwrap_err();
+    assert_eq!(e.field, "(syntax)");
+    assert!(e.to_string().starts_with("fnhost.toml: (syntax): "), "{e}");
+}
+
+#[test]
+fn queue_bindings_take_defaults_and_are_checked() {
+    let m =
+        parse("name = \"a\"\n[[triggers.queue]]\nqueue = \"orders\"\nmax_attempts = 3\n").unwrap();
+    let p = m.triggers.queue[0].policy();
+    assert_eq!(
+        (p.max_attempts, p.batch_size, p.max_concurrency),
+        (3, 16, 8)
+    );
+    assert_eq!(p.visibility_timeout, Duration::from_secs(30));
+    for (extra, field) in [
+        ("max_attempts = 0", "triggers.queue[0].max_attempts"),
+        (
+            "visibility_timeout = \"10ms\"",
+            "triggers.queue[0].visibility_timeout",
+        ),
+        ("min_concurrency = 9", "triggers.queue[0].min_concurrency"),
+        (
+            "visibility_timeout = \"13h\"",
+            "triggers.queue[0].visibility_timeout",
+        ),
+        (
+            "backoff_max = \"100000000y\"",
+            "triggers.queue[0].backoff_max",
+        ),
+        (
+            "scale_down_cooldown = \"2h\"",
+            "triggers.queue[0].scale_down_cooldown",
+        ),
+        ("backoff_max = \"soon\"", "triggers.queue[0].backoff_max"),
+    ] {
+        let text = format!("name = \"a\"\n[[triggers.queue]]\nqueue = \"orders\"\n{extra}\n");
+        assert_eq!(parse(&text).unwrap_err().field, field, "{extra}");
+    }
+    let jobs =
+        parse("name = \"a\"\n[jobs]\nmax_attempts = 2\nscale_down_cooldown = \"1m\"\n").unwrap();
+    let p = jobs.queue_policies().pop().unwrap();
+    assert_eq!((p.queue.as_str(), p.max_attempts), ("fnhost-jobs-a", 2));
+    assert_eq!(p.scale_down_cooldown, Duration::from_secs(60));
+    let e = parse("name = \"a\"\n[jobs]\nqueue = \"x\"\n").unwrap_err();
+    assert_eq!(e.field, "jobs.queue");
+    let e = parse("name = \"a\"\n[jobs]\nmax_concurrency = 0\n").unwrap_err();
+    assert_eq!(e.field, "jobs.max_concurrency");
+    let e = parse("name = \"a\"\n[[triggers.queue]]\nbatch_size = 3\n").unwrap_err();
+    assert_eq!(
+        e.field, "triggers.queue[0].queue",
+        "the queue name is required in a binding"
+    );
+    let twice =
+        "name = \"a\"\n[[triggers.queue]]\nqueue = \"q\"\n[[triggers.queue]]\nqueue = \"q\"\n";
+    assert!(parse(twice).unwrap_err().reason.contains("bound twice"));
+}
+
+#[test]
+fn blob_triggers_are_checked_and_may_not_feed_themselves() {
+    let m = parse(
+        "name = \"t\"\n[[triggers.blob]]\nbucket = \"uploads\"\nsuffix = \".png\"\ndelivery = { max_attempts = 2 }\n[[grants.storage]]\nbucket = \"uploads\"\naccess = \"read\"\n[[grants.storage]]\nbucket = \"thumbnails\"\naccess = \"write\"\n",
+    )
+    .unwrap();
+    let p = m
+        .queue_policies()
+        .into_iter()
+        .find(|p| matches!(p.source, Source::Blob(_)))
+        .unwrap();
+    assert_eq!(
+        (p.queue.as_str(), p.max_attempts),
+        ("fnhost-blob-t.uploads", 2)
+    );
+    let t = &m.triggers.blob[0];
+    let change = |key: &str, kind| {
+        crate::blobs::Change::written(
+            "uploads",
+            crate::blobs::ObjectMeta {
+                key: key.into(),
+                size: 1,
+                etag: "e".into(),
+                content_type: None,
+                modified_ms: 0,
+            },
+            kind,
+        )
+    };
+    use crate::blobs::ChangeKind::*;
+    assert!(t.matches(&change("a.png", Created)));
+    assert!(t.matches(&change("a.png", Updated)));
+    assert!(!t.matches(&change("a.png", Deleted)), "not by default");
+    assert!(!t.matches(&change("a.jpg", Created)));
+
+    let selfish = "name = \"t\"\n[[triggers.blob]]\nbucket = \"uploads\"\nprefix = \"in/\"\n[[grants.storage]]\nbucket = \"uploads\"\naccess = \"read-write\"\n";
+    let e = parse(selfish).unwrap_err();
+    assert_eq!(e.field, "triggers.blob[0].bucket");
+    assert!(e.reason.contains("allow_self_trigger"), "{e}");
+    assert!(
+        parse(&selfish.replace(
+            "prefix = \"in/\"",
+            "prefix = \"in/\"\nallow_self_trigger = true"
+        ))
+        .is_ok()
+    );
+    let elsewhere = selfish.replace(
+        "access = \"read-write\"",
+        "access = \"write\"\nprefix = \"out/\"",
+    );
+    assert!(
+        parse(&elsewhere).is_ok(),
+        "writes under another prefix cannot trigger it"
+    );
+
+    let e = parse("name = \"t\"\n[[triggers.blob]]\nbucket = \"u\"\nevents = [\"moved\"]\n")
+        .unwrap_err();
+    assert!(e.reason.contains("moved"), "{e}");
+    let e =
+        parse("name = \"t\"\n[[triggers.blob]]\nbucket = \"u\"\ndelivery = { queue = \"x\" }\n")
+            .unwrap_err();
+    assert_eq!(e.field, "triggers.blob[0].delivery.queue");
+}
+
+#[test]
+fn timer_triggers_need_six_fields_and_a_real_zone() {
+    let m = parse("name = \"c\"\n[triggers.timer]\nschedule = \"*/5 * * * * *\"\ntimezone = \"Europe/Paris\"\n").unwrap();
+    let p = m.queue_policies().pop().unwrap();
+    assert_eq!(p.queue, "fnhost-timer-c");
+    assert!(matches!(p.source, Source::Timer(_)));
+    let e = parse("name = \"c\"\n[triggers.timer]\nschedule = \"0 3 * * *\"\n").unwrap_err();
+    assert_eq!(e.field, "triggers.timer.schedule");
+    assert!(e.reason.contains("use 6"), "{e}");
+    let e = parse("name = \"c\"\n[triggers.timer]\nschedule = \"0 0 25 * * *\"\n").unwrap_err();
+    assert_eq!(e.field, "triggers.timer.schedule", "{e}");
+    let e = parse(
+        "name = \"c\"\n[triggers.timer]\nschedule = \"0 0 3 * * *\"\ntimezone = \"Mars/Olympus\"\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.field, "triggers.timer.timezone");
+}
+
+#[test]
+fn storage_grant_prefixes_are_folders() {
+    let grant = |prefix: &str| {
+        format!(
+            "name = \"a\"\n[[grants.storage]]\nbucket = \"files\"\naccess = \"read\"\nprefix = \"{prefix}\"\n"
+        )
+    };
+    let e = parse(&grant("user1")).unwrap_err();
+    assert_eq!(e.field, "grants.storage[0].prefix");
+    assert!(
+        e.reason.contains("\"user10/\"") && e.reason.contains("write \"user1/\""),
+        "{e}"
+    );
+    assert!(parse(&grant("user1/")).is_ok());
+    assert!(
+        parse(&grant("")).is_ok(),
+        "an empty prefix is the whole bucket"
+    );
+    let m = parse(&grant("user1/")).unwrap();
+    let g = m.grants;
+    use crate::capabilities::Access;
+    assert!(g.check_storage("files", "user1/a", Access::Read).is_ok());
+    assert!(g.check_storage("files", "user10/a", Access::Read).is_err());
+}
+
+#[test]
+fn host_queues_cannot_be_bound_or_granted() {
+    let e = parse("name = \"a\"\n[[triggers.queue]]\nqueue = \"fnhost-jobs-b\"\n").unwrap_err();
+    assert_eq!(e.field, "triggers.queue[0].queue");
+    let e = parse("name = \"a\"\n[grants]\nqueues = [\"fnhost-timer-b\"]\n").unwrap_err();
+    assert_eq!(e.field, "grants.queues[0]");
+}
+
+#[test]
+fn routes_may_not_shadow_the_host() {
+    for path in ["/v1/functions", "/v1", "/healthz", "/{any}", "hello"] {
+        let text = format!("name = \"a\"\n[[triggers.http]]\npath = \"{path}\"");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.field, "triggers.http[0].path", "{path}: {e}");
+    }
+    assert!(parse("name = \"a\"\n[[triggers.http]]\npath = \"/v1x\"").is_ok());
+    let e =
+        parse("name = \"a\"\n[[triggers.http]]\npath = \"/a\"\n[[triggers.http]]\npath = \"/a\"")
+            .unwrap_err();
+    assert!(e.reason.contains("not a valid route"), "{e}");
+}
