@@ -2,11 +2,15 @@
 //! ([`crate::queue::QueueBackend`], [`crate::jobs::JobStore`],
 //! [`crate::blobs::BlobBackend`]) and the [`Backends`] value the host is
 //! put together with. The embedded default ([`embedded`]) keeps everything
-//! in the data dir: SQLite plus a folder of blob files.
+//! in the data dir: SQLite plus a folder of blob files. [`sqs`] puts the
+//! users' queues on Amazon SQS, [`routed`] combines it with the embedded
+//! store for the host's own queues.
 //!
 //! Backends know nothing of wasm, functions, triggers or HTTP.
 
 pub mod embedded;
+pub mod routed;
+pub mod sqs;
 
 use crate::blobs::BlobBackend;
 use crate::clock::Clock;
@@ -40,6 +44,29 @@ impl Backends {
             queues: Arc::new(queues.clone()),
             jobs: Arc::new(queues),
             blobs: Arc::new(blobs),
+        })
+    }
+
+    /// The embedded stores in `data_dir`, with the users' queues on SQS:
+    /// the host's own queues (jobs, blob changes, timer ticks) and the job
+    /// records stay embedded.
+    pub fn embedded_with_sqs(
+        data_dir: &Path,
+        clock: Arc<dyn Clock>,
+        sqs: sqs::SqsQueues,
+    ) -> anyhow::Result<Backends> {
+        let embedded = Backends::embedded(data_dir, clock)?;
+        let queues: Arc<dyn QueueBackend> = Arc::new(routed::RoutedQueues {
+            host: embedded.queues,
+            user: Arc::new(sqs),
+        });
+        Ok(Backends {
+            jobs: Arc::new(routed::RoutedJobs {
+                store: embedded.jobs,
+                queues: queues.clone(),
+            }),
+            queues,
+            blobs: embedded.blobs,
         })
     }
 }

@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -128,6 +129,9 @@ struct ServeArgs {
     /// Where the host keeps its database, components and token.
     #[arg(long, env = "FNHOST_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The host config file: where queues live (the embedded store when absent).
+    #[arg(long, env = "FNHOST_CONFIG")]
+    config: Option<PathBuf>,
     /// How long to drain in-flight invocations on shutdown, e.g. 30s.
     #[arg(long, env = "FNHOST_STOPPING_WAIT_TIME", default_value = "30s", value_parser = humantime::parse_duration)]
     stopping_wait_time: Duration,
@@ -262,7 +266,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_pending_requests: args.max_pending_requests,
         },
     };
-    let host = crate::host::Host::builder(config).build().await?;
+    let file = match &args.config {
+        Some(path) => crate::host::config::HostFile::load(path)?,
+        None => Default::default(),
+    };
+    let backends = file
+        .backends(&data_dir, Arc::new(crate::clock::SystemClock))
+        .await?;
+    let host = crate::host::Host::builder(config)
+        .backends(backends)
+        .build()
+        .await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| {

@@ -7,6 +7,8 @@
 //! Without backends given, the host runs on the embedded default (SQLite
 //! and files in the data dir).
 
+pub mod config;
+
 use crate::backends::Backends;
 use crate::clock::SystemClock;
 use crate::dispatcher::Dispatcher;

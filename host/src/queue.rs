@@ -164,6 +164,10 @@ pub enum QueueError {
     /// The request is not acceptable; the same request will fail again.
     #[error("{0}")]
     Invalid(String),
+    /// The backend cannot do this at all (peeking into SQS, say); the
+    /// message names what it lacks.
+    #[error("{0}")]
+    Unsupported(String),
     /// The backend asks the caller to slow down (SQS throttling, say): the
     /// operation did not happen, and a retry after a while can succeed.
     #[error("the queue store is busy: {message}; retry later")]
@@ -206,7 +210,7 @@ impl QueueError {
     /// True when trying the same operation again may succeed (the store
     /// failed or was busy), false when it will not (it was refused).
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, QueueError::Invalid(_))
+        !matches!(self, QueueError::Invalid(_) | QueueError::Unsupported(_))
     }
 }
 
@@ -369,8 +373,86 @@ pub fn validate_user(queue: &str, msg: &NewMessage, now_ms: u64) -> Result<(), Q
     validate(queue, msg, now_ms)
 }
 
+/// What a backend can do for one queue: callers ask instead of assuming
+/// (the embedded store does everything; SQS has no priorities, no peeking,
+/// groups and dedup ids only on FIFO queues, and approximate counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFeatures {
+    /// Messages may have a priority.
+    pub priorities: bool,
+    /// Messages may have a group (run one at a time, in order).
+    pub groups: bool,
+    /// Messages may have a dedup id.
+    pub dedup: bool,
+    /// Messages can be looked at without leasing them.
+    pub peek: bool,
+    /// Checkpoints can be saved on a leased message.
+    pub checkpoints: bool,
+    /// `pending` is exact (not an estimate).
+    pub exact_pending: bool,
+    /// A settlement and its replies are one durable step (otherwise the
+    /// replies go first and may be sent again if the host dies in between).
+    pub atomic_replies: bool,
+    /// The largest body, in bytes.
+    pub max_body_bytes: usize,
+    /// The most messages one receive hands over.
+    pub max_receive: usize,
+    /// How long a receive waits for messages before the worker looks at
+    /// its policy again (long polling).
+    pub long_poll: Duration,
+}
+
+impl QueueFeatures {
+    /// Everything (the embedded store).
+    pub const ALL: QueueFeatures = QueueFeatures {
+        priorities: true,
+        groups: true,
+        dedup: true,
+        peek: true,
+        checkpoints: true,
+        exact_pending: true,
+        atomic_replies: true,
+        max_body_bytes: MAX_BODY_BYTES,
+        max_receive: 1000,
+        long_poll: Duration::from_millis(250),
+    };
+
+    /// Refuse a message this queue cannot carry, naming what it lacks.
+    pub fn check(&self, queue: &str, msg: &NewMessage, backend: &str) -> Result<(), QueueError> {
+        let no = |what: &str| {
+            Err(QueueError::Invalid(format!(
+                "queue {} is on {backend}, which has no {what}; send without it",
+                crate::text::quote(queue)
+            )))
+        };
+        if msg.priority != 0 && !self.priorities {
+            return no("message priorities");
+        }
+        if msg.group.is_some() && !self.groups {
+            return no("message groups on this queue (only FIFO queues have them)");
+        }
+        if msg.dedup_id.is_some() && !self.dedup {
+            return no("dedup ids on this queue (only FIFO queues have them)");
+        }
+        if msg.body.len() > self.max_body_bytes {
+            return Err(QueueError::Invalid(format!(
+                "the message body is {} bytes, over the limit of {} for queue {} on {backend}",
+                msg.body.len(),
+                self.max_body_bytes,
+                crate::text::quote(queue)
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// A durable queue store. Every method's effect is durable when it returns `Ok`.
 pub trait QueueBackend: Send + Sync {
+    /// What this backend can do for `queue`.
+    fn features(&self, queue: &str) -> QueueFeatures {
+        let _ = queue;
+        QueueFeatures::ALL
+    }
     /// Enqueue one message.
     fn send(&self, queue: &str, msg: NewMessage) -> BoxFuture<'_, Result<Sent, QueueError>>;
     /// Enqueue several messages in one durable step.

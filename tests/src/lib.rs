@@ -181,6 +181,12 @@ impl Host {
 
     /// A host on `data_dir` (which outlives it) with extra `serve` arguments.
     pub fn start_in(data_dir: &Path, args: &[&str]) -> Host {
+        Host::start_env(data_dir, args, &[])
+    }
+
+    /// [`Host::start_in`] with extra environment variables (AWS credentials
+    /// for a local server, say).
+    pub fn start_env(data_dir: &Path, args: &[&str], env: &[(String, String)]) -> Host {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -196,6 +202,7 @@ impl Host {
                 "info,fnhost::dispatcher=debug,fnhost::sandbox=debug",
             )
             .env("NO_COLOR", "1")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
@@ -383,4 +390,101 @@ impl Drop for Host {
             let _ = child.wait();
         }
     }
+}
+
+/// moto's server (SQS and S3 compatible, from PyPI) on a loopback port
+/// chosen at run time: one per test process, installed into a virtualenv
+/// by `scripts/ensure-moto` when missing. It stops within a second of the
+/// test process ending. Tests never reach real AWS.
+pub struct Moto {
+    /// The endpoint, e.g. `http://127.0.0.1:41235`.
+    pub endpoint: String,
+    /// The watchdog shell that runs moto; it ends by itself with this process.
+    _watchdog: std::sync::Mutex<Child>,
+}
+
+impl Moto {
+    /// The environment an AWS client needs to use this server: dummy
+    /// credentials, a region, the endpoint, and no instance metadata.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// A host config file in `dir` that puts queues on this server, named
+    /// with `prefix` (so tests sharing the server do not meet), with
+    /// `extra` lines under `[queues]`.
+    pub fn host_config(&self, dir: &Path, prefix: &str, extra: &str) -> PathBuf {
+        let path = dir.join("host.toml");
+        let text = format!(
+            "[queues]\nbackend = \"sqs\"\nregion = \"us-east-1\"\nendpoint = \"{}\"\nprefix = \"{prefix}\"\ncreate = true\n{extra}\n",
+            self.endpoint
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+/// The test process's moto server, started on first use.
+pub fn moto() -> &'static Moto {
+    static MOTO: OnceLock<Moto> = OnceLock::new();
+    MOTO.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/ensure-moto"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/ensure-moto");
+        assert!(out.status.success(), "installing moto failed");
+        let server = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = tempfile::NamedTempFile::new().unwrap().into_temp_path();
+        let log_path = log.keep().unwrap();
+        // A watchdog shell: moto runs while this test process lives.
+        let script = format!(
+            "\"$0\" -H 127.0.0.1 -p {port} >>{log} 2>&1 & M=$!; while kill -0 {me} 2>/dev/null; do sleep 1; done; kill $M",
+            log = log_path.display(),
+            me = std::process::id()
+        );
+        let watchdog = Command::new("sh")
+            .args(["-c", &script, &server])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let client = reqwest::blocking::Client::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if client
+                .get(format!("{endpoint}/moto-api/"))
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto_server did not answer on {endpoint} within 60 s; its log:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto {
+            endpoint,
+            _watchdog: std::sync::Mutex::new(watchdog),
+        }
+    })
 }

@@ -196,7 +196,9 @@ impl queue::Host for HostState {
             .map_err(|e| queue::QueueError::Invalid(e.to_string()))?;
         match backend.send(&queue, msg).await {
             Ok(sent) => Ok(sent.id),
-            Err(crate::queue::QueueError::Invalid(m)) => Err(queue::QueueError::Invalid(m)),
+            Err(
+                crate::queue::QueueError::Invalid(m) | crate::queue::QueueError::Unsupported(m),
+            ) => Err(queue::QueueError::Invalid(m)),
             Err(e) => {
                 tracing::error!(queue = %queue, error = %e, "a guest's queue send failed");
                 Err(queue::QueueError::Unavailable(

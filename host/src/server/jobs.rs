@@ -166,6 +166,7 @@ async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Respon
 fn job_error(e: QueueError) -> Response {
     match e {
         QueueError::Invalid(m) => bad(m),
+        QueueError::Unsupported(m) => error(StatusCode::NOT_IMPLEMENTED, "not_supported", m),
         e => {
             tracing::error!(error = %e, "job store failure");
             error(

@@ -113,6 +113,7 @@ fn dead_letter_json(d: &DeadLetter) -> Value {
 fn queue_error(e: QueueError) -> Response {
     match e {
         QueueError::Invalid(m) => error(StatusCode::BAD_REQUEST, "invalid_message", m),
+        QueueError::Unsupported(m) => error(StatusCode::NOT_IMPLEMENTED, "not_supported", m),
         e => {
             tracing::error!(error = %e, "queue store failure");
             error(

@@ -32,10 +32,6 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How long a receive waits for messages to arrive before the worker looks
-/// again (at its policy, its backlog, and delayed messages come due). A
-/// message that arrives meanwhile is handed over at once.
-const IDLE_POLL: Duration = Duration::from_millis(250);
 /// How long a partly free binding waits for more instances to free up
 /// before leasing for the ones that are.
 const REFILL_WAIT: Duration = Duration::from_millis(2);
@@ -185,7 +181,10 @@ impl Worker {
             let limit = scaler.desired().max(1) as usize;
             let running = stats.running.load(Ordering::Relaxed);
             let free = limit.saturating_sub(running);
-            let want = free.min(policy.batch_size as usize);
+            let features = backend.features(&self.queue);
+            let want = free
+                .min(policy.batch_size as usize)
+                .min(features.max_receive);
             // Every receive is a durable step (its leases are committed), so
             // while work is running, lease in batches: wait until half a batch
             // of instances is free (or a moment has passed) rather than
@@ -210,7 +209,7 @@ impl Worker {
             // Long polling: a message sent while this waits is leased to it
             // in the durable step that stores it.
             let received = tokio::select! {
-                r = backend.receive_waiting(&self.queue, want, policy.visibility_timeout, IDLE_POLL) => r,
+                r = backend.receive_waiting(&self.queue, want, policy.visibility_timeout, features.long_poll) => r,
                 () = self.shutdown.cancelled() => break,
             };
             let deliveries = match received {

@@ -18,7 +18,9 @@
 //! id), `forge-log` (stdout and a `fail` message that try to start log
 //! lines of their own), `bigfail-<kib>` (a `retry` message that long),
 //! `resources` (hold WASI pollables until the host refuses more),
-//! `headers-<n>` (an output with that many headers).
+//! `headers-<n>` (an output with that many headers). `note-<i>` and
+//! `slow-note-<i>` (a second's work first) print `processed <mode>`, so a
+//! test can see which host processed which message.
 //!
 //! Blob and timer events are recorded instead, as JSON objects in bucket
 //! `events` (keys `timer/<due>-<attempt>` and `blob/<key>/<invocation>`)
@@ -303,6 +305,14 @@ fn adversary(inv: Invocation, event: Event) -> Result<Output> {
                 out = out.with_header(&format!("x-h{i}"), "v");
             }
             Ok(out)
+        }
+        m if m.starts_with("note-") || m.starts_with("slow-note-") => {
+            // Say which message this host processed (the fleet tests read it).
+            if m.starts_with("slow-") {
+                busy(1000);
+            }
+            println!("processed {m}");
+            Ok(Output::text(m.to_string()))
         }
         m if m.starts_with("big-") => {
             let kib: usize = m[4..].parse().map_err(|_| Error::fail("big-<kib>"))?;

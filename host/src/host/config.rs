@@ -1,0 +1,205 @@
+//! The host config file (`fnhost serve --config host.toml`): where this
+//! host keeps what the manifests name. The manifests do not change; only
+//! this file does (as Spin's runtime config: the app names a store, the
+//! host config says where it lives). Without a file, everything is
+//! embedded in the data dir.
+//!
+//! ```toml
+//! [queues]
+//! backend = "sqs"                      # "embedded" (the default) or "sqs"
+//! region = "eu-west-1"                 # else the AWS chain (AWS_REGION, profile)
+//! endpoint = "http://127.0.0.1:4566"   # else AWS_ENDPOINT_URL_SQS / AWS_ENDPOINT_URL
+//! prefix = "prod-"                     # SQS name of queue `orders`: `prod-orders`
+//! fifo = ["outbox"]                    # these are FIFO queues (groups, dedup ids)
+//! create = false                       # create missing queues at first use
+//! ```
+//!
+//! Credentials come from the standard AWS chain (environment, profile,
+//! instance role); the file holds none.
+
+use crate::backends::Backends;
+use crate::backends::sqs::{SqsQueues, SqsSettings};
+use crate::clock::Clock;
+use anyhow::Context as _;
+use serde::Deserialize;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A host config file, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostFile {
+    /// Where queues live.
+    #[serde(default)]
+    pub queues: QueuesConfig,
+}
+
+/// Which backend serves queues.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueKind {
+    /// The data dir's SQLite store.
+    #[default]
+    Embedded,
+    /// Amazon SQS (the users' queues; the host's own stay embedded).
+    Sqs,
+}
+
+/// `[queues]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueuesConfig {
+    /// The backend.
+    #[serde(default)]
+    pub backend: QueueKind,
+    /// The AWS region (else the AWS chain's).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// The SQS endpoint (else `AWS_ENDPOINT_URL_SQS`, `AWS_ENDPOINT_URL`, AWS's).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Prepended to each queue's name on SQS.
+    #[serde(default)]
+    pub prefix: String,
+    /// Queues that are FIFO queues on SQS.
+    #[serde(default)]
+    pub fifo: Vec<String>,
+    /// Create missing queues at first use.
+    #[serde(default)]
+    pub create: bool,
+}
+
+impl HostFile {
+    /// Read and check `path`; errors name the file, the field and what is wrong.
+    pub fn load(path: &Path) -> anyhow::Result<HostFile> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the host config {path:?}"))?;
+        let file: HostFile = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {}",
+                path.display(),
+                crate::text::capped(e.to_string().trim().replace('\n', " "), 1024)
+            )
+        })?;
+        file.check()
+            .map_err(|(field, why)| anyhow::anyhow!("{}: {field}: {why}", path.display()))?;
+        Ok(file)
+    }
+
+    /// Everything serde cannot check.
+    fn check(&self) -> Result<(), (String, String)> {
+        let q = &self.queues;
+        let sqs_name = |s: &str| {
+            s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        };
+        if q.prefix.len() > 40 || !sqs_name(&q.prefix) {
+            return Err((
+                "queues.prefix".into(),
+                format!(
+                    "{} must be at most 40 letters, digits, '-' or '_' (SQS queue names allow no more)",
+                    crate::text::quote(&q.prefix)
+                ),
+            ));
+        }
+        for (i, name) in q.fifo.iter().enumerate() {
+            crate::names::QueueName::parse_user(name)
+                .map_err(|e| (format!("queues.fifo[{i}]"), e.to_string()))?;
+        }
+        if let Some(e) = &q.endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return Err((
+                "queues.endpoint".into(),
+                format!(
+                    "{} must be an http:// or https:// URL",
+                    crate::text::quote(e)
+                ),
+            ));
+        }
+        if q.backend == QueueKind::Embedded
+            && (q.region.is_some() || q.endpoint.is_some() || !q.fifo.is_empty() || q.create)
+        {
+            return Err((
+                "queues.backend".into(),
+                "is \"embedded\" (the default), so region, endpoint, fifo and create mean nothing; set backend = \"sqs\" or remove them".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The backends this file describes, for a host whose data lives in
+    /// `data_dir`. A backend that cannot be reached now is logged, not
+    /// fatal: the host serves the rest and its workers retry.
+    pub async fn backends(
+        &self,
+        data_dir: &Path,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Backends> {
+        match self.queues.backend {
+            QueueKind::Embedded => Backends::embedded(data_dir, clock),
+            QueueKind::Sqs => {
+                let q = &self.queues;
+                let settings = SqsSettings {
+                    prefix: q.prefix.clone(),
+                    fifo: q.fifo.clone(),
+                    create: q.create,
+                };
+                let sqs = SqsQueues::connect(
+                    q.region.clone(),
+                    q.endpoint.clone(),
+                    None,
+                    settings,
+                    clock.clone(),
+                )
+                .await?;
+                match sqs.check().await {
+                    Ok(()) => tracing::info!(prefix = %q.prefix, "queues on SQS"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "SQS cannot be reached now; queue workers will retry")
+                    }
+                }
+                Backends::embedded_with_sqs(data_dir, clock, sqs)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<HostFile> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host.toml");
+        std::fs::write(&path, text).unwrap();
+        HostFile::load(&path)
+    }
+
+    #[test]
+    fn a_host_file_names_where_queues_live_and_errors_name_the_field() {
+        let f = parse("[queues]\nbackend = \"sqs\"\nregion = \"eu-west-1\"\nprefix = \"prod-\"\nfifo = [\"outbox\"]\n").unwrap();
+        assert_eq!(f.queues.backend, QueueKind::Sqs);
+        assert_eq!(parse("").unwrap().queues.backend, QueueKind::Embedded);
+        for (text, says) in [
+            ("[queues]\nbackend = \"kafka\"\n", "unknown variant"),
+            (
+                "[queues]\nbackend = \"sqs\"\nprefix = \"a.b\"\n",
+                "queues.prefix",
+            ),
+            (
+                "[queues]\nbackend = \"sqs\"\nfifo = [\"fnhost-jobs-a\"]\n",
+                "queues.fifo[0]",
+            ),
+            (
+                "[queues]\nbackend = \"sqs\"\nendpoint = \"localhost:4566\"\n",
+                "queues.endpoint",
+            ),
+            ("[queues]\nregion = \"eu-west-1\"\n", "queues.backend"),
+            ("[queue]\n", "unknown field"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains("host.toml") && e.contains(says), "{text}: {e}");
+        }
+    }
+}
