@@ -8,8 +8,10 @@
 //!
 //! Backends know nothing of wasm, functions, triggers or HTTP.
 
+pub mod aws;
 pub mod embedded;
 pub mod routed;
+pub mod s3state;
 pub mod sqs;
 
 use crate::blobs::BlobBackend;
@@ -59,11 +61,39 @@ impl Backends {
         let queues: Arc<dyn QueueBackend> = Arc::new(routed::RoutedQueues {
             host: embedded.queues,
             user: Arc::new(sqs),
+            jobs_on_user: false,
         });
         Ok(Backends {
             jobs: Arc::new(routed::RoutedJobs {
                 store: embedded.jobs,
                 queues: queues.clone(),
+            }),
+            queues,
+            blobs: embedded.blobs,
+        })
+    }
+
+    /// A fleet host: users' queues and the job queues on SQS, job records
+    /// in `state` (S3), so any host can take a job and any host answers
+    /// for its record; blob changes and timer ticks stay in this host's
+    /// embedded store.
+    pub fn fleet(
+        data_dir: &Path,
+        clock: Arc<dyn Clock>,
+        sqs: sqs::SqsQueues,
+        state: Arc<dyn crate::state::StateStore>,
+    ) -> anyhow::Result<Backends> {
+        let embedded = Backends::embedded(data_dir, clock.clone())?;
+        let queues: Arc<dyn QueueBackend> = Arc::new(routed::RoutedQueues {
+            host: embedded.queues,
+            user: Arc::new(sqs),
+            jobs_on_user: true,
+        });
+        Ok(Backends {
+            jobs: Arc::new(crate::jobs::shared::SharedJobs {
+                state,
+                queues: queues.clone(),
+                clock,
             }),
             queues,
             blobs: embedded.blobs,

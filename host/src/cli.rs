@@ -132,6 +132,10 @@ struct ServeArgs {
     /// The host config file: where queues live (the embedded store when absent).
     #[arg(long, env = "FNHOST_CONFIG")]
     config: Option<PathBuf>,
+    /// What this host does: `api` (HTTP triggers, admin API; enqueues async
+    /// jobs), `worker` (queues, blob triggers, timers; admin API), or `both`.
+    #[arg(long, env = "FNHOST_ROLE", value_enum, default_value_t = crate::host::Role::Both)]
+    role: crate::host::Role,
     /// How long to drain in-flight invocations on shutdown, e.g. 30s.
     #[arg(long, env = "FNHOST_STOPPING_WAIT_TIME", default_value = "30s", value_parser = humantime::parse_duration)]
     stopping_wait_time: Duration,
@@ -264,12 +268,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             header_read_timeout: args.header_read_timeout,
             body_read_timeout: args.body_read_timeout,
             max_pending_requests: args.max_pending_requests,
+            http_triggers: true,
         },
+        role: args.role,
     };
     let file = match &args.config {
         Some(path) => crate::host::config::HostFile::load(path)?,
-        None => Default::default(),
+        None => crate::host::config::HostFile::default(),
     };
+    if args.role == crate::host::Role::Api && !file.shares_queues() {
+        anyhow::bail!(
+            "--role api runs no queue workers, so its async jobs and queue messages need workers on the same queues; \
+             give a host config with [queues] backend = \"sqs\" (--config), or use --role both"
+        );
+    }
     let backends = file
         .backends(&data_dir, Arc::new(crate::clock::SystemClock))
         .await?;

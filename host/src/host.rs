@@ -40,6 +40,35 @@ pub struct HostConfig {
     pub callbacks: CallbackPolicy,
     /// The HTTP server's settings.
     pub server: ServerConfig,
+    /// What this host does: serve HTTP, run background work, or both.
+    pub role: Role,
+}
+
+/// What a host of a fleet does, so that the web-facing and the background
+/// halves scale apart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// HTTP triggers and the admin API; async jobs are enqueued for
+    /// workers. No queue workers, blob triggers or timers run here.
+    Api,
+    /// Queue workers, blob triggers and timers, and the admin API (deploy,
+    /// status, health); HTTP triggers are not served.
+    Worker,
+    /// Everything (the default).
+    #[default]
+    Both,
+}
+
+impl Role {
+    /// Does this host serve HTTP triggers?
+    pub fn serves_http(self) -> bool {
+        self != Role::Worker
+    }
+
+    /// Does this host run queue workers, blob triggers and timers?
+    pub fn runs_background(self) -> bool {
+        self != Role::Api
+    }
 }
 
 impl HostConfig {
@@ -53,6 +82,7 @@ impl HostConfig {
             job_retention: Duration::from_secs(24 * 60 * 60),
             callbacks: CallbackPolicy::default(),
             server: ServerConfig::new(token),
+            role: Role::Both,
         }
     }
 }
@@ -145,7 +175,13 @@ impl Host {
 
     /// Start the background triggers (queue workers, the blob feed, timers)
     /// until `shutdown`; the tracker holds their in-flight invocations.
+    /// A host in the api role starts none: the tracker is empty.
     pub fn start_triggers(&self, shutdown: CancellationToken) -> TaskTracker {
+        if !self.config.role.runs_background() {
+            let none = TaskTracker::new();
+            none.close();
+            return none;
+        }
         crate::triggers::Supervisor::spawn(self.dispatcher.clone(), shutdown)
     }
 
@@ -157,13 +193,8 @@ impl Host {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let background = self.start_triggers(shutdown.clone());
-        crate::server::serve(
-            listener,
-            self.dispatcher,
-            self.config.server,
-            shutdown,
-            background,
-        )
-        .await
+        let mut server = self.config.server;
+        server.http_triggers = self.config.role.serves_http();
+        crate::server::serve(listener, self.dispatcher, server, shutdown, background).await
     }
 }

@@ -9,10 +9,24 @@
 //! nothing of wasm or HTTP.
 
 pub mod callback;
+pub mod shared;
 
 use crate::queue::{NewMessage, QueueError, Receipt, Settlement};
 use crate::task::BoxFuture;
 use serde::Serialize;
+
+/// The attribute that names a job on its message, when the message id is
+/// not the job id (a job queue on SQS, whose ids SQS chooses).
+pub const JOB_ATTRIBUTE: &str = "fnhost-job";
+
+/// The job a message of a job queue is for.
+pub fn job_id(m: &crate::queue::Message) -> String {
+    m.attributes
+        .iter()
+        .find(|(k, _)| k == JOB_ATTRIBUTE)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| m.id.clone())
+}
 
 /// How the host keeps async jobs: how long finished records stay, and
 /// what completion callbacks may reach.
@@ -35,7 +49,7 @@ impl JobSettings {
 }
 
 /// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     /// Waiting for a free instance (or for its retry backoff).
@@ -102,7 +116,7 @@ pub struct NewJob {
 }
 
 /// A job's record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct JobRecord {
     /// The job id (also its message id).
     pub id: String,

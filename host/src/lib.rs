@@ -14,6 +14,7 @@
 //! - [`jobs`]: async job records and their store trait; completion callbacks;
 //! - [`queue`], [`blobs`]: the queue and blob backend traits, their types and validation;
 //! - [`registry`]: deployed functions and their versions, on disk;
+//! - [`state`]: shared documents with conditional writes (a fleet's job records);
 //! - [`capabilities`]: grants, checked in one place for every guest call;
 //! - [`names`]: function, queue and bucket names; the host's own queues;
 //! - [`text`], [`clock`], [`task`], [`files`]: leaves every layer shares.
@@ -34,6 +35,7 @@ pub mod queue;
 pub mod registry;
 pub mod sandbox;
 pub mod server;
+pub mod state;
 pub mod task;
 pub mod text;
 pub mod triggers;

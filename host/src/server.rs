@@ -48,6 +48,9 @@ pub struct ServerConfig {
     /// HTTP invocations that may wait for a free instance; one more is
     /// answered 503 with `Retry-After`.
     pub max_pending_requests: usize,
+    /// Serve HTTP triggers (false on a host in the worker role: every
+    /// route then answers 404 `worker_role`).
+    pub http_triggers: bool,
 }
 
 impl ServerConfig {
@@ -62,6 +65,7 @@ impl ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             max_pending_requests: 512,
+            http_triggers: true,
         }
     }
 }

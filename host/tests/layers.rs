@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     // Names of functions, queues and buckets; the host's own queues.
     &["names"],
     // The backend seams (traits and their data), the registry, grants.
-    &["queue", "blobs", "registry", "capabilities"],
+    &["queue", "blobs", "registry", "capabilities", "state"],
     // Job records (a seam over the queue's types).
     &["jobs"],
     // What runs: the execution seam's data and trait.

@@ -103,3 +103,97 @@ fn three_hosts_compete_for_one_sqs_queue_and_one_killed_loses_nothing() {
     let stats = hosts[0].admin("GET", "/v1/queues/work", "").json();
     assert_eq!(stats["ready"], 0, "{stats}");
 }
+
+const ADVERSARY: &str = "name = \"adv\"\n[[triggers.http]]\npath = \"/adv/{mode}\"\n";
+
+/// `[state]` on the moto server's S3, in a bucket of this test's own.
+fn shared_state(bucket: &str) -> String {
+    format!("[state]\nbackend = \"s3\"\nbucket = \"{bucket}\"\ncreate = true\n")
+}
+
+#[test]
+fn an_api_host_enqueues_jobs_that_workers_run_and_any_host_reports() {
+    let g = guests();
+    let moto = moto();
+    let prefix = format!("roles{}-", std::process::id());
+    let bucket = format!("roles-{}", std::process::id());
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let start = |d: &tempfile::TempDir, role: &str| {
+        let config = moto.host_config(d.path(), &prefix, &shared_state(&bucket));
+        Host::start_env(
+            d.path(),
+            &["--config", config.to_str().unwrap(), "--role", role],
+            &moto.env(),
+        )
+    };
+    let api = start(&dirs[0], "api");
+    let workers = [start(&dirs[1], "worker"), start(&dirs[2], "worker")];
+    for h in [&api, &workers[0], &workers[1]] {
+        h.deploy_ok(ADVERSARY, &g.adversary);
+    }
+
+    // The api host answers HTTP triggers; a worker refuses them by name.
+    let r = api.post("/adv/ok", "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = workers[0].post("/adv/ok", "");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["code"], "worker_role", "{}", r.text());
+
+    // Jobs submitted on the api host run on the workers, and every host
+    // reports the same record.
+    let mut ids = Vec::new();
+    for input in ["progress", "progress", "progress", "fail"] {
+        let r = api.admin(
+            "POST",
+            "/v1/functions/adv/jobs",
+            json!({ "input": input }).to_string(),
+        );
+        assert_eq!(r.status, 202, "{}", r.text());
+        ids.push(r.json()["id"].as_str().unwrap().to_string());
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let done = workers[1].wait_for(60, "the job to finish", |h| {
+            let v = h.admin("GET", &format!("/v1/jobs/{id}"), "").json();
+            matches!(v["state"].as_str(), Some("succeeded" | "failed" | "dead")).then_some(v)
+        });
+        if i < 3 {
+            assert_eq!(done["state"], "succeeded", "{done}");
+            assert_eq!(done["progress"], 100);
+            assert_eq!(done["result"]["body"], "done");
+        } else {
+            assert_eq!(done["state"], "failed", "{done}");
+            assert_eq!(done["error"], "the job failed: this input can never work");
+        }
+        for h in [&api, &workers[0]] {
+            let v = h.admin("GET", &format!("/v1/jobs/{id}"), "").json();
+            assert_eq!(v, done, "every host reports the same record");
+        }
+    }
+    // The api host ran the HTTP request and no job; the workers ran them.
+    let started = |h: &Host| h.log().matches("invocation started").count();
+    assert_eq!(started(&api), 1, "{}", api.log());
+    assert_eq!(started(&workers[0]) + started(&workers[1]), 4);
+}
+
+#[test]
+fn an_api_host_without_shared_queues_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(fnhost_tests::fnhost_bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--role",
+            "api",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--role api") && err.contains("backend = \"sqs\""),
+        "{err}"
+    );
+}

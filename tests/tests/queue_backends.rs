@@ -41,9 +41,11 @@ async fn sqs(name: &str) -> Under {
         create: true,
     };
     let q = SqsQueues::connect(
-        Some("us-east-1".into()),
-        Some(moto.endpoint.clone()),
-        Some(("testing".into(), "testing".into())),
+        fnhost::backends::aws::Target {
+            region: Some("us-east-1".into()),
+            endpoint: Some(moto.endpoint.clone()),
+            keys: Some(("testing".into(), "testing".into())),
+        },
         settings,
         Arc::new(SystemClock),
     )

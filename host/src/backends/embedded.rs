@@ -5,6 +5,8 @@
 
 pub mod blobs;
 pub mod queues;
+pub mod state;
 
 pub use blobs::EmbeddedBlobs;
 pub use queues::EmbeddedQueues;
+pub use state::EmbeddedState;

@@ -12,20 +12,29 @@ use crate::task::BoxFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Host queues on `host`, user queues on `user`.
+/// Host queues on `host`, user queues on `user` (and the job queues too,
+/// when the job records are shared by a fleet).
 pub struct RoutedQueues {
     /// The host's own queues.
     pub host: Arc<dyn QueueBackend>,
     /// Everything else.
     pub user: Arc<dyn QueueBackend>,
+    /// Job queues (`fnhost-jobs-…`) go to `user` as well.
+    pub jobs_on_user: bool,
 }
 
 const HOST: &str = "h:";
 const USER: &str = "u:";
 
 impl RoutedQueues {
+    /// Does `queue` live on the host side?
+    fn on_host(&self, queue: &str) -> bool {
+        crate::names::is_host_queue(queue)
+            && !(self.jobs_on_user && crate::names::job_function(queue).is_some())
+    }
+
     fn of(&self, queue: &str) -> (&dyn QueueBackend, &'static str) {
-        if crate::names::is_host_queue(queue) {
+        if self.on_host(queue) {
             (self.host.as_ref(), HOST)
         } else {
             (self.user.as_ref(), USER)

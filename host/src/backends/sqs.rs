@@ -86,34 +86,15 @@ impl SqsQueues {
         }
     }
 
-    /// A backend for `region` at `endpoint` (each from the AWS chain and
-    /// `AWS_ENDPOINT_URL*` when not given), with credentials from the chain
-    /// unless `keys` (an access key id and secret, for a local test server)
-    /// are given.
+    /// A backend for `target` (see [`aws::Target`](super::aws::Target)).
     pub async fn connect(
-        region: Option<String>,
-        endpoint: Option<String>,
-        keys: Option<(String, String)>,
+        target: super::aws::Target,
         settings: SqsSettings,
         clock: Arc<dyn Clock>,
     ) -> Result<SqsQueues, QueueError> {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some((id, secret)) = keys {
-            let keys = aws_sdk_sqs::config::Credentials::new(id, secret, None, None, "fnhost");
-            loader = loader.credentials_provider(keys);
-        }
-        if let Some(region) = region {
-            loader = loader.region(aws_config::Region::new(region));
-        }
-        if let Some(endpoint) = endpoint {
-            loader = loader.endpoint_url(endpoint);
-        }
-        let sdk = loader.load().await;
-        if sdk.region().is_none() {
-            return Err(QueueError::Invalid(
-                "no AWS region for SQS: set `region` under [queues] in the host config, or AWS_REGION".into(),
-            ));
-        }
+        let sdk = super::aws::sdk_config(target, "queues")
+            .await
+            .map_err(QueueError::Invalid)?;
         Ok(SqsQueues::new(&sdk, settings, clock))
     }
 

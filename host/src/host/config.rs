@@ -5,6 +5,11 @@
 //! embedded in the data dir.
 //!
 //! ```toml
+//! [state]                              # job records shared by a fleet
+//! backend = "s3"                       # "embedded" (the default) or "s3"
+//! bucket = "my-fnhost-state"           # region and endpoint default to [queues]'s
+//! prefix = "prod/"
+//!
 //! [queues]
 //! backend = "sqs"                      # "embedded" (the default) or "sqs"
 //! region = "eu-west-1"                 # else the AWS chain (AWS_REGION, profile)
@@ -18,6 +23,8 @@
 //! instance role); the file holds none.
 
 use crate::backends::Backends;
+use crate::backends::aws::Target;
+use crate::backends::s3state::S3State;
 use crate::backends::sqs::{SqsQueues, SqsSettings};
 use crate::clock::Clock;
 use anyhow::Context as _;
@@ -32,6 +39,44 @@ pub struct HostFile {
     /// Where queues live.
     #[serde(default)]
     pub queues: QueuesConfig,
+    /// Where shared state (job records) lives.
+    #[serde(default)]
+    pub state: StateConfig,
+}
+
+/// Which backend keeps shared state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateKind {
+    /// This host's embedded store (nothing shared).
+    #[default]
+    Embedded,
+    /// An S3 bucket every host of the fleet uses.
+    S3,
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// The backend.
+    #[serde(default)]
+    pub backend: StateKind,
+    /// The bucket.
+    #[serde(default)]
+    pub bucket: String,
+    /// Prepended to every key.
+    #[serde(default)]
+    pub prefix: String,
+    /// The AWS region (else `[queues]`'s, else the AWS chain's).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// The S3 endpoint (else `[queues]`'s host, else the AWS chain's).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Create the bucket if it is missing.
+    #[serde(default)]
+    pub create: bool,
 }
 
 /// Which backend serves queues.
@@ -117,6 +162,36 @@ impl HostFile {
                 ),
             ));
         }
+        let st = &self.state;
+        if st.backend == StateKind::S3 {
+            if q.backend != QueueKind::Sqs {
+                return Err((
+                    "state.backend".into(),
+                    "\"s3\" shares job records across a fleet, whose job queues must be shared too; set backend = \"sqs\" under [queues]".into(),
+                ));
+            }
+            let bucket_ok = (3..=63).contains(&st.bucket.len())
+                && st.bucket.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.')
+                });
+            if !bucket_ok {
+                return Err((
+                    "state.bucket".into(),
+                    format!(
+                        "{} is not an S3 bucket name; use 3-63 lower-case letters, digits, '-' and '.'",
+                        crate::text::quote(&st.bucket)
+                    ),
+                ));
+            }
+            if !st.prefix.is_empty()
+                && crate::state::validate_key(&format!("{}x", st.prefix)).is_err()
+            {
+                return Err((
+                    "state.prefix".into(),
+                    format!("{} is not a key prefix", crate::text::quote(&st.prefix)),
+                ));
+            }
+        }
         if q.backend == QueueKind::Embedded
             && (q.region.is_some() || q.endpoint.is_some() || !q.fifo.is_empty() || q.create)
         {
@@ -126,6 +201,11 @@ impl HostFile {
             ));
         }
         Ok(())
+    }
+
+    /// Are queues shared with other hosts (SQS)?
+    pub fn shares_queues(&self) -> bool {
+        self.queues.backend == QueueKind::Sqs
     }
 
     /// The backends this file describes, for a host whose data lives in
@@ -145,21 +225,43 @@ impl HostFile {
                     fifo: q.fifo.clone(),
                     create: q.create,
                 };
-                let sqs = SqsQueues::connect(
-                    q.region.clone(),
-                    q.endpoint.clone(),
-                    None,
-                    settings,
-                    clock.clone(),
-                )
-                .await?;
+                let target = Target {
+                    region: q.region.clone(),
+                    endpoint: q.endpoint.clone(),
+                    keys: None,
+                };
+                let sqs = SqsQueues::connect(target, settings, clock.clone()).await?;
                 match sqs.check().await {
                     Ok(()) => tracing::info!(prefix = %q.prefix, "queues on SQS"),
                     Err(e) => {
                         tracing::error!(error = %e, "SQS cannot be reached now; queue workers will retry")
                     }
                 }
-                Backends::embedded_with_sqs(data_dir, clock, sqs)
+                if self.state.backend == StateKind::Embedded {
+                    return Backends::embedded_with_sqs(data_dir, clock, sqs);
+                }
+                let st = &self.state;
+                let target = Target {
+                    region: st.region.clone().or_else(|| q.region.clone()),
+                    endpoint: st.endpoint.clone().or_else(|| q.endpoint.clone()),
+                    keys: None,
+                };
+                let state = S3State::connect(target, st.bucket.clone(), st.prefix.clone())
+                    .await
+                    .context("host.toml: [state]")?;
+                let ready = match st.create {
+                    true => state.create_bucket().await,
+                    false => state.check().await,
+                };
+                match ready {
+                    Ok(()) => {
+                        tracing::info!(bucket = %st.bucket, prefix = %st.prefix, "shared state on S3")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "S3 cannot be reached now; job submissions and status will fail until it can")
+                    }
+                }
+                Backends::fleet(data_dir, clock, sqs, Arc::new(state))
             }
         }
     }
@@ -197,6 +299,14 @@ mod tests {
             ),
             ("[queues]\nregion = \"eu-west-1\"\n", "queues.backend"),
             ("[queue]\n", "unknown field"),
+            (
+                "[state]\nbackend = \"s3\"\nbucket = \"b-1\"\n",
+                "state.backend",
+            ),
+            (
+                "[queues]\nbackend = \"sqs\"\n[state]\nbackend = \"s3\"\nbucket = \"B\"\n",
+                "state.bucket",
+            ),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains("host.toml") && e.contains(says), "{text}: {e}");

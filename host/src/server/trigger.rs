@@ -16,6 +16,13 @@ use axum::response::{IntoResponse, Response};
 
 /// The fallback handler: route, invoke, respond.
 pub(crate) async fn handle(State(state): State<AppState>, req: Request) -> Response {
+    if !state.config.http_triggers {
+        return error(
+            StatusCode::NOT_FOUND,
+            "worker_role",
+            "this host runs in the worker role and serves no HTTP triggers; send the request to a host in the api (or default) role",
+        );
+    }
     let routes = state.dispatcher.routes();
     let path = req.uri().path().to_string();
     let Ok(matched) = routes.at(&path) else {

@@ -134,8 +134,12 @@ impl Reporter for DeliveryReporter {
 impl Settle {
     /// Process one delivery, step by step (see the module docs).
     pub(super) async fn process(self, d: Delivery, slot: Slot) {
-        let job: Job = matches!(self.policy.source, Source::Jobs)
-            .then(|| (self.dispatcher.jobs().clone(), d.message.id.clone()));
+        let job: Job = matches!(self.policy.source, Source::Jobs).then(|| {
+            (
+                self.dispatcher.jobs().clone(),
+                crate::jobs::job_id(&d.message),
+            )
+        });
         let Some(event) = self.receive(&d, &job).await else {
             return;
         };
@@ -168,6 +172,17 @@ impl Settle {
             }
         };
         if let Some((jobs, id)) = job {
+            // A redelivery of a job whose end is already recorded (a host
+            // died between recording it and settling the message, where
+            // the two are not one step): acknowledge it, do not run it again.
+            if m.dequeue_count > 1
+                && let Ok(Some(record)) = jobs.get(id.clone()).await
+                && record.state.is_final()
+            {
+                tracing::info!(job = %id, "the job already ended; acknowledging its redelivered message");
+                let _ = self.backend.ack(d.receipt.clone()).await;
+                return None;
+            }
             let started = JobUpdate::Started {
                 attempt: m.dequeue_count,
             };

@@ -1,0 +1,40 @@
+//! Where an AWS backend connects: the SDK config that the SQS and S3
+//! backends share, from what the host config names and the standard AWS
+//! chain (environment, profile, instance role, `AWS_ENDPOINT_URL*`) for
+//! the rest.
+
+/// What a host config says about reaching one AWS service.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    /// The region; else the chain's (`AWS_REGION`, the profile).
+    pub region: Option<String>,
+    /// The endpoint; else the chain's (`AWS_ENDPOINT_URL_<SERVICE>`,
+    /// `AWS_ENDPOINT_URL`), else the service's public one.
+    pub endpoint: Option<String>,
+    /// An access key id and secret (for a local test server); else the
+    /// chain's credentials.
+    pub keys: Option<(String, String)>,
+}
+
+/// The SDK config for `target`; an error, naming `section` of the host
+/// config, when no region can be found.
+pub async fn sdk_config(target: Target, section: &str) -> Result<aws_config::SdkConfig, String> {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some((id, secret)) = target.keys {
+        let keys = aws_sdk_sqs::config::Credentials::new(id, secret, None, None, "fnhost");
+        loader = loader.credentials_provider(keys);
+    }
+    if let Some(region) = target.region {
+        loader = loader.region(aws_config::Region::new(region));
+    }
+    if let Some(endpoint) = target.endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    let sdk = loader.load().await;
+    if sdk.region().is_none() {
+        return Err(format!(
+            "no AWS region: set `region` under [{section}] in the host config, or AWS_REGION"
+        ));
+    }
+    Ok(sdk)
+}
