@@ -30,6 +30,9 @@ pub struct Backends {
     pub jobs: Arc<dyn JobStore>,
     /// Buckets of objects and their change feed.
     pub blobs: Arc<dyn BlobBackend>,
+    /// What a fleet shares (deployments, with their components): `None`
+    /// for a host on its own.
+    pub fleet: Option<Arc<dyn crate::state::StateStore>>,
 }
 
 impl Backends {
@@ -46,6 +49,7 @@ impl Backends {
             queues: Arc::new(queues.clone()),
             jobs: Arc::new(queues),
             blobs: Arc::new(blobs),
+            fleet: None,
         })
     }
 
@@ -70,13 +74,14 @@ impl Backends {
             }),
             queues,
             blobs: embedded.blobs,
+            fleet: None,
         })
     }
 
     /// A fleet host: users' queues and the job queues on SQS, job records
-    /// in `state` (S3), so any host can take a job and any host answers
-    /// for its record; blob changes and timer ticks stay in this host's
-    /// embedded store.
+    /// and deployments in `state` (S3), so any host can take a job, any
+    /// host answers for its record, and a deploy to one host reaches all;
+    /// blob changes and timer ticks stay in this host's embedded store.
     pub fn fleet(
         data_dir: &Path,
         clock: Arc<dyn Clock>,
@@ -91,12 +96,13 @@ impl Backends {
         });
         Ok(Backends {
             jobs: Arc::new(crate::jobs::shared::SharedJobs {
-                state,
+                state: state.clone(),
                 queues: queues.clone(),
                 clock,
             }),
             queues,
             blobs: embedded.blobs,
+            fleet: Some(state),
         })
     }
 }

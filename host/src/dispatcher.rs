@@ -8,6 +8,10 @@
 //! Triggers ask it to [`Dispatcher::invoke`]; it knows nothing of HTTP or
 //! of wasm (that is the executor's).
 
+mod fleet;
+
+pub use fleet::FOLLOW_INTERVAL;
+
 use crate::backends::Backends;
 use crate::clock::now_ms;
 use crate::exec::{
@@ -59,6 +63,9 @@ pub enum DeployError {
     /// Storage failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// The fleet's shared state refused or failed.
+    #[error("the fleet's shared state: {0}")]
+    Shared(#[from] crate::state::StateError),
 }
 
 /// Active functions, routes and the concurrency cap.
@@ -75,6 +82,10 @@ pub struct Dispatcher {
     blobs: Arc<dyn crate::blobs::BlobBackend>,
     /// Bumped whenever the active set changes, so triggers can follow.
     changes: watch::Sender<u64>,
+    /// Where a fleet's deployments are shared (`None` on a host alone).
+    fleet: Option<Arc<dyn crate::state::StateStore>>,
+    /// The version of each fleet record this host last applied.
+    seen: std::sync::Mutex<HashMap<String, String>>,
     bindings: std::sync::Mutex<HashMap<(String, String), Arc<BindingStats>>>,
 }
 
@@ -131,6 +142,8 @@ impl Dispatcher {
             jobs: backends.jobs,
             job_settings,
             blobs: backends.blobs,
+            fleet: backends.fleet,
+            seen: Default::default(),
             changes: watch::Sender::new(0),
             bindings: Default::default(),
         });
@@ -190,14 +203,22 @@ impl Dispatcher {
         candidate.remove(&name);
         let probe = build_routes_with(&candidate, Some((&name, &manifest.triggers.http)))
             .map_err(DeployError::Conflict)?;
-        let registry = self.registry.clone();
-        let size = wasm.len() as u64;
-        let (n, text) = (name.clone(), manifest_text);
-        let record = blocking(move || -> Result<VersionRecord, RegistryError> {
-            let digest = registry.store_component(&wasm)?;
-            registry.add_version(&n, &digest, &text, size)
-        })
-        .await?;
+        let record = match self.fleet.clone() {
+            Some(fleet) => {
+                self.deploy_shared(fleet.as_ref(), &name, manifest_text, wasm)
+                    .await?
+            }
+            None => {
+                let registry = self.registry.clone();
+                let size = wasm.len() as u64;
+                let (n, text) = (name.clone(), manifest_text);
+                blocking(move || -> Result<VersionRecord, RegistryError> {
+                    let digest = registry.store_component(&wasm)?;
+                    registry.add_version(&n, &digest, &text, size)
+                })
+                .await?
+            }
+        };
         let deployed = Arc::new(Deployed {
             profile: Arc::new(manifest.profile(record.version, &record.digest)),
             manifest,
@@ -215,6 +236,10 @@ impl Dispatcher {
         to: Option<u32>,
     ) -> Result<Arc<Deployed>, DeployError> {
         let _admin = self.admin.lock().await;
+        if let Some(fleet) = self.fleet.clone() {
+            let record = self.rollback_shared(fleet.as_ref(), name, to).await?;
+            return self.activate(record).await;
+        }
         let current = self.get(name).ok_or_else(|| {
             DeployError::NotFound(format!(
                 "no function named {} is deployed",
@@ -249,15 +274,22 @@ impl Dispatcher {
         let record = blocking(move || registry.version(&n, target))
             .await?
             .ok_or_else(|| DeployError::NotFound(format!("{name:?} has no version {target}")))?;
+        self.activate(record).await
+    }
+
+    /// Load a stored version and make it the active one here.
+    async fn activate(&self, record: VersionRecord) -> Result<Arc<Deployed>, DeployError> {
+        let name = record.name.clone();
+        let target = record.version;
         let deployed = Arc::new(self.load(record).await?);
         let mut candidate = self.active.read().unwrap().clone();
-        candidate.remove(name);
-        let routes = build_routes_with(&candidate, Some((name, &deployed.manifest.triggers.http)))
+        candidate.remove(&name);
+        let routes = build_routes_with(&candidate, Some((&name, &deployed.manifest.triggers.http)))
             .map_err(DeployError::Conflict)?;
         let registry = self.registry.clone();
-        let n = name.to_string();
+        let n = name.clone();
         blocking(move || registry.activate(&n, target)).await?;
-        self.swap(name, Some(deployed.clone()), Some(routes));
+        self.swap(&name, Some(deployed.clone()), Some(routes));
         self.forget_timer_unless_scheduled(&deployed).await?;
         Ok(deployed)
     }
@@ -276,13 +308,26 @@ impl Dispatcher {
     /// Remove a function and all its versions.
     pub async fn remove(&self, name: &str) -> Result<(), DeployError> {
         let _admin = self.admin.lock().await;
-        let registry = self.registry.clone();
-        let n = name.to_string();
-        if !blocking(move || registry.remove(&n)).await? {
+        let shared = match self.fleet.clone() {
+            Some(fleet) => self.remove_shared(fleet.as_ref(), name).await?,
+            None => false,
+        };
+        if !self.remove_here(name).await? && !shared {
             return Err(DeployError::NotFound(format!(
                 "no function named {} is deployed",
                 crate::text::quote(name)
             )));
+        }
+        Ok(())
+    }
+
+    /// Remove a function and all its versions from this host; false when
+    /// it has none.
+    async fn remove_here(&self, name: &str) -> Result<bool, DeployError> {
+        let registry = self.registry.clone();
+        let n = name.to_string();
+        if !blocking(move || registry.remove(&n)).await? {
+            return Ok(false);
         }
         self.swap(name, None, None);
         // Its blob triggers' progress goes with it (the function is gone;
@@ -290,7 +335,7 @@ impl Dispatcher {
         if let Err(e) = self.blobs.forget_function(name).await {
             tracing::warn!(function = %name, error = %e, "removed, but cannot forget its blob trigger receipts");
         }
-        Ok(())
+        Ok(true)
     }
 
     fn swap(

@@ -146,6 +146,10 @@ impl HostBuilder {
             callbacks: Arc::new(Callbacks::new(config.callbacks.clone())),
         };
         let dispatcher = Dispatcher::start(executor, registry, backends, jobs).await?;
+        // A fleet host takes the fleet's deployments before it serves.
+        if let Err(e) = dispatcher.sync_fleet().await {
+            tracing::error!(error = %e, "cannot read the fleet's deployments now; serving what this host has, and trying again");
+        }
         Ok(Host {
             config,
             dispatcher,
@@ -193,6 +197,7 @@ impl Host {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let background = self.start_triggers(shutdown.clone());
+        tokio::spawn(self.dispatcher.clone().follow_fleet(shutdown.clone()));
         let mut server = self.config.server;
         server.http_triggers = self.config.role.serves_http();
         crate::server::serve(listener, self.dispatcher, server, shutdown, background).await

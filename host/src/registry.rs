@@ -6,7 +6,7 @@
 //! sandbox's job) or HTTP. Calls block: run them on a blocking thread.
 
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -27,7 +27,7 @@ pub enum RegistryError {
 }
 
 /// One deployed version of a function.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionRecord {
     /// The function's name.
     pub name: String,
@@ -234,6 +234,52 @@ impl Registry {
         Ok(out)
     }
 
+    /// Make the versions of `name` exactly `versions` (as numbered
+    /// elsewhere: a fleet's shared record) with `active` the active one,
+    /// in one transaction: versions missing here are added, versions here
+    /// that are not there (or differ) are dropped. Their components must
+    /// be stored already.
+    pub fn mirror(
+        &self,
+        name: &str,
+        versions: &[VersionRecord],
+        active: u32,
+    ) -> Result<(), RegistryError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let here: Vec<VersionRecord> = {
+            let mut stmt = tx.prepare(
+                "SELECT name, version, digest, manifest, size, created_at_ms FROM versions WHERE name = ?1",
+            )?;
+            stmt.query_map([name], row_to_version)?
+                .collect::<Result<_, _>>()?
+        };
+        for stale in here.iter().filter(|h| !versions.contains(h)) {
+            tx.execute(
+                "DELETE FROM versions WHERE name = ?1 AND version = ?2",
+                params![name, stale.version],
+            )?;
+        }
+        for v in versions.iter().filter(|v| !here.contains(v)) {
+            tx.execute(
+                "INSERT INTO versions (name, version, digest, manifest, size, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![name, v.version, v.digest, v.manifest, v.size, v.created_at_ms],
+            )?;
+        }
+        tx.execute(
+            "INSERT INTO functions (name, active_version) VALUES (?1, ?2)
+             ON CONFLICT(name) DO UPDATE SET active_version = excluded.active_version",
+            params![name, active],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Does the component `digest` exist here?
+    pub fn has_component(&self, digest: &str) -> bool {
+        self.component_path(digest).exists()
+    }
+
     /// Make `version` of `name` active.
     pub fn activate(&self, name: &str, version: u32) -> Result<(), RegistryError> {
         self.db().execute(
@@ -390,5 +436,35 @@ mod tests {
         assert!(!reg.remove("a").unwrap());
         assert_eq!(reg.component(&active[1].digest).unwrap(), b"one");
         assert_eq!(reg.functions().unwrap().len(), 1);
+
+        let (d1, d2) = (
+            reg.store_component(b"one").unwrap(),
+            reg.store_component(b"two").unwrap(),
+        );
+        // Mirroring another registry's history replaces this one's.
+        let theirs = vec![
+            VersionRecord {
+                name: "b".into(),
+                version: 1,
+                digest: d2.clone(),
+                manifest: "name = \"b\"".into(),
+                size: 3,
+                created_at_ms: 5,
+            },
+            VersionRecord {
+                name: "b".into(),
+                version: 4,
+                digest: d1.clone(),
+                manifest: "name = \"b\"".into(),
+                size: 3,
+                created_at_ms: 6,
+            },
+        ];
+        reg.mirror("b", &theirs, 4).unwrap();
+        assert_eq!(reg.version("b", 1).unwrap().as_ref(), Some(&theirs[0]));
+        assert_eq!(reg.functions().unwrap()[0].versions, [1, 4]);
+        assert_eq!(reg.active_versions().unwrap()[0], theirs[1]);
+        reg.mirror("b", &theirs[1..], 4).unwrap();
+        assert_eq!(reg.version("b", 1).unwrap(), None);
     }
 }

@@ -19,6 +19,16 @@ pub struct Versioned {
     pub version: String,
 }
 
+/// A key found by [`StateStore::list`], with its document's version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The key.
+    pub key: String,
+    /// The version of its document (comparable with other listings' of
+    /// the same store, not necessarily with [`Versioned::version`]).
+    pub version: String,
+}
+
 /// On what condition a write happens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Write {
@@ -63,8 +73,10 @@ impl StateError {
 
 /// The longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 512;
-/// The largest document, in bytes (a job record with its whole result).
-pub const MAX_DOCUMENT_BYTES: usize = 8 << 20;
+/// The largest document, in bytes: a deployed component (a fleet shares
+/// them through the store) is the largest; a job record with its whole
+/// result stays under 9 MiB.
+pub const MAX_DOCUMENT_BYTES: usize = 128 << 20;
 
 /// Check a key: `[A-Za-z0-9/._-]`, not empty, no `..`, at most [`MAX_KEY_BYTES`].
 pub fn validate_key(key: &str) -> Result<(), StateError> {
@@ -98,13 +110,15 @@ pub trait StateStore: Send + Sync {
     ) -> BoxFuture<'_, Result<String, StateError>>;
     /// Delete the document at `key`; false when there was none.
     fn delete(&self, key: &str) -> BoxFuture<'_, Result<bool, StateError>>;
-    /// Keys under `prefix`, in order, after `after`, at most `max`.
+    /// Keys under `prefix`, in order, after `after`, at most `max`, each
+    /// with its document's version (so a reader can tell what changed
+    /// without reading every document).
     fn list(
         &self,
         prefix: &str,
         after: Option<String>,
         max: usize,
-    ) -> BoxFuture<'_, Result<Vec<String>, StateError>>;
+    ) -> BoxFuture<'_, Result<Vec<Listed>, StateError>>;
 }
 
 #[cfg(test)]

@@ -106,30 +106,54 @@ fn three_hosts_compete_for_one_sqs_queue_and_one_killed_loses_nothing() {
 
 const ADVERSARY: &str = "name = \"adv\"\n[[triggers.http]]\npath = \"/adv/{mode}\"\n";
 
-/// `[state]` on the moto server's S3, in a bucket of this test's own.
-fn shared_state(bucket: &str) -> String {
-    format!("[state]\nbackend = \"s3\"\nbucket = \"{bucket}\"\ncreate = true\n")
+/// A fleet of hosts on the moto server: queues named with a prefix and a
+/// state bucket of the test's own (`name`), each host in a data dir kept
+/// by the fleet.
+struct Fleet {
+    name: String,
+    dirs: Vec<tempfile::TempDir>,
+}
+
+impl Fleet {
+    fn new(name: &str) -> Fleet {
+        Fleet {
+            name: format!("{name}-{}", std::process::id()),
+            dirs: Vec::new(),
+        }
+    }
+
+    /// Start one more host, with extra `serve` arguments.
+    fn start(&mut self, args: &[&str]) -> Host {
+        let moto = moto();
+        let dir = tempfile::tempdir().unwrap();
+        let state = format!(
+            "[state]\nbackend = \"s3\"\nbucket = \"{}\"\ncreate = true\n",
+            self.name
+        );
+        let config = moto.host_config(dir.path(), &format!("{}-", self.name), &state);
+        let mut all = vec!["--config", config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let host = Host::start_env(dir.path(), &all, &moto.env());
+        self.dirs.push(dir);
+        host
+    }
 }
 
 #[test]
 fn an_api_host_enqueues_jobs_that_workers_run_and_any_host_reports() {
     let g = guests();
-    let moto = moto();
-    let prefix = format!("roles{}-", std::process::id());
-    let bucket = format!("roles-{}", std::process::id());
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let start = |d: &tempfile::TempDir, role: &str| {
-        let config = moto.host_config(d.path(), &prefix, &shared_state(&bucket));
-        Host::start_env(
-            d.path(),
-            &["--config", config.to_str().unwrap(), "--role", role],
-            &moto.env(),
-        )
-    };
-    let api = start(&dirs[0], "api");
-    let workers = [start(&dirs[1], "worker"), start(&dirs[2], "worker")];
-    for h in [&api, &workers[0], &workers[1]] {
-        h.deploy_ok(ADVERSARY, &g.adversary);
+    let mut fleet = Fleet::new("roles");
+    let api = fleet.start(&["--role", "api"]);
+    let workers = [
+        fleet.start(&["--role", "worker"]),
+        fleet.start(&["--role", "worker"]),
+    ];
+    // Deployed once, on the api host; the workers follow.
+    api.deploy_ok(ADVERSARY, &g.adversary);
+    for w in &workers {
+        w.wait_for(30, "the deployment to reach the worker", |h| {
+            (h.admin("GET", "/v1/functions/adv", "").status == 200).then_some(())
+        });
     }
 
     // The api host answers HTTP triggers; a worker refuses them by name.
@@ -196,4 +220,124 @@ fn an_api_host_without_shared_queues_is_refused_at_start() {
         err.contains("--role api") && err.contains("backend = \"sqs\""),
         "{err}"
     );
+}
+
+/// `adv` with a config word, so each version answers `/adv/config` apart.
+fn adv_saying(word: &str) -> String {
+    format!("{ADVERSARY}[config]\nsecret-word = \"{word}\"\n")
+}
+
+/// Wait until every host answers `path` with `want` (status, body).
+fn all_answer(hosts: &[&Host], path: &str, want: (u16, &str), secs: u64) {
+    for h in hosts {
+        h.wait_for(
+            secs,
+            &format!("{} to answer {path} with {want:?}", h.url),
+            |h| {
+                let r = h.get(path);
+                let body = if r.status == 200 {
+                    r.text()
+                } else {
+                    r.json()["error"]["code"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                (r.status == want.0 && body == want.1).then_some(())
+            },
+        );
+    }
+}
+
+#[test]
+fn a_deploy_rollback_or_removal_on_one_host_reaches_the_whole_fleet() {
+    let g = guests();
+    let mut fleet = Fleet::new("deploys");
+    let hosts: Vec<Host> = (0..3).map(|_| fleet.start(&[])).collect();
+    let all: Vec<&Host> = hosts.iter().collect();
+
+    // Deployed on host 0: every host serves it within seconds.
+    let out = hosts[0].deploy_ok(&adv_saying("one"), &g.adversary);
+    assert!(out.contains("adv v1 "), "{out}");
+    all_answer(&all, "/adv/config", (200, "one"), 30);
+
+    // A new version deployed on host 1 is numbered after the fleet's, not
+    // host 1's own history, and replaces v1 everywhere.
+    let out = hosts[1].deploy_ok(&adv_saying("two"), &g.adversary);
+    assert!(out.contains("adv v2 "), "{out}");
+    all_answer(&all, "/adv/config", (200, "two"), 30);
+
+    // A host that joins takes the fleet's deployments before it serves.
+    let late = fleet.start(&[]);
+    let r = late.get("/adv/config");
+    assert_eq!((r.status, r.text()), (200, "two".to_string()));
+
+    // Rolled back on host 2: v1 everywhere, and every host lists both.
+    let r = hosts[2].admin("POST", "/v1/functions/adv/rollback", "{}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut everyone = all.clone();
+    everyone.push(&late);
+    all_answer(&everyone, "/adv/config", (200, "one"), 30);
+    for h in &everyone {
+        let f = h.admin("GET", "/v1/functions", "").json();
+        assert_eq!(f["functions"][0]["active_version"], 1, "{f}");
+        assert_eq!(f["functions"][0]["versions"], json!([1, 2]), "{f}");
+    }
+
+    // Removed on the late host: gone everywhere.
+    let r = late.admin("DELETE", "/v1/functions/adv", "");
+    assert_eq!(r.status, 204, "{}", r.text());
+    all_answer(&everyone, "/adv/config", (404, "no_route"), 30);
+    let r = hosts[0].admin("DELETE", "/v1/functions/adv", "");
+    assert_eq!(r.status, 404, "{}", r.text());
+}
+
+#[test]
+fn a_component_altered_in_the_fleets_bucket_is_refused_by_its_digest() {
+    let g = guests();
+    let moto = moto();
+    let mut fleet = Fleet::new("tamper");
+    let first = fleet.start(&[]);
+    first.deploy_ok(ADVERSARY, &g.adversary);
+    let shown = first.admin("GET", "/v1/functions/adv", "").json();
+    let digest = shown["digest"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{shown}"))
+        .to_string();
+
+    // Someone with write access to the bucket swaps the component.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use fnhost::state::{StateStore, Write};
+        let target = fnhost::backends::aws::Target {
+            region: Some("us-east-1".into()),
+            endpoint: Some(moto.endpoint.clone()),
+            keys: Some(("testing".into(), "testing".into())),
+        };
+        let s3 =
+            fnhost::backends::s3state::S3State::connect(target, fleet.name.clone(), String::new())
+                .await
+                .unwrap();
+        let key = format!("components/{digest}.wasm");
+        s3.put(
+            &key,
+            b"\0asm not what was deployed".to_vec(),
+            Write::Overwrite,
+        )
+        .await
+        .unwrap();
+    });
+
+    // A host that joins refuses it by name and serves nothing in its place.
+    let late = fleet.start(&[]);
+    let r = late.get("/adv/ok");
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(
+        late.log()
+            .contains(&format!("the fleet's component {digest} has the SHA-256")),
+        "{}",
+        late.log()
+    );
+    // The host that deployed it still serves its own verified copy.
+    assert_eq!(first.get("/adv/ok").status, 200);
 }

@@ -4,7 +4,7 @@
 
 use fnhost::backends::embedded::EmbeddedState;
 use fnhost::backends::s3state::S3State;
-use fnhost::state::{StateError, StateStore, Write};
+use fnhost::state::{Listed, StateError, StateStore, Write};
 use std::sync::Arc;
 
 struct Under {
@@ -61,16 +61,24 @@ async fn documents_are_written_read_listed_and_deleted(u: Under) {
     s.put("other/c.json", b"3".to_vec(), Write::Overwrite)
         .await
         .unwrap();
+    let keys = |l: Vec<Listed>| l.into_iter().map(|l| l.key).collect::<Vec<_>>();
+    let listed = s.list("jobs/", None, 10).await.unwrap();
+    assert_eq!(keys(listed.clone()), ["jobs/a.json", "jobs/b.json"]);
     assert_eq!(
-        s.list("jobs/", None, 10).await.unwrap(),
-        ["jobs/a.json", "jobs/b.json"]
-    );
-    assert_eq!(
-        s.list("jobs/", Some("jobs/a.json".into()), 10)
-            .await
-            .unwrap(),
+        keys(
+            s.list("jobs/", Some("jobs/a.json".into()), 10)
+                .await
+                .unwrap()
+        ),
         ["jobs/b.json"]
     );
+    // A listing tells what changed since the last one.
+    s.put("jobs/b.json", b"two, again".to_vec(), Write::Overwrite)
+        .await
+        .unwrap();
+    let again = s.list("jobs/", None, 10).await.unwrap();
+    assert_eq!(again[0], listed[0]);
+    assert_ne!(again[1].version, listed[1].version);
     assert!(s.delete("jobs/a.json").await.unwrap());
     assert!(s.get("jobs/a.json").await.unwrap().is_none());
 }

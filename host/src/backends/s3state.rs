@@ -5,7 +5,7 @@
 //! for reads after writes and for listings, so every host sees a write as
 //! soon as it is acknowledged.
 
-use crate::state::{StateError, StateStore, Versioned, Write, validate_key};
+use crate::state::{Listed, StateError, StateStore, Versioned, Write, validate_key};
 use crate::task::BoxFuture;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
@@ -199,7 +199,7 @@ impl StateStore for S3State {
         prefix: &str,
         after: Option<String>,
         max: usize,
-    ) -> BoxFuture<'_, Result<Vec<String>, StateError>> {
+    ) -> BoxFuture<'_, Result<Vec<Listed>, StateError>> {
         let full = self.object(prefix);
         Box::pin(async move {
             let mut list = self
@@ -218,9 +218,13 @@ impl StateStore for S3State {
             Ok(out
                 .contents()
                 .iter()
-                .filter_map(|o| o.key())
-                .filter_map(|k| k.strip_prefix(&self.prefix))
-                .map(str::to_string)
+                .filter_map(|o| {
+                    let key = o.key()?.strip_prefix(&self.prefix)?;
+                    Some(Listed {
+                        key: key.to_string(),
+                        version: o.e_tag().unwrap_or_default().to_string(),
+                    })
+                })
                 .collect())
         })
     }

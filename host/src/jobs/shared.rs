@@ -272,8 +272,8 @@ impl JobStore for SharedJobs {
                 .await
                 .map_err(state_error)?;
             let mut out = Vec::new();
-            for key in keys {
-                let id = key.trim_start_matches("callbacks/");
+            for listed in keys {
+                let id = listed.key.trim_start_matches("callbacks/");
                 if let Some((doc, _)) = self.load(id).await? {
                     out.push(doc.to_record());
                 }

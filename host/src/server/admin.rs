@@ -64,6 +64,17 @@ fn deploy_error(err: DeployError) -> Response {
         }
         DeployError::Conflict(m) => error(StatusCode::CONFLICT, "route_conflict", m),
         DeployError::NotFound(m) => error(StatusCode::NOT_FOUND, "not_found", m),
+        DeployError::Shared(crate::state::StateError::Invalid(m)) => {
+            error(StatusCode::BAD_REQUEST, "not_shareable", m)
+        }
+        DeployError::Shared(e) => {
+            tracing::error!(error = %e, "admin request failed");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("{e}; try again"),
+            )
+        }
         e @ (DeployError::Load(_) | DeployError::Registry(_)) => {
             tracing::error!(error = %e, "admin request failed");
             error(

@@ -3,7 +3,7 @@
 //! every write; a conditional write checks and writes in one transaction.
 //! One host's state, for tests and a single host; a fleet uses S3.
 
-use crate::state::{StateError, StateStore, Versioned, Write, validate_key};
+use crate::state::{Listed, StateError, StateStore, Versioned, Write, validate_key};
 use crate::task::BoxFuture;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
@@ -126,17 +126,22 @@ impl StateStore for EmbeddedState {
         prefix: &str,
         after: Option<String>,
         max: usize,
-    ) -> BoxFuture<'_, Result<Vec<String>, StateError>> {
+    ) -> BoxFuture<'_, Result<Vec<Listed>, StateError>> {
         let prefix = prefix.to_string();
         self.blocking(move |conn| {
             let mut stmt = conn
                 .prepare(
-                    "SELECT key FROM state WHERE substr(key, 1, length(?1)) = ?1 AND (?2 IS NULL OR key > ?2)
+                    "SELECT key, version FROM state WHERE substr(key, 1, length(?1)) = ?1 AND (?2 IS NULL OR key > ?2)
                      ORDER BY key LIMIT ?3",
                 )
                 .map_err(db)?;
             let rows = stmt
-                .query_map(params![prefix, after, max as i64], |r| r.get(0))
+                .query_map(params![prefix, after, max as i64], |r| {
+                    Ok(Listed {
+                        key: r.get(0)?,
+                        version: r.get(1)?,
+                    })
+                })
                 .map_err(db)?;
             rows.collect::<Result<_, _>>().map_err(db)
         })

@@ -1,0 +1,344 @@
+//! Deployments shared by a fleet. Each function's history is one document
+//! in the fleet's [`StateStore`], `deployments/<name>.json` (its versions,
+//! numbered there, and the active one), each component an object
+//! `components/<sha256>.wasm`. A deploy, rollback or removal on any host
+//! changes the document with a conditional write (read, change, write at
+//! the version read; again on a conflict), so two hosts deploying at once
+//! get versions N and N+1, never two N's.
+//!
+//! Every host follows the documents: every [`FOLLOW_INTERVAL`] it lists
+//! them (one request, which carries each document's version), reads only
+//! those that changed, fetches a missing component (checking its SHA-256),
+//! mirrors the history into its own registry and swaps the active version
+//! in, as a local deploy does, so in-flight work finishes on the old one.
+//! A function whose document is gone is removed here. The local registry
+//! is then a cache of the fleet's: a host that starts (or comes back)
+//! takes the fleet's state at its first look.
+
+use super::{DeployError, Dispatcher, build_routes_with};
+use crate::registry::VersionRecord;
+use crate::state::{StateError, StateStore, Write};
+use crate::task::blocking;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often a fleet host looks for deployments made on other hosts.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(2);
+
+const DEPLOYMENTS: &str = "deployments/";
+
+/// A function's history as the fleet shares it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SharedFunction {
+    /// The version that serves invocations.
+    active: u32,
+    /// Every version kept, oldest first.
+    versions: Vec<VersionRecord>,
+}
+
+impl SharedFunction {
+    fn version(&self, v: u32) -> Option<&VersionRecord> {
+        self.versions.iter().find(|r| r.version == v)
+    }
+}
+
+fn function_key(name: &str) -> String {
+    format!("{DEPLOYMENTS}{name}.json")
+}
+
+fn component_key(digest: &str) -> String {
+    format!("components/{digest}.wasm")
+}
+
+impl Dispatcher {
+    fn fleet(&self) -> Option<&Arc<dyn StateStore>> {
+        self.fleet.as_ref()
+    }
+
+    async fn read_shared(
+        fleet: &dyn StateStore,
+        name: &str,
+    ) -> Result<Option<(SharedFunction, String)>, DeployError> {
+        let Some(doc) = fleet.get(&function_key(name)).await? else {
+            return Ok(None);
+        };
+        let shared = serde_json::from_slice(&doc.bytes).map_err(|e| {
+            DeployError::Shared(StateError::Invalid(format!(
+                "the fleet's record of {name:?} is unreadable: {e}"
+            )))
+        })?;
+        Ok(Some((shared, doc.version)))
+    }
+
+    /// Read the fleet's record of `name`, change it with `change`, and
+    /// write it back at the version read; again when another host wrote
+    /// meanwhile.
+    async fn change_shared(
+        fleet: &dyn StateStore,
+        name: &str,
+        change: impl Fn(Option<SharedFunction>) -> Result<SharedFunction, DeployError>,
+    ) -> Result<SharedFunction, DeployError> {
+        for _ in 0..16 {
+            let (current, condition) = match Self::read_shared(fleet, name).await? {
+                Some((shared, version)) => (Some(shared), Write::Replace(version)),
+                None => (None, Write::Create),
+            };
+            let next = change(current)?;
+            let bytes = serde_json::to_vec(&next).map_err(|e| {
+                DeployError::Shared(StateError::Invalid(format!("cannot encode a record: {e}")))
+            })?;
+            match fleet.put(&function_key(name), bytes, condition).await {
+                Ok(_) => return Ok(next),
+                Err(StateError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(DeployError::Shared(StateError::Conflict(format!(
+            "the fleet's record of {name:?} kept changing under 16 tries; try again"
+        ))))
+    }
+
+    /// The component `digest` in this host's registry, fetched from the
+    /// fleet if it is not there yet.
+    async fn fetch_component(
+        &self,
+        fleet: &dyn StateStore,
+        digest: &str,
+    ) -> Result<(), DeployError> {
+        if self.registry.has_component(digest) {
+            return Ok(());
+        }
+        let Some(doc) = fleet.get(&component_key(digest)).await? else {
+            return Err(DeployError::NotFound(format!(
+                "the component {digest} is missing from the fleet's state"
+            )));
+        };
+        let got = crate::files::sha256_hex(&doc.bytes);
+        if got != digest {
+            return Err(DeployError::Shared(StateError::Invalid(format!(
+                "the fleet's component {digest} has the SHA-256 {got}; redeploy the function"
+            ))));
+        }
+        let registry = self.registry.clone();
+        blocking(move || registry.store_component(&doc.bytes)).await?;
+        Ok(())
+    }
+
+    /// Deploy `wasm` as the fleet's next version of `name`: the component
+    /// first (by digest, so a second upload of it is a no-op), then the
+    /// record; this host's registry mirrors the record.
+    pub(super) async fn deploy_shared(
+        &self,
+        fleet: &dyn StateStore,
+        name: &str,
+        manifest: String,
+        wasm: Vec<u8>,
+    ) -> Result<VersionRecord, DeployError> {
+        if wasm.len() > crate::state::MAX_DOCUMENT_BYTES {
+            return Err(DeployError::Shared(StateError::Invalid(format!(
+                "the component is {} bytes; a fleet shares components of at most {} bytes",
+                wasm.len(),
+                crate::state::MAX_DOCUMENT_BYTES
+            ))));
+        }
+        let registry = self.registry.clone();
+        let size = wasm.len() as u64;
+        let (digest, wasm) =
+            blocking(move || registry.store_component(&wasm).map(|d| (d, wasm))).await?;
+        match fleet
+            .put(&component_key(&digest), wasm, Write::Create)
+            .await
+        {
+            Ok(_) | Err(StateError::Conflict(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let created_at_ms = crate::clock::now_ms();
+        let shared = Self::change_shared(fleet, name, |current| {
+            let mut shared = current.unwrap_or(SharedFunction {
+                active: 0,
+                versions: Vec::new(),
+            });
+            let version = shared.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
+            shared.versions.push(VersionRecord {
+                name: name.to_string(),
+                version,
+                digest: digest.clone(),
+                manifest: manifest.clone(),
+                size,
+                created_at_ms,
+            });
+            shared.active = version;
+            Ok(shared)
+        })
+        .await?;
+        self.mirror(name, &shared).await?;
+        Ok(shared
+            .version(shared.active)
+            .cloned()
+            .expect("the version just added"))
+    }
+
+    /// Make `to` (or the version before the active one) the fleet's
+    /// active version of `name`; the record of the version to activate.
+    pub(super) async fn rollback_shared(
+        &self,
+        fleet: &dyn StateStore,
+        name: &str,
+        to: Option<u32>,
+    ) -> Result<VersionRecord, DeployError> {
+        let shared = Self::change_shared(fleet, name, |current| {
+            let mut shared = current.ok_or_else(|| {
+                DeployError::NotFound(format!(
+                    "no function named {} is deployed",
+                    crate::text::quote(name)
+                ))
+            })?;
+            let target = match to {
+                Some(v) => {
+                    shared
+                        .version(v)
+                        .ok_or_else(|| {
+                            DeployError::NotFound(format!("{name:?} has no version {v}"))
+                        })?
+                        .version
+                }
+                None => shared
+                    .versions
+                    .iter()
+                    .map(|v| v.version)
+                    .filter(|v| *v < shared.active)
+                    .max()
+                    .ok_or_else(|| {
+                        DeployError::NotFound(format!(
+                            "{name:?} has no version before v{}; nothing to roll back to",
+                            shared.active
+                        ))
+                    })?,
+            };
+            shared.active = target;
+            Ok(shared)
+        })
+        .await?;
+        let record = shared
+            .version(shared.active)
+            .cloned()
+            .expect("checked above");
+        self.fetch_component(fleet, &record.digest).await?;
+        self.mirror(name, &shared).await?;
+        Ok(record)
+    }
+
+    /// Remove `name` from the fleet; false when the fleet has no record of it.
+    pub(super) async fn remove_shared(
+        &self,
+        fleet: &dyn StateStore,
+        name: &str,
+    ) -> Result<bool, DeployError> {
+        Ok(fleet.delete(&function_key(name)).await?)
+    }
+
+    async fn mirror(&self, name: &str, shared: &SharedFunction) -> Result<(), DeployError> {
+        let registry = self.registry.clone();
+        let (name, shared) = (name.to_string(), shared.clone());
+        blocking(move || registry.mirror(&name, &shared.versions, shared.active)).await?;
+        Ok(())
+    }
+
+    /// Follow the fleet's deployments until `shutdown`: look every
+    /// [`FOLLOW_INTERVAL`], log what cannot be applied and look again.
+    pub async fn follow_fleet(self: Arc<Self>, shutdown: CancellationToken) {
+        if self.fleet().is_none() {
+            return;
+        }
+        loop {
+            if let Err(e) = self.sync_fleet().await {
+                tracing::warn!(error = %e, "cannot read the fleet's deployments; trying again");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(FOLLOW_INTERVAL) => {}
+            }
+        }
+    }
+
+    /// Bring this host's deployments in line with the fleet's, once.
+    /// A function that cannot be applied (its routes conflict, its
+    /// component is unreadable) is logged and tried again next time.
+    pub async fn sync_fleet(&self) -> Result<(), DeployError> {
+        let Some(fleet) = self.fleet().cloned() else {
+            return Ok(());
+        };
+        // Listed under the lock: a listing taken before a deploy here
+        // finished would read as the function's removal.
+        let _admin = self.admin.lock().await;
+        let mut listed = Vec::new();
+        loop {
+            let after = listed.last().map(|l: &crate::state::Listed| l.key.clone());
+            let page = fleet.list(DEPLOYMENTS, after, 1000).await?;
+            let full = page.len() == 1000;
+            listed.extend(page);
+            if !full {
+                break;
+            }
+        }
+        let shared: Vec<(String, String)> = listed
+            .into_iter()
+            .filter_map(|l| {
+                let name = l.key.strip_prefix(DEPLOYMENTS)?.strip_suffix(".json")?;
+                Some((name.to_string(), l.version))
+            })
+            .collect();
+        let registry = self.registry.clone();
+        let here = blocking(move || registry.functions()).await?;
+        for gone in here
+            .iter()
+            .filter(|f| !shared.iter().any(|(n, _)| *n == f.name))
+        {
+            tracing::info!(function = %gone.name, "removed on another host of the fleet");
+            self.remove_here(&gone.name).await?;
+            self.seen.lock().unwrap().remove(&gone.name);
+        }
+        for (name, version) in shared {
+            if self.seen.lock().unwrap().get(&name) == Some(&version) {
+                continue;
+            }
+            match self.apply_shared(fleet.as_ref(), &name).await {
+                Ok(()) => {
+                    self.seen.lock().unwrap().insert(name, version);
+                }
+                Err(e) => {
+                    tracing::error!(function = %name, error = %e, "cannot apply the fleet's deployment here; trying again")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Make this host's `name` what the fleet's record says.
+    async fn apply_shared(&self, fleet: &dyn StateStore, name: &str) -> Result<(), DeployError> {
+        let Some((shared, _)) = Self::read_shared(fleet, name).await? else {
+            return Ok(()); // removed meanwhile: the next look removes it here
+        };
+        let record = shared.version(shared.active).cloned().ok_or_else(|| {
+            DeployError::NotFound(format!(
+                "the fleet's record of {name:?} names v{} active, which it does not have",
+                shared.active
+            ))
+        })?;
+        if self.get(name).is_some_and(|d| d.record == record) {
+            return self.mirror(name, &shared).await;
+        }
+        tracing::info!(function = %name, version = record.version, "deployed on another host of the fleet");
+        self.fetch_component(fleet, &record.digest).await?;
+        let deployed = Arc::new(self.load(record).await?);
+        let mut candidate = self.active.read().unwrap().clone();
+        candidate.remove(name);
+        let routes = build_routes_with(&candidate, Some((name, &deployed.manifest.triggers.http)))
+            .map_err(DeployError::Conflict)?;
+        self.mirror(name, &shared).await?;
+        self.swap(name, Some(deployed.clone()), Some(routes));
+        self.forget_timer_unless_scheduled(&deployed).await
+    }
+}
