@@ -65,7 +65,7 @@ impl Backends {
         let queues: Arc<dyn QueueBackend> = Arc::new(routed::RoutedQueues {
             host: embedded.queues,
             user: Arc::new(sqs),
-            jobs_on_user: false,
+            fleet: false,
         });
         Ok(Backends {
             jobs: Arc::new(routed::RoutedJobs {
@@ -80,8 +80,9 @@ impl Backends {
 
     /// A fleet host: users' queues and the job queues on SQS, job records
     /// and deployments in `state` (S3), so any host can take a job, any
-    /// host answers for its record, and a deploy to one host reaches all;
-    /// blob changes and timer ticks stay in this host's embedded store.
+    /// host answers for its record, a deploy to one host reaches all, and
+    /// a timer tick is claimed by one host; blob changes stay in this
+    /// host's embedded store.
     pub fn fleet(
         data_dir: &Path,
         clock: Arc<dyn Clock>,
@@ -92,7 +93,7 @@ impl Backends {
         let queues: Arc<dyn QueueBackend> = Arc::new(routed::RoutedQueues {
             host: embedded.queues,
             user: Arc::new(sqs),
-            jobs_on_user: true,
+            fleet: true,
         });
         Ok(Backends {
             jobs: Arc::new(crate::jobs::shared::SharedJobs {

@@ -226,6 +226,9 @@ impl Dispatcher {
         });
         self.swap(&name, Some(deployed.clone()), Some(probe));
         self.forget_timer_unless_scheduled(&deployed).await?;
+        if deployed.manifest.triggers.timer.is_none() {
+            self.forget_shared_timer(&name).await?;
+        }
         Ok(deployed)
     }
 
@@ -238,7 +241,11 @@ impl Dispatcher {
         let _admin = self.admin.lock().await;
         if let Some(fleet) = self.fleet.clone() {
             let record = self.rollback_shared(fleet.as_ref(), name, to).await?;
-            return self.activate(record).await;
+            let deployed = self.activate(record).await?;
+            if deployed.manifest.triggers.timer.is_none() {
+                self.forget_shared_timer(name).await?;
+            }
+            return Ok(deployed);
         }
         let current = self.get(name).ok_or_else(|| {
             DeployError::NotFound(format!(
@@ -309,7 +316,10 @@ impl Dispatcher {
     pub async fn remove(&self, name: &str) -> Result<(), DeployError> {
         let _admin = self.admin.lock().await;
         let shared = match self.fleet.clone() {
-            Some(fleet) => self.remove_shared(fleet.as_ref(), name).await?,
+            Some(fleet) => {
+                self.forget_shared_timer(name).await?;
+                self.remove_shared(fleet.as_ref(), name).await?
+            }
             None => false,
         };
         if !self.remove_here(name).await? && !shared {

@@ -183,6 +183,16 @@ pub fn timer_queue(function: &str) -> String {
     format!("{RESERVED_PREFIX}timer-{function}")
 }
 
+/// The function whose timer queue this is, if it is one.
+pub fn timer_function(queue: &str) -> Option<&str> {
+    queue.strip_prefix(RESERVED_PREFIX)?.strip_prefix("timer-")
+}
+
+/// Where a fleet keeps `function`'s timer state (a state store key).
+pub fn timer_state_key(function: &str) -> String {
+    format!("timers/{function}.json")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -85,7 +85,7 @@ CREATE TABLE IF NOT EXISTS timers (
 ";
 
 /// A timer trigger's persisted schedule state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimerState {
     /// The schedule (and time zone) this state belongs to.
     pub spec: String,

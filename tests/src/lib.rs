@@ -199,7 +199,7 @@ impl Host {
             .env_remove("FNHOST_TOKEN")
             .env(
                 "FNHOST_LOG",
-                "info,fnhost::dispatcher=debug,fnhost::sandbox=debug",
+                "info,fnhost::dispatcher=debug,fnhost::sandbox=debug,fnhost::triggers::timer=debug",
             )
             .env("NO_COLOR", "1")
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -487,4 +487,17 @@ pub fn moto() -> &'static Moto {
             _watchdog: std::sync::Mutex::new(watchdog),
         }
     })
+}
+
+/// Recorded runs (`start_ms`, `end_ms`), in order of start: each starts
+/// after the one before it ended.
+pub fn assert_never_overlapping(runs: &[serde_json::Value]) {
+    for pair in runs.windows(2) {
+        assert!(
+            pair[1]["start_ms"].as_u64() >= pair[0]["end_ms"].as_u64(),
+            "a run started before the previous one ended: {} then {}",
+            pair[0],
+            pair[1]
+        );
+    }
 }

@@ -4,7 +4,7 @@
 //! and are processed by the others.
 
 use fnhost_tests::{Host, guests, moto};
-use serde_json::json;
+use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -124,18 +124,22 @@ impl Fleet {
 
     /// Start one more host, with extra `serve` arguments.
     fn start(&mut self, args: &[&str]) -> Host {
+        self.dirs.push(tempfile::tempdir().unwrap());
+        self.restart(self.dirs.len() - 1, args)
+    }
+
+    /// Start the `i`th host again, on its data dir.
+    fn restart(&self, i: usize, args: &[&str]) -> Host {
         let moto = moto();
-        let dir = tempfile::tempdir().unwrap();
+        let dir = self.dirs[i].path();
         let state = format!(
             "[state]\nbackend = \"s3\"\nbucket = \"{}\"\ncreate = true\n",
             self.name
         );
-        let config = moto.host_config(dir.path(), &format!("{}-", self.name), &state);
+        let config = moto.host_config(dir, &format!("{}-", self.name), &state);
         let mut all = vec!["--config", config.to_str().unwrap()];
         all.extend_from_slice(args);
-        let host = Host::start_env(dir.path(), &all, &moto.env());
-        self.dirs.push(dir);
-        host
+        Host::start_env(dir, &all, &moto.env())
     }
 }
 
@@ -340,4 +344,101 @@ fn a_component_altered_in_the_fleets_bucket_is_refused_by_its_digest() {
     );
     // The host that deployed it still serves its own verified copy.
     assert_eq!(first.get("/adv/ok").status, 200);
+}
+
+fn ticker(schedule: &str, busy_ms: u64) -> String {
+    format!(
+        "name = \"ticker\"\n[triggers.timer]\nschedule = \"{schedule}\"\n[[grants.storage]]\nbucket = \"events\"\naccess = \"read-write\"\n[config]\nbusy_ms = \"{busy_ms}\"\n"
+    )
+}
+
+/// Every timer run any host recorded (in its own `events` bucket), by start.
+fn fleet_runs(hosts: &[Host]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for h in hosts {
+        let list = h
+            .admin("GET", "/v1/buckets/events/objects?prefix=timer/", "")
+            .json();
+        for o in list["objects"].as_array().into_iter().flatten() {
+            let key = o["key"].as_str().unwrap();
+            out.push(
+                h.admin("GET", &format!("/v1/buckets/events/objects/{key}"), "")
+                    .json(),
+            );
+        }
+    }
+    out.sort_by_key(|r| r["start_ms"].as_u64());
+    out
+}
+
+#[test]
+fn a_timer_on_three_hosts_fires_once_per_tick_never_overlapping() {
+    let g = guests();
+    let mut fleet = Fleet::new("timers");
+    let mut hosts: Vec<Host> = (0..3).map(|_| fleet.start(&[])).collect();
+    // Every second, each run taking 2.5 s: most ticks find the last run
+    // going on some host, and are skipped.
+    hosts[0].deploy_ok(&ticker("* * * * * *", 2500), &g.adversary);
+    let runs = hosts[0].wait_for(90, "four timer runs across the fleet", |_| {
+        let r = fleet_runs(&hosts);
+        (r.len() >= 4).then_some(r)
+    });
+    let mut due: Vec<u64> = runs
+        .iter()
+        .map(|r| r["scheduled_at_ms"].as_u64().unwrap())
+        .collect();
+    due.dedup();
+    assert_eq!(due.len(), runs.len(), "a tick ran twice: {runs:?}");
+    for r in &runs {
+        assert_eq!(r["attempt"], 1, "{r}");
+    }
+    fnhost_tests::assert_never_overlapping(&runs);
+
+    // The whole fleet goes down over several ticks; when it comes back,
+    // the missed ticks run once, past due, on one host.
+    hosts[0].deploy_ok(&ticker("*/2 * * * * *", 0), &g.adversary);
+    for h in &hosts {
+        h.wait_for(30, "the new schedule on every host", |h| {
+            let f = h.admin("GET", "/v1/functions/ticker", "").json();
+            (f["version"] == 2).then_some(())
+        });
+    }
+    let all_on_v2 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    hosts[0].wait_for(60, "a run of the new schedule", |_| {
+        fleet_runs(&hosts)
+            .iter()
+            .any(|r| r["start_ms"].as_u64() > Some(all_on_v2))
+            .then_some(())
+    });
+    // All at once, as a fleet goes down.
+    for h in &hosts {
+        h.term();
+    }
+    for mut h in hosts.drain(..) {
+        assert!(h.wait());
+    }
+    std::thread::sleep(Duration::from_secs(7));
+    let hosts: Vec<Host> = (0..3).map(|i| fleet.restart(i, &[])).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        let r = fleet_runs(&hosts);
+        if let Some(late) = r.iter().position(|r| r["past_due"] == true)
+            && r.len() > late + 1
+        {
+            break r;
+        }
+        if std::time::Instant::now() > deadline {
+            let logs: Vec<String> = hosts.iter().map(Host::log).collect();
+            panic!(
+                "no past-due run and an on-time one after it: {r:?}\n{}",
+                logs.join("\n-----\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let late: Vec<&Value> = after.iter().filter(|r| r["past_due"] == true).collect();
+    assert_eq!(late.len(), 1, "one run for all the missed ticks: {after:?}");
 }

@@ -63,14 +63,7 @@ fn ticks_come_on_schedule_and_a_slow_run_is_never_overlapped() {
         assert_eq!(r["past_due"], false, "{r}");
         assert_eq!(r["attempt"], 1);
     }
-    for pair in runs.windows(2) {
-        assert!(
-            pair[1]["start_ms"].as_u64() >= pair[0]["end_ms"].as_u64(),
-            "a run started before the previous one ended: {} then {}",
-            pair[0],
-            pair[1]
-        );
-    }
+    fnhost_tests::assert_never_overlapping(&runs);
     let timer = host.admin("GET", "/v1/functions/ticker", "").json()["timer"].clone();
     assert!(
         timer["skipped"].as_u64().unwrap() >= 2,

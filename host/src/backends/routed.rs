@@ -12,15 +12,16 @@ use crate::task::BoxFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Host queues on `host`, user queues on `user` (and the job queues too,
-/// when the job records are shared by a fleet).
+/// Host queues on `host`, user queues on `user` (and the job and timer
+/// queues too, for a fleet).
 pub struct RoutedQueues {
     /// The host's own queues.
     pub host: Arc<dyn QueueBackend>,
     /// Everything else.
     pub user: Arc<dyn QueueBackend>,
-    /// Job queues (`fnhost-jobs-…`) go to `user` as well.
-    pub jobs_on_user: bool,
+    /// Job queues (`fnhost-jobs-…`) and timer queues (`fnhost-timer-…`)
+    /// go to `user` as well, so that any host of a fleet can take them.
+    pub fleet: bool,
 }
 
 const HOST: &str = "h:";
@@ -30,7 +31,9 @@ impl RoutedQueues {
     /// Does `queue` live on the host side?
     fn on_host(&self, queue: &str) -> bool {
         crate::names::is_host_queue(queue)
-            && !(self.jobs_on_user && crate::names::job_function(queue).is_some())
+            && !(self.fleet
+                && (crate::names::job_function(queue).is_some()
+                    || crate::names::timer_function(queue).is_some()))
     }
 
     fn of(&self, queue: &str) -> (&dyn QueueBackend, &'static str) {

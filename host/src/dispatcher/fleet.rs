@@ -53,8 +53,18 @@ fn component_key(digest: &str) -> String {
 }
 
 impl Dispatcher {
-    fn fleet(&self) -> Option<&Arc<dyn StateStore>> {
+    /// Where the fleet shares its state; `None` on a host alone.
+    pub fn fleet(&self) -> Option<&Arc<dyn StateStore>> {
         self.fleet.as_ref()
+    }
+
+    /// Forget the fleet's state of `name`'s timer (its version has no
+    /// timer, or it is removed), so a timer added back starts afresh.
+    pub(super) async fn forget_shared_timer(&self, name: &str) -> Result<(), DeployError> {
+        if let Some(fleet) = self.fleet() {
+            fleet.delete(&crate::names::timer_state_key(name)).await?;
+        }
+        Ok(())
     }
 
     async fn read_shared(

@@ -208,9 +208,30 @@ impl Worker {
             refill_now = false;
             // Long polling: a message sent while this waits is leased to it
             // in the durable step that stores it.
+            let receive = backend.receive_waiting(
+                &self.queue,
+                want,
+                policy.visibility_timeout,
+                features.long_poll,
+            );
+            tokio::pin!(receive);
             let received = tokio::select! {
-                r = backend.receive_waiting(&self.queue, want, policy.visibility_timeout, features.long_poll) => r,
-                () = self.shutdown.cancelled() => break,
+                r = &mut receive => r,
+                () = self.shutdown.cancelled() => {
+                    // A long poll (SQS) may have leased messages that a
+                    // dropped request would hide for their visibility
+                    // timeout: let it answer, and give them back.
+                    if !features.long_poll.is_zero()
+                        && let Ok(Ok(got)) = tokio::time::timeout(features.long_poll, receive).await
+                        && !got.is_empty()
+                    {
+                        let receipts = got.into_iter().map(|d| d.receipt).collect();
+                        if let Err(e) = backend.release(receipts).await {
+                            tracing::warn!(queue = %self.queue, error = %e, "cannot give back messages received while stopping; they come back after their visibility timeout");
+                        }
+                    }
+                    break;
+                }
             };
             let deliveries = match received {
                 Ok(d) => d,

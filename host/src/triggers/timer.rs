@@ -10,7 +10,10 @@
 //! - **run_on_startup**: one extra tick whenever the scheduler starts.
 //!
 //! The decisions are pure functions of the saved state and the time
-//! ([`on_start`], [`next_after`]), tested without sleeping.
+//! ([`on_start`], [`next_after`]), tested without sleeping. On a fleet the
+//! state is shared and each tick is claimed by one host ([`fleet`]).
+
+pub mod fleet;
 
 use crate::clock::Clock;
 use crate::dispatcher::Dispatcher;
@@ -137,7 +140,8 @@ impl Scheduler {
             if tick.past_due {
                 tracing::info!(function = %self.function, due_at_ms = tick.scheduled_at_ms, "a timer run was missed while the host was down; running it once, past due");
             }
-            self.fire(&mut state, tick).await;
+            self.fire(&mut state, tick, next).await;
+            state.next_run_ms = next;
         }
         if !self.current() {
             return; // replaced while starting: the state is the new version's to keep or forget
@@ -167,8 +171,9 @@ impl Scheduler {
                 scheduled_at_ms: due,
                 past_due: now.saturating_sub(due) > LATE.as_millis() as u64,
             };
-            self.fire(&mut state, tick).await;
-            state.next_run_ms = next_after(&schedule, tz, now.max(due));
+            let next = next_after(&schedule, tz, now.max(due));
+            self.fire(&mut state, tick, next).await;
+            state.next_run_ms = next;
             self.save(&state, false).await;
         }
     }
@@ -180,10 +185,34 @@ impl Scheduler {
             .is_some_and(|d| d.manifest.triggers.timer.as_ref() == Some(&self.trigger))
     }
 
-    /// Enqueue a tick, unless the previous one has not finished: then skip it.
-    async fn fire(&self, state: &mut TimerState, tick: Tick) {
+    /// Enqueue a tick, unless the previous one has not finished: then skip
+    /// it. On a fleet, only once this host has claimed it; `next` is the
+    /// due time after it.
+    async fn fire(&self, state: &mut TimerState, tick: Tick, next: Option<u64>) {
         let queues = self.dispatcher.queues();
         let queue = TimerTrigger::queue(&self.function);
+        let fleet = self.dispatcher.fleet().cloned();
+        if let Some(fleet) = &fleet {
+            let due = tick.scheduled_at_ms;
+            let now = self.clock.now_ms();
+            let spec = spec(&self.trigger);
+            match fleet::claim(fleet.as_ref(), &self.function, &spec, state, due, next, now).await {
+                Ok(fleet::Claim::Won) => {}
+                Ok(fleet::Claim::Taken) => {
+                    tracing::debug!(function = %self.function, due_at_ms = due, "timer tick claimed by another host");
+                    return;
+                }
+                Ok(fleet::Claim::Skipped) => {
+                    tracing::warn!(function = %self.function, due_at_ms = due, skipped = state.skipped, "timer tick skipped: the previous run has not finished on the fleet");
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(function = %self.function, error = %e, "cannot claim the timer tick; skipping it");
+                    return;
+                }
+            }
+            return self.send(state, tick, Some(fleet.as_ref())).await;
+        }
         // Asked of the writer, after the previous tick's settlement if that
         // was handed over already: a tick that has just finished is not
         // mistaken for one still running.
@@ -200,10 +229,27 @@ impl Scheduler {
                 return;
             }
         }
+        self.send(state, tick, None).await
+    }
+
+    /// Put a tick on the timer's queue; a fleet's claim is released when
+    /// the send fails.
+    async fn send(
+        &self,
+        state: &mut TimerState,
+        tick: Tick,
+        fleet: Option<&dyn crate::state::StateStore>,
+    ) {
+        let queues = self.dispatcher.queues();
+        let queue = TimerTrigger::queue(&self.function);
         let msg = NewMessage {
             body: serde_json::to_vec(&tick).expect("a tick serializes"),
-            // A restart that fires the same due time again adds nothing.
-            dedup_id: Some(format!("tick-{}", tick.scheduled_at_ms)),
+            // A restart that fires the same due time again adds nothing
+            // (where the queue has dedup ids; a fleet's claim does this).
+            dedup_id: queues
+                .features(&queue)
+                .dedup
+                .then(|| format!("tick-{}", tick.scheduled_at_ms)),
             ..NewMessage::default()
         };
         match queues.send(&queue, msg).await {
@@ -212,12 +258,23 @@ impl Scheduler {
                 tracing::debug!(function = %self.function, due_at_ms = tick.scheduled_at_ms, past_due = tick.past_due, "timer tick enqueued");
             }
             Err(e) => {
-                tracing::error!(function = %self.function, error = %e, "cannot enqueue a timer tick; it is missed")
+                tracing::error!(function = %self.function, error = %e, "cannot enqueue a timer tick; it is missed");
+                if let Some(fleet) = fleet
+                    && let Err(e) =
+                        fleet::release(fleet, &self.function, tick.scheduled_at_ms).await
+                {
+                    tracing::error!(function = %self.function, error = %e, "cannot release the timer's claim; it holds the timer until it is stale");
+                }
             }
         }
     }
 
     async fn load(&self) -> Result<Option<TimerState>, String> {
+        if let Some(fleet) = self.dispatcher.fleet() {
+            return fleet::load(fleet.as_ref(), &self.function)
+                .await
+                .map_err(|e| e.to_string());
+        }
         let registry = self.dispatcher.registry().clone();
         let function = self.function.clone();
         tokio::task::spawn_blocking(move || registry.timer(&function))

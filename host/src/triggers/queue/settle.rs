@@ -144,12 +144,43 @@ impl Settle {
             return;
         };
         let outcome = self.invoke(&d, event, &job).await;
+        let ends = match &outcome.result {
+            Ok(_) => true,
+            Err(failure) => self.gives_up(&d.message, failure),
+        };
         let settling = self.settle(&d, &job, outcome);
         drop(slot);
-        if self.settled(&d, &job, settling).await
-            && let Some((jobs, id)) = &job
-        {
+        if !self.settled(&d, &job, settling).await {
+            return;
+        }
+        if let Some((jobs, id)) = &job {
             self.callback(jobs.as_ref(), id).await;
+        }
+        if ends && matches!(self.policy.source, Source::Timer(_)) {
+            self.tick_over(&d.message).await;
+        }
+    }
+
+    /// Is a failed delivery given up on (not retried)?
+    fn gives_up(&self, m: &Message, failure: &Failure) -> bool {
+        !failure.is_retryable() || m.dequeue_count >= self.policy.max_attempts
+    }
+
+    /// A timer tick is over for good: on a fleet, the next may run.
+    async fn tick_over(&self, m: &Message) {
+        let Some(fleet) = self.dispatcher.fleet() else {
+            return;
+        };
+        let (Some(function), Ok(tick)) = (
+            crate::names::timer_function(&m.queue),
+            serde_json::from_slice::<crate::triggers::timer::Tick>(&m.body),
+        ) else {
+            return;
+        };
+        let due = tick.scheduled_at_ms;
+        if let Err(e) = crate::triggers::timer::fleet::release(fleet.as_ref(), function, due).await
+        {
+            tracing::error!(function = %function, error = %e, "cannot release the timer's claim; it holds the timer until it is stale");
         }
     }
 
@@ -253,9 +284,7 @@ impl Settle {
                     fallback,
                 )
             }
-            Err(failure)
-                if !failure.is_retryable() || m.dequeue_count >= self.policy.max_attempts =>
-            {
+            Err(failure) if self.gives_up(m, &failure) => {
                 let (state, error) = self.given_up(m, &failure);
                 tracing::warn!(message = %m.id, queue = %m.queue, error = %crate::text::LogSafe(&error), "dead-lettered");
                 let reply = self.reply(m, "failed", error.clone().into_bytes());
