@@ -308,6 +308,41 @@ async fn counts_follow_the_messages(u: Under) {
     assert_eq!(u.backend.purge(&u.queue).await.unwrap(), 25);
 }
 
+/// On the queue `ordered` (a FIFO queue on SQS): one message of a group
+/// at a time, in the order sent, and a resend with the same dedup id adds
+/// nothing.
+async fn a_fifo_queue_keeps_group_order_and_drops_duplicates(u: Under) {
+    let q = "ordered";
+    assert!(u.backend.features(q).groups && u.backend.features(q).dedup);
+    let in_group = |body: &str| NewMessage {
+        group: Some("g".into()),
+        dedup_id: Some(format!("d-{body}")),
+        ..msg(body)
+    };
+    for body in ["a", "b", "c", "a"] {
+        u.backend.send(q, in_group(body)).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while seen.len() < 3 && std::time::Instant::now() < deadline {
+        let got = u.backend.receive(q, 1, VIS).await.unwrap();
+        let Some(d) = got.into_iter().next() else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        // While it is in flight, nothing else of its group is handed out.
+        assert!(u.backend.receive(q, 10, VIS).await.unwrap().is_empty());
+        seen.push(String::from_utf8_lossy(&d.message.body).into_owned());
+        assert!(u.backend.ack(d.receipt).await.unwrap());
+    }
+    assert_eq!(seen, ["a", "b", "c"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        u.backend.receive(q, 10, VIS).await.unwrap().is_empty(),
+        "the duplicate was dropped"
+    );
+}
+
 async fn what_a_backend_lacks_is_refused_by_name(u: Under) {
     let f = u.backend.features(&u.queue);
     let prioritized = NewMessage {
@@ -375,5 +410,6 @@ suites!(embedded, sqs: [
     a_delayed_message_waits,
     a_waiting_receive_gets_what_arrives,
     counts_follow_the_messages,
+    a_fifo_queue_keeps_group_order_and_drops_duplicates,
     what_a_backend_lacks_is_refused_by_name,
 ]);
