@@ -11,6 +11,7 @@
 pub mod aws;
 pub mod embedded;
 pub mod routed;
+pub mod s3blobs;
 pub mod s3state;
 pub mod sqs;
 
@@ -33,6 +34,9 @@ pub struct Backends {
     /// What a fleet shares (deployments, with their components): `None`
     /// for a host on its own.
     pub fleet: Option<Arc<dyn crate::state::StateStore>>,
+    /// Where the buckets' event notifications arrive, for buckets on S3
+    /// (which keep no change feed).
+    pub blob_events: Option<Arc<s3blobs::S3Events>>,
 }
 
 impl Backends {
@@ -50,6 +54,7 @@ impl Backends {
             jobs: Arc::new(queues),
             blobs: Arc::new(blobs),
             fleet: None,
+            blob_events: None,
         })
     }
 
@@ -59,13 +64,14 @@ impl Backends {
     pub fn embedded_with_sqs(
         data_dir: &Path,
         clock: Arc<dyn Clock>,
-        sqs: sqs::SqsQueues,
+        sqs: Arc<sqs::SqsQueues>,
     ) -> anyhow::Result<Backends> {
         let embedded = Backends::embedded(data_dir, clock)?;
         let queues: Arc<dyn QueueBackend> = Arc::new(routed::RoutedQueues {
             host: embedded.queues,
-            user: Arc::new(sqs),
+            user: sqs,
             fleet: false,
+            blob_queues: false,
         });
         Ok(Backends {
             jobs: Arc::new(routed::RoutedJobs {
@@ -75,26 +81,34 @@ impl Backends {
             queues,
             blobs: embedded.blobs,
             fleet: None,
+            blob_events: None,
         })
     }
 
-    /// A fleet host: users' queues and the job queues on SQS, job records
-    /// and deployments in `state` (S3), so any host can take a job, any
-    /// host answers for its record, a deploy to one host reaches all, and
-    /// a timer tick is claimed by one host; blob changes stay in this
-    /// host's embedded store.
+    /// A fleet host: users' queues and the job and timer queues on SQS,
+    /// job records, deployments and timer state in `state` (S3), so any
+    /// host can take a job, any host answers for its record, a deploy to
+    /// one host reaches all, and a timer tick is claimed by one host.
+    /// Buckets are on S3 when `s3` is given (their blob triggers' queues on
+    /// SQS too), else in this host's embedded store.
     pub fn fleet(
         data_dir: &Path,
         clock: Arc<dyn Clock>,
-        sqs: sqs::SqsQueues,
+        sqs: Arc<sqs::SqsQueues>,
         state: Arc<dyn crate::state::StateStore>,
+        s3: Option<Arc<s3blobs::S3Events>>,
     ) -> anyhow::Result<Backends> {
         let embedded = Backends::embedded(data_dir, clock.clone())?;
         let queues: Arc<dyn QueueBackend> = Arc::new(routed::RoutedQueues {
             host: embedded.queues,
-            user: Arc::new(sqs),
+            user: sqs,
             fleet: true,
+            blob_queues: s3.is_some(),
         });
+        let blobs: Arc<dyn BlobBackend> = match &s3 {
+            Some(events) => events.blobs.clone(),
+            None => embedded.blobs,
+        };
         Ok(Backends {
             jobs: Arc::new(crate::jobs::shared::SharedJobs {
                 state: state.clone(),
@@ -102,8 +116,9 @@ impl Backends {
                 clock,
             }),
             queues,
-            blobs: embedded.blobs,
+            blobs,
             fleet: Some(state),
+            blob_events: s3,
         })
     }
 }

@@ -1,15 +1,18 @@
 //! Blobs: buckets of objects behind the guest `storage` import, the blob
 //! HTTP API and blob-change triggers.
 //!
-//! [`BlobBackend`] is the seam (S3 later); [`embedded::EmbeddedBlobs`] keeps
-//! each bucket as a folder in the data dir with an SQLite index of keys and
-//! metadata. Keys are validated here, once, for every backend.
+//! [`BlobBackend`] is the seam for objects: the embedded store keeps each
+//! bucket as a folder in the data dir with an SQLite index of keys and
+//! metadata; S3 keeps them as objects. Keys are validated here, once, for
+//! every backend.
 //!
-//! Every create, update and delete is also recorded, with the write, in a
-//! change feed: numbered [`Change`]s that blob triggers read through
+//! Where changes come from is a seam of its own. The embedded store
+//! records every create, update and delete, with the write, in a
+//! [`ChangeFeed`]: numbered [`Change`]s that blob triggers read through
 //! per-consumer [`Cursor`]s, with a receipt per (consumer, object, etag) so
-//! each version of an object is handed to a consumer once. Knows nothing of
-//! wasm, triggers or HTTP.
+//! each version of an object is handed to a consumer once. S3 has no feed:
+//! its event notifications arrive on an SQS queue. Knows nothing of wasm,
+//! triggers or HTTP.
 
 use crate::task::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -267,6 +270,23 @@ pub fn validate_content_type(content_type: &str) -> Result<(), BlobError> {
     Ok(())
 }
 
+/// Check a put before it reaches a backend: the bucket and key, the size
+/// (at most [`MAX_OBJECT_BYTES`]) and the content type.
+pub fn validate_put(
+    bucket: &str,
+    key: &str,
+    size: usize,
+    content_type: Option<&str>,
+) -> Result<(), BlobError> {
+    validate(bucket, key)?;
+    if size > MAX_OBJECT_BYTES {
+        return Err(BlobError::TooLarge(format!(
+            "the object is {size} bytes, over the limit of {MAX_OBJECT_BYTES}"
+        )));
+    }
+    content_type.map_or(Ok(()), validate_content_type)
+}
+
 /// A bucket-of-objects store. Writes are atomic: readers see the old object
 /// or the new one, never half.
 pub trait BlobBackend: Send + Sync {
@@ -286,17 +306,27 @@ pub trait BlobBackend: Send + Sync {
     /// Delete an object; false when there was none.
     fn delete(&self, bucket: &str, key: &str) -> BoxFuture<'_, Result<bool, BlobError>>;
     /// Objects whose keys start with `prefix` and sort after `start_after`,
-    /// in key order, at most `max`: [`BlobBackend::list_at`]'s page.
+    /// in key order, at most `max`.
     fn list(
         &self,
         bucket: &str,
         prefix: &str,
         start_after: Option<String>,
         max: usize,
-    ) -> BoxFuture<'_, Result<Vec<ObjectMeta>, BlobError>> {
-        let page = self.list_at(bucket, prefix, start_after, max);
-        Box::pin(async move { Ok(page.await?.0) })
+    ) -> BoxFuture<'_, Result<Vec<ObjectMeta>, BlobError>>;
+    /// The change feed of these buckets, for a backend that keeps one (the
+    /// embedded store); `None` where changes arrive another way (S3's event
+    /// notifications).
+    fn feed(&self) -> Option<Arc<dyn ChangeFeed>> {
+        None
     }
+}
+
+/// A change feed: every create, update and delete of a blob backend,
+/// numbered, read by consumers through cursors, with a receipt per
+/// (consumer, object, etag) so that each version goes to a consumer once.
+/// The embedded store keeps one; S3 has none (its events arrive on SQS).
+pub trait ChangeFeed: Send + Sync {
     /// Like [`BlobBackend::list`], with the feed position the page reflects:
     /// every change up to it had happened when the page was read, and none
     /// after it had.

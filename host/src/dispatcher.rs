@@ -86,6 +86,8 @@ pub struct Dispatcher {
     fleet: Option<Arc<dyn crate::state::StateStore>>,
     /// The version of each fleet record this host last applied.
     seen: std::sync::Mutex<HashMap<String, String>>,
+    /// Where S3 buckets' events arrive (buckets on S3 only).
+    blob_events: Option<Arc<crate::backends::s3blobs::S3Events>>,
     bindings: std::sync::Mutex<HashMap<(String, String), Arc<BindingStats>>>,
 }
 
@@ -144,6 +146,7 @@ impl Dispatcher {
             blobs: backends.blobs,
             fleet: backends.fleet,
             seen: Default::default(),
+            blob_events: backends.blob_events,
             changes: watch::Sender::new(0),
             bindings: Default::default(),
         });
@@ -342,7 +345,9 @@ impl Dispatcher {
         self.swap(name, None, None);
         // Its blob triggers' progress goes with it (the function is gone;
         // one deployed later under this name starts from the objects there).
-        if let Err(e) = self.blobs.forget_function(name).await {
+        if let Some(feed) = self.blobs.feed()
+            && let Err(e) = feed.forget_function(name).await
+        {
             tracing::warn!(function = %name, error = %e, "removed, but cannot forget its blob trigger receipts");
         }
         Ok(true)
@@ -387,6 +392,11 @@ impl Dispatcher {
     /// The blob store.
     pub fn blobs(&self) -> &Arc<dyn crate::blobs::BlobBackend> {
         &self.blobs
+    }
+
+    /// Where S3 buckets' event notifications arrive, if buckets are on S3.
+    pub fn blob_events(&self) -> Option<&Arc<crate::backends::s3blobs::S3Events>> {
+        self.blob_events.as_ref()
     }
 
     /// The job store.

@@ -178,6 +178,15 @@ pub fn blob_queue(function: &str, bucket: &str) -> String {
     format!("{RESERVED_PREFIX}blob-{function}.{bucket}")
 }
 
+/// The function whose blob trigger queue this is, if it is one.
+pub fn blob_function(queue: &str) -> Option<&str> {
+    queue
+        .strip_prefix(RESERVED_PREFIX)?
+        .strip_prefix("blob-")?
+        .split_once('.')
+        .map(|(f, _)| f)
+}
+
 /// The queue that carries `function`'s timer ticks.
 pub fn timer_queue(function: &str) -> String {
     format!("{RESERVED_PREFIX}timer-{function}")

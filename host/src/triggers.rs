@@ -40,6 +40,14 @@ impl Supervisor {
             workers: HashMap::new(),
         };
         let feed = tokio::spawn(blob::run(sup.dispatcher.clone(), sup.shutdown.clone()));
+        // Buckets on S3: their changes arrive as event notifications.
+        let s3_events = sup.dispatcher.blob_events().cloned().map(|events| {
+            tokio::spawn(blob::s3::run(
+                sup.dispatcher.clone(),
+                events,
+                sup.shutdown.clone(),
+            ))
+        });
         // Callbacks a crash cut off: tracked, so a shutdown waits for them
         // like any other in-flight work.
         tracker.spawn(crate::jobs::callback::resume(
@@ -59,6 +67,9 @@ impl Supervisor {
                 let _ = worker.await;
             }
             let _ = feed.await;
+            if let Some(s3_events) = s3_events {
+                let _ = s3_events.await;
+            }
             sup.tracker.close();
         });
         tracker

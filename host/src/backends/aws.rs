@@ -38,3 +38,39 @@ pub async fn sdk_config(target: Target, section: &str) -> Result<aws_config::Sdk
     }
     Ok(sdk)
 }
+
+/// An S3 client for `target`, with path-style addressing (which every
+/// S3-compatible server understands); `section` names the host config's
+/// section in errors.
+pub async fn s3_client(target: Target, section: &str) -> Result<aws_sdk_s3::Client, String> {
+    let sdk = sdk_config(target, section).await?;
+    let config = aws_sdk_s3::config::Builder::from(&sdk)
+        .force_path_style(true)
+        .build();
+    Ok(aws_sdk_s3::Client::from_conf(config))
+}
+
+/// Create `bucket` unless it exists (a dev convenience: `create = true`).
+pub async fn create_bucket(client: &aws_sdk_s3::Client, bucket: &str) -> Result<(), String> {
+    match client.create_bucket().bucket(bucket).send().await {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.as_service_error().is_some_and(|s| {
+                s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists()
+            }) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(describe(&format!("cannot create bucket {bucket:?}"), &e)),
+    }
+}
+
+/// An SDK error as one line: what was tried, and what the service said.
+pub fn describe<E, R>(what: &str, e: &aws_sdk_s3::error::SdkError<E, R>) -> String
+where
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    let detail = aws_sdk_s3::error::DisplayErrorContext(e).to_string();
+    format!("{what}: {}", crate::text::cut(&detail, 512))
+}

@@ -22,6 +22,9 @@ pub struct RoutedQueues {
     /// Job queues (`fnhost-jobs-…`) and timer queues (`fnhost-timer-…`)
     /// go to `user` as well, so that any host of a fleet can take them.
     pub fleet: bool,
+    /// Blob triggers' queues (`fnhost-blob-…`) go to `user` as well (the
+    /// buckets are on S3, whose events any host may feed).
+    pub blob_queues: bool,
 }
 
 const HOST: &str = "h:";
@@ -34,6 +37,7 @@ impl RoutedQueues {
             && !(self.fleet
                 && (crate::names::job_function(queue).is_some()
                     || crate::names::timer_function(queue).is_some()))
+            && !(self.blob_queues && crate::names::blob_function(queue).is_some())
     }
 
     fn of(&self, queue: &str) -> (&dyn QueueBackend, &'static str) {

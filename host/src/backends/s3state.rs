@@ -27,14 +27,11 @@ impl S3State {
         bucket: String,
         prefix: String,
     ) -> Result<S3State, StateError> {
-        let sdk = super::aws::sdk_config(target, "state")
+        let client = super::aws::s3_client(target, "state")
             .await
             .map_err(StateError::Invalid)?;
-        let config = aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(true)
-            .build();
         Ok(S3State {
-            client: aws_sdk_s3::Client::from_conf(config),
+            client,
             bucket,
             prefix,
         })
@@ -42,26 +39,9 @@ impl S3State {
 
     /// Create the bucket if it does not exist (a dev convenience).
     pub async fn create_bucket(&self) -> Result<(), StateError> {
-        match self
-            .client
-            .create_bucket()
-            .bucket(&self.bucket)
-            .send()
+        super::aws::create_bucket(&self.client, &self.bucket)
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error().is_some_and(|s| {
-                    s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists()
-                }) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(s3_error(
-                &format!("cannot create bucket {:?}", self.bucket),
-                e,
-            )),
-        }
+            .map_err(|m| StateError::backend(m, None))
     }
 
     /// Check that the bucket answers.
@@ -85,11 +65,7 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
-    let detail = aws_sdk_s3::error::DisplayErrorContext(&e).to_string();
-    StateError::backend(
-        format!("{what}: {}", crate::text::cut(&detail, 512)),
-        Some(Arc::new(e)),
-    )
+    StateError::backend(super::aws::describe(what, &e), Some(Arc::new(e)))
 }
 
 fn refuse<'a, T: Send + 'a>(e: StateError) -> BoxFuture<'a, Result<T, StateError>> {

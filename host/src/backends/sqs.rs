@@ -98,6 +98,24 @@ impl SqsQueues {
         Ok(SqsQueues::new(&sdk, settings, clock))
     }
 
+    /// The ARN of `queue` (created if missing and allowed), which an S3
+    /// bucket's notification configuration names.
+    pub async fn arn(&self, queue: &str) -> Result<String, QueueError> {
+        let url = self.url(queue).await?;
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(|e| sqs_error(&format!("cannot read the ARN of {queue:?}"), e))?;
+        out.attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+            .cloned()
+            .ok_or_else(|| QueueError::backend(format!("SQS gave no ARN for {queue:?}")))
+    }
+
     /// Check that the endpoint answers and the credentials are accepted.
     pub async fn check(&self) -> Result<(), QueueError> {
         self.client

@@ -10,6 +10,14 @@
 //! bucket = "my-fnhost-state"           # region and endpoint default to [queues]'s
 //! prefix = "prod/"
 //!
+//! [blobs]                              # buckets on S3 (needs [state] on S3)
+//! backend = "s3"                       # "embedded" (the default) or "s3"
+//! prefix = "prod-"                     # bucket `uploads` is the S3 bucket `prod-uploads`
+//! notifications = "s3-events"          # the queue (on SQS) the buckets' events arrive on
+//! create = false                       # create watched buckets and their notifications
+//! [blobs.buckets]                      # or name S3 buckets one by one
+//! uploads = "acme-uploads"
+//!
 //! [queues]
 //! backend = "sqs"                      # "embedded" (the default) or "sqs"
 //! region = "eu-west-1"                 # else the AWS chain (AWS_REGION, profile)
@@ -24,6 +32,7 @@
 
 use crate::backends::Backends;
 use crate::backends::aws::Target;
+use crate::backends::s3blobs::{S3Blobs, S3Events};
 use crate::backends::s3state::S3State;
 use crate::backends::sqs::{SqsQueues, SqsSettings};
 use crate::clock::Clock;
@@ -31,6 +40,14 @@ use anyhow::Context as _;
 use serde::Deserialize;
 use std::path::Path;
 use std::sync::Arc;
+
+/// Is `name` an S3 bucket name (3-63 lower-case letters, digits, `-`, `.`)?
+fn s3_bucket_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.'))
+}
 
 /// A host config file, as written.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -42,6 +59,48 @@ pub struct HostFile {
     /// Where shared state (job records) lives.
     #[serde(default)]
     pub state: StateConfig,
+    /// Where buckets live.
+    #[serde(default)]
+    pub blobs: BlobsConfig,
+}
+
+/// Which backend holds buckets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobsKind {
+    /// This host's data dir.
+    #[default]
+    Embedded,
+    /// Amazon S3.
+    S3,
+}
+
+/// `[blobs]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobsConfig {
+    /// The backend.
+    #[serde(default)]
+    pub backend: BlobsKind,
+    /// Prepended to a bucket's name to make its S3 bucket's.
+    #[serde(default)]
+    pub prefix: String,
+    /// S3 buckets named one by one (fnhost bucket -> S3 bucket).
+    #[serde(default)]
+    pub buckets: std::collections::BTreeMap<String, String>,
+    /// The queue the buckets' event notifications arrive on.
+    #[serde(default)]
+    pub notifications: String,
+    /// The AWS region (else `[queues]`'s, else the AWS chain's).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// The S3 endpoint (else `[queues]`'s, else the AWS chain's).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Create watched buckets that are missing, and point their event
+    /// notifications at the queue.
+    #[serde(default)]
+    pub create: bool,
 }
 
 /// Which backend keeps shared state.
@@ -170,11 +229,7 @@ impl HostFile {
                     "\"s3\" shares job records across a fleet, whose job queues must be shared too; set backend = \"sqs\" under [queues]".into(),
                 ));
             }
-            let bucket_ok = (3..=63).contains(&st.bucket.len())
-                && st.bucket.chars().all(|c| {
-                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.')
-                });
-            if !bucket_ok {
+            if !s3_bucket_name(&st.bucket) {
                 return Err((
                     "state.bucket".into(),
                     format!(
@@ -192,6 +247,43 @@ impl HostFile {
                 ));
             }
         }
+        let b = &self.blobs;
+        if b.backend == BlobsKind::S3 {
+            if st.backend != StateKind::S3 {
+                return Err((
+                    "blobs.backend".into(),
+                    "\"s3\" shares buckets across a fleet, which shares its state too; set backend = \"s3\" under [state] (and \"sqs\" under [queues])".into(),
+                ));
+            }
+            crate::names::QueueName::parse_user(&b.notifications).map_err(|e| {
+                (
+                    "blobs.notifications".into(),
+                    format!("{e}; name the queue the buckets' event notifications arrive on"),
+                )
+            })?;
+            for (bucket, s3) in &b.buckets {
+                crate::blobs::validate_bucket(bucket)
+                    .map_err(|e| (format!("blobs.buckets.{bucket}"), e.to_string()))?;
+                if !s3_bucket_name(s3) {
+                    return Err((
+                        format!("blobs.buckets.{bucket}"),
+                        format!(
+                            "{} is not an S3 bucket name; use 3-63 lower-case letters, digits, '-' and '.'",
+                            crate::text::quote(s3)
+                        ),
+                    ));
+                }
+            }
+            if !b.prefix.is_empty() && !s3_bucket_name(&format!("{}abc", b.prefix)) {
+                return Err((
+                    "blobs.prefix".into(),
+                    format!(
+                        "{} cannot begin an S3 bucket name; use lower-case letters, digits, '-' and '.'",
+                        crate::text::quote(&b.prefix)
+                    ),
+                ));
+            }
+        }
         if q.backend == QueueKind::Embedded
             && (q.region.is_some() || q.endpoint.is_some() || !q.fifo.is_empty() || q.create)
         {
@@ -201,6 +293,27 @@ impl HostFile {
             ));
         }
         Ok(())
+    }
+
+    /// The S3 buckets and where their events arrive.
+    async fn s3_events(&self, sqs: Arc<SqsQueues>) -> anyhow::Result<S3Events> {
+        let (b, q) = (&self.blobs, &self.queues);
+        let target = Target {
+            region: b.region.clone().or_else(|| q.region.clone()),
+            endpoint: b.endpoint.clone().or_else(|| q.endpoint.clone()),
+            keys: None,
+        };
+        let blobs = S3Blobs::connect(target, b.prefix.clone(), b.buckets.clone())
+            .await
+            .context("host.toml: [blobs]")?
+            .creating_buckets(b.create);
+        tracing::info!(prefix = %b.prefix, notifications = %b.notifications, "buckets on S3");
+        Ok(S3Events {
+            queue: b.notifications.clone(),
+            blobs: Arc::new(blobs),
+            sqs,
+            create: b.create,
+        })
     }
 
     /// Are queues shared with other hosts (SQS)?
@@ -230,7 +343,7 @@ impl HostFile {
                     endpoint: q.endpoint.clone(),
                     keys: None,
                 };
-                let sqs = SqsQueues::connect(target, settings, clock.clone()).await?;
+                let sqs = Arc::new(SqsQueues::connect(target, settings, clock.clone()).await?);
                 match sqs.check().await {
                     Ok(()) => tracing::info!(prefix = %q.prefix, "queues on SQS"),
                     Err(e) => {
@@ -240,6 +353,10 @@ impl HostFile {
                 if self.state.backend == StateKind::Embedded {
                     return Backends::embedded_with_sqs(data_dir, clock, sqs);
                 }
+                let events = match self.blobs.backend {
+                    BlobsKind::Embedded => None,
+                    BlobsKind::S3 => Some(Arc::new(self.s3_events(sqs.clone()).await?)),
+                };
                 let st = &self.state;
                 let target = Target {
                     region: st.region.clone().or_else(|| q.region.clone()),
@@ -261,7 +378,7 @@ impl HostFile {
                         tracing::error!(error = %e, "S3 cannot be reached now; job submissions and status will fail until it can")
                     }
                 }
-                Backends::fleet(data_dir, clock, sqs, Arc::new(state))
+                Backends::fleet(data_dir, clock, sqs, Arc::new(state), events)
             }
         }
     }

@@ -196,9 +196,14 @@ async fn changes(
         return blob_error(e);
     }
     let limit = q.limit.unwrap_or(1000).clamp(1, MAX_LIST);
-    match state
-        .dispatcher
-        .blobs()
+    let Some(feed) = state.dispatcher.blobs().feed() else {
+        return super::error(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_supported",
+            "this host's buckets keep no change feed (on S3, changes arrive as event notifications); bind a blob trigger to follow them",
+        );
+    };
+    match feed
         .changes(Some(bucket), q.after.unwrap_or(0), limit)
         .await
     {

@@ -16,7 +16,9 @@
 //! between enqueues the same changes again, under the same dedup ids, so
 //! the queue's dedup window absorbs the repeat (at least once, never lost).
 
-use crate::blobs::{BlobBackend, BlobError, Change, ChangeKind, Cursor};
+pub mod s3;
+
+use crate::blobs::{BlobError, Change, ChangeFeed, ChangeKind, Cursor};
 use crate::dispatcher::Dispatcher;
 use crate::manifest::BlobTrigger;
 use crate::queue::{NewMessage, QueueError};
@@ -33,14 +35,14 @@ const POLL: Duration = Duration::from_secs(1);
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// One blob trigger of one active function.
-struct Consumer {
+pub(crate) struct Consumer {
     id: String,
     function: String,
     trigger: BlobTrigger,
 }
 
 #[derive(Debug, thiserror::Error)]
-enum FeedError {
+pub(crate) enum FeedError {
     #[error(transparent)]
     Blobs(#[from] BlobError),
     #[error(transparent)]
@@ -49,7 +51,9 @@ enum FeedError {
 
 /// The feed's loop, until `shutdown`.
 pub async fn run(dispatcher: Arc<Dispatcher>, shutdown: CancellationToken) {
-    let blobs = dispatcher.blobs().clone();
+    let Some(blobs) = dispatcher.blobs().feed() else {
+        return; // changes arrive another way (S3 notifications)
+    };
     let wake = blobs.notifier().unwrap_or_else(|| Arc::new(Notify::new()));
     let mut changes = dispatcher.subscribe();
     // Not at once: a function that failed to load at start would lose its
@@ -87,7 +91,7 @@ pub async fn run(dispatcher: Arc<Dispatcher>, shutdown: CancellationToken) {
     }
 }
 
-fn consumers(dispatcher: &Dispatcher) -> Vec<Consumer> {
+pub(crate) fn consumers(dispatcher: &Dispatcher) -> Vec<Consumer> {
     let mut out = Vec::new();
     for d in dispatcher.active() {
         for t in &d.manifest.triggers.blob {
@@ -104,7 +108,7 @@ fn consumers(dispatcher: &Dispatcher) -> Vec<Consumer> {
 /// Move one consumer forward by a page; true when there may be more.
 async fn pump(
     dispatcher: &Dispatcher,
-    blobs: &dyn BlobBackend,
+    blobs: &dyn ChangeFeed,
     c: &Consumer,
 ) -> Result<bool, FeedError> {
     let spec = c.trigger.spec();
@@ -156,7 +160,7 @@ async fn pump(
 /// for, then start it at the feed's current end.
 async fn reconcile(
     dispatcher: &Dispatcher,
-    blobs: &dyn BlobBackend,
+    blobs: &dyn ChangeFeed,
     c: &Consumer,
     spec: String,
     resume: Option<u64>,
@@ -211,7 +215,7 @@ fn reconciling(spec: &str) -> String {
 /// can carry (a content type stored before content types were capped, say)
 /// goes straight to the queue's dead letters with the reason, so it never
 /// holds up the changes behind it.
-async fn deliver(
+pub(crate) async fn deliver(
     dispatcher: &Dispatcher,
     c: &Consumer,
     changes: &[Change],
@@ -221,9 +225,18 @@ async fn deliver(
     }
     let queue = c.trigger.queue(&c.function);
     let now = crate::clock::now_ms();
+    let features = dispatcher.queues().features(&queue);
     let mut messages = Vec::with_capacity(changes.len());
     for ch in changes {
-        let msg = message(c, ch);
+        let mut msg = message(c, ch);
+        // Order per object and dedup where the queue has them (an SQS
+        // standard queue has neither: see `s3`).
+        if !features.groups {
+            msg.group = None;
+        }
+        if !features.dedup {
+            msg.dedup_id = None;
+        }
         match crate::queue::validate(&queue, &msg, now) {
             Ok(()) => messages.push(msg),
             Err(why) => {

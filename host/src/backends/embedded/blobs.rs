@@ -19,8 +19,7 @@
 //! unrecorded; cursors and receipts commit together too.
 
 use crate::blobs::{
-    BlobBackend, BlobError, Change, ChangeKind, Cursor, MAX_OBJECT_BYTES, ObjectMeta, Stored,
-    validate,
+    BlobBackend, BlobError, Change, ChangeFeed, ChangeKind, Cursor, ObjectMeta, Stored, validate,
 };
 mod feed;
 
@@ -301,16 +300,7 @@ impl BlobBackend for EmbeddedBlobs {
         body: Vec<u8>,
         content_type: Option<String>,
     ) -> BoxFuture<'_, Result<Stored, BlobError>> {
-        if body.len() > MAX_OBJECT_BYTES {
-            let e = BlobError::TooLarge(format!(
-                "the object is {} bytes, over the limit of {MAX_OBJECT_BYTES}",
-                body.len()
-            ));
-            return Box::pin(async move { Err(e) });
-        }
-        if let Some(Err(e)) = content_type
-            .as_deref()
-            .map(crate::blobs::validate_content_type)
+        if let Err(e) = crate::blobs::validate_put(bucket, key, body.len(), content_type.as_deref())
         {
             return Box::pin(async move { Err(e) });
         }
@@ -456,6 +446,23 @@ impl BlobBackend for EmbeddedBlobs {
         })
     }
 
+    fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<String>,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<ObjectMeta>, BlobError>> {
+        let page = self.list_at(bucket, prefix, start_after, max);
+        Box::pin(async move { Ok(page.await?.0) })
+    }
+
+    fn feed(&self) -> Option<Arc<dyn ChangeFeed>> {
+        Some(Arc::new(self.clone()))
+    }
+}
+
+impl ChangeFeed for EmbeddedBlobs {
     fn list_at(
         &self,
         bucket: &str,

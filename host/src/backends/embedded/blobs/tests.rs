@@ -325,7 +325,7 @@ async fn traversal_is_refused_and_nothing_is_written() {
             .next()
             .is_none()
     );
-    let big = vec![0u8; MAX_OBJECT_BYTES + 1];
+    let big = vec![0u8; crate::blobs::MAX_OBJECT_BYTES + 1];
     assert!(matches!(
         blobs.put("uploads", "big", big, None).await,
         Err(BlobError::TooLarge(_))
