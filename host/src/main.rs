@@ -20,6 +20,8 @@ async fn main() -> std::process::ExitCode {
             EnvFilter::try_from_env("FNHOST_LOG").unwrap_or_else(|_| EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log file or pipe gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
