@@ -4,10 +4,13 @@
 //! `features`), the check asserts the refusal and its message instead.
 //! Real time, short: leases of 1-2 s.
 
+use fnhost::backends::aws::Target;
 use fnhost::backends::embedded::EmbeddedQueues;
+use fnhost::backends::s3state::S3State;
 use fnhost::backends::sqs::{SqsQueues, SqsSettings};
 use fnhost::clock::SystemClock;
 use fnhost::queue::{Delivery, NewMessage, QueueBackend, QueueError, Settlement};
+use fnhost::state::StateStore;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +18,8 @@ use std::time::{Duration, Instant};
 struct Under {
     backend: Arc<dyn QueueBackend>,
     queue: String,
+    /// Where the backend keeps checkpoints outside its queues, if it does.
+    checkpoints: Option<Arc<dyn StateStore>>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -24,6 +29,7 @@ async fn embedded(name: &str) -> Under {
     Under {
         backend: Arc::new(q),
         queue: name.to_string(),
+        checkpoints: None,
         _dir: Some(dir),
     }
 }
@@ -40,21 +46,33 @@ async fn sqs(name: &str) -> Under {
         fifo: vec!["ordered".into()],
         create: true,
     };
-    let q = SqsQueues::connect(
-        fnhost::backends::aws::Target {
-            region: Some("us-east-1".into()),
-            endpoint: Some(moto.endpoint.clone()),
-            keys: Some(("testing".into(), "testing".into())),
-        },
-        settings,
-        Arc::new(SystemClock),
+    // Checkpoints in the fleet's state bucket, as a fleet host keeps them.
+    let state = S3State::connect(
+        target(moto),
+        "fnhost-queue-tests".into(),
+        settings.prefix.clone(),
     )
     .await
     .unwrap();
+    state.create_bucket().await.unwrap();
+    let state: Arc<dyn StateStore> = Arc::new(state);
+    let q = SqsQueues::connect(target(moto), settings, Arc::new(SystemClock))
+        .await
+        .unwrap()
+        .with_checkpoints(state.clone());
     Under {
         backend: Arc::new(q),
         queue: name.to_string(),
+        checkpoints: Some(state),
         _dir: None,
+    }
+}
+
+fn target(moto: &fnhost_tests::Moto) -> Target {
+    Target {
+        region: Some("us-east-1".into()),
+        endpoint: Some(moto.endpoint.clone()),
+        keys: Some(("testing".into(), "testing".into())),
     }
 }
 
@@ -229,6 +247,58 @@ async fn dead_letters_keep_their_reason_and_can_be_redriven(u: Under) {
     );
 }
 
+/// Settlements that arrive together (SQS: one `DeleteMessageBatch` for
+/// those that wait on another in flight) each delete their own message.
+async fn settlements_at_once_each_delete_their_message(u: Under) {
+    let all: Vec<NewMessage> = (0..10).map(|i| msg(&format!("m{i}"))).collect();
+    u.backend.send_batch(&u.queue, all).await.unwrap();
+    let lease = Duration::from_secs(2);
+    let got = receive_n(&u, 10, lease, 10).await;
+    assert_eq!(got.len(), 10);
+    let acks: Vec<_> = got
+        .into_iter()
+        .map(|d| {
+            let backend = u.backend.clone();
+            tokio::spawn(async move { backend.ack(d.receipt).await })
+        })
+        .collect();
+    for a in acks {
+        assert!(a.await.unwrap().unwrap());
+    }
+    tokio::time::sleep(lease + Duration::from_secs(1)).await;
+    let back = receive_n(&u, 1, VIS, 2).await;
+    assert!(back.is_empty(), "{:?}", bodies(&back));
+}
+
+async fn a_checkpoint_comes_back_with_the_next_delivery(u: Under) {
+    assert!(u.backend.features(&u.queue).checkpoints);
+    u.backend.send(&u.queue, msg("long job")).await.unwrap();
+    let first = receive_n(&u, 1, VIS, 10).await.remove(0);
+    assert_eq!(first.message.checkpoint, None);
+    assert!(
+        u.backend
+            .checkpoint(first.receipt.clone(), b"step 3".to_vec())
+            .await
+            .unwrap()
+    );
+    assert!(
+        u.backend
+            .retry(first.receipt, Duration::ZERO, "cut off".into())
+            .await
+            .unwrap()
+    );
+    let second = receive_n(&u, 1, VIS, 10).await.remove(0);
+    assert_eq!(second.message.body, b"long job");
+    assert_eq!(second.message.dequeue_count, 2);
+    assert_eq!(second.message.checkpoint.as_deref(), Some(&b"step 3"[..]));
+    u.backend.ack(second.receipt).await.unwrap();
+    // Done with: nothing of it is left where checkpoints are kept.
+    if let Some(state) = &u.checkpoints {
+        let left = state.list("checkpoints/", None, 10).await.unwrap();
+        assert!(left.is_empty(), "{left:?}");
+    }
+}
+
 async fn a_settlement_sends_its_reply(u: Under) {
     let replies = format!("{}-replies", u.queue);
     u.backend.send(&u.queue, msg("ask")).await.unwrap();
@@ -246,6 +316,7 @@ async fn a_settlement_sends_its_reply(u: Under) {
     let r = Under {
         backend: u.backend.clone(),
         queue: replies,
+        checkpoints: None,
         _dir: None,
     };
     let got = receive_n(&r, 1, VIS, 10).await;
@@ -406,6 +477,8 @@ suites!(embedded, sqs: [
     a_retry_waits_for_its_delay_and_a_release_does_not,
     settling_some_of_a_batch_leaves_the_others_alone,
     dead_letters_keep_their_reason_and_can_be_redriven,
+    settlements_at_once_each_delete_their_message,
+    a_checkpoint_comes_back_with_the_next_delivery,
     a_settlement_sends_its_reply,
     a_delayed_message_waits,
     a_waiting_receive_gets_what_arrives,
@@ -413,3 +486,106 @@ suites!(embedded, sqs: [
     a_fifo_queue_keeps_group_order_and_drops_duplicates,
     what_a_backend_lacks_is_refused_by_name,
 ]);
+
+/// A queue with its own redrive policy: fnhost sends its dead letters to
+/// the policy's target (not to a `__dlq` of its own), SQS moves a message
+/// received too often there by itself, and both are listed and redriven.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sqs_queues_own_redrive_policy_is_honoured() {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let moto = tokio::task::spawn_blocking(fnhost_tests::moto)
+        .await
+        .unwrap();
+    let prefix = format!("t{}-", &uuid_like()[..12]);
+    let sdk = fnhost::backends::aws::sdk_config(target(moto), "queues")
+        .await
+        .unwrap();
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let graveyard = sqs
+        .create_queue()
+        .queue_name(format!("{prefix}graveyard"))
+        .send()
+        .await
+        .unwrap();
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(graveyard.queue_url().unwrap())
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes()
+        .unwrap()[&QueueAttributeName::QueueArn]
+        .clone();
+    let policy = serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": 2});
+    sqs.create_queue()
+        .queue_name(format!("{prefix}work"))
+        .attributes(QueueAttributeName::RedrivePolicy, policy.to_string())
+        .send()
+        .await
+        .unwrap();
+    let settings = SqsSettings {
+        prefix: prefix.clone(),
+        fifo: Vec::new(),
+        create: false,
+    };
+    let backend = SqsQueues::connect(target(moto), settings, Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let u = Under {
+        backend: Arc::new(backend),
+        queue: "work".into(),
+        checkpoints: None,
+        _dir: None,
+    };
+
+    // fnhost gives up on one: it goes to the policy's target, with its reason.
+    u.backend.send(&u.queue, msg("poison")).await.unwrap();
+    let d = receive_n(&u, 1, VIS, 10).await.remove(0);
+    let how = Settlement::DeadLetter {
+        error: "cannot parse".into(),
+        function: Some("f@v1".into()),
+    };
+    assert!(u.backend.settle(d.receipt, how, Vec::new()).await.unwrap());
+
+    // SQS gives up on one: received more often than the policy allows
+    // (here: a host that died twice holding it), it moves there by itself.
+    u.backend.send(&u.queue, msg("kills hosts")).await.unwrap();
+    for _ in 0..2 {
+        let d = receive_n(&u, 1, VIS, 10).await.remove(0);
+        u.backend.release(vec![d.receipt]).await.unwrap();
+    }
+    assert!(receive_n(&u, 1, VIS, 3).await.is_empty(), "moved by SQS");
+
+    let mut dead = u.backend.dead_letters(&u.queue, 10).await.unwrap();
+    dead.sort_by(|a, b| a.message.body.cmp(&b.message.body));
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert_eq!(dead[0].message.body, b"kills hosts");
+    assert!(
+        dead[0].error.contains("redrive policy"),
+        "{}",
+        dead[0].error
+    );
+    assert_eq!(dead[1].message.body, b"poison");
+    assert_eq!(dead[1].error, "cannot parse");
+    let stats = u.backend.stats(&u.queue).await.unwrap();
+    assert_eq!(stats.dead_letters, 2, "{stats:?}");
+    // No dead-letter queue of fnhost's own was made beside the policy's.
+    let queues = sqs
+        .list_queues()
+        .queue_name_prefix(&prefix)
+        .send()
+        .await
+        .unwrap();
+    let names: Vec<&str> = queues
+        .queue_urls()
+        .iter()
+        .filter_map(|u| u.rsplit('/').next())
+        .collect();
+    assert!(!names.iter().any(|n| n.ends_with("__dlq")), "{names:?}");
+
+    assert_eq!(u.backend.redrive(&u.queue, None).await.unwrap(), 2);
+    let mut back = bodies(&receive_n(&u, 2, VIS, 10).await);
+    back.sort();
+    assert_eq!(back, ["kills hosts", "poison"]);
+}

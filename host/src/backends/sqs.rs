@@ -6,12 +6,14 @@
 //! `ChangeMessageVisibility` (at most 12 hours), `ApproximateReceiveCount`
 //! as the attempt, counts from `GetQueueAttributes`, purges. What is built
 //! on it: a delay past SQS's 15 minutes holds the message (it is sent
-//! again, with the time left, until due); a dead letter is sent to the
-//! queue's `__dlq` queue with its reason and then deleted; dead letters
-//! are listed and redriven by receiving from that queue. What SQS does
-//! not have is refused, naming the limit (see [`QueueFeatures`]):
-//! priorities, groups and dedup ids on a standard queue, peeking,
-//! checkpoints, a delay on a FIFO queue, messages over 256 KiB as sent.
+//! again, with the time left, until due); deletes go in batches of up to
+//! 10 when several are due at once ([`deletes`]); a dead letter is sent to
+//! the queue's own redrive target, or to its `__dlq` queue where it has
+//! none, with its reason, and then deleted ([`dead`]); checkpoints are
+//! documents in the state store ([`checkpoints`]). What SQS does not have
+//! is refused, naming the limit (see [`QueueFeatures`]): priorities,
+//! groups and dedup ids on a standard queue, peeking, a delay on a FIFO
+//! queue, messages over 256 KiB as sent.
 //! A settlement's replies are sent before its delete, so a host that dies
 //! in between sends them again (at least once, not exactly once); a stale
 //! receipt cannot be told from a live one (SQS accepts both).
@@ -19,7 +21,13 @@
 //! fnhost queue `q` is the SQS queue `<prefix>q` (`.` becomes `_`; FIFO
 //! queues end in `.fifo`). Knows nothing of wasm, functions or HTTP.
 
+mod checkpoints;
 mod codec;
+mod dead;
+mod deletes;
+mod receive;
+mod send;
+mod urls;
 
 use crate::clock::Clock;
 use crate::queue::{
@@ -68,6 +76,9 @@ pub struct SqsQueues {
     /// What this host holds leases on: SQS messages cannot be read back by
     /// receipt, and a dead letter needs the message.
     leased: Mutex<HashMap<String, Received>>,
+    deletes: deletes::Deletes,
+    /// Where checkpoints are kept (none: checkpoints are refused).
+    checkpoints: Option<Arc<dyn crate::state::StateStore>>,
 }
 
 impl SqsQueues {
@@ -77,13 +88,22 @@ impl SqsQueues {
         settings: SqsSettings,
         clock: Arc<dyn Clock>,
     ) -> SqsQueues {
+        let client = aws_sdk_sqs::Client::new(sdk);
         SqsQueues {
-            client: aws_sdk_sqs::Client::new(sdk),
+            deletes: deletes::Deletes::new(client.clone()),
+            client,
             settings,
             clock,
             urls: Default::default(),
             leased: Default::default(),
+            checkpoints: None,
         }
+    }
+
+    /// Keep messages' checkpoints in `state` (see [`checkpoints`]).
+    pub fn with_checkpoints(mut self, state: Arc<dyn crate::state::StateStore>) -> SqsQueues {
+        self.checkpoints = Some(state);
+        self
     }
 
     /// A backend for `target` (see [`aws::Target`](super::aws::Target)).
@@ -128,210 +148,6 @@ impl SqsQueues {
             .map_err(|e| sqs_error("cannot reach SQS", e))
     }
 
-    fn is_fifo(&self, queue: &str) -> bool {
-        let base = queue.strip_suffix(DLQ_SUFFIX).unwrap_or(queue);
-        self.settings.fifo.iter().any(|q| q == base)
-    }
-
-    /// The SQS name of fnhost queue `queue` (or of a dead-letter queue).
-    fn sqs_name(&self, queue: &str) -> String {
-        let mapped = format!("{}{}", self.settings.prefix, queue.replace('.', "_"));
-        let fifo = if self.is_fifo(queue) { ".fifo" } else { "" };
-        if mapped.len() + fifo.len() <= 80 {
-            return format!("{mapped}{fifo}");
-        }
-        // Too long for SQS: a prefix and a hash of the whole name.
-        let hash = &crate::files::sha256_hex(mapped.as_bytes())[..16];
-        format!("{}-{hash}{fifo}", &mapped[..80 - 17 - fifo.len()])
-    }
-
-    /// The URL of `queue`, created if missing and allowed.
-    async fn url(&self, queue: &str) -> Result<String, QueueError> {
-        let name = self.sqs_name(queue);
-        if let Some(url) = self.urls.read().await.get(&name) {
-            return Ok(url.clone());
-        }
-        let found = self.client.get_queue_url().queue_name(&name).send().await;
-        let url = match found {
-            Ok(out) => out.queue_url().unwrap_or_default().to_string(),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_queue_does_not_exist()) =>
-            {
-                if !self.settings.create {
-                    return Err(QueueError::Invalid(format!(
-                        "queue {} has no SQS queue {name:?}; create it (and {:?} for its dead letters), or set `create = true` under [queues] in the host config",
-                        crate::text::quote(queue),
-                        self.sqs_name(&format!("{queue}{DLQ_SUFFIX}"))
-                    )));
-                }
-                let mut create = self.client.create_queue().queue_name(&name);
-                if self.is_fifo(queue) {
-                    create = create.attributes(QueueAttributeName::FifoQueue, "true");
-                }
-                create
-                    .send()
-                    .await
-                    .map_err(|e| sqs_error(&format!("cannot create SQS queue {name:?}"), e))?
-                    .queue_url()
-                    .unwrap_or_default()
-                    .to_string()
-            }
-            Err(e) => return Err(sqs_error(&format!("cannot find SQS queue {name:?}"), e)),
-        };
-        self.urls.write().await.insert(name, url.clone());
-        Ok(url)
-    }
-
-    /// The fnhost name of `queue`'s dead-letter queue.
-    fn dlq(queue: &str) -> String {
-        format!("{queue}{DLQ_SUFFIX}")
-    }
-
-    /// Send one message (checked) to `queue`, with `meta` beside the body.
-    async fn send_one(
-        &self,
-        queue: &str,
-        msg: NewMessage,
-        extra: impl FnOnce(&mut Meta),
-    ) -> Result<Sent, QueueError> {
-        let entry = self.entry(queue, "0", &msg, extra)?;
-        let url = self.url(queue).await?;
-        let mut send = self
-            .client
-            .send_message()
-            .queue_url(url)
-            .message_body(entry.message_body())
-            .set_message_attributes(entry.message_attributes().cloned())
-            .set_message_group_id(entry.message_group_id().map(str::to_string))
-            .set_message_deduplication_id(entry.message_deduplication_id().map(str::to_string));
-        if let Some(d) = entry.delay_seconds() {
-            send = send.delay_seconds(d);
-        }
-        let out = send
-            .send()
-            .await
-            .map_err(|e| sqs_error(&format!("cannot send to {queue:?}"), e))?;
-        Ok(Sent {
-            id: out.message_id().unwrap_or_default().to_string(),
-            duplicate: false,
-        })
-    }
-
-    /// `msg` as an SQS batch entry for `queue`, checked against what SQS
-    /// can carry; `extra` adds to its metadata.
-    fn entry(
-        &self,
-        queue: &str,
-        id: &str,
-        msg: &NewMessage,
-        extra: impl FnOnce(&mut Meta),
-    ) -> Result<SendMessageBatchRequestEntry, QueueError> {
-        let now = self.clock.now_ms();
-        self.features(queue).check(queue, msg, "SQS")?;
-        let fifo = self.is_fifo(queue);
-        let delay_ms = crate::queue::visible_at(msg.delay_ms, msg.not_before_ms, now) - now;
-        if fifo && delay_ms > 0 {
-            return Err(QueueError::Invalid(format!(
-                "queue {} is a FIFO queue on SQS, which takes no delay per message; send without one",
-                crate::text::quote(queue)
-            )));
-        }
-        let (delay_secs, due) = if delay_ms <= MAX_SQS_DELAY.as_millis() as u64 {
-            (delay_ms.div_ceil(1000) as i32, None)
-        } else {
-            (MAX_SQS_DELAY.as_secs() as i32, Some(now + delay_ms))
-        };
-        let (body, base64) = codec::encode_body(&msg.body);
-        let mut meta = codec::meta_of(msg, now, due, base64);
-        extra(&mut meta);
-        let json = serde_json::to_string(&meta).map_err(|e| QueueError::Invalid(e.to_string()))?;
-        let size = body.len() + json.len() + META.len() + "String".len();
-        if size > MAX_SQS_MESSAGE {
-            return Err(QueueError::Invalid(format!(
-                "the message is {size} bytes as SQS would carry it (its body{} and fnhost's metadata), over SQS's limit of {MAX_SQS_MESSAGE}",
-                if base64 { " in base64" } else { "" }
-            )));
-        }
-        let attribute = MessageAttributeValue::builder()
-            .data_type("String")
-            .string_value(json)
-            .build()
-            .map_err(|e| QueueError::Invalid(e.to_string()))?;
-        let mut entry = SendMessageBatchRequestEntry::builder()
-            .id(id)
-            .message_body(body)
-            .message_attributes(META, attribute);
-        if fifo {
-            // Without a group, each message is its own group: no order to keep.
-            let group = msg
-                .group
-                .clone()
-                .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-            let dedup = match &msg.dedup_id {
-                Some(d) => crate::files::sha256_hex(
-                    format!("{}/{d}", msg.dedup_scope.as_deref().unwrap_or("")).as_bytes(),
-                ),
-                None => uuid::Uuid::now_v7().to_string(),
-            };
-            entry = entry
-                .message_group_id(group)
-                .message_deduplication_id(dedup);
-        } else if delay_secs > 0 {
-            entry = entry.delay_seconds(delay_secs);
-        }
-        entry
-            .build()
-            .map_err(|e| QueueError::Invalid(e.to_string()))
-    }
-
-    /// A message received before it is due (a delay longer than SQS's 15
-    /// minutes): sent again with the time left, and the copy received now
-    /// deleted, so the receive count of the one finally delivered is its own.
-    async fn hold(&self, queue: &str, url: &str, handle: &str, r: &Received, due: u64) {
-        let now = self.clock.now_ms();
-        let msg = NewMessage {
-            not_before_ms: Some(due),
-            ..codec::resend(r)
-        };
-        let meta = r.meta.clone();
-        let sent = self
-            .send_one(queue, msg, |m| {
-                m.sent_at_ms = meta.sent_at_ms;
-                m.dedup_id = meta.dedup_id.clone();
-            })
-            .await;
-        match sent {
-            Ok(_) => {
-                let _ = self.delete(url, handle).await;
-            }
-            Err(e) => {
-                // Left to come back after its visibility timeout.
-                tracing::warn!(queue = %queue, error = %e, due_ms = due, now_ms = now, "cannot hold a delayed message; it comes back later");
-            }
-        }
-    }
-
-    async fn delete(&self, url: &str, handle: &str) -> Result<bool, QueueError> {
-        match self
-            .client
-            .delete_message()
-            .queue_url(url)
-            .receipt_handle(handle)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_receipt_handle_is_invalid()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(sqs_error("cannot delete a message", e)),
-        }
-    }
-
     async fn visibility(&self, receipt: &Receipt, after: Duration) -> Result<bool, QueueError> {
         let (queue, handle) = lease_parts(receipt)?;
         let url = self.url(queue).await?;
@@ -355,125 +171,6 @@ impl SqsQueues {
             }
             Err(e) => Err(sqs_error("cannot change a message's visibility", e)),
         }
-    }
-
-    /// Up to `max` messages of `queue`, leased for `visibility`, waiting
-    /// up to `wait` for the first.
-    async fn receive_raw(
-        &self,
-        queue: &str,
-        max: usize,
-        visibility: Duration,
-        wait: Duration,
-    ) -> Result<Vec<(String, Received)>, QueueError> {
-        let url = self.url(queue).await?;
-        let out = self
-            .client
-            .receive_message()
-            .queue_url(&url)
-            .max_number_of_messages(max.clamp(1, 10) as i32)
-            .wait_time_seconds(wait.min(crate::queue::MAX_WAIT).as_secs() as i32)
-            .visibility_timeout(seconds(visibility.min(MAX_VISIBILITY)))
-            .message_system_attribute_names(MessageSystemAttributeName::All)
-            .message_attribute_names(META)
-            .send()
-            .await
-            .map_err(|e| sqs_error(&format!("cannot receive from {queue:?}"), e))?;
-        let visible_at = self.clock.now_ms() + visibility.as_millis() as u64;
-        let mut got = Vec::new();
-        for m in out.messages() {
-            let handle = m.receipt_handle().unwrap_or_default().to_string();
-            match codec::decode(queue, m, visible_at) {
-                Ok(r) => got.push((handle, r)),
-                Err(why) => {
-                    tracing::error!(queue = %queue, message = ?m.message_id(), %why, "an SQS message fnhost cannot read is moved to the dead letters");
-                    let dead = NewMessage {
-                        body: m.body().unwrap_or_default().as_bytes().to_vec(),
-                        ..NewMessage::default()
-                    };
-                    let reason = format!("fnhost cannot read this message: {why}");
-                    if self.bury(queue, dead, reason).await.is_ok() {
-                        let _ = self.delete(&url, &handle).await;
-                    }
-                }
-            }
-        }
-        Ok(got)
-    }
-
-    /// Approximate counts of `queue` (none when the queue does not exist).
-    async fn counts(&self, queue: &str) -> Result<Option<(u64, u64, u64)>, QueueError> {
-        let name = self.sqs_name(queue);
-        let url = match self.client.get_queue_url().queue_name(&name).send().await {
-            Ok(out) => out.queue_url().unwrap_or_default().to_string(),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_queue_does_not_exist()) =>
-            {
-                return Ok(None);
-            }
-            Err(e) => return Err(sqs_error(&format!("cannot find SQS queue {name:?}"), e)),
-        };
-        let out = self
-            .client
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .send()
-            .await
-            .map_err(|e| sqs_error(&format!("cannot count {queue:?}"), e))?;
-        let get = |a: QueueAttributeName| {
-            out.attributes()
-                .and_then(|m| m.get(&a))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        Ok(Some((
-            get(QueueAttributeName::ApproximateNumberOfMessages),
-            get(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
-            get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
-        )))
-    }
-
-    /// Redrive (send back to `queue`) or purge the dead letters of
-    /// `queue` that `ids` names (all when none), receiving them from its
-    /// dead-letter queue in rounds of 10; the others are made visible again.
-    async fn sweep_dead(
-        &self,
-        queue: &str,
-        ids: Option<Vec<String>>,
-        redrive: bool,
-    ) -> Result<u64, QueueError> {
-        let dlq = Self::dlq(queue);
-        let url = self.url(&dlq).await?;
-        let mut done = 0;
-        for _ in 0..100 {
-            let got = self
-                .receive_raw(&dlq, 10, Duration::from_secs(30), Duration::ZERO)
-                .await?;
-            if got.is_empty() {
-                break;
-            }
-            for (handle, r) in got {
-                let id = r.meta.original_id.as_ref().unwrap_or(&r.message.id);
-                if ids.as_ref().is_none_or(|ids| ids.contains(id)) {
-                    if redrive {
-                        self.send_one(queue, codec::resend(&r), |_| {}).await?;
-                    }
-                    self.delete(&url, &handle).await?;
-                    done += 1;
-                } else {
-                    let back = Receipt {
-                        id: r.message.id.clone(),
-                        lease: format!("{dlq}\n{handle}"),
-                    };
-                    let _ = self.visibility(&back, Duration::ZERO).await;
-                }
-            }
-        }
-        Ok(done)
     }
 }
 
@@ -523,7 +220,7 @@ impl QueueBackend for SqsQueues {
             groups: fifo,
             dedup: fifo,
             peek: false,
-            checkpoints: false,
+            checkpoints: self.checkpoints.is_some(),
             exact_pending: false,
             atomic_replies: false,
             max_body_bytes: MAX_SQS_MESSAGE,
@@ -599,11 +296,16 @@ impl QueueBackend for SqsQueues {
             let got = self.receive_raw(&queue, max, visibility, wait).await?;
             let now = self.clock.now_ms();
             let mut out = Vec::with_capacity(got.len());
-            for (handle, r) in got {
+            for (handle, mut r) in got {
                 if let Some(due) = r.meta.due_ms
                     && due > now + 1000
                 {
                     self.hold(&queue, &url, &handle, &r, due).await;
+                    continue;
+                }
+                if let Err(e) = self.load_checkpoint(&queue, &mut r).await {
+                    // Not delivered: it comes back when the lease runs out.
+                    tracing::warn!(queue = %queue, message = %r.message.id, error = %e, "a message that came back is not delivered until its checkpoint can be read");
                     continue;
                 }
                 let receipt = Receipt {
@@ -655,8 +357,11 @@ impl QueueBackend for SqsQueues {
                 })
                 .await?;
             }
-            let deleted = self.delete(&url, handle).await?;
-            self.leased.lock().unwrap().remove(&receipt.lease);
+            let deleted = self.deletes.delete(&url, handle).await?;
+            let held = self.leased.lock().unwrap().remove(&receipt.lease);
+            if let Some(r) = held {
+                self.drop_checkpoint(queue, &r).await;
+            }
             Ok(deleted)
         })
     }
@@ -686,13 +391,12 @@ impl QueueBackend for SqsQueues {
 
     fn checkpoint(
         &self,
-        _receipt: Receipt,
-        _state: Vec<u8>,
+        receipt: Receipt,
+        state: Vec<u8>,
     ) -> BoxFuture<'_, Result<bool, QueueError>> {
         Box::pin(async move {
-            Err(QueueError::Unsupported(
-                "checkpoints are not kept for messages on SQS queues yet".into(),
-            ))
+            let (queue, _) = lease_parts(&receipt)?;
+            self.save_checkpoint(&receipt, queue, state).await
         })
     }
 

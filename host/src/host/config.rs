@@ -343,7 +343,7 @@ impl HostFile {
                     endpoint: q.endpoint.clone(),
                     keys: None,
                 };
-                let sqs = Arc::new(SqsQueues::connect(target, settings, clock.clone()).await?);
+                let sqs = SqsQueues::connect(target, settings, clock.clone()).await?;
                 match sqs.check().await {
                     Ok(()) => tracing::info!(prefix = %q.prefix, "queues on SQS"),
                     Err(e) => {
@@ -351,12 +351,14 @@ impl HostFile {
                     }
                 }
                 if self.state.backend == StateKind::Embedded {
+                    // Checkpoints of SQS messages in this host's own store.
+                    let state = crate::backends::embedded::EmbeddedState::open(data_dir)
+                        .with_context(|| {
+                            format!("failed to open the state store in {data_dir:?}")
+                        })?;
+                    let sqs = Arc::new(sqs.with_checkpoints(Arc::new(state)));
                     return Backends::embedded_with_sqs(data_dir, clock, sqs);
                 }
-                let events = match self.blobs.backend {
-                    BlobsKind::Embedded => None,
-                    BlobsKind::S3 => Some(Arc::new(self.s3_events(sqs.clone()).await?)),
-                };
                 let st = &self.state;
                 let target = Target {
                     region: st.region.clone().or_else(|| q.region.clone()),
@@ -378,7 +380,13 @@ impl HostFile {
                         tracing::error!(error = %e, "S3 cannot be reached now; job submissions and status will fail until it can")
                     }
                 }
-                Backends::fleet(data_dir, clock, sqs, Arc::new(state), events)
+                let state: Arc<dyn crate::state::StateStore> = Arc::new(state);
+                let sqs = Arc::new(sqs.with_checkpoints(state.clone()));
+                let events = match self.blobs.backend {
+                    BlobsKind::Embedded => None,
+                    BlobsKind::S3 => Some(Arc::new(self.s3_events(sqs.clone()).await?)),
+                };
+                Backends::fleet(data_dir, clock, sqs, state, events)
             }
         }
     }

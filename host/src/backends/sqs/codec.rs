@@ -95,6 +95,9 @@ pub(super) fn meta_of(msg: &NewMessage, now: u64, due_ms: Option<u64>, base64: b
 pub(super) struct Received {
     pub message: Message,
     pub meta: Meta,
+    /// A checkpoint of this message is stored (read at this delivery or
+    /// saved during it), to remove when the message is done with.
+    pub checkpointed: bool,
 }
 
 /// Build fnhost's message from an SQS one received from `queue`.
@@ -142,17 +145,25 @@ pub(super) fn decode(
         last_error: meta.error.clone(),
         checkpoint: None,
     };
-    Ok(Received { message, meta })
+    Ok(Received {
+        message,
+        meta,
+        checkpointed: false,
+    })
 }
 
 /// A dead letter as the API shows it.
 pub(super) fn dead_letter(r: Received) -> DeadLetter {
-    let Received { mut message, meta } = r;
+    let Received {
+        mut message, meta, ..
+    } = r;
     if let Some(id) = &meta.original_id {
         message.id = id.clone();
     }
     DeadLetter {
-        error: meta.error.clone().unwrap_or_default(),
+        error: meta.error.clone().unwrap_or_else(|| {
+            "no reason recorded: moved here by SQS (the queue's redrive policy), or sent here by something other than fnhost".into()
+        }),
         attempts: meta.attempts.unwrap_or(message.dequeue_count),
         function: meta.function.clone(),
         dead_at_ms: message.enqueued_at_ms,
