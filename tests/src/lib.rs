@@ -363,6 +363,20 @@ impl Host {
         }
     }
 
+    /// The host process's CPU time so far (user + system, from `/proc`).
+    pub fn cpu(&self) -> Duration {
+        let pid = self.child.as_ref().unwrap().id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command name (which may hold spaces): utime and
+        // stime are the 12th and 13th, in clock ticks of 10 ms.
+        let rest = stat.rsplit(") ").next().unwrap_or_default();
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        Duration::from_millis((f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0)) * 10)
+    }
+
     /// Send SIGTERM without waiting.
     pub fn term(&self) {
         terminate(self.child.as_ref().unwrap());

@@ -200,6 +200,13 @@ fn adversary(inv: Invocation, event: Event) -> Result<Output> {
             let word = fnhost_sdk::config("secret-word").unwrap_or_default();
             Ok(Output::text(format!("busy for {ms} ms ({word})")))
         }
+        m if m.starts_with("sleep-") => {
+            // Waits without spending CPU (a job that calls a slow service):
+            // the fleet bench's scaler part runs many of these at once.
+            let ms: u64 = m[6..].parse().map_err(|_| Error::fail("sleep-<ms>"))?;
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            Ok(Output::text(format!("slept {ms} ms")))
+        }
         m if m.starts_with("pages-") => {
             // Walk `secrets` under `notes/` in pages of the given size; answer
             // with the keys seen, in order, and the number of pages.
