@@ -21,11 +21,20 @@ pub enum Access {
     Write,
     /// Both.
     ReadWrite,
+    /// `get` and `head` of only the object whose change this invocation
+    /// runs for (a blob trigger's event): a leaked trigger cannot be used
+    /// to read the rest of the bucket. No `list`.
+    ReadEvent,
 }
 
 impl Access {
     fn allows(self, wanted: Access) -> bool {
-        self == Access::ReadWrite || self == wanted
+        self == Access::ReadWrite || (self == wanted && self != Access::ReadEvent)
+    }
+
+    /// Does it allow writing?
+    pub fn writes(self) -> bool {
+        matches!(self, Access::Write | Access::ReadWrite)
     }
 }
 
@@ -67,7 +76,7 @@ impl Grants {
             Ok(())
         } else {
             let what = match wanted {
-                Access::Read => "read",
+                Access::Read | Access::ReadEvent => "read",
                 Access::Write | Access::ReadWrite => "write",
             };
             Err(format!(
@@ -76,6 +85,18 @@ impl Grants {
                 crate::text::quote(bucket)
             ))
         }
+    }
+
+    /// May the function read `key` in `bucket` because it is the object
+    /// `event` (bucket, key) this invocation runs for, under a
+    /// `read-event` grant?
+    pub fn check_event_read(&self, bucket: &str, key: &str, event: Option<(&str, &str)>) -> bool {
+        event == Some((bucket, key))
+            && self.storage.iter().any(|g| {
+                g.bucket == bucket
+                    && g.access == Access::ReadEvent
+                    && g.prefix.as_deref().is_none_or(|p| key.starts_with(p))
+            })
     }
 
     /// May the function send to `queue`?
@@ -133,6 +154,28 @@ mod tests {
                 .check_storage("in", "a", Access::Read)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_read_event_grant_reads_only_the_triggering_object() {
+        let g = Grants {
+            storage: vec![StorageGrant {
+                bucket: "in".into(),
+                access: Access::ReadEvent,
+                prefix: None,
+            }],
+            queues: Vec::new(),
+        };
+        let event = Some(("in", "a.png"));
+        assert!(g.check_event_read("in", "a.png", event));
+        assert!(!g.check_event_read("in", "b.png", event));
+        assert!(!g.check_event_read("in", "a.png", None));
+        assert!(!g.check_event_read("other", "a.png", Some(("other", "a.png"))));
+        // Not a read grant: no get of another key, no list, no write.
+        for wanted in [Access::Read, Access::Write] {
+            assert!(g.check_storage("in", "a.png", wanted).is_err());
+            assert!(g.check_storage("in", "", wanted).is_err());
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The `fnhost` command line: `serve` runs the host; the other commands talk
-//! to a host's admin API (`deploy`, `list`, `invoke`, `rollback`, `remove`)
-//! or work on job crates locally (`new`, `build`).
+//! to a host's admin API (`deploy`, `list`, `invoke`, `rollback`, `remove`,
+//! `tokens`, …), read a local host's audit log (`audit`), or work on job
+//! crates locally (`new`, `build`).
 
 mod client;
 mod project;
@@ -103,6 +104,23 @@ enum Command {
     Blob {
         #[command(subcommand)]
         command: client::BlobCommand,
+    },
+    /// Make, list and revoke scoped admin tokens.
+    Tokens {
+        #[command(subcommand)]
+        command: client::TokensCommand,
+    },
+    /// Print a local host's audit log (refusals, deploys, token changes).
+    Audit {
+        /// The host's data dir.
+        #[arg(long, env = "FNHOST_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// How many of the last entries to print first.
+        #[arg(long, default_value_t = 50)]
+        lines: usize,
+        /// Keep printing entries as they are written.
+        #[arg(long)]
+        follow: bool,
     },
     /// Create a new job crate with a manifest.
     New {
@@ -226,6 +244,14 @@ impl Cli {
             Command::Remove { name, conn } => client::remove(&conn, &name).await,
             Command::Queue { command } => client::queue(command).await,
             Command::Blob { command } => client::blob(command).await,
+            Command::Tokens { command } => client::tokens(command).await,
+            Command::Audit {
+                data_dir,
+                lines,
+                follow,
+            } => tokio::task::spawn_blocking(move || client::audit(data_dir, lines, follow))
+                .await
+                .context("the audit reader stopped")?,
             Command::New { name, dir } => project::new(&name, dir),
             Command::Build { dir } => project::build(&dir).map(|_| ()),
         }

@@ -43,6 +43,8 @@ pub struct RouteTarget {
     pub function: String,
     /// Methods accepted; all when empty.
     pub methods: Vec<String>,
+    /// Does a caller need a token (`auth = "token"`)?
+    pub token: bool,
 }
 
 /// Why a deploy, rollback or removal was refused.
@@ -534,6 +536,7 @@ fn build_routes_with(
             let target = RouteTarget {
                 function: function.to_string(),
                 methods: t.methods.clone(),
+                token: t.auth == crate::manifest::RouteAuth::Token,
             };
             if let Err(e) = router.insert(t.path.clone(), target) {
                 let other = owners

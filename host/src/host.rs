@@ -9,6 +9,7 @@
 
 pub mod config;
 
+use crate::audit::Audit;
 use crate::backends::Backends;
 use crate::clock::SystemClock;
 use crate::dispatcher::Dispatcher;
@@ -16,7 +17,8 @@ use crate::jobs::JobSettings;
 use crate::jobs::callback::{CallbackPolicy, Callbacks};
 use crate::registry::Registry;
 use crate::sandbox::{LocalExecutor, Sandbox, SandboxConfig, Stores};
-use crate::server::ServerConfig;
+use crate::server::{Access, ServerConfig};
+use crate::tokens::Tokens;
 use anyhow::Context as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -92,6 +94,7 @@ pub struct Host {
     config: HostConfig,
     dispatcher: Arc<Dispatcher>,
     pooling: bool,
+    access: Access,
 }
 
 /// Puts a [`Host`] together: [`Host::builder`], then [`HostBuilder::build`].
@@ -131,9 +134,11 @@ impl HostBuilder {
             Registry::open(data_dir)
                 .with_context(|| format!("failed to open the registry in {data_dir:?}"))?,
         );
+        let audit = Arc::new(Audit::open(data_dir));
         let stores = Stores {
             queues: Some(backends.queues.clone()),
             blobs: Some(backends.blobs.clone()),
+            audit: Some(audit.clone()),
         };
         let executor = Arc::new(LocalExecutor::new(
             sandbox,
@@ -145,6 +150,19 @@ impl HostBuilder {
             retention: config.job_retention,
             callbacks: Arc::new(Callbacks::new(config.callbacks.clone())),
         };
+        // Tokens live where the fleet's state does, so a token made on one
+        // host works on all; a host alone keeps them in its state.db.
+        let token_state: Arc<dyn crate::state::StateStore> = match &backends.fleet {
+            Some(state) => state.clone(),
+            None => Arc::new(
+                crate::backends::embedded::EmbeddedState::open(data_dir)
+                    .with_context(|| format!("failed to open the state store in {data_dir:?}"))?,
+            ),
+        };
+        let access = Access {
+            tokens: Arc::new(Tokens::new(token_state, config.server.token.clone())),
+            audit,
+        };
         let dispatcher = Dispatcher::start(executor, registry, backends, jobs).await?;
         // A fleet host takes the fleet's deployments before it serves.
         if let Err(e) = dispatcher.sync_fleet().await {
@@ -154,6 +172,7 @@ impl HostBuilder {
             config,
             dispatcher,
             pooling,
+            access,
         })
     }
 }
@@ -200,6 +219,14 @@ impl Host {
         tokio::spawn(self.dispatcher.clone().follow_fleet(shutdown.clone()));
         let mut server = self.config.server;
         server.http_triggers = self.config.role.serves_http();
-        crate::server::serve(listener, self.dispatcher, server, shutdown, background).await
+        crate::server::serve(
+            listener,
+            self.dispatcher,
+            server,
+            self.access,
+            shutdown,
+            background,
+        )
+        .await
     }
 }

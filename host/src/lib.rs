@@ -15,10 +15,13 @@
 //! - [`queue`], [`blobs`]: the queue and blob backend traits, their types and validation;
 //! - [`registry`]: deployed functions and their versions, on disk;
 //! - [`state`]: shared documents with conditional writes (a fleet's job records);
+//! - [`tokens`]: scoped admin tokens, kept hashed in the state store;
+//! - [`audit`]: the audit log of refusals and changes, JSON lines in the data dir;
 //! - [`capabilities`]: grants, checked in one place for every guest call;
 //! - [`names`]: function, queue and bucket names; the host's own queues;
 //! - [`text`], [`clock`], [`task`], [`files`]: leaves every layer shares.
 
+pub mod audit;
 pub mod backends;
 pub mod blobs;
 pub mod capabilities;
@@ -38,6 +41,7 @@ pub mod server;
 pub mod state;
 pub mod task;
 pub mod text;
+pub mod tokens;
 pub mod triggers;
 
 #[cfg(test)]

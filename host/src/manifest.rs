@@ -16,7 +16,9 @@ use crate::names::FunctionName;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-pub use triggers::{BlobTrigger, HttpTrigger, QueuePolicy, QueueTrigger, Source, TimerTrigger};
+pub use triggers::{
+    BlobTrigger, HttpTrigger, QueuePolicy, QueueTrigger, RouteAuth, Source, TimerTrigger,
+};
 
 /// The manifest file's conventional name.
 pub const FILE_NAME: &str = "fnhost.toml";
@@ -135,7 +137,7 @@ impl Manifest {
             .and_then(|()| checks::timer(t.timer.as_ref()))
             .and_then(|()| checks::jobs(self.jobs.as_ref(), &self.name))
             .and_then(|()| checks::limits(&self.limits))
-            .and_then(|()| checks::grants(&self.grants))
+            .and_then(|()| checks::grants(&self.grants, &t.blob))
             .map_err(|(field, reason)| ManifestError {
                 file: file.into(),
                 field,

@@ -107,7 +107,15 @@ pub struct Stores {
     pub queues: Option<Arc<dyn QueueBackend>>,
     /// Where granted storage calls go.
     pub blobs: Option<Arc<dyn BlobBackend>>,
+    /// Where denied calls are recorded (the first
+    /// [`MAX_AUDITED_DENIALS`] of each invocation).
+    pub audit: Option<Arc<crate::audit::Audit>>,
 }
+
+/// Denied guest calls recorded in the audit log per invocation; past it one
+/// more line says the rest were not, so a guest cannot flood the log and
+/// rotate others' entries away.
+pub const MAX_AUDITED_DENIALS: u32 = 8;
 
 /// The per-invocation state the guest's imports see.
 pub struct HostState {
@@ -116,6 +124,13 @@ pub struct HostState {
     limiter: limits::GuestLimiter,
     profile: Arc<Profile>,
     stores: Stores,
+    /// The object a blob event is about (bucket, key), for `read-event`
+    /// grants.
+    event_object: Option<(String, String)>,
+    /// The invocation's id, for the audit log.
+    invocation_id: String,
+    /// Denied calls so far.
+    denials: std::cell::Cell<u32>,
     progress: Option<(u8, String)>,
     reporter: Option<Arc<dyn Reporter>>,
 }
@@ -288,6 +303,12 @@ impl Sandbox {
             limiter: limits::GuestLimiter::new(&limits),
             profile,
             stores,
+            event_object: match &event {
+                Event::Blob(change) => Some((change.bucket.clone(), change.key.clone())),
+                _ => None,
+            },
+            invocation_id: inv.id.clone(),
+            denials: std::cell::Cell::new(0),
             progress: None,
             reporter,
         };

@@ -11,6 +11,7 @@ mod blobs;
 mod conn;
 mod jobs;
 mod queues;
+mod tokens;
 mod trigger;
 
 use crate::dispatcher::Dispatcher;
@@ -22,7 +23,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use auth::{load_or_create_token, token_path};
+pub use auth::{Access, load_or_create_token, token_path};
 #[cfg(test)]
 pub(crate) use jobs::parse_submit;
 #[cfg(test)]
@@ -75,13 +76,15 @@ impl ServerConfig {
 pub(crate) struct AppState {
     pub dispatcher: Arc<Dispatcher>,
     pub config: Arc<ServerConfig>,
+    pub access: Access,
 }
 
 /// Build the router: admin API, health, HTTP trigger.
-pub fn router(dispatcher: Arc<Dispatcher>, config: ServerConfig) -> axum::Router {
+pub fn router(dispatcher: Arc<Dispatcher>, config: ServerConfig, access: Access) -> axum::Router {
     let state = AppState {
         dispatcher,
         config: Arc::new(config),
+        access,
     };
     axum::Router::new()
         .route(
@@ -106,12 +109,13 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     dispatcher: Arc<Dispatcher>,
     config: ServerConfig,
+    access: Access,
     shutdown: CancellationToken,
     background: TaskTracker,
 ) -> anyhow::Result<()> {
     let wait = config.stopping_wait_time;
     let limits = conn::Limits::from(&config);
-    let app = router(dispatcher.clone(), config);
+    let app = router(dispatcher.clone(), config, access);
     let connections = TaskTracker::new();
     let accepting = conn::accept_loop(listener, app, limits, shutdown.clone(), connections.clone());
     accepting.await;

@@ -15,11 +15,11 @@ const LAYERS: &[&[&str]] = &[
     // Leaves: text, time, futures, files.
     &["text", "clock", "task", "files"],
     // Names of functions, queues and buckets; the host's own queues.
-    &["names"],
+    &["names", "audit"],
     // The backend seams (traits and their data), the registry, grants.
     &["queue", "blobs", "registry", "capabilities", "state"],
     // Job records (a seam over the queue's types).
-    &["jobs"],
+    &["jobs", "tokens"],
     // What runs: the execution seam's data and trait.
     &["exec"],
     // The manifest; the stores behind the seams; the sandbox.

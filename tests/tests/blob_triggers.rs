@@ -267,3 +267,60 @@ fn uploads_before_deploy_while_stopped_and_across_a_kill_are_each_handled_once()
     assert!(crash >= 1);
     assert!(dead_letters(&host, "fnhost-blob-thumbnail.uploads").is_empty());
 }
+
+#[test]
+fn an_event_scoped_grant_reads_the_triggering_object_and_nothing_else() {
+    let host = Host::start();
+    // The neighbour is there before the function, so only a.txt triggers it.
+    let r = host.admin("PUT", "/v1/buckets/inbox/objects/b.txt", "neighbour");
+    assert_eq!(r.status, 201);
+    host.deploy_ok(
+        r#"
+name = "inbox"
+[[triggers.blob]]
+bucket = "inbox"
+prefix = "a"
+[[grants.storage]]
+bucket = "inbox"
+access = "read-event"
+[[grants.storage]]
+bucket = "events"
+access = "write"
+[config]
+neighbour = "b.txt"
+"#,
+        &guests().adversary,
+    );
+    let r = host.admin("PUT", "/v1/buckets/inbox/objects/a.txt", "mine");
+    assert_eq!(r.status, 201);
+    let record = host.wait_for(30, "the event's record", |h| {
+        let listing = h.admin("GET", "/v1/buckets/events/objects?prefix=blob/a.txt/", "");
+        let key = listing.json()["objects"][0]["key"].as_str()?.to_string();
+        Some(
+            h.admin("GET", &format!("/v1/buckets/events/objects/{key}"), "")
+                .json(),
+        )
+    });
+    assert_eq!(record["own"], "read 4 bytes", "{record}");
+    let neighbour = record["neighbour"].as_str().unwrap();
+    assert!(
+        neighbour.starts_with("error:") && neighbour.contains("b.txt"),
+        "{record}"
+    );
+    assert!(
+        record["list"].as_str().unwrap().starts_with("error:"),
+        "{record}"
+    );
+
+    // A read-event grant on a bucket no trigger watches is refused at deploy.
+    let out = host.deploy(
+        "name = \"nosy\"\n[[grants.storage]]\nbucket = \"inbox\"\naccess = \"read-event\"\n",
+        &guests().adversary,
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("grants.storage[0].access") && err.contains("read-event"),
+        "{err}"
+    );
+}

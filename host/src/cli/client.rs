@@ -9,10 +9,12 @@ use std::path::{Path, PathBuf};
 mod blob;
 mod jobs;
 mod queue;
+mod tokens;
 
 pub use blob::{BlobCommand, blob};
 pub use jobs::{JobRequest, jobs, submit};
 pub use queue::{QueueCommand, queue};
+pub use tokens::{TokensCommand, audit, tokens};
 
 /// Where the host is and how to authenticate.
 #[derive(Args, Debug, Clone)]

@@ -124,7 +124,7 @@ pub(super) fn blob_triggers(blob: &[BlobTrigger], grants: &Grants) -> Result<(),
         if !b.allow_self_trigger
             && let Some(g) = grants.storage.iter().find(|g| {
                 g.bucket == b.bucket
-                    && g.access != crate::capabilities::Access::Read
+                    && g.access.writes()
                     && overlaps(g.prefix.as_deref(), b.prefix.as_deref())
             })
         {
@@ -232,8 +232,19 @@ pub(super) fn limits(limits: &LimitsSpec) -> Result<(), Bad> {
 }
 
 /// Grants name valid buckets, folders and user queues.
-pub(super) fn grants(grants: &Grants) -> Result<(), Bad> {
+pub(super) fn grants(grants: &Grants, blob: &[BlobTrigger]) -> Result<(), Bad> {
     for (i, g) in grants.storage.iter().enumerate() {
+        if g.access == crate::capabilities::Access::ReadEvent
+            && !blob.iter().any(|b| b.bucket == g.bucket)
+        {
+            return Err(bad(
+                format!("grants.storage[{i}].access"),
+                format!(
+                    "\"read-event\" reads the object whose change triggered the function, and no blob trigger of this function watches {}; add a [[triggers.blob]] on it, or grant \"read\"",
+                    crate::text::quote(&g.bucket)
+                ),
+            ));
+        }
         // A prefix is a folder: "user1" would grant "user10/" too.
         if let Some(p) = &g.prefix
             && !p.is_empty()

@@ -332,6 +332,28 @@ pub struct HttpTrigger {
     /// Methods it answers; every method when empty.
     #[serde(default)]
     pub methods: Vec<String>,
+    /// Who may call it: anyone (`"none"`, the default), or only a bearer
+    /// of an admin token whose scope allows invoking (`"token"`).
+    #[serde(default, skip_serializing_if = "RouteAuth::is_none")]
+    pub auth: RouteAuth,
+}
+
+/// Who may call an HTTP route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteAuth {
+    /// Anyone.
+    #[default]
+    None,
+    /// A bearer of a token with the `invoke` or `admin` scope; the token
+    /// is taken off the request before the function sees it.
+    Token,
+}
+
+impl RouteAuth {
+    fn is_none(&self) -> bool {
+        *self == RouteAuth::None
+    }
 }
 
 /// Delivery settings of a host-owned queue: everything but the queue name,

@@ -29,14 +29,71 @@ impl HostState {
         key: &str,
         access: Access,
     ) -> Result<Arc<dyn BlobBackend>, storage::StorageError> {
-        self.profile
-            .grants
-            .check_storage(bucket, key, access)
-            .map_err(storage::StorageError::Denied)?;
+        if let Err(why) = self.profile.grants.check_storage(bucket, key, access) {
+            let call = if access == Access::Read {
+                "read"
+            } else {
+                "write"
+            };
+            self.audit_denial(format!("storage {call} {bucket}/{key}"), &why);
+            return Err(storage::StorageError::Denied(why));
+        }
         self.stores
             .blobs
             .clone()
             .ok_or_else(|| storage::StorageError::Unavailable(NO_BLOB_STORE.into()))
+    }
+
+    /// Record a denied call in the audit log (the first
+    /// [`super::MAX_AUDITED_DENIALS`] of the invocation, then one line
+    /// saying the rest are not).
+    fn audit_denial(&self, target: String, why: &str) {
+        let Some(audit) = &self.stores.audit else {
+            return;
+        };
+        let n = self.denials.get();
+        self.denials.set(n.saturating_add(1));
+        let detail = match n {
+            n if n < super::MAX_AUDITED_DENIALS => why.to_string(),
+            n if n == super::MAX_AUDITED_DENIALS => {
+                "more denied calls of this invocation are not recorded".to_string()
+            }
+            _ => return,
+        };
+        audit.record(crate::audit::Entry {
+            event: "guest.denied",
+            outcome: "denied",
+            token: None,
+            target: Some(format!(
+                "{} invocation {}: {target}",
+                self.profile.who(),
+                self.invocation_id
+            )),
+            detail: Some(detail),
+            ..crate::audit::Entry::default()
+        });
+    }
+
+    /// The blob backend, if reading the object `key` in `bucket` is
+    /// granted: by a read grant, or by a `read-event` grant when it is the
+    /// object this invocation's event is about.
+    fn object_read(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Arc<dyn BlobBackend>, storage::StorageError> {
+        let event = self
+            .event_object
+            .as_ref()
+            .map(|(b, k)| (b.as_str(), k.as_str()));
+        if self.profile.grants.check_event_read(bucket, key, event) {
+            return self
+                .stores
+                .blobs
+                .clone()
+                .ok_or_else(|| storage::StorageError::Unavailable(NO_BLOB_STORE.into()));
+        }
+        self.storage(bucket, key, Access::Read)
     }
 }
 
@@ -72,7 +129,7 @@ impl storage::Host for HostState {
         bucket: String,
         key: String,
     ) -> Result<Option<Vec<u8>>, storage::StorageError> {
-        let blobs = self.storage(&bucket, &key, Access::Read)?;
+        let blobs = self.object_read(&bucket, &key)?;
         Ok(blobs
             .get(&bucket, &key)
             .await
@@ -85,7 +142,7 @@ impl storage::Host for HostState {
         bucket: String,
         key: String,
     ) -> Result<Option<storage::ObjectMeta>, storage::StorageError> {
-        let blobs = self.storage(&bucket, &key, Access::Read)?;
+        let blobs = self.object_read(&bucket, &key)?;
         Ok(blobs
             .head(&bucket, &key)
             .await
@@ -167,15 +224,17 @@ impl queue::Host for HostState {
         options: queue::SendOptions,
     ) -> Result<String, queue::QueueError> {
         let grants = &self.profile.grants;
-        grants
-            .check_queue_send(&queue)
-            .map_err(queue::QueueError::Denied)?;
+        if let Err(why) = grants.check_queue_send(&queue) {
+            self.audit_denial(format!("queue send {queue}"), &why);
+            return Err(queue::QueueError::Denied(why));
+        }
         // A reply goes where the sender says: it must be a queue the sender
         // may send to itself, or `reply_to` would reach any queue.
-        if let Some(reply_to) = &options.reply_to {
-            grants
-                .check_queue_send(reply_to)
-                .map_err(|why| queue::QueueError::Denied(format!("reply_to: {why}")))?;
+        if let Some(reply_to) = &options.reply_to
+            && let Err(why) = grants.check_queue_send(reply_to)
+        {
+            self.audit_denial(format!("queue send {queue} reply_to {reply_to}"), &why);
+            return Err(queue::QueueError::Denied(format!("reply_to: {why}")));
         }
         let Some(backend) = self.stores.queues.clone() else {
             return Err(queue::QueueError::Unavailable(NO_QUEUES.into()));

@@ -1,6 +1,8 @@
 //! The admin API under `/v1/`: deploy, list, show, roll back, remove and
-//! invoke functions. Every route requires the bearer token.
+//! invoke functions. Every route requires a bearer token whose scope
+//! allows it (see [`crate::tokens`]).
 
+use super::auth::Note;
 use super::{AppState, auth, error, trigger};
 use crate::dispatcher::{DeployError, Deployed};
 use crate::exec::{Event, LoadError};
@@ -30,6 +32,7 @@ pub(crate) fn routes(state: AppState) -> axum::Router<AppState> {
         .merge(super::queues::routes().layer(DefaultBodyLimit::max(body)))
         .merge(super::jobs::routes().layer(DefaultBodyLimit::max(body)))
         .merge(super::blobs::routes().layer(DefaultBodyLimit::max(upload)))
+        .merge(super::tokens::routes().layer(DefaultBodyLimit::max(64 << 10)))
         .layer(axum::middleware::from_fn_with_state(
             state,
             auth::require_token,
@@ -204,7 +207,12 @@ async fn deploy(State(state): State<AppState>, mut form: Multipart) -> Response 
     match state.dispatcher.deploy(manifest, component.to_vec()).await {
         Ok(d) => {
             tracing::info!(function = %d.record.name, version = d.record.version, digest = %d.record.digest, "deployed");
-            (StatusCode::CREATED, Json(describe(&d))).into_response()
+            let mut response = (StatusCode::CREATED, Json(describe(&d))).into_response();
+            response.extensions_mut().insert(Note(format!(
+                "{} version {} ({})",
+                d.record.name, d.record.version, d.record.digest
+            )));
+            response
         }
         Err(e) => deploy_error(e),
     }
@@ -241,7 +249,11 @@ async fn rollback(
     match state.dispatcher.rollback(&name, req.version).await {
         Ok(d) => {
             tracing::info!(function = %name, version = d.record.version, "rolled back");
-            Json(describe(&d)).into_response()
+            let mut response = Json(describe(&d)).into_response();
+            response
+                .extensions_mut()
+                .insert(Note(format!("{name} to version {}", d.record.version)));
+            response
         }
         Err(e) => deploy_error(e),
     }

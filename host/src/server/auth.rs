@@ -3,11 +3,14 @@
 //! middleware that requires it on every `/v1/` request.
 
 use super::{AppState, error};
-use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use crate::audit::{Audit, Entry};
+use crate::tokens::{Action, Bearer, Refused, Tokens};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Where a host keeps its generated token.
 pub fn token_path(data_dir: &Path) -> PathBuf {
@@ -42,34 +45,195 @@ pub fn load_or_create_token(
     Ok((token, true))
 }
 
-/// Compare without an early exit, so timing does not reveal a prefix.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// What the token store and the audit log give the admin API.
+#[derive(Clone)]
+pub struct Access {
+    /// Who a bearer is.
+    pub tokens: Arc<Tokens>,
+    /// Where refusals and changes are recorded.
+    pub audit: Arc<Audit>,
 }
 
-/// Require `Authorization: Bearer <token>`.
+/// A note a handler leaves on its response for the audit log (what it
+/// deployed, which token it made).
+#[derive(Debug, Clone)]
+pub(crate) struct Note(pub String);
+
+/// What a request under `/v1` does, from its method and route.
+fn action(method: &Method, route: &str) -> Action {
+    let route = route.strip_prefix("/v1").unwrap_or(route);
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    match route {
+        "/functions" | "/functions/{name}" if read => Action::Status,
+        "/functions" | "/functions/{name}" | "/functions/{name}/rollback" => Action::Deploy,
+        "/functions/{name}/invoke" | "/functions/{name}/jobs" => Action::Invoke,
+        "/jobs/{id}" => Action::ReadJob,
+        "/queues" | "/queues/{queue}" => Action::Status,
+        "/queues/{queue}/messages" if *method == Method::POST => Action::Invoke,
+        r if (r.starts_with("/queues/") || r.starts_with("/buckets/")) && read => Action::ReadData,
+        r if r.starts_with("/queues/") || r.starts_with("/buckets/") => Action::WriteData,
+        // Tokens, and anything added later until it is placed: admin only.
+        _ => Action::Tokens,
+    }
+}
+
+/// The audit log's name for a request that changes something, if it does.
+fn event(method: &Method, route: &str, action: Action) -> Option<&'static str> {
+    let route = route.strip_prefix("/v1").unwrap_or(route);
+    match (action, method.as_str(), route) {
+        (Action::Deploy, "POST", "/functions") => Some("deploy"),
+        (Action::Deploy, "DELETE", _) => Some("remove"),
+        (Action::Deploy, "POST", _) => Some("rollback"),
+        (Action::Tokens, "POST", _) => Some("token.create"),
+        (Action::Tokens, "DELETE", _) => Some("token.revoke"),
+        (Action::WriteData, _, _) => Some("data.change"),
+        _ => None,
+    }
+}
+
+/// Require `Authorization: Bearer <token>` whose scope allows the request;
+/// audit every refusal and every change.
 pub(crate) async fn require_token(
     State(state): State<AppState>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
-    let given = req
-        .headers()
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let method = req.method().clone();
+    let action = action(&method, &route);
+    // Inside `/v1`'s nest the URI has lost its prefix.
+    let path = match req.uri().path() {
+        p if p.starts_with("/v1/") => p.to_string(),
+        p => format!("/v1{p}"),
+    };
+    let target = format!("{method} {path}");
+    let bearer = match authorize(
+        &state.access,
+        req.headers(),
+        action,
+        &target,
+        "admin.denied",
+    )
+    .await
+    {
+        Ok(bearer) => bearer,
+        Err(refusal) => return refusal,
+    };
+    let token = bearer.id.clone();
+    req.extensions_mut().insert(bearer);
+    let response = next.run(req).await;
+    if let Some(event) = event(&method, &route, action) {
+        let ok = response.status().is_success();
+        state.access.audit.record(Entry {
+            event,
+            outcome: if ok { "ok" } else { "failed" },
+            token: Some(token),
+            target: Some(target),
+            detail: response
+                .extensions()
+                .get::<Note>()
+                .map(|n| n.0.clone())
+                .or_else(|| (!ok).then(|| response.status().to_string())),
+            ..Entry::default()
+        });
+    }
+    response
+}
+
+/// Who bears the token in `headers`, if its scope allows `action`; else
+/// the answer to give (`401`, `403`, or `503` when the token store is
+/// down), with the refusal audited as `event` on `target`.
+pub(crate) async fn authorize(
+    access: &Access,
+    headers: &HeaderMap,
+    action: Action,
+    target: &str,
+    event: &'static str,
+) -> Result<Bearer, Response> {
+    let denied = |token: Option<&str>, why: &str| {
+        access.audit.record(Entry {
+            event,
+            outcome: "denied",
+            token: token.map(str::to_string),
+            target: Some(target.to_string()),
+            detail: Some(why.to_string()),
+            ..Entry::default()
+        })
+    };
+    let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(t) if same(t.trim().as_bytes(), state.config.token.as_bytes()) => next.run(req).await,
-        Some(_) => error(
-            StatusCode::UNAUTHORIZED,
-            "bad_token",
-            "the bearer token is not this host's admin token; use the one in the host's data dir or FNHOST_TOKEN",
-        ),
-        None => error(
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(given) = given else {
+        denied(None, "no bearer token");
+        return Err(error(
             StatusCode::UNAUTHORIZED,
             "missing_token",
-            "admin endpoints need `Authorization: Bearer <token>`; the token is in the host's data dir (file `token`) or FNHOST_TOKEN",
-        ),
+            "this needs `Authorization: Bearer <token>`; the host's own token is in its data dir (file `token`) or FNHOST_TOKEN, others are made by `fnhost tokens create`",
+        ));
+    };
+    let bearer = match access.tokens.check(given).await {
+        Ok(Ok(bearer)) => bearer,
+        Ok(Err(Refused::Unknown)) => {
+            denied(None, "not a token of this host, or revoked");
+            return Err(error(
+                StatusCode::UNAUTHORIZED,
+                "bad_token",
+                "the bearer token is not one of this host's tokens (or it was revoked); use the one in the host's data dir, FNHOST_TOKEN, or one made by `fnhost tokens create`",
+            ));
+        }
+        Ok(Err(Refused::Expired(at))) => {
+            denied(None, "expired");
+            return Err(error(
+                StatusCode::UNAUTHORIZED,
+                "expired_token",
+                format!(
+                    "the bearer token expired at {} (ms since the epoch); ask an admin for a new one (`fnhost tokens create`)",
+                    at
+                ),
+            ));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot check a bearer token");
+            return Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("cannot check the bearer token now: {e}; try again"),
+            ));
+        }
+    };
+    if !bearer.scope.allows(action) {
+        denied(
+            Some(&bearer.id),
+            &format!("scope {} does not allow {action:?}", bearer.scope.as_str()),
+        );
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this token's scope is `{}`, which does not allow {target}; use a token whose scope allows it ({})",
+                bearer.scope.as_str(),
+                needs(action)
+            ),
+        ));
+    }
+    Ok(bearer)
+}
+
+/// The scopes that allow `action`, for an error message.
+fn needs(action: Action) -> &'static str {
+    match action {
+        Action::Status => "any scope",
+        Action::Deploy => "deploy or admin",
+        Action::Invoke => "invoke or admin",
+        Action::ReadJob => "invoke, read or admin",
+        Action::ReadData => "read or admin",
+        Action::WriteData | Action::Tokens => "admin",
     }
 }
 
@@ -88,6 +252,34 @@ mod tests {
         assert_eq!(t1, t2);
         let (t3, _) = load_or_create_token(dir.path(), Some("mine".into())).unwrap();
         assert_eq!(t3, "mine");
-        assert!(same(b"abc", b"abc") && !same(b"abc", b"abd") && !same(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn every_admin_route_has_the_action_its_scope_table_says() {
+        use Action::*;
+        let cases = [
+            ("GET", "/v1/functions", Status),
+            ("POST", "/v1/functions", Deploy),
+            ("GET", "/v1/functions/{name}", Status),
+            ("DELETE", "/v1/functions/{name}", Deploy),
+            ("POST", "/v1/functions/{name}/rollback", Deploy),
+            ("POST", "/v1/functions/{name}/invoke", Invoke),
+            ("POST", "/v1/functions/{name}/jobs", Invoke),
+            ("GET", "/v1/jobs/{id}", ReadJob),
+            ("GET", "/v1/queues/{queue}", Status),
+            ("POST", "/v1/queues/{queue}/messages", Invoke),
+            ("GET", "/v1/queues/{queue}/messages", ReadData),
+            ("DELETE", "/v1/queues/{queue}/messages", WriteData),
+            ("POST", "/v1/queues/{queue}/dead-letters/redrive", WriteData),
+            ("GET", "/v1/buckets/{bucket}/changes", ReadData),
+            ("HEAD", "/v1/buckets/{bucket}/objects/{*key}", ReadData),
+            ("PUT", "/v1/buckets/{bucket}/objects/{*key}", WriteData),
+            ("GET", "/v1/tokens", Tokens),
+            ("GET", "/v1/something-new", Tokens),
+        ];
+        for (method, route, want) in cases {
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            assert_eq!(action(&method, route), want, "{method} {route}");
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! The HTTP trigger: a request to a route a function declares invokes it
 //! synchronously, and its output becomes the response.
 //!
-//! Unknown route → 404, wrong method → 405, body over the limit → 413,
+//! Unknown route → 404, wrong method → 405, a route with `auth = "token"`
+//! without a token allowed to invoke → 401/403, body over the limit → 413,
 //! function error → 500 with a JSON body that names the failure but no host
 //! internals.
 
@@ -53,7 +54,23 @@ pub(crate) async fn handle(State(state): State<AppState>, req: Request) -> Respo
             format!("no function is bound to {path}"),
         );
     };
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    if target.token {
+        let what = format!("{method} {path}");
+        let bearer = super::auth::authorize(
+            &state.access,
+            &parts.headers,
+            crate::tokens::Action::Invoke,
+            &what,
+            "http.denied",
+        )
+        .await;
+        if let Err(refusal) = bearer {
+            return refusal;
+        }
+        // The function never sees the caller's token.
+        parts.headers.remove(axum::http::header::AUTHORIZATION);
+    }
     let body = match axum::body::to_bytes(body, state.config.max_body_bytes).await {
         Ok(b) => b,
         Err(e) if timed_out(&e) => {

@@ -71,11 +71,12 @@ fn record(inv: &Invocation, event: &Event) -> Result<Output> {
         Event::Blob(c) => (
             format!("blob/{}/{}", c.key, inv.id),
             format!(
-                "\"bucket\": {:?}, \"key\": {:?}, \"kind\": \"{:?}\", \"etag\": {:?}",
+                "\"bucket\": {:?}, \"key\": {:?}, \"kind\": \"{:?}\", \"etag\": {:?}{}",
                 c.bucket,
                 c.key,
                 c.kind,
-                c.etag.clone().unwrap_or_default()
+                c.etag.clone().unwrap_or_default(),
+                probe(&c.bucket, &c.key)
             ),
         ),
         _ => unreachable!("only blob and timer events are recorded"),
@@ -87,6 +88,30 @@ fn record(inv: &Invocation, event: &Event) -> Result<Output> {
     );
     fnhost_sdk::storage::put("events", &key, body.as_bytes(), Some("application/json"))?;
     Ok(Output::text(body))
+}
+
+/// With config `neighbour` set: what reading the triggering object, that
+/// neighbour, and a listing of the bucket gave (the event-scoped grant
+/// tests read it).
+fn probe(bucket: &str, key: &str) -> String {
+    let Some(neighbour) = fnhost_sdk::config("neighbour") else {
+        return String::new();
+    };
+    let read = |k: &str| match fnhost_sdk::storage::get(bucket, k) {
+        Ok(Some(body)) => format!("read {} bytes", body.len()),
+        Ok(None) => "missing".to_string(),
+        Err(e) => format!("error: {e}"),
+    };
+    let listed = match fnhost_sdk::storage::objects(bucket, "").next() {
+        Some(Err(e)) => format!("error: {e}"),
+        _ => "listed".to_string(),
+    };
+    format!(
+        ", \"own\": {:?}, \"neighbour\": {:?}, \"list\": {:?}",
+        read(key),
+        read(&neighbour),
+        listed
+    )
 }
 
 fn options() -> SendOptions {
@@ -128,6 +153,14 @@ fn adversary(inv: Invocation, event: Event) -> Result<Output> {
     };
     match mode.as_str() {
         "ok" => Ok(Output::text("ok")),
+        "authorization" => {
+            // What the caller's Authorization header looks like from here.
+            let seen = match &event {
+                Event::Http(req) => req.header("authorization").unwrap_or("none"),
+                _ => "not http",
+            };
+            Ok(Output::text(format!("authorization: {seen}")))
+        }
         "loop" => {
             let mut i: u64 = 0;
             loop {
@@ -184,6 +217,14 @@ fn adversary(inv: Invocation, event: Event) -> Result<Output> {
                 meta.size,
                 String::from_utf8_lossy(&back)
             )))
+        }
+        m if m.starts_with("deny-") => {
+            // Many calls the grants deny (the audit log records a few).
+            let n: u32 = m[5..].parse().map_err(|_| Error::fail("deny-<n>"))?;
+            let denied = (0..n)
+                .filter(|i| fnhost_sdk::storage::get("secrets", &format!("k{i}")).is_err())
+                .count();
+            Ok(Output::text(format!("{denied} denied")))
         }
         "storage" => match fnhost_sdk::storage::get("secrets", "key") {
             Ok(_) => Ok(Output::text("storage allowed")),

@@ -1,0 +1,288 @@
+//! Scoped admin tokens and the audit log, as an operator uses them: the
+//! bootstrap token makes tokens, each scope is let in where its table says
+//! and refused (403, the scope named) everywhere else, an expired or
+//! revoked token is refused (401), and every refusal and change is a line
+//! in `audit.log`.
+
+use fnhost_tests::{Host, guests};
+use serde_json::{Value, json};
+
+const HELLO: &str = "name = \"hello\"\n[[triggers.http]]\npath = \"/hello\"\n";
+
+fn create(host: &Host, scope: &str, extra: Value) -> String {
+    let mut body = json!({ "scope": scope, "name": format!("{scope} token") });
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    let r = host.admin("POST", "/v1/tokens", body.to_string());
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()["token"].as_str().unwrap().to_string()
+}
+
+/// A deploy through the CLI with `token`.
+fn deploy_with(host: &Host, token: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = format!(
+        "component = {:?}\n{HELLO}",
+        guests().hello.display().to_string()
+    );
+    std::fs::write(dir.path().join("fnhost.toml"), manifest).unwrap();
+    host.cli(&["deploy", dir.path().to_str().unwrap(), "--token", token])
+}
+
+fn audit(host: &Host) -> Vec<Value> {
+    std::fs::read_to_string(host.data_dir.join("audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each audit line is JSON"))
+        .collect()
+}
+
+#[test]
+fn every_scope_is_let_in_where_it_may_and_refused_elsewhere() {
+    let host = Host::start();
+    let deploy = create(&host, "deploy", json!({}));
+    let invoke = create(&host, "invoke", json!({}));
+    let read = create(&host, "read", json!({}));
+    let admin = create(&host, "admin", json!({}));
+    let call = |token: &str, method: &str, path: &str, body: &str| {
+        host.request(method, path, body.as_bytes().to_vec(), Some(token))
+            .status
+    };
+
+    // deploy: deploys, reads status; no data, no invocations, no tokens.
+    let out = deploy_with(&host, &deploy);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(call(&deploy, "GET", "/v1/functions/hello", ""), 200);
+    assert!(call(&host.token, "PUT", "/v1/buckets/b/objects/k", "data") < 300);
+    let refused = host.request("GET", "/v1/buckets/b/objects/k", Vec::new(), Some(&deploy));
+    assert_eq!(refused.status, 403);
+    let message = refused.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("`deploy`") && message.contains("read or admin"),
+        "{message}"
+    );
+    assert_eq!(
+        call(&deploy, "POST", "/v1/functions/hello/invoke", "{}"),
+        403
+    );
+    assert_eq!(call(&deploy, "GET", "/v1/tokens", ""), 403);
+
+    // invoke: invokes, sends, submits jobs and reads them; no deploys, no data.
+    let ada = r#"{"name":"Ada"}"#;
+    assert_eq!(
+        call(&invoke, "POST", "/v1/functions/hello/invoke", ada),
+        200
+    );
+    let job = host.request(
+        "POST",
+        "/v1/functions/hello/jobs",
+        b"{}".to_vec(),
+        Some(&invoke),
+    );
+    assert_eq!(job.status, 202, "{}", job.text());
+    let id = job.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(call(&invoke, "GET", &format!("/v1/jobs/{id}"), ""), 200);
+    let send = json!({ "messages": [{ "body": "x" }] }).to_string();
+    assert_eq!(call(&invoke, "POST", "/v1/queues/q/messages", &send), 201);
+    assert_eq!(call(&invoke, "GET", "/v1/queues/q/messages", ""), 403);
+    assert_eq!(call(&invoke, "DELETE", "/v1/functions/hello", ""), 403);
+    let out = deploy_with(&host, &invoke);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("403"));
+
+    // read: status and data; changes nothing.
+    assert_eq!(call(&read, "GET", "/v1/buckets/b/objects/k", ""), 200);
+    assert_eq!(call(&read, "GET", "/v1/queues/q/messages", ""), 200);
+    assert_eq!(call(&read, "GET", &format!("/v1/jobs/{id}"), ""), 200);
+    assert_eq!(call(&read, "PUT", "/v1/buckets/b/objects/k", "x"), 403);
+    assert_eq!(call(&read, "DELETE", "/v1/queues/q/messages", ""), 403);
+    assert_eq!(call(&read, "POST", "/v1/functions/hello/rollback", ""), 403);
+
+    // admin: everything, tokens included.
+    assert_eq!(call(&admin, "GET", "/v1/tokens", ""), 200);
+    assert!(call(&admin, "DELETE", "/v1/buckets/b/objects/k", "") < 300);
+    assert_eq!(call(&admin, "DELETE", "/v1/functions/hello", ""), 204);
+
+    // No token, a made-up one: 401.
+    assert_eq!(host.get("/v1/functions").status, 401);
+    assert_eq!(
+        call("fnh_0123456789abcdef_00", "GET", "/v1/functions", ""),
+        401
+    );
+
+    // The audit log holds every refusal (with the token's id where it was
+    // one of ours) and every change (with who made it).
+    let log = audit(&host);
+    let denied: Vec<&Value> = log
+        .iter()
+        .filter(|e| e["event"] == "admin.denied")
+        .collect();
+    assert_eq!(denied.len(), 11, "{log:#?}");
+    assert!(
+        denied
+            .iter()
+            .any(|e| e["target"] == "GET /v1/buckets/b/objects/k"
+                && e["outcome"] == "denied"
+                && e["token"].is_string())
+    );
+    assert!(denied.iter().any(|e| e["detail"] == "no bearer token"));
+    let deploy_id = host.admin("GET", "/v1/tokens", "").json()["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["scope"] == "deploy")
+        .unwrap()["id"]
+        .clone();
+    let deployed: Vec<&Value> = log.iter().filter(|e| e["event"] == "deploy").collect();
+    assert_eq!(deployed.len(), 1, "{log:#?}");
+    assert_eq!(deployed[0]["token"], deploy_id);
+    assert!(
+        deployed[0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("hello version 1")
+    );
+    assert!(
+        log.iter()
+            .any(|e| e["event"] == "remove" && e["outcome"] == "ok")
+    );
+    assert_eq!(
+        log.iter().filter(|e| e["event"] == "token.create").count(),
+        4
+    );
+    // `fnhost audit` prints the same lines.
+    let printed = host.cli_ok(&["audit", "--lines", "1000"]);
+    assert_eq!(printed.lines().count(), log.len());
+}
+
+#[test]
+fn revoked_and_expired_tokens_are_refused_and_the_cli_manages_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_in(dir.path(), &[]);
+    // Made by the CLI: the token alone on stdout.
+    let token = host.cli_ok(&["tokens", "create", "--scope", "read", "--name", "on-call"]);
+    let token = token.trim();
+    assert!(token.starts_with("fnh_"), "{token}");
+    assert_eq!(
+        host.request("GET", "/v1/functions", Vec::new(), Some(token))
+            .status,
+        200
+    );
+    let listed = host.cli_ok(&["tokens", "list"]);
+    let line = listed.lines().find(|l| l.contains("on-call")).unwrap();
+    assert!(line.contains("read") && line.contains("never"), "{line}");
+    assert!(
+        !listed.contains(&token[21..]),
+        "a listing never shows a secret"
+    );
+    let id = line.split_whitespace().next().unwrap();
+    host.cli_ok(&["tokens", "revoke", id]);
+    let r = host.request("GET", "/v1/functions", Vec::new(), Some(token));
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"]["code"], "bad_token");
+    let out = host.cli(&["tokens", "revoke", id]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no token with id"));
+    // The bootstrap token cannot be revoked.
+    let r = host.admin("DELETE", "/v1/tokens/bootstrap", "");
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    // An expired token: refused as expired.
+    let short = create(&host, "read", json!({ "expires_in": "1s" }));
+    std::thread::sleep(std::time::Duration::from_millis(1_200));
+    let r = host.request("GET", "/v1/functions", Vec::new(), Some(&short));
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"]["code"], "expired_token");
+
+    // Absurd requests: a bad scope, a bad duration, a huge name.
+    for body in [
+        json!({ "scope": "root" }),
+        json!({ "scope": "read", "expires_in": "soon" }),
+        json!({ "scope": "read", "name": "n".repeat(10_000) }),
+    ] {
+        let r = host.admin("POST", "/v1/tokens", body.to_string());
+        assert_eq!(r.status, 400, "{}", r.text());
+    }
+
+    // A token survives a restart (it is kept in the state store).
+    let kept = create(&host, "deploy", json!({}));
+    assert!(host.stop());
+    let host = Host::start_in(dir.path(), &[]);
+    assert_eq!(
+        host.request("GET", "/v1/functions", Vec::new(), Some(&kept))
+            .status,
+        200
+    );
+}
+
+#[test]
+fn a_route_with_token_auth_needs_an_invoke_token_and_never_passes_it_on() {
+    let host = Host::start();
+    host.deploy_ok(
+        "name = \"adv\"\n[[triggers.http]]\npath = \"/private/{mode}\"\nauth = \"token\"\n[[triggers.http]]\npath = \"/public/{mode}\"\n",
+        &guests().adversary,
+    );
+    let invoke = create(&host, "invoke", json!({}));
+    let read = create(&host, "read", json!({}));
+    let r = host.get("/private/ok");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"]["code"], "missing_token");
+    let r = host.request("GET", "/private/ok", Vec::new(), Some(&read));
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = host.request("GET", "/private/authorization", Vec::new(), Some(&invoke));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.text(),
+        "authorization: none",
+        "the function saw the token"
+    );
+    // A public route passes headers as they came.
+    let r = host.request("GET", "/public/authorization", Vec::new(), Some("mine"));
+    assert_eq!(r.text(), "authorization: Bearer mine");
+    let log = audit(&host);
+    let denied: Vec<&Value> = log.iter().filter(|e| e["event"] == "http.denied").collect();
+    assert_eq!(denied.len(), 2, "{log:#?}");
+    assert_eq!(denied[0]["target"], "GET /private/ok");
+}
+
+#[test]
+fn a_guests_denied_calls_are_audited_up_to_a_cap_per_invocation() {
+    let host = Host::start();
+    host.deploy_ok(
+        "name = \"adv\"\n[[triggers.http]]\npath = \"/adv/{mode}\"\n",
+        &guests().adversary,
+    );
+    assert_eq!(host.get("/adv/deny-1000").text(), "1000 denied");
+    let log = audit(&host);
+    let denied: Vec<&Value> = log
+        .iter()
+        .filter(|e| e["event"] == "guest.denied")
+        .collect();
+    // Eight denials, then one line saying the rest are not recorded.
+    assert_eq!(denied.len(), 9, "{log:#?}");
+    let target = denied[0]["target"].as_str().unwrap();
+    assert!(
+        target.starts_with("adv@v1 invocation ") && target.ends_with("storage read secrets/k0"),
+        "{target}"
+    );
+    assert!(
+        denied[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no storage grant")
+    );
+    assert!(
+        denied[8]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not recorded")
+    );
+}
