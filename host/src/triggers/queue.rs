@@ -18,7 +18,10 @@
 //! worker never leases more messages than it has free instances, so other
 //! hosts sharing the queue can take the rest. (An instance is free again
 //! when its guest returns; the message's settlement, already handed to the
-//! store, may still be committing.)
+//! store, may still be committing.) On a backend that hands out few
+//! messages per receive (SQS: 10), a binding runs several receive loops
+//! (lanes), each for its share of the desired instances, so more than one
+//! receive is in flight when more than 10 instances are wanted.
 
 mod settle;
 
@@ -39,6 +42,12 @@ const REFILL_WAIT: Duration = Duration::from_millis(2);
 const STATS_SOON: Duration = Duration::from_millis(50);
 /// How often the backlog is measured for scaling.
 const STATS_EVERY: Duration = Duration::from_millis(500);
+/// The most receive loops a binding runs at once.
+const MAX_LANES: usize = 4;
+/// Lanes are added until they cover this many instances, at the
+/// backend's largest receive each (1 lane for the embedded store, 4 for
+/// SQS's 10 messages a receive).
+const MAX_LANE_INSTANCES: usize = 40;
 
 /// Desired instances from the backlog: `clamp(ceil(backlog / target), min,
 /// max)`, up at once, down only after the backlog has stayed lower for the
@@ -107,6 +116,7 @@ fn random_unit() -> f64 {
 }
 
 /// One (function, queue) binding's loop.
+#[derive(Clone)]
 pub struct Worker {
     dispatcher: Arc<Dispatcher>,
     function: String,
@@ -146,14 +156,45 @@ impl Worker {
     }
 
     /// Lease, invoke and settle until the binding goes away or the host stops.
+    ///
+    /// A backend that hands out only a few messages per receive (SQS: 10)
+    /// gets several lanes, each a receive loop of its own for the next
+    /// `max_receive` of the desired instances, so that a binding that wants
+    /// 16 instances keeps two receives in flight rather than waiting a
+    /// round trip per 10 messages. Lane 0 measures the backlog; lanes past
+    /// the desired instances idle.
     pub async fn run(self) {
+        let per_receive = self
+            .dispatcher
+            .queues()
+            .features(&self.queue)
+            .max_receive
+            .max(1);
+        let lanes = MAX_LANES
+            .min(MAX_LANE_INSTANCES.div_ceil(per_receive))
+            .max(1);
+        tracing::info!(function = %self.function, queue = %self.queue, lanes, "queue worker started");
+        let mut others = tokio::task::JoinSet::new();
+        for lane in 1..lanes {
+            others.spawn(self.clone().lane(lane, lanes));
+        }
+        self.clone().lane(0, lanes).await;
+        while others.join_next().await.is_some() {}
+        tracing::info!(function = %self.function, queue = %self.queue, "queue worker stopped");
+    }
+
+    /// One lane's loop: it leases for its share of the desired instances
+    /// (lane `i` of `n`: instances `i × max_receive` up to the next lane's,
+    /// the last lane taking the rest).
+    async fn lane(self, index: usize, lanes: usize) {
         let backend = self.dispatcher.queues().clone();
         let done = Arc::new(Notify::new());
         let stats = self.dispatcher.worker_stats(&self.function, &self.queue);
+        // This lane's instances running now (stats.running counts all lanes').
+        let mine = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut scaler: Option<Scaler> = None;
         let mut measured: Option<Instant> = None;
         let mut refill_now = false;
-        tracing::info!(function = %self.function, queue = %self.queue, "queue worker started");
         loop {
             if self.shutdown.is_cancelled() {
                 break;
@@ -164,7 +205,7 @@ impl Worker {
             let scaler = scaler.get_or_insert_with(|| {
                 Scaler::new(policy.min_concurrency, policy.scale_down_cooldown)
             });
-            if measured.is_none_or(|t| t.elapsed() >= STATS_EVERY) {
+            if index == 0 && measured.is_none_or(|t| t.elapsed() >= STATS_EVERY) {
                 // Past max × target the scaler wants max whatever the backlog.
                 let cap =
                     u64::from(policy.max_concurrency) * u64::from(policy.target_backlog.max(1));
@@ -178,10 +219,15 @@ impl Worker {
             }
             // At least one instance may always pick up a message that arrives,
             // so an idle binding (zero desired) still notices new work.
-            let limit = scaler.desired().max(1) as usize;
-            let running = stats.running.load(Ordering::Relaxed);
-            let free = limit.saturating_sub(running);
+            let desired = if index == 0 {
+                scaler.desired()
+            } else {
+                stats.desired.load(Ordering::Relaxed) as u32
+            };
             let features = backend.features(&self.queue);
+            let limit = lane_limit(desired.max(1) as usize, index, lanes, features.max_receive);
+            let running = mine.load(Ordering::Relaxed);
+            let free = limit.saturating_sub(running);
             let want = free
                 .min(policy.batch_size as usize)
                 .min(features.max_receive);
@@ -190,6 +236,15 @@ impl Worker {
             // of instances is free (or a moment has passed) rather than
             // receiving one message per completion.
             let refill = (limit.min(policy.batch_size as usize) / 2).max(1);
+            if limit == 0 {
+                // Past the desired instances: idle until the scaler asks
+                // for more (lane 0 measures every STATS_EVERY).
+                tokio::select! {
+                    () = tokio::time::sleep(STATS_EVERY) => {}
+                    () = self.shutdown.cancelled() => break,
+                }
+                continue;
+            }
             if want == 0 || (running > 0 && want < refill) {
                 tokio::select! {
                     () = done.notified() => {}
@@ -262,6 +317,7 @@ impl Worker {
             }
             for delivery in deliveries {
                 stats.running.fetch_add(1, Ordering::Relaxed);
+                mine.fetch_add(1, Ordering::Relaxed);
                 let settle = Settle {
                     dispatcher: self.dispatcher.clone(),
                     backend: backend.clone(),
@@ -270,18 +326,46 @@ impl Worker {
                 };
                 let slot = Slot {
                     stats: stats.clone(),
+                    lane: mine.clone(),
                     done: done.clone(),
                 };
                 self.tracker.spawn(settle.process(delivery, slot));
             }
         }
-        tracing::info!(function = %self.function, queue = %self.queue, "queue worker stopped");
+    }
+}
+
+/// The instances lane `index` of `lanes` leases for when `limit` are
+/// wanted and a receive takes at most `per_receive`.
+fn lane_limit(limit: usize, index: usize, lanes: usize, per_receive: usize) -> usize {
+    let before = index.saturating_mul(per_receive);
+    let rest = limit.saturating_sub(before);
+    if index + 1 == lanes {
+        rest
+    } else {
+        rest.min(per_receive)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lanes_split_the_desired_instances_by_receive_size() {
+        let split = |limit| {
+            (0..4)
+                .map(|i| lane_limit(limit, i, 4, 10))
+                .collect::<Vec<_>>()
+        };
+        // SQS (10 a receive, 4 lanes): 16 wanted is one full receive and
+        // one of 6 in flight at once; past 40 the last lane takes the rest.
+        assert_eq!(split(16), [10, 6, 0, 0]);
+        assert_eq!(split(1), [1, 0, 0, 0]);
+        assert_eq!(split(64), [10, 10, 10, 34]);
+        // The embedded store: one lane takes everything.
+        assert_eq!(lane_limit(500, 0, 1, 1000), 500);
+    }
 
     fn policy() -> QueuePolicy {
         crate::manifest::QueueTrigger {

@@ -80,12 +80,15 @@ fn event(source: &Source, m: &Message) -> Result<Event, String> {
 /// instance held through it would idle while other messages wait.
 pub(super) struct Slot {
     pub(super) stats: Arc<BindingStats>,
+    /// The running count of the worker's lane that leased it.
+    pub(super) lane: Arc<std::sync::atomic::AtomicUsize>,
     pub(super) done: Arc<Notify>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.stats.running.fetch_sub(1, Ordering::Relaxed);
+        self.lane.fetch_sub(1, Ordering::Relaxed);
         self.done.notify_one();
     }
 }
