@@ -277,7 +277,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             crate::server::token_path(&data_dir)
         );
     }
-    let config = crate::host::HostConfig {
+    let mut config = crate::host::HostConfig {
         data_dir: data_dir.clone(),
         max_concurrency: args.max_concurrency,
         pooling: !args.no_pooling,
@@ -297,11 +297,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             http_triggers: true,
         },
         role: args.role,
+        sensitive: Default::default(),
     };
     let file = match &args.config {
         Some(path) => crate::host::config::HostFile::load(path)?,
         None => crate::host::config::HostFile::default(),
     };
+    config.sensitive = Arc::new(file.sensitive.buckets.iter().cloned().collect());
     if args.role == crate::host::Role::Api && !file.shares_queues() {
         anyhow::bail!(
             "--role api runs no queue workers, so its async jobs and queue messages need workers on the same queues; \

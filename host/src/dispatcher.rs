@@ -21,7 +21,7 @@ use crate::manifest::{HttpTrigger, Manifest};
 use crate::queue::QueueBackend;
 use crate::registry::{Registry, RegistryError, VersionRecord};
 use crate::task::blocking;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use tokio::sync::{Mutex, watch};
 use tracing::Instrument;
@@ -91,6 +91,8 @@ pub struct Dispatcher {
     /// Where S3 buckets' events arrive (buckets on S3 only).
     blob_events: Option<Arc<crate::backends::s3blobs::S3Events>>,
     bindings: std::sync::Mutex<HashMap<(String, String), Arc<BindingStats>>>,
+    /// The host's sensitive buckets: only trusted functions reach them.
+    sensitive: Arc<BTreeSet<String>>,
 }
 
 /// Live figures of one trigger binding (function × queue), for the API.
@@ -135,8 +137,10 @@ impl Dispatcher {
         registry: Arc<Registry>,
         backends: Backends,
         job_settings: crate::jobs::JobSettings,
+        sensitive: Arc<BTreeSet<String>>,
     ) -> anyhow::Result<Arc<Dispatcher>> {
         let dispatcher = Arc::new(Dispatcher {
+            sensitive,
             executor,
             registry: registry.clone(),
             active: RwLock::default(),
@@ -177,10 +181,9 @@ impl Dispatcher {
 
     /// A stored version, its component prepared by the executor.
     async fn load(&self, record: VersionRecord) -> Result<Deployed, DeployError> {
-        let manifest = Manifest::parse(
-            &format!("{} v{}", record.name, record.version),
-            &record.manifest,
-        )?;
+        let file = format!("{} v{}", record.name, record.version);
+        let manifest = Manifest::parse(&file, &record.manifest)?;
+        manifest.check_isolation(&file, &self.sensitive)?;
         let registry = self.registry.clone();
         let digest = record.digest.clone();
         let wasm = blocking(move || registry.component(&digest)).await?;
@@ -200,6 +203,7 @@ impl Dispatcher {
         wasm: Vec<u8>,
     ) -> Result<Arc<Deployed>, DeployError> {
         let manifest = Manifest::parse(crate::manifest::FILE_NAME, &manifest_text)?;
+        manifest.check_isolation(crate::manifest::FILE_NAME, &self.sensitive)?;
         self.executor.prepare(wasm.clone()).await?;
         let _admin = self.admin.lock().await;
         let name = manifest.name.clone();
@@ -422,6 +426,11 @@ impl Dispatcher {
     /// The active version of a function.
     pub fn get(&self, name: &str) -> Option<Arc<Deployed>> {
         self.active.read().unwrap().get(name).cloned()
+    }
+
+    /// The host's sensitive buckets.
+    pub fn sensitive(&self) -> &BTreeSet<String> {
+        &self.sensitive
     }
 
     /// The current route table.

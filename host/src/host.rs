@@ -44,6 +44,9 @@ pub struct HostConfig {
     pub server: ServerConfig,
     /// What this host does: serve HTTP, run background work, or both.
     pub role: Role,
+    /// Buckets only trusted functions may reach (the host config's
+    /// `[sensitive]`): the admin API answers 403 for them.
+    pub sensitive: Arc<std::collections::BTreeSet<String>>,
 }
 
 /// What a host of a fleet does, so that the web-facing and the background
@@ -85,6 +88,7 @@ impl HostConfig {
             callbacks: CallbackPolicy::default(),
             server: ServerConfig::new(token),
             role: Role::Both,
+            sensitive: Arc::default(),
         }
     }
 }
@@ -139,6 +143,7 @@ impl HostBuilder {
             queues: Some(backends.queues.clone()),
             blobs: Some(backends.blobs.clone()),
             audit: Some(audit.clone()),
+            sensitive: config.sensitive.clone(),
         };
         let executor = Arc::new(LocalExecutor::new(
             sandbox,
@@ -163,7 +168,8 @@ impl HostBuilder {
             tokens: Arc::new(Tokens::new(token_state, config.server.token.clone())),
             audit,
         };
-        let dispatcher = Dispatcher::start(executor, registry, backends, jobs).await?;
+        let dispatcher =
+            Dispatcher::start(executor, registry, backends, jobs, config.sensitive.clone()).await?;
         // A fleet host takes the fleet's deployments before it serves.
         if let Err(e) = dispatcher.sync_fleet().await {
             tracing::error!(error = %e, "cannot read the fleet's deployments now; serving what this host has, and trying again");

@@ -52,6 +52,28 @@ pub struct Manifest {
     /// binding, without `queue`); defaults when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jobs: Option<QueueTrigger>,
+    /// `"public"` (the default) or `"trusted"`: only trusted functions may
+    /// reach the host's sensitive buckets, and deploying one needs an
+    /// `admin` token.
+    #[serde(default, skip_serializing_if = "Isolation::is_public")]
+    pub isolation: Isolation,
+}
+
+/// Which tier a function runs in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Reaches what its grants name, never a sensitive bucket.
+    #[default]
+    Public,
+    /// May be granted (and triggered by) the host's sensitive buckets.
+    Trusted,
+}
+
+impl Isolation {
+    fn is_public(&self) -> bool {
+        *self == Isolation::Public
+    }
 }
 
 /// The function's triggers.
@@ -122,6 +144,44 @@ impl Manifest {
         })?;
         manifest.validate(file)?;
         Ok(manifest)
+    }
+
+    /// Refuse a public function that names one of the host's `sensitive`
+    /// buckets in a grant or a blob trigger; `file` names it in errors.
+    pub fn check_isolation(
+        &self,
+        file: &str,
+        sensitive: &std::collections::BTreeSet<String>,
+    ) -> Result<(), ManifestError> {
+        if self.isolation == Isolation::Trusted {
+            return Ok(());
+        }
+        let named = self
+            .grants
+            .storage
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (format!("grants.storage[{i}].bucket"), &g.bucket))
+            .chain(
+                self.triggers
+                    .blob
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| (format!("triggers.blob[{i}].bucket"), &b.bucket)),
+            );
+        for (field, bucket) in named {
+            if sensitive.contains(bucket) {
+                return Err(ManifestError {
+                    file: file.into(),
+                    field,
+                    reason: format!(
+                        "{} is a sensitive bucket on this host: only functions with isolation = \"trusted\" may reach it (deployed with an admin token); put a trusted function in front of it and hand it work through a queue",
+                        crate::text::quote(bucket)
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Check everything serde cannot: names, routes, bindings, triggers,

@@ -110,6 +110,9 @@ pub struct Stores {
     /// Where denied calls are recorded (the first
     /// [`MAX_AUDITED_DENIALS`] of each invocation).
     pub audit: Option<Arc<crate::audit::Audit>>,
+    /// Buckets whose every access is audited (only trusted functions are
+    /// granted them).
+    pub sensitive: Arc<std::collections::BTreeSet<String>>,
 }
 
 /// Denied guest calls recorded in the audit log per invocation; past it one

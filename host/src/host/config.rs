@@ -62,6 +62,19 @@ pub struct HostFile {
     /// Where buckets live.
     #[serde(default)]
     pub blobs: BlobsConfig,
+    /// Which buckets hold sensitive data.
+    #[serde(default)]
+    pub sensitive: SensitiveConfig,
+}
+
+/// `[sensitive]`: buckets only functions with `isolation = "trusted"` may
+/// reach; the admin API answers `403 sensitive` for them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SensitiveConfig {
+    /// The buckets.
+    #[serde(default)]
+    pub buckets: Vec<String>,
 }
 
 /// Which backend holds buckets.
@@ -192,6 +205,10 @@ impl HostFile {
 
     /// Everything serde cannot check.
     fn check(&self) -> Result<(), (String, String)> {
+        for (i, b) in self.sensitive.buckets.iter().enumerate() {
+            crate::names::BucketName::parse(b)
+                .map_err(|e| (format!("sensitive.buckets[{i}]"), e.to_string()))?;
+        }
         let q = &self.queues;
         let sqs_name = |s: &str| {
             s.chars()

@@ -38,10 +38,36 @@ impl HostState {
             self.audit_denial(format!("storage {call} {bucket}/{key}"), &why);
             return Err(storage::StorageError::Denied(why));
         }
+        self.audit_sensitive(bucket, key, access);
         self.stores
             .blobs
             .clone()
             .ok_or_else(|| storage::StorageError::Unavailable(NO_BLOB_STORE.into()))
+    }
+
+    /// Record an allowed access to a sensitive bucket in the audit log.
+    fn audit_sensitive(&self, bucket: &str, key: &str, access: Access) {
+        if let Some(audit) = &self.stores.audit
+            && self.stores.sensitive.contains(bucket)
+        {
+            let call = if access == Access::Read {
+                "read"
+            } else {
+                "write"
+            };
+            audit.record(crate::audit::Entry {
+                event: "sensitive.access",
+                outcome: "ok",
+                token: None,
+                target: Some(format!(
+                    "{} invocation {}: storage {call} {bucket}/{key}",
+                    self.profile.who(),
+                    self.invocation_id
+                )),
+                detail: None,
+                ..crate::audit::Entry::default()
+            });
+        }
     }
 
     /// Record a denied call in the audit log (the first
@@ -87,6 +113,7 @@ impl HostState {
             .as_ref()
             .map(|(b, k)| (b.as_str(), k.as_str()));
         if self.profile.grants.check_event_read(bucket, key, event) {
+            self.audit_sensitive(bucket, key, Access::Read);
             return self
                 .stores
                 .blobs

@@ -6,8 +6,9 @@ use super::auth::Note;
 use super::{AppState, auth, error, trigger};
 use crate::dispatcher::{DeployError, Deployed};
 use crate::exec::{Event, LoadError};
+use crate::tokens::{Bearer, Scope};
 use axum::Json;
-use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
+use axum::extract::{DefaultBodyLimit, Extension, Multipart, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -143,7 +144,11 @@ async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Respon
     }
 }
 
-async fn deploy(State(state): State<AppState>, mut form: Multipart) -> Response {
+async fn deploy(
+    State(state): State<AppState>,
+    Extension(bearer): Extension<Bearer>,
+    mut form: Multipart,
+) -> Response {
     let mut manifest: Option<String> = None;
     let mut component: Option<Bytes> = None;
     loop {
@@ -204,6 +209,19 @@ async fn deploy(State(state): State<AppState>, mut form: Multipart) -> Response 
             "a deploy is a multipart form with two fields: `manifest` (fnhost.toml) and `component` (the .wasm)",
         );
     };
+    // A trusted function reaches sensitive data: only an admin deploys one.
+    let trusted = crate::manifest::Manifest::parse(crate::manifest::FILE_NAME, &manifest)
+        .is_ok_and(|m| m.isolation == crate::manifest::Isolation::Trusted);
+    if trusted && bearer.scope != Scope::Admin {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "isolation = \"trusted\" functions reach sensitive data, so deploying one needs an admin token; this token's scope is `{}`",
+                bearer.scope.as_str()
+            ),
+        );
+    }
     match state.dispatcher.deploy(manifest, component.to_vec()).await {
         Ok(d) => {
             tracing::info!(function = %d.record.name, version = d.record.version, digest = %d.record.digest, "deployed");

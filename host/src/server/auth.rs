@@ -123,6 +123,30 @@ pub(crate) async fn require_token(
         Ok(bearer) => bearer,
         Err(refusal) => return refusal,
     };
+    // Sensitive buckets are served to trusted functions only: no token
+    // reads or writes them through the API.
+    if let Some(bucket) = path
+        .strip_prefix("/v1/buckets/")
+        .and_then(|r| r.split('/').next())
+        && state.dispatcher.sensitive().contains(bucket)
+    {
+        state.access.audit.record(Entry {
+            event: "admin.denied",
+            outcome: "denied",
+            token: Some(bearer.id.clone()),
+            target: Some(target),
+            detail: Some("sensitive bucket".into()),
+            ..Entry::default()
+        });
+        return error(
+            StatusCode::FORBIDDEN,
+            "sensitive",
+            format!(
+                "bucket {} is sensitive on this host: only trusted functions reach it, never the admin API; ask a trusted function for what you need",
+                crate::text::quote(bucket)
+            ),
+        );
+    }
     let token = bearer.id.clone();
     req.extensions_mut().insert(bearer);
     let response = next.run(req).await;

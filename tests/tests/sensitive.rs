@@ -1,0 +1,144 @@
+//! Sensitive buckets, as the host config declares them: only functions
+//! deployed with `isolation = "trusted"` (by an admin token) reach them,
+//! the admin API answers 403 for them whatever the token, and every access
+//! is in the audit log.
+
+use fnhost_tests::{Host, guests};
+use serde_json::{Value, json};
+
+const TRUSTED: &str = "name = \"vault\"\nisolation = \"trusted\"\n[[triggers.http]]\npath = \"/vault/{mode}\"\n[[grants.storage]]\nbucket = \"secrets\"\naccess = \"read-write\"\n";
+
+fn start(dir: &std::path::Path) -> Host {
+    let config = dir.join("host.toml");
+    std::fs::write(&config, "[sensitive]\nbuckets = [\"secrets\"]\n").unwrap();
+    Host::start_in(dir, &["--config", config.to_str().unwrap()])
+}
+
+#[test]
+fn only_trusted_functions_reach_a_sensitive_bucket_and_the_api_never_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path());
+    let adversary = &guests().adversary;
+
+    // A public function may neither be granted nor triggered by it.
+    for manifest in [
+        "name = \"nosy\"\n[[grants.storage]]\nbucket = \"secrets\"\naccess = \"read\"\n",
+        "name = \"nosy\"\n[[triggers.blob]]\nbucket = \"secrets\"\n",
+    ] {
+        let out = host.deploy(manifest, adversary);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("is a sensitive bucket") && err.contains("trusted"),
+            "{err}"
+        );
+    }
+
+    // A trusted one needs an admin token to deploy.
+    let r = host.admin(
+        "POST",
+        "/v1/tokens",
+        json!({ "scope": "deploy" }).to_string(),
+    );
+    let deployer = r.json()["token"].as_str().unwrap().to_string();
+    let manifest_dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        manifest_dir.path().join("fnhost.toml"),
+        format!(
+            "component = {:?}\n{TRUSTED}",
+            adversary.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = host.cli(&[
+        "deploy",
+        manifest_dir.path().to_str().unwrap(),
+        "--token",
+        &deployer,
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("403") && err.contains("admin token"), "{err}");
+    host.deploy_ok(TRUSTED, adversary);
+
+    // The trusted function stores and reads its data.
+    let r = host.get("/vault/put");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "stored 5 bytes, read back \"value\", 1 listed");
+
+    // No token reaches it through the API, not even the admin's.
+    for (method, path) in [
+        ("GET", "/v1/buckets/secrets/objects/notes/key"),
+        ("HEAD", "/v1/buckets/secrets/objects/notes/key"),
+        ("PUT", "/v1/buckets/secrets/objects/planted"),
+        ("DELETE", "/v1/buckets/secrets/objects/notes/key"),
+        ("GET", "/v1/buckets/secrets/objects"),
+        ("GET", "/v1/buckets/secrets/changes"),
+    ] {
+        let r = host.request(method, path, b"x".to_vec(), Some(&host.token));
+        assert_eq!(r.status, 403, "{method} {path}");
+        if method != "HEAD" {
+            assert_eq!(r.json()["error"]["code"], "sensitive", "{method} {path}");
+        }
+    }
+    // Other buckets are as before.
+    let r = host.admin("PUT", "/v1/buckets/public/objects/a", "x");
+    assert_eq!(r.status, 201);
+
+    // The audit log has each access of the function and each refusal.
+    let log: Vec<Value> = std::fs::read_to_string(dir.path().join("audit.log"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let accesses: Vec<&str> = log
+        .iter()
+        .filter(|e| e["event"] == "sensitive.access")
+        .map(|e| e["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(accesses.len(), 3, "put, get and list: {log:#?}");
+    assert!(
+        accesses[0].starts_with("vault@v1 invocation ")
+            && accesses[0].ends_with("storage write secrets/notes/key")
+    );
+    let refused = log
+        .iter()
+        .filter(|e| e["event"] == "admin.denied" && e["detail"] == "sensitive bucket")
+        .count();
+    assert_eq!(refused, 6);
+}
+
+#[test]
+fn a_host_config_naming_a_bad_bucket_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("host.toml");
+    std::fs::write(&config, "[sensitive]\nbuckets = [\"Not A Bucket\"]\n").unwrap();
+    let out = std::process::Command::new(fnhost_tests::fnhost_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(["--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sensitive.buckets[0]"), "{err}");
+}
+
+#[test]
+fn a_public_function_granted_a_bucket_that_became_sensitive_is_not_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start_in(dir.path(), &[]);
+    host.deploy_ok(
+        "name = \"nosy\"\n[[triggers.http]]\npath = \"/nosy/{mode}\"\n[[grants.storage]]\nbucket = \"secrets\"\naccess = \"read\"\n",
+        &guests().adversary,
+    );
+    assert!(host.stop());
+    let host = start(dir.path());
+    assert_eq!(host.admin("GET", "/v1/functions/nosy", "").status, 404);
+    assert_eq!(host.get("/nosy/storage").status, 404);
+    let log = host.log();
+    assert!(
+        log.contains("cannot load a deployed function") && log.contains("is a sensitive bucket"),
+        "{log}"
+    );
+}
