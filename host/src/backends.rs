@@ -4,7 +4,8 @@
 //! put together with. The embedded default ([`embedded`]) keeps everything
 //! in the data dir: SQLite plus a folder of blob files. [`sqs`] puts the
 //! users' queues on Amazon SQS, [`routed`] combines it with the embedded
-//! store for the host's own queues.
+//! store for the host's own queues; [`sealed`] encrypts the objects of
+//! sensitive buckets on whichever blob store is below it.
 //!
 //! Backends know nothing of wasm, functions, triggers or HTTP.
 
@@ -13,6 +14,7 @@ pub mod embedded;
 pub mod routed;
 pub mod s3blobs;
 pub mod s3state;
+pub mod sealed;
 pub mod sqs;
 
 use crate::blobs::BlobBackend;

@@ -122,6 +122,11 @@ enum Command {
         #[arg(long)]
         follow: bool,
     },
+    /// Manage the keys that encrypt sensitive buckets at rest.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Create a new job crate with a manifest.
     New {
         /// The function's name (lower-case letters, digits, '-').
@@ -135,6 +140,19 @@ enum Command {
         /// The crate's directory.
         #[arg(default_value = ".")]
         dir: PathBuf,
+    },
+}
+
+/// `fnhost keys …`.
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Make a new key the one new objects are sealed with; older keys stay
+    /// and keep opening what they sealed. A running host takes it at its
+    /// next start.
+    Rotate {
+        /// The host's data dir.
+        #[arg(long, env = "FNHOST_DATA_DIR")]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -245,6 +263,18 @@ impl Cli {
             Command::Queue { command } => client::queue(command).await,
             Command::Blob { command } => client::blob(command).await,
             Command::Tokens { command } => client::tokens(command).await,
+            Command::Keys {
+                command: KeysCommand::Rotate { data_dir },
+            } => {
+                let dir = data_dir.unwrap_or_else(default_data_dir);
+                let id = crate::backends::sealed::Keyring::rotate(&dir)
+                    .with_context(|| format!("cannot add a key in {dir:?}"))?;
+                println!(
+                    "new current key {id} in {:?}; restart the host to seal with it",
+                    dir.join("keys")
+                );
+                Ok(())
+            }
             Command::Audit {
                 data_dir,
                 lines,

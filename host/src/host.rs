@@ -11,6 +11,7 @@ pub mod config;
 
 use crate::audit::Audit;
 use crate::backends::Backends;
+use crate::backends::sealed::{Keyring, SealedBlobs};
 use crate::clock::SystemClock;
 use crate::dispatcher::Dispatcher;
 use crate::jobs::JobSettings;
@@ -124,10 +125,20 @@ impl HostBuilder {
                 "failed to create the data dir {data_dir:?}; pass --data-dir with a writable path"
             )
         })?;
-        let backends = match self.backends {
+        let mut backends = match self.backends {
             Some(b) => b,
             None => Backends::embedded(data_dir, Arc::new(SystemClock))?,
         };
+        // Sensitive buckets are sealed on whichever store holds them.
+        if !config.sensitive.is_empty() {
+            let keys = Keyring::open(data_dir).context("failed to open the encryption keys")?;
+            tracing::info!(keys = ?keys.dir(), current = %keys.current(), buckets = ?config.sensitive, "sensitive buckets are encrypted at rest");
+            backends.blobs = Arc::new(SealedBlobs::new(
+                backends.blobs,
+                config.sensitive.clone(),
+                Arc::new(keys),
+            ));
+        }
         let sandbox = Arc::new(Sandbox::new(SandboxConfig {
             pooling: config.pooling,
             max_instances: (config.max_concurrency as u32).max(1) * 2,

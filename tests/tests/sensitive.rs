@@ -1,12 +1,23 @@
 //! Sensitive buckets, as the host config declares them: only functions
 //! deployed with `isolation = "trusted"` (by an admin token) reach them,
-//! the admin API answers 403 for them whatever the token, and every access
-//! is in the audit log.
+//! the admin API answers 403 for them whatever the token, their objects are
+//! ciphertext on disk, and every access is in the audit log.
 
 use fnhost_tests::{Host, guests};
 use serde_json::{Value, json};
 
 const TRUSTED: &str = "name = \"vault\"\nisolation = \"trusted\"\n[[triggers.http]]\npath = \"/vault/{mode}\"\n[[grants.storage]]\nbucket = \"secrets\"\naccess = \"read-write\"\n";
+
+fn walk(dir: &std::path::Path, out: &mut Vec<Vec<u8>>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            walk(&path, out);
+        } else {
+            out.push(std::fs::read(&path).unwrap());
+        }
+    }
+}
 
 fn start(dir: &std::path::Path) -> Host {
     let config = dir.join("host.toml");
@@ -65,6 +76,23 @@ fn only_trusted_functions_reach_a_sensitive_bucket_and_the_api_never_does() {
     let r = host.get("/vault/put");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "stored 5 bytes, read back \"value\", 1 listed");
+
+    // On disk it is ciphertext: no blob file holds the content, and the
+    // sealed one carries the format's mark.
+    let mut files = Vec::new();
+    walk(&dir.path().join("blobs"), &mut files);
+    let sealed: Vec<&Vec<u8>> = files.iter().filter(|f| f.starts_with(b"FNHS1")).collect();
+    assert_eq!(
+        sealed.len(),
+        1,
+        "one sealed object: {:?}",
+        files
+            .iter()
+            .map(|f| String::from_utf8_lossy(&f[..f.len().min(12)]).into_owned())
+            .collect::<Vec<_>>()
+    );
+    assert!(!files.iter().any(|f| f.windows(5).any(|w| w == b"value")));
+    assert!(dir.path().join("keys/current").exists());
 
     // No token reaches it through the API, not even the admin's.
     for (method, path) in [
