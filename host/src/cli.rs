@@ -203,6 +203,15 @@ struct ServeArgs {
     /// loopback, private, link-local); none by default.
     #[arg(long, env = "FNHOST_CALLBACK_ALLOW", value_delimiter = ',', value_enum)]
     callback_allow: Vec<crate::jobs::callback::Reach>,
+    /// Buckets only trusted functions may reach, encrypted at rest
+    /// (comma-separated; added to the host config's `[sensitive]`).
+    #[arg(
+        long,
+        env = "FNHOST_SENSITIVE",
+        value_delimiter = ',',
+        value_name = "BUCKET"
+    )]
+    sensitive: Vec<String>,
     /// Use on-demand instance allocation instead of the pooling allocator.
     #[arg(long, env = "FNHOST_NO_POOLING")]
     no_pooling: bool,
@@ -333,7 +342,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => crate::host::config::HostFile::load(path)?,
         None => crate::host::config::HostFile::default(),
     };
-    config.sensitive = Arc::new(file.sensitive.buckets.iter().cloned().collect());
+    for (i, b) in args.sensitive.iter().enumerate() {
+        crate::names::BucketName::parse(b)
+            .map_err(|e| anyhow::anyhow!("--sensitive (FNHOST_SENSITIVE) [{i}]: {e}"))?;
+    }
+    config.sensitive = Arc::new(
+        file.sensitive
+            .buckets
+            .iter()
+            .chain(&args.sensitive)
+            .cloned()
+            .collect(),
+    );
     if args.role == crate::host::Role::Api && !file.shares_queues() {
         anyhow::bail!(
             "--role api runs no queue workers, so its async jobs and queue messages need workers on the same queues; \
