@@ -64,6 +64,10 @@ pub struct Guests {
     pub order_processor: PathBuf,
     /// `functions/cleanup`.
     pub cleanup: PathBuf,
+    /// `functions/gatekeeper`.
+    pub gatekeeper: PathBuf,
+    /// `functions/vault`.
+    pub vault: PathBuf,
     /// `tests/guests/adversary`.
     pub adversary: PathBuf,
     /// `tests/guests/empty`.
@@ -106,6 +110,8 @@ pub fn guests() -> &'static Guests {
             thumbnail: f.join("thumbnail.wasm"),
             order_processor: f.join("order_processor.wasm"),
             cleanup: f.join("cleanup.wasm"),
+            gatekeeper: f.join("gatekeeper.wasm"),
+            vault: f.join("vault.wasm"),
             adversary: t.join("adversary.wasm"),
             empty: t.join("empty.wasm"),
             not_a_job: t.join("not-a-job.wasm"),
