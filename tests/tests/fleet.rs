@@ -332,6 +332,36 @@ fn a_deploy_rollback_or_removal_on_one_host_reaches_the_whole_fleet() {
 }
 
 #[test]
+fn a_token_made_on_one_host_works_on_every_host_until_it_is_revoked() {
+    let mut fleet = Fleet::new("tokens");
+    let hosts: Vec<Host> = (0..2).map(|_| fleet.start(&[])).collect();
+    let r = hosts[0].admin("POST", "/v1/tokens", json!({ "scope": "read" }).to_string());
+    assert_eq!(r.status, 201, "{}", r.text());
+    let (id, token) = (r.json()["id"].clone(), r.json()["token"].clone());
+    let token = token.as_str().unwrap();
+    let status = |h: &Host| {
+        h.request("GET", "/v1/functions", Vec::new(), Some(token))
+            .status
+    };
+    assert_eq!((status(&hosts[0]), status(&hosts[1])), (200, 200));
+    // Its scope holds on the other host too.
+    let r = hosts[1].request("DELETE", "/v1/functions/adv", Vec::new(), Some(token));
+    assert_eq!(r.status, 403);
+    // Revoked on host 1: refused there at once, and on host 0 once its
+    // check cache (10 s) lets go.
+    let r = hosts[1].admin(
+        "DELETE",
+        &format!("/v1/tokens/{}", id.as_str().unwrap()),
+        "",
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(status(&hosts[1]), 401);
+    hosts[0].wait_for(30, "the revocation on host 0", |h| {
+        (status(h) == 401).then_some(())
+    });
+}
+
+#[test]
 fn a_component_altered_in_the_fleets_bucket_is_refused_by_its_digest() {
     let g = guests();
     let mut fleet = Fleet::new("tamper");
