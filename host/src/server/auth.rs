@@ -5,7 +5,7 @@
 use super::{AppState, error};
 use crate::audit::{Audit, Entry};
 use crate::tokens::{Action, Bearer, Refused, Tokens};
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{FromRequestParts as _, MatchedPath, RawPathParams, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -95,7 +95,7 @@ fn event(method: &Method, route: &str, action: Action) -> Option<&'static str> {
 /// audit every refusal and every change.
 pub(crate) async fn require_token(
     State(state): State<AppState>,
-    mut req: Request,
+    req: Request,
     next: Next,
 ) -> Response {
     let route = req
@@ -124,11 +124,20 @@ pub(crate) async fn require_token(
         Err(refusal) => return refusal,
     };
     // Sensitive buckets are served to trusted functions only: no token
-    // reads or writes them through the API.
-    if let Some(bucket) = path
-        .strip_prefix("/v1/buckets/")
-        .and_then(|r| r.split('/').next())
-        && state.dispatcher.sensitive().contains(bucket)
+    // reads or writes them through the API. The bucket is the route's
+    // parameter as the handler will see it (percent-decoded), not the raw
+    // path, so `secr%65ts` is `secrets` here too.
+    let (mut parts, body) = req.into_parts();
+    let bucket = match RawPathParams::from_request_parts(&mut parts, &()).await {
+        Ok(params) => params
+            .iter()
+            .find(|(name, _)| *name == "bucket")
+            .map(|(_, value)| value.to_string()),
+        Err(_) => None,
+    };
+    let mut req = Request::from_parts(parts, body);
+    if let Some(bucket) = bucket
+        && state.dispatcher.sensitive().contains(&bucket)
     {
         state.access.audit.record(Entry {
             event: "admin.denied",
@@ -143,7 +152,7 @@ pub(crate) async fn require_token(
             "sensitive",
             format!(
                 "bucket {} is sensitive on this host: only trusted functions reach it, never the admin API; ask a trusted function for what you need",
-                crate::text::quote(bucket)
+                crate::text::quote(&bucket)
             ),
         );
     }
