@@ -3,8 +3,10 @@
 //! queues (see `docs/architecture.md`, "Queues").
 //!
 //! [`QueueBackend`] is the seam: the embedded SQLite store
-//! ([`embedded::EmbeddedQueues`]) is the default; an SQS backend can sit
-//! behind the same trait. Backends store and lease messages; they know
+//! (`backends::embedded::EmbeddedQueues`) is the default, Amazon SQS
+//! (`backends::sqs`) sits behind the same trait, and a caller asks
+//! [`QueueBackend::features`] what a backend has. Backends store and lease
+//! messages; they know
 //! nothing of wasm, functions or HTTP. Retry policy (backoff, attempt limits)
 //! is the caller's; the backend only does what it is told.
 
