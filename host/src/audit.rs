@@ -74,10 +74,7 @@ impl Audit {
     /// Append `entry`. A log that cannot be written is reported in the host
     /// log, never fails the request that was audited.
     pub fn record(&self, mut entry: Entry) {
-        entry.at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        entry.at_ms = crate::clock::now_ms();
         entry.token = cut(entry.token);
         entry.target = cut(entry.target);
         entry.detail = cut(entry.detail);

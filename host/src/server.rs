@@ -141,6 +141,24 @@ pub(crate) fn json_error(e: serde_json::Error) -> String {
     crate::text::capped(e.to_string(), 256)
 }
 
+/// A request's JSON body, or the `400 bad_request` that names the shape it
+/// must have and what was wrong with it.
+// The refusal is what the handler answers at once: boxing it would only
+// add an allocation to the error path.
+#[allow(clippy::result_large_err)]
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    shape: &str,
+) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("the body must be {shape}: {}", json_error(e)),
+        )
+    })
+}
+
 /// A JSON error response: `{"error": {"code": …, "message": …}}`.
 pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     let body = serde_json::json!({"error": {"code": code, "message": message.into()}});

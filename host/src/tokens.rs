@@ -142,18 +142,16 @@ pub fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// `bytes` random bytes as hex: a token's id and secret, and the host's
+/// bootstrap token.
+pub fn random_hex(bytes: usize) -> Result<String, getrandom::Error> {
+    let mut b = vec![0u8; bytes];
+    getrandom::fill(&mut b)?;
+    Ok(crate::files::hex(&b))
 }
 
-fn random_hex(bytes: usize) -> Result<String, StateError> {
-    let mut b = vec![0u8; bytes];
-    getrandom::fill(&mut b)
-        .map_err(|e| StateError::backend(format!("no randomness for a token: {e}"), None))?;
-    Ok(crate::files::hex(&b))
+fn no_randomness(e: getrandom::Error) -> StateError {
+    StateError::backend(format!("no randomness for a token: {e}"), None)
 }
 
 impl Tokens {
@@ -178,14 +176,16 @@ impl Tokens {
                 "a token's name is at most {MAX_NAME_BYTES} bytes of printable text"
             )));
         }
-        if self.list().await?.len() >= MAX_TOKENS {
+        // Counted by key: a page of the listing, no document read.
+        let kept = self.state.list(PREFIX, None, MAX_TOKENS).await?.len();
+        if kept >= MAX_TOKENS {
             return Err(StateError::Invalid(format!(
                 "this host already has {MAX_TOKENS} tokens, the most it keeps; revoke some first"
             )));
         }
-        let id = random_hex(8)?;
-        let secret = random_hex(32)?;
-        let created = now_ms();
+        let id = random_hex(8).map_err(no_randomness)?;
+        let secret = random_hex(32).map_err(no_randomness)?;
+        let created = crate::clock::now_ms();
         let record = TokenRecord {
             id: id.clone(),
             name: name.to_string(),
@@ -257,7 +257,7 @@ impl Tokens {
             return Ok(Err(Refused::Unknown));
         }
         let hashed = hash(secret);
-        let now = now_ms();
+        let now = crate::clock::now_ms();
         let cached = self
             .cache
             .lock()

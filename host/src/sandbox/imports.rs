@@ -47,26 +47,14 @@ impl HostState {
 
     /// Record an allowed access to a sensitive bucket in the audit log.
     fn audit_sensitive(&self, bucket: &str, key: &str, access: Access) {
-        if let Some(audit) = &self.stores.audit
-            && self.stores.sensitive.contains(bucket)
-        {
+        if self.stores.sensitive.contains(bucket) {
             let call = if access == Access::Read {
                 "read"
             } else {
                 "write"
             };
-            audit.record(crate::audit::Entry {
-                event: "sensitive.access",
-                outcome: "ok",
-                token: None,
-                target: Some(format!(
-                    "{} invocation {}: storage {call} {bucket}/{key}",
-                    self.profile.who(),
-                    self.invocation_id
-                )),
-                detail: None,
-                ..crate::audit::Entry::default()
-            });
+            let target = format!("storage {call} {bucket}/{key}");
+            self.audit("sensitive.access", "ok", &target, None);
         }
     }
 
@@ -74,9 +62,6 @@ impl HostState {
     /// [`super::MAX_AUDITED_DENIALS`] of the invocation, then one line
     /// saying the rest are not).
     fn audit_denial(&self, target: String, why: &str) {
-        let Some(audit) = &self.stores.audit else {
-            return;
-        };
         let n = self.denials.get();
         self.denials.set(n.saturating_add(1));
         let detail = match n {
@@ -86,18 +71,30 @@ impl HostState {
             }
             _ => return,
         };
-        audit.record(crate::audit::Entry {
-            event: "guest.denied",
-            outcome: "denied",
-            token: None,
-            target: Some(format!(
-                "{} invocation {}: {target}",
-                self.profile.who(),
-                self.invocation_id
-            )),
-            detail: Some(detail),
-            ..crate::audit::Entry::default()
-        });
+        self.audit("guest.denied", "denied", &target, Some(detail));
+    }
+
+    /// An audit line about this invocation's call to `target`.
+    fn audit(
+        &self,
+        event: &'static str,
+        outcome: &'static str,
+        target: &str,
+        detail: Option<String>,
+    ) {
+        if let Some(audit) = &self.stores.audit {
+            audit.record(crate::audit::Entry {
+                event,
+                outcome,
+                target: Some(format!(
+                    "{} invocation {}: {target}",
+                    self.profile.who(),
+                    self.invocation_id
+                )),
+                detail,
+                ..crate::audit::Entry::default()
+            });
+        }
     }
 
     /// The blob backend, if reading the object `key` in `bucket` is

@@ -250,18 +250,9 @@ async fn rollback(
     let req: RollbackRequest = if body.is_empty() {
         RollbackRequest::default()
     } else {
-        match serde_json::from_slice(&body) {
+        match super::json_body(&body, "{\"version\": N} or empty") {
             Ok(r) => r,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!(
-                        "the body must be {{\"version\": N}} or empty: {}",
-                        super::json_error(e)
-                    ),
-                );
-            }
+            Err(refusal) => return refusal,
         }
     };
     match state.dispatcher.rollback(&name, req.version).await {

@@ -33,9 +33,7 @@ pub fn load_or_create_token(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let token = crate::files::hex(&bytes);
+    let token = crate::tokens::random_hex(32).map_err(|e| std::io::Error::other(e.to_string()))?;
     crate::files::write_atomic(&path, token.as_bytes())?;
     #[cfg(unix)]
     {

@@ -46,18 +46,11 @@ fn store_error(e: StateError) -> Response {
 }
 
 async fn create(State(state): State<AppState>, body: Bytes) -> Response {
-    let req: CreateRequest = match serde_json::from_slice(&body) {
+    let shape =
+        "{\"scope\": \"admin|deploy|invoke|read\", \"name\": \"…\", \"expires_in\": \"30d\"}";
+    let req: CreateRequest = match super::json_body(&body, shape) {
         Ok(r) => r,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!(
-                    "the body must be {{\"scope\": \"admin|deploy|invoke|read\", \"name\": \"…\", \"expires_in\": \"30d\"}}: {}",
-                    super::json_error(e)
-                ),
-            );
-        }
+        Err(refusal) => return refusal,
     };
     let expires = match req.expires_in.as_deref().map(humantime::parse_duration) {
         None => None,
