@@ -63,35 +63,17 @@ fn main() {
 
     if part("1") {
         println!("## 1. host CPU per queue message ({n_msgs} messages, empty guest)");
-        let mut ratios = Vec::new();
-        for pair in 1..=2 {
-            let (e_cpu, e_wall) = queue_cpu(false, n_msgs, pair);
-            let (s_cpu, s_wall) = queue_cpu(true, n_msgs, pair);
-            let (e, s) = (per(e_cpu, n_msgs), per(s_cpu, n_msgs));
-            println!(
-                "pair {pair}: embedded {e:.0} µs/msg ({e_wall:.1} s), SQS {s:.0} µs/msg ({s_wall:.1} s), SQS/embedded {:.2}",
-                s / e
-            );
-            ratios.push(s / e);
-        }
-        println!("ratios: {ratios:.2?}\n");
+        pairs(n_msgs, ("embedded", "SQS", "msg"), queue_cpu);
     }
     if part("2") {
         println!(
             "## 2. host CPU per blob event ({n_events} puts through the admin API, each → one run)"
         );
-        let mut ratios = Vec::new();
-        for pair in 1..=2 {
-            let (e_cpu, e_wall) = blob_cpu(false, n_events, pair);
-            let (s_cpu, s_wall) = blob_cpu(true, n_events, pair);
-            let (e, s) = (per(e_cpu, n_events), per(s_cpu, n_events));
-            println!(
-                "pair {pair}: embedded feed {e:.0} µs/event ({e_wall:.1} s), S3 events on SQS {s:.0} µs/event ({s_wall:.1} s), S3/embedded {:.2}",
-                s / e
-            );
-            ratios.push(s / e);
-        }
-        println!("ratios: {ratios:.2?}\n");
+        pairs(
+            n_events,
+            ("embedded feed", "S3 events on SQS", "event"),
+            blob_cpu,
+        );
     }
     if part("3") {
         println!("## 3. {n_spread} messages on one SQS queue, over 1, 2 and 3 hosts");
@@ -106,6 +88,28 @@ fn main() {
         scaler(true, sqs_backlog);
         scaler(false, backlog);
     }
+}
+
+/// Two pairs of `run(on_aws, n, pair)`, embedded first, each line with the
+/// host CPU per item and the ratio; `names` are the two sides' and the
+/// item's.
+fn pairs(
+    n: usize,
+    (embedded, aws, item): (&str, &str, &str),
+    run: fn(bool, usize, usize) -> (Duration, f64),
+) {
+    let mut ratios = Vec::new();
+    for pair in 1..=2 {
+        let (e_cpu, e_wall) = run(false, n, pair);
+        let (s_cpu, s_wall) = run(true, n, pair);
+        let (e, s) = (per(e_cpu, n), per(s_cpu, n));
+        println!(
+            "pair {pair}: {embedded} {e:.0} µs/{item} ({e_wall:.1} s), {aws} {s:.0} µs/{item} ({s_wall:.1} s), ratio {:.2}",
+            s / e
+        );
+        ratios.push(s / e);
+    }
+    println!("ratios: {ratios:.2?}\n");
 }
 
 fn per(cpu: Duration, n: usize) -> f64 {
