@@ -23,7 +23,6 @@
 use fnhost_tests::{Host, guests, moto};
 use serde_json::json;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The guest: the cheapest job (`tests/guests/empty`).
@@ -34,20 +33,7 @@ const LOG: &str = "warn,fnhost::dispatcher=debug,fnhost::triggers::blob=info";
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    if std::env::var_os("FNHOST_TEST_BIN").is_none() {
-        let root = fnhost_tests::repo_root();
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(&root)
-            .args(["build", "--release", "-p", "fnhost", "--bin", "fnhost"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building the release host failed");
-        let dir = std::env::var_os("CARGO_TARGET_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
-        // SAFETY: set before any other thread of this process starts.
-        unsafe { std::env::set_var("FNHOST_TEST_BIN", dir.join("release/fnhost")) };
-    }
+    fnhost_tests::use_release_host();
     // moto's work per request grows with the queue's depth (it scans
     // every message), so a run costs it about the square of its count:
     // the SQS counts stay where a run takes a minute or two.

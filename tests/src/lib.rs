@@ -11,10 +11,13 @@ use std::time::Duration;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    // Cargo names the crate's directory at run time too; the compile-time
+    // one can be another checkout's when a target dir is shared (cargo
+    // reuses this library across checkouts of the same commit).
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    dir.parent().unwrap().to_path_buf()
 }
 
 fn cargo() -> Command {
@@ -52,6 +55,27 @@ pub fn fnhost_bin() -> &'static Path {
             .next_back()
             .expect("cargo reported no fnhost executable")
     })
+}
+
+/// Make the harness run the release `fnhost` (built now, unless
+/// `FNHOST_TEST_BIN` already names one): for benches. Call it first, before
+/// any other thread starts.
+pub fn use_release_host() {
+    if std::env::var_os("FNHOST_TEST_BIN").is_some() {
+        return;
+    }
+    let root = repo_root();
+    let status = cargo()
+        .current_dir(&root)
+        .args(["build", "--release", "-p", "fnhost", "--bin", "fnhost"])
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "building the release host failed");
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    // SAFETY: the caller calls it before any other thread starts.
+    unsafe { std::env::set_var("FNHOST_TEST_BIN", dir.join("release/fnhost")) };
 }
 
 /// Paths of the guest components.
