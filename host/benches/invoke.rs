@@ -210,6 +210,7 @@ fn profile(limits: Limits) -> Arc<Profile> {
         limits,
         grants: Default::default(),
         config: Default::default(),
+        trusted: false,
     })
 }
 

@@ -15,6 +15,7 @@ pub mod routed;
 pub mod s3blobs;
 pub mod s3state;
 pub mod sealed;
+pub mod sealed_queues;
 pub mod sqs;
 
 use crate::blobs::BlobBackend;

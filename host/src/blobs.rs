@@ -27,7 +27,7 @@ pub const MAX_OBJECT_BYTES: usize = 64 << 20;
 pub const MAX_CONTENT_TYPE_BYTES: usize = 256;
 
 /// An object's metadata.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectMeta {
     /// The key.
     pub key: String,

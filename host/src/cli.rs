@@ -141,6 +141,12 @@ enum Command {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
+    /// Internal: keeps the trusted worker running (started by `serve`).
+    #[command(hide = true)]
+    TrustedSupervisor(crate::trusted::worker::WorkerArgs),
+    /// Internal: the trusted worker (started by the supervisor).
+    #[command(hide = true)]
+    TrustedWorker(crate::trusted::worker::WorkerArgs),
 }
 
 /// `fnhost keys …`.
@@ -153,6 +159,10 @@ enum KeysCommand {
         /// The host's data dir.
         #[arg(long, env = "FNHOST_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// The host's trusted dir (default `<data-dir>.trusted`, or the
+        /// host config's `[sensitive] dir`).
+        #[arg(long, env = "FNHOST_TRUSTED_DIR")]
+        trusted_dir: Option<PathBuf>,
     },
 }
 
@@ -212,6 +222,20 @@ struct ServeArgs {
         value_name = "BUCKET"
     )]
     sensitive: Vec<String>,
+    /// Queues whose messages are sealed for the trusted worker
+    /// (comma-separated; added to the host config's `[sensitive] queues`).
+    #[arg(
+        long,
+        env = "FNHOST_SENSITIVE_QUEUES",
+        value_delimiter = ',',
+        value_name = "QUEUE"
+    )]
+    sensitive_queues: Vec<String>,
+    /// Where the trusted worker keeps the sensitive store and its keys
+    /// (default: the host config's `[sensitive] dir`, else
+    /// `<data-dir>.trusted`); outside the data dir.
+    #[arg(long, env = "FNHOST_TRUSTED_DIR")]
+    trusted_dir: Option<PathBuf>,
     /// Use on-demand instance allocation instead of the pooling allocator.
     #[arg(long, env = "FNHOST_NO_POOLING")]
     no_pooling: bool,
@@ -229,11 +253,48 @@ pub fn default_data_dir() -> PathBuf {
     }
 }
 
+/// What must happen before the async runtime starts any thread: the
+/// trusted tier's processes and Landlock bind only the thread that asks
+/// and the threads it creates afterwards.
+enum Early {
+    None,
+    Serve(Box<ServeSetup>),
+    Worker(crate::trusted::worker::Prepared),
+}
+
 impl Cli {
+    /// Run the command: what must happen before any thread starts, then
+    /// the rest on a multi-threaded async runtime.
+    pub fn main(self) -> anyhow::Result<()> {
+        let early = match &self.command {
+            Command::Serve(args) => Early::Serve(Box::new(serve_setup(args)?)),
+            Command::TrustedWorker(args) => {
+                // The worker never outlives its supervisor.
+                // SAFETY: prctl(2) with constant arguments, on this process.
+                unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+                Early::Worker(crate::trusted::worker::prepare(args)?)
+            }
+            _ => Early::None,
+        };
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?
+            .block_on(self.run(early))
+    }
+
     /// Run the command.
-    pub async fn run(self) -> anyhow::Result<()> {
+    async fn run(self, early: Early) -> anyhow::Result<()> {
         match self.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => match early {
+                Early::Serve(setup) => serve(args, *setup).await,
+                _ => unreachable!("serve is set up early"),
+            },
+            Command::TrustedSupervisor(args) => crate::trusted::supervisor::run(args).await,
+            Command::TrustedWorker(args) => match early {
+                Early::Worker(prepared) => crate::trusted::worker::run(args, prepared).await,
+                _ => unreachable!("the worker is set up early"),
+            },
             Command::Deploy { path, conn } => client::deploy(&conn, &path).await,
             Command::List { conn } => client::list(&conn).await,
             Command::Invoke {
@@ -273,13 +334,24 @@ impl Cli {
             Command::Blob { command } => client::blob(command).await,
             Command::Tokens { command } => client::tokens(command).await,
             Command::Keys {
-                command: KeysCommand::Rotate { data_dir },
+                command:
+                    KeysCommand::Rotate {
+                        data_dir,
+                        trusted_dir,
+                    },
             } => {
-                let dir = data_dir.unwrap_or_else(default_data_dir);
+                let dir = match trusted_dir {
+                    Some(dir) => dir,
+                    None => {
+                        let data = data_dir.unwrap_or_else(default_data_dir);
+                        let data = data.canonicalize().unwrap_or(data);
+                        crate::trusted::default_dir(&data)
+                    }
+                };
                 let id = crate::backends::sealed::Keyring::rotate(&dir)
                     .with_context(|| format!("cannot add a key in {dir:?}"))?;
                 println!(
-                    "new current key {id} in {:?}; restart the host to seal with it",
+                    "new current key {id} in {:?}; restart the host to seal with it (its trusted worker then re-seals older objects in the background)",
                     dir.join("keys")
                 );
                 Ok(())
@@ -296,17 +368,150 @@ impl Cli {
         }
     }
 
-    /// True for `serve`, which logs at INFO; the client commands log only warnings.
+    /// True for `serve` (and the trusted tier's processes), which log at INFO; the client commands log only warnings.
     pub fn is_serve(&self) -> bool {
-        matches!(self.command, Command::Serve(_))
+        matches!(
+            self.command,
+            Command::Serve(_) | Command::TrustedSupervisor(_) | Command::TrustedWorker(_)
+        )
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+/// What `serve` sets up before any thread starts.
+struct ServeSetup {
+    data_dir: PathBuf,
+    file: crate::host::config::HostFile,
+    sensitive: crate::manifest::Sensitive,
+    trusted: Option<crate::host::TrustedLaunch>,
+}
+
+/// Read the host config; with sensitive data, start the trusted worker's
+/// supervisor and confine this process to its data dir.
+fn serve_setup(args: &ServeArgs) -> anyhow::Result<ServeSetup> {
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir).with_context(|| {
         format!("failed to create the data dir {data_dir:?}; pass --data-dir with a writable path")
     })?;
+    let data_dir = data_dir.canonicalize().unwrap_or(data_dir);
+    let file = match &args.config {
+        Some(path) => crate::host::config::HostFile::load(path)?,
+        None => crate::host::config::HostFile::default(),
+    };
+    for (i, b) in args.sensitive.iter().enumerate() {
+        crate::names::BucketName::parse(b)
+            .map_err(|e| anyhow::anyhow!("--sensitive (FNHOST_SENSITIVE) [{i}]: {e}"))?;
+    }
+    for (i, q) in args.sensitive_queues.iter().enumerate() {
+        crate::names::QueueName::parse_user(q).map_err(|e| {
+            anyhow::anyhow!("--sensitive-queues (FNHOST_SENSITIVE_QUEUES) [{i}]: {e}")
+        })?;
+    }
+    let sensitive = crate::manifest::Sensitive {
+        buckets: file
+            .sensitive
+            .buckets
+            .iter()
+            .chain(&args.sensitive)
+            .cloned()
+            .collect(),
+        queues: (file.sensitive.queues.iter())
+            .chain(&args.sensitive_queues)
+            .cloned()
+            .collect(),
+    };
+    let trusted = if sensitive.is_empty() {
+        None
+    } else {
+        Some(launch_trusted(args, &data_dir, &file, &sensitive)?)
+    };
+    Ok(ServeSetup {
+        data_dir,
+        file,
+        sensitive,
+        trusted,
+    })
+}
+
+/// Start the trusted worker's supervisor, then confine this process.
+fn launch_trusted(
+    args: &ServeArgs,
+    data_dir: &std::path::Path,
+    file: &crate::host::config::HostFile,
+    sensitive: &crate::manifest::Sensitive,
+) -> anyhow::Result<crate::host::TrustedLaunch> {
+    if file.blobs.backend == crate::host::config::BlobsKind::S3 && !sensitive.buckets.is_empty() {
+        anyhow::bail!(
+            "[sensitive] buckets are kept by each host's trusted worker in its trusted dir, which a fleet on S3 would not share; \
+             this release serves sensitive buckets on the embedded blob store only: remove them or run [blobs] embedded"
+        );
+    }
+    let dir = (args.trusted_dir.clone())
+        .or_else(|| file.sensitive.dir.clone())
+        .unwrap_or_else(|| crate::trusted::default_dir(data_dir));
+    crate::files::private_dir(&dir)
+        .with_context(|| format!("failed to create the trusted dir {dir:?}"))?;
+    let dir = dir.canonicalize().unwrap_or(dir);
+    if dir.starts_with(data_dir) || data_dir.starts_with(&dir) {
+        anyhow::bail!(
+            "the trusted dir {dir:?} must lie outside the data dir {data_dir:?} (and not contain it): \
+             the public process keeps its data dir and must not reach the trusted one; set [sensitive] dir"
+        );
+    }
+    // Keys from before the trusted worker existed move to its dir.
+    let (old, new) = (data_dir.join("keys"), dir.join("keys"));
+    if old.exists() && !new.exists() {
+        std::fs::rename(&old, &new).with_context(|| {
+            format!("cannot move the encryption keys from {old:?} to {new:?}; move them by hand")
+        })?;
+        tracing::warn!(from = ?old, to = ?new, "moved the encryption keys into the trusted dir");
+    }
+    let worker = crate::trusted::worker::WorkerArgs {
+        trusted_dir: dir.clone(),
+        peer_pid: std::process::id(),
+        buckets: sensitive.buckets.iter().cloned().collect(),
+        max_concurrency: args.max_concurrency,
+        no_pooling: args.no_pooling,
+        accept_without_landlock: file.sensitive.accept_without_landlock,
+    };
+    use std::os::unix::process::CommandExt as _;
+    let exe = std::env::current_exe().context("cannot find the fnhost executable")?;
+    let mut supervisor = std::process::Command::new(exe)
+        .arg("trusted-supervisor")
+        .args(crate::trusted::supervisor::worker_command(&worker))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        // Its own process group: a Ctrl-C or a group's SIGTERM reaches this
+        // process, which drains, and only then stops the worker.
+        .process_group(0)
+        .spawn()
+        .context("cannot start the trusted worker's supervisor")?;
+    let confinement = match crate::confine::public_process(data_dir) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = supervisor.kill();
+            return Err(anyhow::anyhow!(e));
+        }
+    };
+    if let crate::confine::Confinement::None(_) = confinement
+        && !file.sensitive.accept_without_landlock
+    {
+        let _ = supervisor.kill();
+        anyhow::bail!(
+            "Landlock is {confinement}, so this process could still open the trusted dir; \
+             refusing to serve sensitive data. Set [sensitive] accept_without_landlock = true in the host config to run in the weaker mode"
+        );
+    }
+    tracing::info!(data_dir = ?data_dir, trusted_dir = ?dir, "public process confined to its data dir by Landlock: {confinement}; it cannot open the trusted dir");
+    Ok(crate::host::TrustedLaunch { dir, supervisor })
+}
+
+async fn serve(args: ServeArgs, setup: ServeSetup) -> anyhow::Result<()> {
+    let ServeSetup {
+        data_dir,
+        file,
+        sensitive,
+        trusted,
+    } = setup;
     let (token, created) =
         crate::server::load_or_create_token(&data_dir, std::env::var("FNHOST_TOKEN").ok())
             .with_context(|| format!("failed to read or create the admin token in {data_dir:?}"))?;
@@ -316,7 +521,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             crate::server::token_path(&data_dir)
         );
     }
-    let mut config = crate::host::HostConfig {
+    let config = crate::host::HostConfig {
         data_dir: data_dir.clone(),
         max_concurrency: args.max_concurrency,
         pooling: !args.no_pooling,
@@ -336,24 +541,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             http_triggers: true,
         },
         role: args.role,
-        sensitive: Default::default(),
+        sensitive: Arc::new(sensitive),
     };
-    let file = match &args.config {
-        Some(path) => crate::host::config::HostFile::load(path)?,
-        None => crate::host::config::HostFile::default(),
-    };
-    for (i, b) in args.sensitive.iter().enumerate() {
-        crate::names::BucketName::parse(b)
-            .map_err(|e| anyhow::anyhow!("--sensitive (FNHOST_SENSITIVE) [{i}]: {e}"))?;
-    }
-    config.sensitive = Arc::new(
-        file.sensitive
-            .buckets
-            .iter()
-            .chain(&args.sensitive)
-            .cloned()
-            .collect(),
-    );
     if args.role == crate::host::Role::Api && !file.shares_queues() {
         anyhow::bail!(
             "--role api runs no queue workers, so its async jobs and queue messages need workers on the same queues; \
@@ -363,10 +552,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let backends = file
         .backends(&data_dir, Arc::new(crate::clock::SystemClock))
         .await?;
-    let host = crate::host::Host::builder(config)
-        .backends(backends)
-        .build()
-        .await?;
+    let mut builder = crate::host::Host::builder(config).backends(backends);
+    if let Some(launch) = trusted {
+        builder = builder.trusted(launch);
+    }
+    let host = builder.build().await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| {

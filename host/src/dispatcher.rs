@@ -21,7 +21,7 @@ use crate::manifest::{HttpTrigger, Manifest};
 use crate::queue::QueueBackend;
 use crate::registry::{Registry, RegistryError, VersionRecord};
 use crate::task::blocking;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use tokio::sync::{Mutex, watch};
 use tracing::Instrument;
@@ -91,8 +91,9 @@ pub struct Dispatcher {
     /// Where S3 buckets' events arrive (buckets on S3 only).
     blob_events: Option<Arc<crate::backends::s3blobs::S3Events>>,
     bindings: std::sync::Mutex<HashMap<(String, String), Arc<BindingStats>>>,
-    /// The host's sensitive buckets: only trusted functions reach them.
-    sensitive: Arc<BTreeSet<String>>,
+    /// The host's sensitive buckets and queues: only trusted functions
+    /// reach them.
+    sensitive: Arc<crate::manifest::Sensitive>,
 }
 
 /// Live figures of one trigger binding (function × queue), for the API.
@@ -137,7 +138,7 @@ impl Dispatcher {
         registry: Arc<Registry>,
         backends: Backends,
         job_settings: crate::jobs::JobSettings,
-        sensitive: Arc<BTreeSet<String>>,
+        sensitive: Arc<crate::manifest::Sensitive>,
     ) -> anyhow::Result<Arc<Dispatcher>> {
         let dispatcher = Arc::new(Dispatcher {
             sensitive,
@@ -428,8 +429,8 @@ impl Dispatcher {
         self.active.read().unwrap().get(name).cloned()
     }
 
-    /// The host's sensitive buckets.
-    pub fn sensitive(&self) -> &BTreeSet<String> {
+    /// The host's sensitive buckets and queues.
+    pub fn sensitive(&self) -> &crate::manifest::Sensitive {
         &self.sensitive
     }
 

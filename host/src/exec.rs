@@ -39,6 +39,10 @@ pub struct Profile {
     pub grants: Grants,
     /// The manifest's `[config]` values.
     pub config: BTreeMap<String, String>,
+    /// Runs in the trusted worker (`isolation = "trusted"`), not in the
+    /// public process.
+    #[serde(default)]
+    pub trusted: bool,
 }
 
 impl Profile {
@@ -241,6 +245,11 @@ pub enum TrapReason {
     /// The host itself could not run the invocation (e.g. no free instance slot).
     #[error("the host could not run the invocation: {0}")]
     Host(String),
+    /// The process that runs it is not there now (the trusted worker is
+    /// restarting): nothing ran, or what ran was cut off; another attempt
+    /// later can succeed.
+    #[error("the trusted worker is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// What one invocation wrote to stdout and stderr: the kept text (up to
@@ -349,6 +358,14 @@ pub enum LoadError {
     Store(String),
 }
 
+/// Where an executor finds a deployed component's bytes, by digest: the
+/// registry in the host process, the host over the socket in the trusted
+/// worker.
+pub trait Components: Send + Sync {
+    /// The component whose SHA-256 is `digest`.
+    fn component(&self, digest: &str) -> BoxFuture<'_, Result<Vec<u8>, String>>;
+}
+
 /// Runs events in fresh sandboxes. The host-wide cap on invocations at
 /// once is the executor's.
 pub trait Executor: Send + Sync {
@@ -380,6 +397,7 @@ mod tests {
             limits: Limits::default(),
             grants: Grants::default(),
             config: [("k".to_string(), "v".to_string())].into(),
+            trusted: false,
         };
         let event = Event::Blob(BlobChange {
             bucket: "b".into(),

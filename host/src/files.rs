@@ -42,6 +42,12 @@ pub fn put_in_place(tmp: tempfile::NamedTempFile, path: &Path) -> std::io::Resul
     Ok(())
 }
 
+/// Create `dir` (and its parents) and make it private to its owner (0700).
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

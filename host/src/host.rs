@@ -11,15 +11,18 @@ pub mod config;
 
 use crate::audit::Audit;
 use crate::backends::Backends;
-use crate::backends::sealed::{Keyring, SealedBlobs};
+use crate::backends::sealed_queues::{SealedQueues, Sealer};
 use crate::clock::SystemClock;
 use crate::dispatcher::Dispatcher;
+use crate::exec::Executor;
 use crate::jobs::JobSettings;
 use crate::jobs::callback::{CallbackPolicy, Callbacks};
 use crate::registry::Registry;
 use crate::sandbox::{LocalExecutor, Sandbox, SandboxConfig, Stores};
 use crate::server::{Access, ServerConfig};
 use crate::tokens::Tokens;
+use crate::trusted::remote::HostStores;
+use crate::trusted::{RemoteWorker, Tiered};
 use anyhow::Context as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,9 +48,21 @@ pub struct HostConfig {
     pub server: ServerConfig,
     /// What this host does: serve HTTP, run background work, or both.
     pub role: Role,
-    /// Buckets only trusted functions may reach (the host config's
-    /// `[sensitive]`): the admin API answers 403 for them.
-    pub sensitive: Arc<std::collections::BTreeSet<String>>,
+    /// Buckets only trusted functions may reach and queues sealed for
+    /// them (the host config's `[sensitive]`): the admin API answers 403
+    /// for them, and a trusted worker holds them.
+    pub sensitive: Arc<crate::manifest::Sensitive>,
+}
+
+/// The trusted worker of a host with sensitive data, as `fnhost serve`
+/// started it before confining itself: its trusted dir and its
+/// supervisor, whose stdin this process holds (closing it stops both).
+#[derive(Debug)]
+pub struct TrustedLaunch {
+    /// The trusted dir.
+    pub dir: PathBuf,
+    /// `fnhost trusted-supervisor`.
+    pub supervisor: std::process::Child,
 }
 
 /// What a host of a fleet does, so that the web-facing and the background
@@ -100,15 +115,27 @@ pub struct Host {
     dispatcher: Arc<Dispatcher>,
     pooling: bool,
     access: Access,
+    trusted: Option<TrustedLaunch>,
 }
 
 /// Puts a [`Host`] together: [`Host::builder`], then [`HostBuilder::build`].
 pub struct HostBuilder {
     config: HostConfig,
     backends: Option<Backends>,
+    trusted: Option<TrustedLaunch>,
 }
 
+/// How long a starting host waits for its trusted worker's hello.
+const WORKER_READY: Duration = Duration::from_secs(60);
+
 impl HostBuilder {
+    /// Run trusted functions in this worker (required when the config has
+    /// sensitive buckets or queues).
+    pub fn trusted(mut self, launch: TrustedLaunch) -> HostBuilder {
+        self.trusted = Some(launch);
+        self
+    }
+
     /// Run on these backends instead of the embedded default.
     pub fn backends(mut self, backends: Backends) -> HostBuilder {
         self.backends = Some(backends);
@@ -129,16 +156,32 @@ impl HostBuilder {
             Some(b) => b,
             None => Backends::embedded(data_dir, Arc::new(SystemClock))?,
         };
-        // Sensitive buckets are sealed on whichever store holds them.
-        if !config.sensitive.is_empty() {
-            let keys = Keyring::open(data_dir).context("failed to open the encryption keys")?;
-            tracing::info!(keys = ?keys.dir(), current = %keys.current(), buckets = ?config.sensitive, "sensitive buckets are encrypted at rest");
-            backends.blobs = Arc::new(SealedBlobs::new(
-                backends.blobs,
-                config.sensitive.clone(),
-                Arc::new(keys),
-            ));
-        }
+        // Sensitive data is the trusted worker's: this process only seals
+        // sensitive queues' messages to it, with its public key.
+        let trusted = match (config.sensitive.is_empty(), self.trusted) {
+            (true, launch) => launch,
+            (false, None) => anyhow::bail!(
+                "sensitive buckets and queues need the trusted worker, which `fnhost serve` starts"
+            ),
+            (false, Some(launch)) => Some(launch),
+        };
+        let worker = match &trusted {
+            None => None,
+            Some(launch) => {
+                let worker = RemoteWorker::start(crate::trusted::socket_path(&launch.dir));
+                let key = worker.ready(WORKER_READY).await?;
+                if !config.sensitive.queues.is_empty() {
+                    let sealer = Sealer::new(key).map_err(anyhow::Error::msg)?;
+                    backends.queues = Arc::new(SealedQueues::new(
+                        backends.queues,
+                        Arc::new(config.sensitive.queues.clone()),
+                        sealer,
+                    ));
+                }
+                tracing::info!(pid = ?worker.pid(), buckets = ?config.sensitive.buckets, queues = ?config.sensitive.queues, "trusted functions run in the trusted worker, which alone holds the sensitive data");
+                Some(worker)
+            }
+        };
         let sandbox = Arc::new(Sandbox::new(SandboxConfig {
             pooling: config.pooling,
             max_instances: (config.max_concurrency as u32).max(1) * 2,
@@ -150,18 +193,35 @@ impl HostBuilder {
                 .with_context(|| format!("failed to open the registry in {data_dir:?}"))?,
         );
         let audit = Arc::new(Audit::open(data_dir));
+        let buckets = Arc::new(config.sensitive.buckets.clone());
         let stores = Stores {
-            queues: Some(backends.queues.clone()),
+            queues: Some(Arc::new(crate::queue::SendTo(backends.queues.clone()))),
             blobs: Some(backends.blobs.clone()),
             audit: Some(audit.clone()),
-            sensitive: config.sensitive.clone(),
+            sensitive: buckets.clone(),
         };
-        let executor = Arc::new(LocalExecutor::new(
+        let local: Arc<dyn Executor> = Arc::new(LocalExecutor::new(
             sandbox,
             registry.clone(),
             stores,
             config.max_concurrency,
         ));
+        let executor: Arc<dyn Executor> = match worker {
+            None => local,
+            Some(worker) => {
+                worker.set_stores(HostStores {
+                    components: registry.clone(),
+                    queues: backends.queues.clone(),
+                    blobs: backends.blobs.clone(),
+                    audit: audit.clone(),
+                    sensitive: buckets,
+                });
+                Arc::new(Tiered {
+                    public: local,
+                    trusted: worker,
+                })
+            }
+        };
         let jobs = JobSettings {
             retention: config.job_retention,
             callbacks: Arc::new(Callbacks::new(config.callbacks.clone())),
@@ -190,6 +250,7 @@ impl HostBuilder {
             dispatcher,
             pooling,
             access,
+            trusted,
         })
     }
 }
@@ -200,6 +261,7 @@ impl Host {
         HostBuilder {
             config,
             backends: None,
+            trusted: None,
         }
     }
 
@@ -236,7 +298,7 @@ impl Host {
         tokio::spawn(self.dispatcher.clone().follow_fleet(shutdown.clone()));
         let mut server = self.config.server;
         server.http_triggers = self.config.role.serves_http();
-        crate::server::serve(
+        let served = crate::server::serve(
             listener,
             self.dispatcher,
             server,
@@ -244,6 +306,14 @@ impl Host {
             shutdown,
             background,
         )
-        .await
+        .await;
+        // Drained: now the worker may go (closing the supervisor's stdin
+        // stops it, and it stops the worker).
+        if let Some(mut launch) = self.trusted {
+            drop(launch.supervisor.stdin.take());
+            let waited = crate::task::blocking(move || launch.supervisor.wait()).await;
+            tracing::info!(supervisor = ?waited.map(|s| s.to_string()), "the trusted worker stopped");
+        }
+        served
     }
 }

@@ -27,6 +27,7 @@ pub mod blobs;
 pub mod capabilities;
 pub mod cli;
 pub mod clock;
+pub mod confine;
 pub mod dispatcher;
 pub mod exec;
 pub mod files;
@@ -43,6 +44,7 @@ pub mod task;
 pub mod text;
 pub mod tokens;
 pub mod triggers;
+pub mod trusted;
 
 #[cfg(test)]
 mod proptests;

@@ -11,8 +11,7 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = fnhost::cli::Cli::parse();
     let default = if cli.is_serve() { "info" } else { "warn" };
     tracing_subscriber::fmt()
@@ -23,7 +22,9 @@ async fn main() -> std::process::ExitCode {
         // Colours only on a terminal: a log file or pipe gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match cli.run().await {
+    // The async runtime is started by `main`, after what must precede
+    // every thread (the trusted tier's confinement).
+    match cli.main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");

@@ -14,7 +14,7 @@ use crate::capabilities::Grants;
 use crate::exec::{Limits, Profile};
 use crate::names::FunctionName;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub use triggers::{
     BlobTrigger, HttpTrigger, QueuePolicy, QueueTrigger, RouteAuth, Source, TimerTrigger,
@@ -59,14 +59,32 @@ pub struct Manifest {
     pub isolation: Isolation,
 }
 
+/// What a host holds sensitive (the host config's `[sensitive]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sensitive {
+    /// Buckets only trusted functions reach, kept by the trusted worker.
+    pub buckets: BTreeSet<String>,
+    /// Queues whose messages are sealed for the trusted worker.
+    pub queues: BTreeSet<String>,
+}
+
+impl Sensitive {
+    /// True when nothing is sensitive (no trusted worker is needed).
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty() && self.queues.is_empty()
+    }
+}
+
 /// Which tier a function runs in.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Isolation {
-    /// Reaches what its grants name, never a sensitive bucket.
+    /// Reaches what its grants name, never a sensitive bucket or queue;
+    /// runs in the public process.
     #[default]
     Public,
-    /// May be granted (and triggered by) the host's sensitive buckets.
+    /// May be granted the host's sensitive buckets and bound to its
+    /// sensitive queues; runs in the trusted worker.
     Trusted,
 }
 
@@ -146,39 +164,52 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Refuse a public function that names one of the host's `sensitive`
-    /// buckets in a grant or a blob trigger; `file` names it in errors.
-    pub fn check_isolation(
-        &self,
-        file: &str,
-        sensitive: &std::collections::BTreeSet<String>,
-    ) -> Result<(), ManifestError> {
+    /// Refuse a public function that names one of the host's sensitive
+    /// buckets (in a grant or a blob trigger) or is bound to one of its
+    /// sensitive queues, and any function with a blob trigger on a
+    /// sensitive bucket (the trusted worker keeps no change feed); `file`
+    /// names it in errors.
+    pub fn check_isolation(&self, file: &str, sensitive: &Sensitive) -> Result<(), ManifestError> {
+        let refuse = |field: String, reason: String| ManifestError {
+            file: file.into(),
+            field,
+            reason,
+        };
+        for (i, b) in self.triggers.blob.iter().enumerate() {
+            if sensitive.buckets.contains(&b.bucket) {
+                return Err(refuse(
+                    format!("triggers.blob[{i}].bucket"),
+                    format!(
+                        "{} is a sensitive bucket on this host: it lives in the trusted worker, which runs no blob triggers; hand the trusted function its work through a sensitive queue instead",
+                        crate::text::quote(&b.bucket)
+                    ),
+                ));
+            }
+        }
         if self.isolation == Isolation::Trusted {
             return Ok(());
         }
-        let named = self
-            .grants
-            .storage
-            .iter()
-            .enumerate()
-            .map(|(i, g)| (format!("grants.storage[{i}].bucket"), &g.bucket))
-            .chain(
-                self.triggers
-                    .blob
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| (format!("triggers.blob[{i}].bucket"), &b.bucket)),
-            );
-        for (field, bucket) in named {
-            if sensitive.contains(bucket) {
-                return Err(ManifestError {
-                    file: file.into(),
-                    field,
-                    reason: format!(
-                        "{} is a sensitive bucket on this host: only functions with isolation = \"trusted\" may reach it (deployed with an admin token); put a trusted function in front of it and hand it work through a queue",
-                        crate::text::quote(bucket)
+        let granted = (self.grants.storage.iter().enumerate())
+            .find(|(_, g)| sensitive.buckets.contains(&g.bucket));
+        if let Some((i, g)) = granted {
+            let bucket = &g.bucket;
+            return Err(refuse(
+                format!("grants.storage[{i}].bucket"),
+                format!(
+                    "{} is a sensitive bucket on this host: only functions with isolation = \"trusted\" may reach it (deployed with an admin token); put a trusted function in front of it and hand it work through a queue",
+                    crate::text::quote(bucket)
+                ),
+            ));
+        }
+        for (i, q) in self.triggers.queue.iter().enumerate() {
+            if sensitive.queues.contains(&q.queue) {
+                return Err(refuse(
+                    format!("triggers.queue[{i}].queue"),
+                    format!(
+                        "{} is a sensitive queue on this host: its messages are sealed for the trusted worker, so only functions with isolation = \"trusted\" may be bound to it",
+                        crate::text::quote(&q.queue)
                     ),
-                });
+                ));
             }
         }
         Ok(())
@@ -275,6 +306,7 @@ impl Manifest {
             limits: self.limits(),
             grants: self.grants.clone(),
             config: self.config.clone(),
+            trusted: self.isolation == Isolation::Trusted,
         }
     }
 }

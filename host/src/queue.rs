@@ -13,6 +13,7 @@
 pub use crate::clock::Clock;
 use crate::task::{BoxFuture, ErrorSource};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
 
 mod checks;
@@ -52,6 +53,23 @@ pub struct NewMessage {
     /// function's dedup ids never suppress another's messages.
     #[serde(skip)]
     pub dedup_scope: Option<String>,
+}
+
+/// What a guest's queue sends need of a queue store: one send. The trusted
+/// worker's sends travel to the host process, which owns the queues; in
+/// the host process any [`QueueBackend`] is one ([`SendTo`]).
+pub trait QueueSender: Send + Sync {
+    /// Enqueue one message.
+    fn send(&self, queue: &str, msg: NewMessage) -> BoxFuture<'_, Result<Sent, QueueError>>;
+}
+
+/// A queue store as a [`QueueSender`].
+pub struct SendTo(pub Arc<dyn QueueBackend>);
+
+impl QueueSender for SendTo {
+    fn send(&self, queue: &str, msg: NewMessage) -> BoxFuture<'_, Result<Sent, QueueError>> {
+        self.0.send(queue, msg)
+    }
 }
 
 /// A stored message.

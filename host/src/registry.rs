@@ -122,7 +122,7 @@ impl Registry {
         self.db.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn component_path(&self, digest: &str) -> PathBuf {
+    pub(crate) fn component_path(&self, digest: &str) -> PathBuf {
         self.components.join(format!("{digest}.wasm"))
     }
 

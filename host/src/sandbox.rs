@@ -24,7 +24,7 @@ use crate::exec::{
     Event, Failure, Invocation, Limits, LoadError, MAX_HOSTCALL_BYTES, MAX_OUTPUT_BYTES,
     MAX_RESOURCES, Outcome, Profile, Reporter, TrapReason,
 };
-use crate::queue::QueueBackend;
+use crate::queue::QueueSender;
 use outcome::{check_output, classify, error_chain, guest_error, is_hostcall_overflow};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -104,7 +104,7 @@ pub struct Loaded {
 #[derive(Clone, Default)]
 pub struct Stores {
     /// Where granted queue sends go.
-    pub queues: Option<Arc<dyn QueueBackend>>,
+    pub queues: Option<Arc<dyn QueueSender>>,
     /// Where granted storage calls go.
     pub blobs: Option<Arc<dyn BlobBackend>>,
     /// Where denied calls are recorded (the first

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 /// From the bottom up. A module may use the modules of the layers below
 /// its own, never its own layer's or those above.
 const LAYERS: &[&[&str]] = &[
-    // Leaves: text, time, futures, files.
-    &["text", "clock", "task", "files"],
+    // Leaves: text, time, futures, files, OS confinement.
+    &["text", "clock", "task", "files", "confine"],
     // Names of functions, queues and buckets; the host's own queues.
     &["names", "audit"],
     // The backend seams (traits and their data), the registry, grants.
@@ -24,8 +24,9 @@ const LAYERS: &[&[&str]] = &[
     &["exec"],
     // The manifest; the stores behind the seams; the sandbox.
     &["manifest", "backends", "sandbox"],
-    // Which version answers an event.
-    &["dispatcher"],
+    // Which version answers an event; the trusted worker (an executor in
+    // a process of its own).
+    &["dispatcher", "trusted"],
     // Events in: background triggers; the HTTP server.
     &["triggers"],
     &["server"],

@@ -19,16 +19,26 @@ fn walk(dir: &std::path::Path, out: &mut Vec<Vec<u8>>) {
     }
 }
 
-fn start(dir: &std::path::Path) -> Host {
+/// A host whose bucket `secrets` is sensitive, its trusted worker in
+/// `trusted`.
+fn start(dir: &std::path::Path, trusted: &std::path::Path) -> Host {
     let config = dir.join("host.toml");
     std::fs::write(&config, "[sensitive]\nbuckets = [\"secrets\"]\n").unwrap();
-    Host::start_in(dir, &["--config", config.to_str().unwrap()])
+    Host::start_in(
+        dir,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--trusted-dir",
+            trusted.to_str().unwrap(),
+        ],
+    )
 }
 
 #[test]
 fn only_trusted_functions_reach_a_sensitive_bucket_and_the_api_never_does() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = start(dir.path());
+    let (dir, trusted) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let host = start(dir.path(), trusted.path());
     let adversary = &guests().adversary;
 
     // A public function may neither be granted nor triggered by it.
@@ -77,10 +87,11 @@ fn only_trusted_functions_reach_a_sensitive_bucket_and_the_api_never_does() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "stored 5 bytes, read back \"value\", 1 listed");
 
-    // On disk it is ciphertext: no blob file holds the content, and the
-    // sealed one carries the format's mark.
+    // It is kept by the trusted worker, as ciphertext: no blob file holds
+    // the content, and the sealed one carries the format's mark; the public
+    // data dir holds nothing of it.
     let mut files = Vec::new();
-    walk(&dir.path().join("blobs"), &mut files);
+    walk(&trusted.path().join("blobs"), &mut files);
     let sealed: Vec<&Vec<u8>> = files.iter().filter(|f| f.starts_with(b"FNHS1")).collect();
     assert_eq!(
         sealed.len(),
@@ -92,7 +103,10 @@ fn only_trusted_functions_reach_a_sensitive_bucket_and_the_api_never_does() {
             .collect::<Vec<_>>()
     );
     assert!(!files.iter().any(|f| f.windows(5).any(|w| w == b"value")));
-    assert!(dir.path().join("keys/current").exists());
+    assert!(trusted.path().join("keys/current").exists());
+    let mut public = Vec::new();
+    walk(&dir.path().join("blobs"), &mut public);
+    assert!(!public.iter().any(|f| f.starts_with(b"FNHS1")));
 
     // No token reaches it through the API, not even the admin's.
     for (method, path) in [
@@ -164,7 +178,8 @@ fn a_public_function_granted_a_bucket_that_became_sensitive_is_not_loaded() {
         &guests().adversary,
     );
     assert!(host.stop());
-    let host = start(dir.path());
+    let trusted = tempfile::tempdir().unwrap();
+    let host = start(dir.path(), trusted.path());
     assert_eq!(host.admin("GET", "/v1/functions/nosy", "").status, 404);
     assert_eq!(host.get("/nosy/storage").status, 404);
     let log = host.log();

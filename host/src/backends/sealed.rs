@@ -135,6 +135,22 @@ impl Keyring {
         crate::files::hex(&self.current)
     }
 
+    /// Keys in the ring (more than one after a rotation).
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True when the ring holds no key (never, once opened).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Was `stored` sealed with the current key?
+    pub fn sealed_with_current(&self, stored: &[u8]) -> bool {
+        stored.starts_with(MAGIC)
+            && stored.get(MAGIC.len()..MAGIC.len() + ID_LEN) == Some(&self.current[..])
+    }
+
     /// Where the keys are.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -217,7 +233,13 @@ pub struct SealedBlobs {
     inner: Arc<dyn BlobBackend>,
     sensitive: Arc<BTreeSet<String>>,
     keys: Arc<Keyring>,
+    /// Writes of one object take turns with its re-sealing, so a re-seal
+    /// never puts back an older content over a newer write (striped by
+    /// the object's name).
+    locks: Vec<tokio::sync::Mutex<()>>,
 }
+
+const LOCK_STRIPES: usize = 64;
 
 impl SealedBlobs {
     /// Seal `sensitive`'s objects in `inner` with `keys`.
@@ -230,7 +252,34 @@ impl SealedBlobs {
             inner,
             sensitive,
             keys,
+            locks: (0..LOCK_STRIPES).map(|_| Default::default()).collect(),
         }
+    }
+
+    fn lock(&self, bucket: &str, key: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (bucket, key).hash(&mut h);
+        &self.locks[h.finish() as usize % LOCK_STRIPES]
+    }
+
+    /// Seal `key` in `bucket` anew under the current key when an older key
+    /// sealed it; true when it did. Taking turns with writes of the same
+    /// object, so a write in between is never undone.
+    pub async fn reseal(&self, bucket: &str, key: &str) -> Result<bool, BlobError> {
+        let _turn = self.lock(bucket, key).lock().await;
+        let Some((meta, stored)) = self.inner.get(bucket, key).await? else {
+            return Ok(false);
+        };
+        if self.keys.sealed_with_current(&stored) {
+            return Ok(false);
+        }
+        let body = self.keys.open_object(bucket, key, stored)?;
+        let sealed = self.keys.seal(bucket, key, body)?;
+        self.inner
+            .put(bucket, key, sealed, meta.content_type)
+            .await?;
+        Ok(true)
     }
 }
 
@@ -260,6 +309,7 @@ impl BlobBackend for SealedBlobs {
             }
             crate::blobs::validate(&bucket, &key)?;
             let sealed = self.keys.seal(&bucket, &key, body)?;
+            let _turn = self.lock(&bucket, &key).lock().await;
             let mut stored = self.inner.put(&bucket, &key, sealed, content_type).await?;
             stored.meta = unsealed(stored.meta);
             Ok(stored)
@@ -293,7 +343,14 @@ impl BlobBackend for SealedBlobs {
     }
 
     fn delete(&self, bucket: &str, key: &str) -> BoxFuture<'_, Result<bool, BlobError>> {
-        self.inner.delete(bucket, key)
+        if !self.sensitive.contains(bucket) {
+            return self.inner.delete(bucket, key);
+        }
+        let (bucket, key) = (bucket.to_string(), key.to_string());
+        Box::pin(async move {
+            let _turn = self.lock(&bucket, &key).lock().await;
+            self.inner.delete(&bucket, &key).await
+        })
     }
 
     fn list(

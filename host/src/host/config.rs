@@ -68,13 +68,24 @@ pub struct HostFile {
 }
 
 /// `[sensitive]`: buckets only functions with `isolation = "trusted"` may
-/// reach; the admin API answers `403 sensitive` for them.
+/// reach, kept by the trusted worker (the admin API answers `403
+/// sensitive` for them), and queues whose messages are sealed for it.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SensitiveConfig {
     /// The buckets.
     #[serde(default)]
     pub buckets: Vec<String>,
+    /// The queues (their messages sealed; only trusted functions bound).
+    #[serde(default)]
+    pub queues: Vec<String>,
+    /// The trusted dir (default: `<data-dir>.trusted`, beside the data dir).
+    #[serde(default)]
+    pub dir: Option<std::path::PathBuf>,
+    /// Serve sensitive buckets even where Landlock cannot confine the two
+    /// processes (the weaker mode; the host says so at start).
+    #[serde(default)]
+    pub accept_without_landlock: bool,
 }
 
 /// Which backend holds buckets.
@@ -208,6 +219,10 @@ impl HostFile {
         for (i, b) in self.sensitive.buckets.iter().enumerate() {
             crate::names::BucketName::parse(b)
                 .map_err(|e| (format!("sensitive.buckets[{i}]"), e.to_string()))?;
+        }
+        for (i, q) in self.sensitive.queues.iter().enumerate() {
+            crate::names::QueueName::parse_user(q)
+                .map_err(|e| (format!("sensitive.queues[{i}]"), e.to_string()))?;
         }
         let q = &self.queues;
         let sqs_name = |s: &str| {

@@ -257,3 +257,39 @@ fn routes_may_not_shadow_the_host() {
             .unwrap_err();
     assert!(e.reason.contains("not a valid route"), "{e}");
 }
+
+#[test]
+fn only_trusted_functions_reach_sensitive_data_and_none_is_triggered_by_it() {
+    let sensitive = Sensitive {
+        buckets: ["vault".to_string()].into(),
+        queues: ["vault-in".to_string()].into(),
+    };
+    let check = |text: &str| parse(text).unwrap().check_isolation("f.toml", &sensitive);
+    let grant = "[[grants.storage]]\nbucket = \"vault\"\naccess = \"read\"\n";
+    let bound = "[[triggers.queue]]\nqueue = \"vault-in\"\n";
+    let watched = "[[triggers.blob]]\nbucket = \"vault\"\n";
+    let public = |rest: &str| format!("name = \"f\"\n{rest}");
+    let trusted = |rest: &str| format!("name = \"f\"\nisolation = \"trusted\"\n{rest}");
+    assert_eq!(
+        check(&public(grant)).unwrap_err().field,
+        "grants.storage[0].bucket"
+    );
+    assert_eq!(
+        check(&public(bound)).unwrap_err().field,
+        "triggers.queue[0].queue"
+    );
+    check(&trusted(&format!("{grant}{bound}"))).unwrap();
+    // The worker keeps no change feed: no one is triggered by its buckets.
+    let err = check(&trusted(&format!("{grant}{watched}"))).unwrap_err();
+    assert_eq!(err.field, "triggers.blob[0].bucket");
+    assert!(
+        err.reason.contains("runs no blob triggers"),
+        "{}",
+        err.reason
+    );
+    // Other buckets and queues are anyone's.
+    check(&public(
+        "[[grants.storage]]\nbucket = \"views\"\naccess = \"read\"\n[[triggers.queue]]\nqueue = \"q\"\n",
+    ))
+    .unwrap();
+}

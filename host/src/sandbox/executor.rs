@@ -1,13 +1,12 @@
 //! The executor of this process: runs executions in the [`Sandbox`], under
 //! the host-wide cap on invocations at once, with the components it has
-//! prepared (or, for one it has not, the registry's copy, compiled on first
-//! use). Its granted calls go to the host's [`Stores`].
+//! prepared (or, for one it has not, its [`Components`]' copy, compiled on
+//! first use). Its granted calls go to the host's [`Stores`].
 
 use super::{Loaded, Sandbox, Stores};
 use crate::exec::{
-    Busy, Execution, Executor, Failure, LoadError, Outcome, Reporter, TrapReason, Wait,
+    Busy, Components, Execution, Executor, Failure, LoadError, Outcome, Reporter, TrapReason, Wait,
 };
-use crate::registry::Registry;
 use crate::task::{BoxFuture, blocking};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,7 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// Runs executions in this process's sandbox.
 pub struct LocalExecutor {
     sandbox: Arc<Sandbox>,
-    registry: Arc<Registry>,
+    components: Arc<dyn Components>,
     stores: Stores,
     /// Components by digest, compiled and checked.
     loaded: RwLock<HashMap<String, Loaded>>,
@@ -29,16 +28,16 @@ pub struct LocalExecutor {
 
 impl LocalExecutor {
     /// An executor running at most `max_concurrency` invocations at once,
-    /// finding components it was not handed in `registry`.
+    /// finding components it was not handed in `components`.
     pub fn new(
         sandbox: Arc<Sandbox>,
-        registry: Arc<Registry>,
+        components: Arc<dyn Components>,
         stores: Stores,
         max_concurrency: usize,
     ) -> LocalExecutor {
         LocalExecutor {
             sandbox,
-            registry,
+            components,
             stores,
             loaded: RwLock::default(),
             permits: Arc::new(Semaphore::new(max_concurrency)),
@@ -80,18 +79,13 @@ impl LocalExecutor {
         if let Some(l) = self.loaded.read().unwrap().get(digest) {
             return Ok(l.clone());
         }
-        let (sandbox, registry, d) = (
-            self.sandbox.clone(),
-            self.registry.clone(),
-            digest.to_string(),
-        );
-        let loaded = blocking(move || {
-            let wasm = registry
-                .component(&d)
-                .map_err(|e| LoadError::Store(e.to_string()))?;
-            sandbox.load(&wasm)
-        })
-        .await?;
+        let wasm = self
+            .components
+            .component(digest)
+            .await
+            .map_err(LoadError::Store)?;
+        let sandbox = self.sandbox.clone();
+        let loaded = blocking(move || sandbox.load(&wasm)).await?;
         self.loaded
             .write()
             .unwrap()
@@ -157,5 +151,17 @@ impl Executor for LocalExecutor {
     fn in_flight(&self) -> usize {
         self.max_concurrency
             .saturating_sub(self.permits.available_permits())
+    }
+}
+
+/// The registry keeps the components this process runs.
+impl Components for crate::registry::Registry {
+    fn component(&self, digest: &str) -> BoxFuture<'_, Result<Vec<u8>, String>> {
+        let path = self.component_path(digest);
+        Box::pin(async move {
+            tokio::fs::read(&path)
+                .await
+                .map_err(|e| format!("cannot read the component {path:?}: {e}"))
+        })
     }
 }

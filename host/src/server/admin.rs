@@ -19,7 +19,15 @@ use serde_json::{Value, json};
 pub(crate) fn routes(state: AppState) -> axum::Router<AppState> {
     let upload = state.config.max_upload_bytes;
     let body = state.config.max_body_bytes;
-    axum::Router::new()
+    let router = axum::Router::new();
+    // A probe for the tests of confinement: compiled into debug builds
+    // only, and served only when FNHOST_DEBUG_PROBES is set.
+    #[cfg(debug_assertions)]
+    let router = match std::env::var_os("FNHOST_DEBUG_PROBES") {
+        Some(_) => router.route("/debug/open", post(debug_open)),
+        None => router,
+    };
+    router
         .route(
             "/functions",
             get(list).post(deploy).layer(DefaultBodyLimit::max(upload)),
@@ -38,6 +46,23 @@ pub(crate) fn routes(state: AppState) -> axum::Router<AppState> {
             state,
             auth::require_token,
         ))
+}
+
+/// Try to open the file the body names from this process (on a blocking
+/// thread, as the stores do) and say what the OS answered.
+#[cfg(debug_assertions)]
+async fn debug_open(body: Bytes) -> Response {
+    let path = std::path::PathBuf::from(String::from_utf8_lossy(&body).into_owned());
+    let opened = crate::task::blocking(move || std::fs::File::open(&path).map(drop)).await;
+    Json(match opened {
+        Ok(()) => json!({ "opened": true }),
+        Err(e) => json!({
+            "opened": false,
+            "error": e.to_string(),
+            "permission_denied": e.kind() == std::io::ErrorKind::PermissionDenied,
+        }),
+    })
+    .into_response()
 }
 
 fn describe(d: &Deployed) -> Value {

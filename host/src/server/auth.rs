@@ -126,16 +126,42 @@ pub(crate) async fn require_token(
     // parameter as the handler will see it (percent-decoded), not the raw
     // path, so `secr%65ts` is `secrets` here too.
     let (mut parts, body) = req.into_parts();
-    let bucket = match RawPathParams::from_request_parts(&mut parts, &()).await {
-        Ok(params) => params
+    let param = |params: &RawPathParams, wanted: &str| {
+        params
             .iter()
-            .find(|(name, _)| *name == "bucket")
-            .map(|(_, value)| value.to_string()),
-        Err(_) => None,
+            .find(|(name, _)| *name == wanted)
+            .map(|(_, value)| value.to_string())
+    };
+    let (bucket, queue) = match RawPathParams::from_request_parts(&mut parts, &()).await {
+        Ok(params) => (param(&params, "bucket"), param(&params, "queue")),
+        Err(_) => (None, None),
     };
     let mut req = Request::from_parts(parts, body);
+    let sensitive = state.dispatcher.sensitive();
+    // A sensitive queue's messages are sealed, and not for the API to read.
+    if let Some(queue) = queue
+        && action == Action::ReadData
+        && sensitive.queues.contains(&queue)
+    {
+        state.access.audit.record(Entry {
+            event: "admin.denied",
+            outcome: "denied",
+            token: Some(bearer.id.clone()),
+            target: Some(target),
+            detail: Some("sensitive queue".into()),
+            ..Entry::default()
+        });
+        return error(
+            StatusCode::FORBIDDEN,
+            "sensitive",
+            format!(
+                "queue {} is sensitive on this host: its messages are sealed for the trusted worker and not readable through the admin API",
+                crate::text::quote(&queue)
+            ),
+        );
+    }
     if let Some(bucket) = bucket
-        && state.dispatcher.sensitive().contains(&bucket)
+        && sensitive.buckets.contains(&bucket)
     {
         state.access.audit.record(Entry {
             event: "admin.denied",

@@ -191,6 +191,18 @@ fn output_response(output: Output) -> Response {
 }
 
 fn failure_response(failure: &Failure) -> Response {
+    if let Failure::Trap(TrapReason::Unavailable(why)) = failure {
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "trusted_worker_unavailable",
+            format!(
+                "the trusted worker that runs this function is unavailable ({why}); it is being restarted: retry shortly"
+            ),
+        );
+        r.headers_mut()
+            .insert("retry-after", HeaderValue::from_static("1"));
+        return r;
+    }
     let (code, message) = match failure {
         Failure::Retry(_) | Failure::Fail(_) | Failure::Limit(_) => {
             ("function_error", failure.to_string())

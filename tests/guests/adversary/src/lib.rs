@@ -2,7 +2,7 @@
 //!
 //! The mode comes from the route parameter `{mode}` or the invoke payload:
 //! `ok`, `loop`, `memory`, `recursion`, `panic`, `stdout`, `retry`, `fail`,
-//! `config`, `storage`, `queue`, `checkpoint`, `progress`, `resume` (checkpoint,
+//! `config`, `storage`, `put`, `get`, `queue`, `checkpoint`, `progress`, `resume` (checkpoint,
 //! then panic; the next attempt answers with the checkpoint), `resume-slow`
 //! (checkpoint, then spin for ten minutes), `busy-<ms>` (then answers with
 //! the `secret-word` config value), `grow-<mb>`, `big-<kib>` (answers with
@@ -18,9 +18,10 @@
 //! id), `forge-log` (stdout and a `fail` message that try to start log
 //! lines of their own), `bigfail-<kib>` (a `retry` message that long),
 //! `resources` (hold WASI pollables until the host refuses more),
-//! `headers-<n>` (an output with that many headers). `note-<i>` and
-//! `slow-note-<i>` (a second's work first) print `processed <mode>`, so a
-//! test can see which host processed which message.
+//! `headers-<n>` (an output with that many headers). `note-<i>`,
+//! `slow-note-<i>` (a second's work first) and `wait-note-<i>` (three
+//! seconds' wait first) print `processed <mode>`, so a test can see which
+//! host processed which message.
 //!
 //! Blob and timer events are recorded instead, as JSON objects in bucket
 //! `events` (keys `timer/<due>-<attempt>` and `blob/<key>/<invocation>`)
@@ -226,6 +227,11 @@ fn adversary(inv: Invocation, event: Event) -> Result<Output> {
                 .count();
             Ok(Output::text(format!("{denied} denied")))
         }
+        "get" => {
+            // Read back what `put` stored.
+            let back = fnhost_sdk::storage::get("secrets", "notes/key")?.unwrap_or_default();
+            Ok(Output::text(String::from_utf8_lossy(&back).into_owned()))
+        }
         "storage" => match fnhost_sdk::storage::get("secrets", "key") {
             Ok(_) => Ok(Output::text("storage allowed")),
             Err(e) => Ok(Output::text(format!("storage error: {e}"))),
@@ -354,10 +360,16 @@ fn adversary(inv: Invocation, event: Event) -> Result<Output> {
             }
             Ok(out)
         }
-        m if m.starts_with("note-") || m.starts_with("slow-note-") => {
+        m if m.starts_with("note-")
+            || m.starts_with("slow-note-")
+            || m.starts_with("wait-note-") =>
+        {
             // Say which message this host processed (the fleet tests read it).
             if m.starts_with("slow-") {
                 busy(1000);
+            }
+            if m.starts_with("wait-") {
+                std::thread::sleep(std::time::Duration::from_secs(3));
             }
             println!("processed {m}");
             Ok(Output::text(m.to_string()))

@@ -1,0 +1,381 @@
+//! The public process's side of the trusted worker: an [`Executor`] whose
+//! executions run in the worker, and the answers to the worker's calls on
+//! the stores this process owns (components, queue sends, non-sensitive
+//! buckets, progress and checkpoints, audit lines).
+//!
+//! It connects to the worker's socket and reconnects whenever the worker
+//! is restarted. While it is not connected, or when the connection drops
+//! with executions in flight, those executions end as
+//! [`TrapReason::Unavailable`]: nothing waits on a dead worker.
+
+use super::wire::{self, FromWorker, Reply, Request, ToWorker};
+use crate::audit::Audit;
+use crate::blobs::BlobBackend;
+use crate::exec::{Busy, Components, Execution, Failure, Outcome, Reporter, TrapReason, Wait};
+use crate::queue::QueueBackend;
+use crate::task::BoxFuture;
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// What the worker's calls reach in this process.
+pub struct HostStores {
+    /// Deployed components.
+    pub components: Arc<dyn Components>,
+    /// The queues (sends to sensitive queues are sealed below).
+    pub queues: Arc<dyn QueueBackend>,
+    /// The blob store (never a sensitive bucket: those are the worker's).
+    pub blobs: Arc<dyn BlobBackend>,
+    /// The audit log.
+    pub audit: Arc<Audit>,
+    /// The sensitive buckets, refused here.
+    pub sensitive: Arc<BTreeSet<String>>,
+}
+
+struct Pending {
+    done: oneshot::Sender<Result<Outcome, Busy>>,
+    reporter: Option<Arc<dyn Reporter>>,
+}
+
+/// The trusted worker, as the public process sees it.
+pub struct RemoteWorker {
+    socket: PathBuf,
+    /// Set once the host is put together ([`RemoteWorker::set_stores`]).
+    stores: std::sync::OnceLock<HostStores>,
+    /// The connection's writer, while connected.
+    tx: Mutex<Option<mpsc::UnboundedSender<ToWorker>>>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next: AtomicU64,
+    /// The worker's pid and queue key, once it has said hello; `None`
+    /// while it is down.
+    hello: watch::Sender<Option<(u32, Vec<u8>)>>,
+    /// Times the connection was lost.
+    lost: AtomicU32,
+}
+
+/// An outcome of nothing run, for `failure`.
+pub fn ended(failure: Failure) -> Outcome {
+    Outcome {
+        result: Err(failure),
+        fuel_used: 0,
+        elapsed: Duration::ZERO,
+        progress: None,
+        logs: Default::default(),
+    }
+}
+
+/// An outcome saying the worker is not there.
+pub fn unavailable(why: impl Into<String>) -> Outcome {
+    ended(Failure::Trap(TrapReason::Unavailable(why.into())))
+}
+
+impl RemoteWorker {
+    /// Connect to the worker at `socket` (and again after every loss)
+    /// until the process ends.
+    pub fn start(socket: PathBuf) -> Arc<RemoteWorker> {
+        let worker = Arc::new(RemoteWorker {
+            socket,
+            stores: std::sync::OnceLock::new(),
+            tx: Mutex::new(None),
+            pending: Mutex::default(),
+            next: AtomicU64::new(1),
+            hello: watch::channel(None).0,
+            lost: AtomicU32::new(0),
+        });
+        tokio::spawn(worker.clone().connect_forever());
+        worker
+    }
+
+    /// What the worker's calls reach (once; later calls are ignored).
+    pub fn set_stores(&self, stores: HostStores) {
+        let _ = self.stores.set(stores);
+    }
+
+    /// Wait until the worker has said hello, at most `timeout`; answers
+    /// its queue key.
+    pub async fn ready(&self, timeout: Duration) -> anyhow::Result<Vec<u8>> {
+        let mut rx = self.hello.subscribe();
+        let got = tokio::time::timeout(timeout, rx.wait_for(|h| h.is_some())).await;
+        match got {
+            Ok(Ok(h)) => Ok(h.as_ref().expect("waited for it").1.clone()),
+            _ => anyhow::bail!(
+                "the trusted worker did not answer on {:?} within {timeout:?}; see its lines in the host log",
+                self.socket
+            ),
+        }
+    }
+
+    /// The worker's pid while connected.
+    pub fn pid(&self) -> Option<u32> {
+        self.hello.borrow().as_ref().map(|h| h.0)
+    }
+
+    /// Times the connection to the worker was lost since start.
+    pub fn restarts(&self) -> u32 {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    async fn connect_forever(self: Arc<Self>) {
+        let mut logged = false;
+        loop {
+            match UnixStream::connect(&self.socket).await {
+                Ok(stream) => {
+                    logged = false;
+                    if let Err(e) = self.clone().serve(stream).await {
+                        tracing::warn!(error = %e, "the connection to the trusted worker failed");
+                    }
+                    self.lost.fetch_add(1, Ordering::Relaxed);
+                    self.hello.send_replace(None);
+                    *self.tx.lock().unwrap() = None;
+                    let cut: Vec<Pending> = self
+                        .pending
+                        .lock()
+                        .unwrap()
+                        .drain()
+                        .map(|(_, p)| p)
+                        .collect();
+                    tracing::warn!(
+                        cut_off = cut.len(),
+                        "lost the trusted worker; its executions in flight end as unavailable"
+                    );
+                    for p in cut {
+                        let _ = p.done.send(Ok(unavailable(
+                            "the trusted worker stopped while running it",
+                        )));
+                    }
+                }
+                Err(e) if !logged => {
+                    tracing::info!(socket = ?self.socket, error = %e, "waiting for the trusted worker");
+                    logged = true;
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn serve(self: Arc<Self>, stream: UnixStream) -> std::io::Result<()> {
+        let (mut r, mut w) = stream.into_split();
+        let hello = tokio::time::timeout(Duration::from_secs(10), wire::read(&mut r))
+            .await
+            .map_err(|_| std::io::Error::other("the worker said no hello within 10 s"))??;
+        let Some(FromWorker::Hello { pid, queue_key }) = hello else {
+            return Err(std::io::Error::other(
+                "the worker's first frame was not a hello",
+            ));
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel::<ToWorker>();
+        let writer = tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                if let Err(e) = wire::write(&mut w, &msg).await {
+                    tracing::warn!(error = %e, "cannot write to the trusted worker");
+                    break;
+                }
+            }
+        });
+        *self.tx.lock().unwrap() = Some(tx.clone());
+        tracing::info!(pid, "connected to the trusted worker");
+        self.hello.send_replace(Some((pid, queue_key)));
+        let result = loop {
+            match wire::read::<_, FromWorker>(&mut r).await {
+                Ok(Some(FromWorker::Done { call, outcome })) => {
+                    if let Some(p) = self.pending.lock().unwrap().remove(&call) {
+                        let _ = p.done.send(outcome.map_err(|waiting| Busy {
+                            waiting: waiting as usize,
+                        }));
+                    }
+                }
+                Ok(Some(FromWorker::Call { call, request })) => {
+                    let (me, tx) = (self.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        let reply = me.answer(request).await;
+                        let _ = tx.send(ToWorker::Reply { call, reply });
+                    });
+                }
+                Ok(Some(FromWorker::Audit(line))) => {
+                    let Some(stores) = self.stores.get() else {
+                        continue;
+                    };
+                    if let Err(e) = stores.audit.append_line(&line) {
+                        tracing::warn!(error = %e, "refused an audit line from the trusted worker");
+                    }
+                }
+                Ok(Some(FromWorker::Hello { .. })) => {
+                    break Err(std::io::Error::other("a second hello from the worker"));
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        writer.abort();
+        result
+    }
+
+    /// Answer one of the worker's calls from this process's stores.
+    async fn answer(&self, request: Request) -> Reply {
+        let Some(s) = self.stores.get() else {
+            return Reply::Failed(wire::Fault::Backend("the host is still starting".into()));
+        };
+        let blob = |bucket: &str| {
+            if s.sensitive.contains(bucket) {
+                Err(Reply::Failed(wire::Fault::Invalid(format!(
+                    "{bucket} is a sensitive bucket: the trusted worker holds it"
+                ))))
+            } else {
+                Ok(())
+            }
+        };
+        let fault_b = |e: crate::blobs::BlobError| Reply::Failed((&e).into());
+        let fault_q = |e: crate::queue::QueueError| Reply::Failed((&e).into());
+        match request {
+            Request::Component { digest } => match s.components.component(&digest).await {
+                Ok(bytes) => Reply::Component(bytes),
+                Err(e) => Reply::Failed(wire::Fault::Backend(e)),
+            },
+            Request::Send {
+                queue,
+                mut message,
+                dedup_scope,
+            } => {
+                message.dedup_scope = dedup_scope;
+                match s.queues.send(&queue, message).await {
+                    Ok(sent) => Reply::Sent {
+                        id: sent.id,
+                        duplicate: sent.duplicate,
+                    },
+                    Err(e) => fault_q(e),
+                }
+            }
+            Request::Put {
+                bucket,
+                key,
+                body,
+                content_type,
+            } => match blob(&bucket) {
+                Err(r) => r,
+                Ok(()) => match s.blobs.put(&bucket, &key, body, content_type).await {
+                    Ok(stored) => Reply::Stored {
+                        meta: stored.meta,
+                        replaced: stored.replaced,
+                    },
+                    Err(e) => fault_b(e),
+                },
+            },
+            Request::Get { bucket, key } => match blob(&bucket) {
+                Err(r) => r,
+                Ok(()) => s
+                    .blobs
+                    .get(&bucket, &key)
+                    .await
+                    .map_or_else(fault_b, Reply::Object),
+            },
+            Request::Head { bucket, key } => match blob(&bucket) {
+                Err(r) => r,
+                Ok(()) => s
+                    .blobs
+                    .head(&bucket, &key)
+                    .await
+                    .map_or_else(fault_b, Reply::Meta),
+            },
+            Request::Delete { bucket, key } => match blob(&bucket) {
+                Err(r) => r,
+                Ok(()) => s
+                    .blobs
+                    .delete(&bucket, &key)
+                    .await
+                    .map_or_else(fault_b, Reply::Deleted),
+            },
+            Request::List {
+                bucket,
+                prefix,
+                start_after,
+                max,
+            } => match blob(&bucket) {
+                Err(r) => r,
+                Ok(()) => s
+                    .blobs
+                    .list(&bucket, &prefix, start_after, max as usize)
+                    .await
+                    .map_or_else(fault_b, Reply::Listing),
+            },
+            Request::Progress {
+                invoke,
+                percent,
+                message,
+            } => match self.reporter(invoke) {
+                Some(r) => match r.progress(percent, message).await {
+                    Ok(()) => Reply::Done,
+                    Err(e) => Reply::Failed(wire::Fault::Backend(e)),
+                },
+                None => Reply::Done,
+            },
+            Request::Checkpoint { invoke, state } => match self.reporter(invoke) {
+                Some(r) => match r.checkpoint(state).await {
+                    Ok(()) => Reply::Done,
+                    Err(e) => Reply::Failed(wire::Fault::Backend(e)),
+                },
+                None => Reply::Failed(wire::Fault::Unsupported(
+                    "this invocation has nowhere to keep a checkpoint".into(),
+                )),
+            },
+        }
+    }
+
+    fn reporter(&self, invoke: u64) -> Option<Arc<dyn Reporter>> {
+        self.pending
+            .lock()
+            .unwrap()
+            .get(&invoke)
+            .and_then(|p| p.reporter.clone())
+    }
+
+    /// Run `execution` in the worker.
+    pub fn execute(
+        &self,
+        execution: Execution,
+        reporter: Option<Arc<dyn Reporter>>,
+        wait: Wait,
+    ) -> BoxFuture<'_, Result<Outcome, Busy>> {
+        Box::pin(async move {
+            let Some(tx) = self.tx.lock().unwrap().clone() else {
+                return Ok(unavailable("the trusted worker is not running"));
+            };
+            let call = self.next.fetch_add(1, Ordering::Relaxed);
+            let (done, result) = oneshot::channel();
+            let has_reporter = reporter.is_some();
+            self.pending
+                .lock()
+                .unwrap()
+                .insert(call, Pending { done, reporter });
+            let profile =
+                serde_json::to_string(execution.profile.as_ref()).expect("a profile serializes");
+            let sent = tx.send(ToWorker::Invoke {
+                call,
+                profile,
+                invocation: execution.invocation,
+                event: execution.event,
+                wait_at_most: match wait {
+                    Wait::Always => None,
+                    Wait::AtMost(n) => Some(n.min(u32::MAX as usize) as u32),
+                },
+                reporter: has_reporter,
+            });
+            if sent.is_err() {
+                self.pending.lock().unwrap().remove(&call);
+                return Ok(unavailable("the trusted worker is not running"));
+            }
+            result
+                .await
+                .unwrap_or_else(|_| Ok(unavailable("the trusted worker stopped")))
+        })
+    }
+
+    /// Executions in the worker now.
+    pub fn in_flight(&self) -> usize {
+        self.pending.lock().unwrap().len()
+    }
+}

@@ -1,0 +1,368 @@
+//! The protocol between the host process and the trusted worker, on one
+//! Unix socket: frames of a 4-byte big-endian length and a postcard body,
+//! at most [`MAX_FRAME_BYTES`]. It carries exactly these messages and
+//! nothing else:
+//!
+//! - host → worker: [`ToWorker::Invoke`] (run a trusted function's
+//!   execution) and [`ToWorker::Reply`] (the answer to a worker's call);
+//! - worker → host: [`FromWorker::Hello`] (first, once: its pid and the
+//!   public key that seals sensitive queues), [`FromWorker::Done`] (an
+//!   execution's outcome), [`FromWorker::Call`] (what a trusted function
+//!   asks of the host's stores: a component by digest, a queue send, the
+//!   object calls on *non-sensitive* buckets, progress and checkpoints) and
+//!   [`FromWorker::Audit`] (an audit line for the host's log).
+//!
+//! The sensitive store itself never crosses: the worker holds it.
+
+use crate::blobs::{BlobError, ObjectMeta};
+use crate::exec::{Event, Invocation, Outcome};
+use crate::queue::{NewMessage, QueueError};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The largest frame either side sends or accepts: a component upload
+/// (64 MiB at most) with room to spare. A longer length prefix closes the
+/// connection.
+pub const MAX_FRAME_BYTES: usize = 80 << 20;
+
+/// Host → worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// Run one execution of a trusted function.
+    Invoke {
+        /// The host's number for it; [`FromWorker::Done`] answers it.
+        call: u64,
+        /// The version's profile, as JSON.
+        profile: String,
+        /// Facts about the invocation.
+        invocation: Invocation,
+        /// What started it.
+        event: Event,
+        /// Wait for a free instance at most while fewer than this many
+        /// others wait; none to wait as long as it takes.
+        wait_at_most: Option<u32>,
+        /// Whether progress and checkpoints have somewhere to go.
+        reporter: bool,
+    },
+    /// The answer to the worker's [`FromWorker::Call`] `call`.
+    Reply {
+        /// The worker's number for the call.
+        call: u64,
+        /// The answer.
+        reply: Reply,
+    },
+}
+
+/// Worker → host.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// The first frame of a connection.
+    Hello {
+        /// The worker's process id.
+        pid: u32,
+        /// The X25519 public key sensitive queues' messages are sealed to.
+        queue_key: Vec<u8>,
+    },
+    /// How the host's execution `call` ended; `Err` with the number of
+    /// callers waiting when every instance was busy.
+    Done {
+        /// The host's number for the execution.
+        call: u64,
+        /// Its outcome.
+        outcome: Result<Outcome, u32>,
+    },
+    /// A request of a running trusted function; answered by a
+    /// [`ToWorker::Reply`].
+    Call {
+        /// The worker's number for the call.
+        call: u64,
+        /// What it asks.
+        request: Request,
+    },
+    /// One line for the audit log (JSON, one line).
+    Audit(String),
+}
+
+/// What the worker asks of the host.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// A deployed component's bytes.
+    Component {
+        /// Its SHA-256, hex.
+        digest: String,
+    },
+    /// Send a message (already checked against the function's grants).
+    Send {
+        /// The queue.
+        queue: String,
+        /// The message.
+        message: NewMessage,
+        /// Whose dedup ids it shares a window with (the sending function).
+        dedup_scope: Option<String>,
+    },
+    /// Store an object in a non-sensitive bucket.
+    Put {
+        /// The bucket.
+        bucket: String,
+        /// The key.
+        key: String,
+        /// The content.
+        body: Vec<u8>,
+        /// Its type.
+        content_type: Option<String>,
+    },
+    /// Read an object.
+    Get {
+        /// The bucket.
+        bucket: String,
+        /// The key.
+        key: String,
+    },
+    /// Read an object's metadata.
+    Head {
+        /// The bucket.
+        bucket: String,
+        /// The key.
+        key: String,
+    },
+    /// Delete an object.
+    Delete {
+        /// The bucket.
+        bucket: String,
+        /// The key.
+        key: String,
+    },
+    /// List objects.
+    List {
+        /// The bucket.
+        bucket: String,
+        /// Keys start with this.
+        prefix: String,
+        /// Keys sort after this.
+        start_after: Option<String>,
+        /// At most this many.
+        max: u32,
+    },
+    /// Progress of the host's execution `invoke`.
+    Progress {
+        /// The host's number for the execution.
+        invoke: u64,
+        /// Percent done.
+        percent: u8,
+        /// What it is doing.
+        message: String,
+    },
+    /// A checkpoint of the host's execution `invoke`.
+    Checkpoint {
+        /// The host's number for the execution.
+        invoke: u64,
+        /// The state to resume from.
+        state: Vec<u8>,
+    },
+}
+
+/// The host's answer to a [`Request`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Reply {
+    /// A component's bytes.
+    Component(Vec<u8>),
+    /// A message was sent (or was a duplicate).
+    Sent {
+        /// Its id.
+        id: String,
+        /// True for a duplicate.
+        duplicate: bool,
+    },
+    /// An object was stored.
+    Stored {
+        /// Its metadata.
+        meta: ObjectMeta,
+        /// True when it replaced another.
+        replaced: bool,
+    },
+    /// An object, if there is one.
+    Object(Option<(ObjectMeta, Vec<u8>)>),
+    /// An object's metadata, if there is one.
+    Meta(Option<ObjectMeta>),
+    /// Whether a delete found an object.
+    Deleted(bool),
+    /// A page of a listing.
+    Listing(Vec<ObjectMeta>),
+    /// Done, nothing to say.
+    Done,
+    /// It failed.
+    Failed(Fault),
+}
+
+/// A failure as it crosses the socket: its kind and its message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Fault {
+    /// The request is not acceptable.
+    Invalid(String),
+    /// Over a size limit.
+    TooLarge(String),
+    /// The store cannot do it.
+    Unsupported(String),
+    /// The store is busy; retry later.
+    Throttled(String),
+    /// The store failed; a retry may succeed.
+    Backend(String),
+}
+
+impl From<&BlobError> for Fault {
+    fn from(e: &BlobError) -> Fault {
+        match e {
+            BlobError::InvalidBucket(m)
+            | BlobError::InvalidKey(m)
+            | BlobError::InvalidContentType(m) => Fault::Invalid(m.clone()),
+            BlobError::TooLarge(m) => Fault::TooLarge(m.clone()),
+            BlobError::Throttled { message, .. } => Fault::Throttled(message.clone()),
+            BlobError::Backend { message, .. } => Fault::Backend(message.clone()),
+        }
+    }
+}
+
+impl From<&QueueError> for Fault {
+    fn from(e: &QueueError) -> Fault {
+        match e {
+            QueueError::Invalid(m) => Fault::Invalid(m.clone()),
+            QueueError::Unsupported(m) => Fault::Unsupported(m.clone()),
+            QueueError::Throttled { message, .. } => Fault::Throttled(message.clone()),
+            QueueError::Backend { message, .. } => Fault::Backend(message.clone()),
+        }
+    }
+}
+
+impl Fault {
+    /// As a blob store's error.
+    pub fn into_blob(self) -> BlobError {
+        match self {
+            Fault::Invalid(m) | Fault::Unsupported(m) => BlobError::InvalidKey(m),
+            Fault::TooLarge(m) => BlobError::TooLarge(m),
+            Fault::Throttled(message) => BlobError::Throttled {
+                message,
+                source: None,
+            },
+            Fault::Backend(m) => BlobError::backend(m, None),
+        }
+    }
+
+    /// As a queue store's error.
+    pub fn into_queue(self) -> QueueError {
+        match self {
+            Fault::Invalid(m) | Fault::TooLarge(m) => QueueError::Invalid(m),
+            Fault::Unsupported(m) => QueueError::Unsupported(m),
+            Fault::Throttled(message) => QueueError::Throttled {
+                message,
+                source: None,
+            },
+            Fault::Backend(m) => QueueError::backend(m),
+        }
+    }
+}
+
+/// Write one frame.
+pub async fn write<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> std::io::Result<()> {
+    let body = postcard::to_allocvec(msg).map_err(std::io::Error::other)?;
+    if body.len() > MAX_FRAME_BYTES {
+        return Err(std::io::Error::other(format!(
+            "a frame of {} bytes is over the protocol's {MAX_FRAME_BYTES}",
+            body.len()
+        )));
+    }
+    w.write_all(&(body.len() as u32).to_be_bytes()).await?;
+    w.write_all(&body).await?;
+    w.flush().await
+}
+
+/// Read one frame; `None` at a clean end of the stream.
+pub async fn read<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
+    r: &mut R,
+) -> std::io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(std::io::Error::other(format!(
+            "a frame of {len} bytes is over the protocol's {MAX_FRAME_BYTES}"
+        )));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    postcard::from_bytes(&body)
+        .map(Some)
+        .map_err(|e| std::io::Error::other(format!("a malformed frame: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::{HttpRequest, Limits, Output};
+
+    #[tokio::test]
+    async fn frames_round_trip_and_oversized_ones_are_refused() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        let invoke = ToWorker::Invoke {
+            call: 7,
+            profile: "{}".into(),
+            invocation: Invocation {
+                id: "i".into(),
+                function: "f".into(),
+                version: 1,
+                attempt: 1,
+                job_id: None,
+                checkpoint: Some(vec![1, 2]),
+                deadline_ms: 9,
+            },
+            event: Event::Http(HttpRequest {
+                method: "GET".into(),
+                path: "/".into(),
+                query: String::new(),
+                params: vec![],
+                headers: vec![("a".into(), "b".into())],
+                body: vec![0; 1000],
+            }),
+            wait_at_most: Some(3),
+            reporter: false,
+        };
+        write(&mut a, &invoke).await.unwrap();
+        let back: ToWorker = read(&mut b).await.unwrap().unwrap();
+        assert!(
+            matches!(back, ToWorker::Invoke { call: 7, wait_at_most: Some(3), event: Event::Http(ref r), .. } if r.body.len() == 1000)
+        );
+        let done = FromWorker::Done {
+            call: 7,
+            outcome: Ok(Outcome {
+                result: Ok(Output {
+                    status: 200,
+                    headers: vec![],
+                    body: b"ok".to_vec(),
+                }),
+                fuel_used: 1,
+                elapsed: std::time::Duration::from_millis(2),
+                progress: None,
+                logs: Default::default(),
+            }),
+        };
+        write(&mut b, &done).await.unwrap();
+        let back: FromWorker = read(&mut a).await.unwrap().unwrap();
+        assert!(matches!(
+            back,
+            FromWorker::Done {
+                call: 7,
+                outcome: Ok(_)
+            }
+        ));
+        let _ = Limits::default();
+        // A length past the cap closes the stream instead of allocating it.
+        a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        let err = read::<_, FromWorker>(&mut b).await.unwrap_err();
+        assert!(err.to_string().contains("over the protocol"), "{err}");
+        drop(a);
+        assert!(read::<_, FromWorker>(&mut b).await.unwrap().is_none());
+    }
+}

@@ -1,0 +1,564 @@
+//! The trusted worker process (`fnhost trusted-worker`): the only process
+//! that holds the sensitive store (`<trusted-dir>/blobs.db` and
+//! `blobs/`, sealed with the keys in `<trusted-dir>/keys/`) and the
+//! private key of sensitive queues. It confines itself to the trusted dir
+//! before it starts a thread ([`prepare`]), then serves the public
+//! process — and only it, by pid — on its socket ([`run`]).
+//!
+//! Trusted functions run here in a sandbox of their own. Their calls on
+//! sensitive buckets are served from the sealed store here; everything
+//! else they may reach (queue sends, other buckets) is asked of the public
+//! process over the socket. Sealed queue messages and checkpoints are
+//! opened here, just before the function sees them.
+
+use super::wire::{self, Fault, FromWorker, Reply, Request, ToWorker};
+use crate::audit::Audit;
+use crate::backends::embedded::EmbeddedBlobs;
+use crate::backends::sealed::{Keyring, SealedBlobs};
+use crate::backends::sealed_queues::{Opener, Sealer};
+use crate::blobs::{BlobBackend, BlobError, Object, ObjectMeta, Stored};
+use crate::exec::{Components, Event, Execution, Executor, Failure, Profile, Reporter, Wait};
+use crate::queue::{NewMessage, QueueError, QueueSender, Sent};
+use crate::sandbox::{LocalExecutor, Sandbox, SandboxConfig, Stores};
+use crate::task::BoxFuture;
+use anyhow::Context as _;
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// How the supervisor starts the worker.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// The trusted dir: the sensitive store, its keys, the socket.
+    #[arg(long)]
+    pub trusted_dir: PathBuf,
+    /// The only process allowed to connect: the public host.
+    #[arg(long)]
+    pub peer_pid: u32,
+    /// The sensitive buckets.
+    #[arg(long, value_delimiter = ',')]
+    pub buckets: Vec<String>,
+    /// Trusted invocations that may run at once.
+    #[arg(long, default_value_t = 16)]
+    pub max_concurrency: usize,
+    /// Use on-demand instance allocation instead of the pooling allocator.
+    #[arg(long)]
+    pub no_pooling: bool,
+    /// Run even where Landlock cannot confine the worker.
+    #[arg(long)]
+    pub accept_without_landlock: bool,
+}
+
+/// What the worker set up before any thread started.
+pub struct Prepared {
+    listener: std::os::unix::net::UnixListener,
+}
+
+/// Bind the socket and confine this process to the trusted dir; call it
+/// before the async runtime starts its threads.
+pub fn prepare(args: &WorkerArgs) -> anyhow::Result<Prepared> {
+    let dir = &args.trusted_dir;
+    let socket = super::socket_path(dir);
+    let run = socket.parent().expect("the socket is in run/");
+    crate::files::private_dir(run)
+        .with_context(|| format!("cannot create the trusted worker's socket dir {run:?}"))?;
+    match std::fs::remove_file(&socket) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot remove the old socket {socket:?}"));
+        }
+        _ => {}
+    }
+    let listener = std::os::unix::net::UnixListener::bind(&socket)
+        .with_context(|| format!("cannot listen on {socket:?}"))?;
+    listener.set_nonblocking(true)?;
+    let confinement = crate::confine::trusted_worker(dir).map_err(anyhow::Error::msg)?;
+    if matches!(confinement, crate::confine::Confinement::None(_)) && !args.accept_without_landlock
+    {
+        anyhow::bail!(
+            "the trusted worker cannot confine itself: Landlock is {confinement}; \
+             set [sensitive] accept_without_landlock = true in the host config to run without it"
+        );
+    }
+    tracing::info!(trusted_dir = ?dir, "trusted worker confined to its trusted dir by Landlock: {confinement}");
+    Ok(Prepared { listener })
+}
+
+/// The worker's calls to the public process.
+struct Link {
+    tx: Mutex<Option<mpsc::UnboundedSender<FromWorker>>>,
+    calls: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    next: AtomicU64,
+}
+
+impl Link {
+    fn send(&self, msg: FromWorker) {
+        if let Some(tx) = self.tx.lock().unwrap().as_ref() {
+            let _ = tx.send(msg);
+        }
+    }
+
+    async fn call(&self, request: Request) -> Result<Reply, Fault> {
+        let lost =
+            || Fault::Backend("the host process is not connected to the trusted worker".into());
+        let call = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.calls.lock().unwrap().insert(call, tx);
+        let sent = match self.tx.lock().unwrap().as_ref() {
+            Some(link) => link.send(FromWorker::Call { call, request }).is_ok(),
+            None => false,
+        };
+        if !sent {
+            self.calls.lock().unwrap().remove(&call);
+            return Err(lost());
+        }
+        match rx.await {
+            Ok(Reply::Failed(f)) => Err(f),
+            Ok(reply) => Ok(reply),
+            Err(_) => Err(lost()),
+        }
+    }
+}
+
+fn unexpected(reply: &Reply) -> Fault {
+    Fault::Backend(format!("the host answered out of turn: {reply:?}"))
+}
+
+/// The public process's stores, as a trusted function reaches them.
+struct Remote(Arc<Link>);
+
+impl QueueSender for Remote {
+    fn send(&self, queue: &str, msg: NewMessage) -> BoxFuture<'_, Result<Sent, QueueError>> {
+        let queue = queue.to_string();
+        Box::pin(async move {
+            let dedup_scope = msg.dedup_scope.clone();
+            let request = Request::Send {
+                queue,
+                message: msg,
+                dedup_scope,
+            };
+            match self.0.call(request).await {
+                Ok(Reply::Sent { id, duplicate }) => Ok(Sent { id, duplicate }),
+                Ok(other) => Err(unexpected(&other).into_queue()),
+                Err(f) => Err(f.into_queue()),
+            }
+        })
+    }
+}
+
+impl Components for Remote {
+    fn component(&self, digest: &str) -> BoxFuture<'_, Result<Vec<u8>, String>> {
+        let digest = digest.to_string();
+        Box::pin(async move {
+            match self.0.call(Request::Component { digest }).await {
+                Ok(Reply::Component(bytes)) => Ok(bytes),
+                Ok(other) => Err(format!("{:?}", unexpected(&other))),
+                Err(f) => Err(format!("{f:?}")),
+            }
+        })
+    }
+}
+
+impl Remote {
+    async fn blob(&self, request: Request) -> Result<Reply, BlobError> {
+        self.0.call(request).await.map_err(Fault::into_blob)
+    }
+}
+
+impl BlobBackend for Remote {
+    fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        content_type: Option<String>,
+    ) -> BoxFuture<'_, Result<Stored, BlobError>> {
+        let (bucket, key) = (bucket.to_string(), key.to_string());
+        Box::pin(async move {
+            let request = Request::Put {
+                bucket,
+                key,
+                body,
+                content_type,
+            };
+            match self.blob(request).await? {
+                Reply::Stored { meta, replaced } => Ok(Stored { meta, replaced }),
+                other => Err(unexpected(&other).into_blob()),
+            }
+        })
+    }
+
+    fn get(&self, bucket: &str, key: &str) -> BoxFuture<'_, Result<Option<Object>, BlobError>> {
+        let (bucket, key) = (bucket.to_string(), key.to_string());
+        Box::pin(async move {
+            match self.blob(Request::Get { bucket, key }).await? {
+                Reply::Object(o) => Ok(o),
+                other => Err(unexpected(&other).into_blob()),
+            }
+        })
+    }
+
+    fn head(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> BoxFuture<'_, Result<Option<ObjectMeta>, BlobError>> {
+        let (bucket, key) = (bucket.to_string(), key.to_string());
+        Box::pin(async move {
+            match self.blob(Request::Head { bucket, key }).await? {
+                Reply::Meta(m) => Ok(m),
+                other => Err(unexpected(&other).into_blob()),
+            }
+        })
+    }
+
+    fn delete(&self, bucket: &str, key: &str) -> BoxFuture<'_, Result<bool, BlobError>> {
+        let (bucket, key) = (bucket.to_string(), key.to_string());
+        Box::pin(async move {
+            match self.blob(Request::Delete { bucket, key }).await? {
+                Reply::Deleted(d) => Ok(d),
+                other => Err(unexpected(&other).into_blob()),
+            }
+        })
+    }
+
+    fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<String>,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<ObjectMeta>, BlobError>> {
+        let (bucket, prefix) = (bucket.to_string(), prefix.to_string());
+        Box::pin(async move {
+            let request = Request::List {
+                bucket,
+                prefix,
+                start_after,
+                max: max.min(u32::MAX as usize) as u32,
+            };
+            match self.blob(request).await? {
+                Reply::Listing(l) => Ok(l),
+                other => Err(unexpected(&other).into_blob()),
+            }
+        })
+    }
+}
+
+/// Sensitive buckets from the sealed store here, the rest from the host.
+struct SplitBlobs {
+    sensitive: Arc<BTreeSet<String>>,
+    local: Arc<dyn BlobBackend>,
+    remote: Arc<dyn BlobBackend>,
+}
+
+impl SplitBlobs {
+    fn of(&self, bucket: &str) -> &dyn BlobBackend {
+        if self.sensitive.contains(bucket) {
+            self.local.as_ref()
+        } else {
+            self.remote.as_ref()
+        }
+    }
+}
+
+impl BlobBackend for SplitBlobs {
+    fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        content_type: Option<String>,
+    ) -> BoxFuture<'_, Result<Stored, BlobError>> {
+        self.of(bucket).put(bucket, key, body, content_type)
+    }
+
+    fn get(&self, bucket: &str, key: &str) -> BoxFuture<'_, Result<Option<Object>, BlobError>> {
+        self.of(bucket).get(bucket, key)
+    }
+
+    fn head(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> BoxFuture<'_, Result<Option<ObjectMeta>, BlobError>> {
+        self.of(bucket).head(bucket, key)
+    }
+
+    fn delete(&self, bucket: &str, key: &str) -> BoxFuture<'_, Result<bool, BlobError>> {
+        self.of(bucket).delete(bucket, key)
+    }
+
+    fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<String>,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<ObjectMeta>, BlobError>> {
+        self.of(bucket).list(bucket, prefix, start_after, max)
+    }
+}
+
+/// The associated data a trusted function's checkpoints are sealed under.
+fn checkpoint_aad(function: &str) -> String {
+    format!("checkpoint/{function}")
+}
+
+/// Progress and checkpoints of one execution, to the host's reporter;
+/// checkpoints sealed to the worker's own key first.
+struct RemoteReporter {
+    link: Arc<Link>,
+    invoke: u64,
+    function: String,
+    sealer: Sealer,
+}
+
+impl Reporter for RemoteReporter {
+    fn progress(&self, percent: u8, message: String) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let request = Request::Progress {
+                invoke: self.invoke,
+                percent,
+                message,
+            };
+            self.link
+                .call(request)
+                .await
+                .map(drop)
+                .map_err(|f| format!("{f:?}"))
+        })
+    }
+
+    fn checkpoint(&self, state: Vec<u8>) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let state = self
+                .sealer
+                .seal(&checkpoint_aad(&self.function), &state)
+                .map_err(|e| e.to_string())?;
+            let request = Request::Checkpoint {
+                invoke: self.invoke,
+                state,
+            };
+            self.link
+                .call(request)
+                .await
+                .map(drop)
+                .map_err(|f| format!("{f:?}"))
+        })
+    }
+}
+
+struct Worker {
+    link: Arc<Link>,
+    executor: LocalExecutor,
+    opener: Opener,
+    sealer: Sealer,
+}
+
+impl Worker {
+    /// Run one execution the host asked for and answer it.
+    async fn invoke(
+        &self,
+        call: u64,
+        profile: String,
+        mut invocation: crate::exec::Invocation,
+        mut event: Event,
+        wait_at_most: Option<u32>,
+        reporter: bool,
+    ) {
+        let refused = |why: String| super::remote::ended(Failure::Fail(why));
+        let outcome = match serde_json::from_str::<Profile>(&profile) {
+            Err(e) => Ok(refused(format!("the host sent a malformed profile: {e}"))),
+            Ok(p) if !p.trusted => Ok(refused(format!(
+                "{} is not a trusted function: the trusted worker runs only those",
+                p.who()
+            ))),
+            Ok(profile) => match self.open_sealed(&profile, &mut invocation, &mut event) {
+                Err(why) => Ok(refused(why)),
+                Ok(()) => {
+                    let reporter = reporter.then(|| {
+                        Arc::new(RemoteReporter {
+                            link: self.link.clone(),
+                            invoke: call,
+                            function: profile.function.clone(),
+                            sealer: self.sealer.clone(),
+                        }) as Arc<dyn Reporter>
+                    });
+                    let wait = wait_at_most.map_or(Wait::Always, |n| Wait::AtMost(n as usize));
+                    let execution = Execution {
+                        profile: Arc::new(profile),
+                        invocation,
+                        event,
+                    };
+                    self.executor.execute(execution, reporter, wait).await
+                }
+            },
+        };
+        self.link.send(FromWorker::Done {
+            call,
+            outcome: outcome.map_err(|busy| busy.waiting.min(u32::MAX as usize) as u32),
+        });
+    }
+
+    /// Open a sealed queue message and a sealed checkpoint in place.
+    fn open_sealed(
+        &self,
+        profile: &Profile,
+        invocation: &mut crate::exec::Invocation,
+        event: &mut Event,
+    ) -> Result<(), String> {
+        if let Event::Queue(m) = event
+            && Opener::is_sealed(&m.body)
+        {
+            m.body = self.opener.open(&m.queue, &m.body)?;
+        }
+        if let Some(state) = &invocation.checkpoint
+            && Opener::is_sealed(state)
+        {
+            invocation.checkpoint = Some(
+                self.opener
+                    .open(&checkpoint_aad(&profile.function), state)?,
+            );
+        }
+        Ok(())
+    }
+
+    /// Serve one connection of the host until it ends.
+    async fn serve(self: &Arc<Self>, stream: tokio::net::UnixStream) -> std::io::Result<()> {
+        let (mut r, mut w) = stream.into_split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<FromWorker>();
+        wire::write(
+            &mut w,
+            &FromWorker::Hello {
+                pid: std::process::id(),
+                queue_key: self.opener.public_key(),
+            },
+        )
+        .await?;
+        let writer = tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                if wire::write(&mut w, &msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+        *self.link.tx.lock().unwrap() = Some(tx);
+        let result = loop {
+            match wire::read::<_, ToWorker>(&mut r).await {
+                Ok(Some(ToWorker::Invoke {
+                    call,
+                    profile,
+                    invocation,
+                    event,
+                    wait_at_most,
+                    reporter,
+                })) => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        me.invoke(call, profile, invocation, event, wait_at_most, reporter)
+                            .await
+                    });
+                }
+                Ok(Some(ToWorker::Reply { call, reply })) => {
+                    if let Some(waiting) = self.link.calls.lock().unwrap().remove(&call) {
+                        let _ = waiting.send(reply);
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        *self.link.tx.lock().unwrap() = None;
+        self.link.calls.lock().unwrap().clear();
+        writer.abort();
+        result
+    }
+}
+
+/// Open the sensitive store and serve the host until SIGTERM.
+pub async fn run(args: WorkerArgs, prepared: Prepared) -> anyhow::Result<()> {
+    let dir = &args.trusted_dir;
+    let keys = Keyring::open(dir).context("failed to open the encryption keys")?;
+    let opener = Opener::open_or_create(&dir.join("keys")).map_err(anyhow::Error::msg)?;
+    let sealer = Sealer::new(opener.public_key()).map_err(anyhow::Error::msg)?;
+    let store = EmbeddedBlobs::open(dir)
+        .with_context(|| format!("failed to open the sensitive store in {dir:?}"))?;
+    let sensitive: Arc<BTreeSet<String>> = Arc::new(args.buckets.iter().cloned().collect());
+    tracing::info!(current_key = %keys.current(), buckets = ?sensitive, "the trusted worker holds the sensitive store");
+    let keys = Arc::new(keys);
+    let sealed = Arc::new(SealedBlobs::new(
+        Arc::new(store),
+        sensitive.clone(),
+        keys.clone(),
+    ));
+    let local: Arc<dyn BlobBackend> = sealed.clone();
+    let link = Arc::new(Link {
+        tx: Mutex::new(None),
+        calls: Mutex::default(),
+        next: AtomicU64::new(1),
+    });
+    let remote = Arc::new(Remote(link.clone()));
+    let audit_link = link.clone();
+    let stores = Stores {
+        queues: Some(remote.clone()),
+        blobs: Some(Arc::new(SplitBlobs {
+            sensitive: sensitive.clone(),
+            local: local.clone(),
+            remote: remote.clone(),
+        })),
+        audit: Some(Arc::new(Audit::forwarding(move |line| {
+            audit_link.send(FromWorker::Audit(line))
+        }))),
+        sensitive: sensitive.clone(),
+    };
+    let sandbox = Arc::new(Sandbox::new(SandboxConfig {
+        pooling: !args.no_pooling,
+        max_instances: (args.max_concurrency as u32).max(1) * 2,
+        ..SandboxConfig::new(dir.join("cache"))
+    })?);
+    let worker = Arc::new(Worker {
+        link,
+        executor: LocalExecutor::new(sandbox, remote, stores, args.max_concurrency.max(1)),
+        opener,
+        sealer,
+    });
+    tokio::spawn(super::reseal::in_background(sealed, sensitive, keys));
+    let listener = tokio::net::UnixListener::from_std(prepared.listener)?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Connections are accepted while the host's is served, so another
+    // process's attempt is refused at once; a new connection of the host
+    // (after it lost the old one) replaces the old.
+    let mut serving: Option<tokio::task::JoinHandle<()>> = None;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = accepted?;
+                let peer = stream.peer_cred().ok().and_then(|c| c.pid());
+                if peer != Some(args.peer_pid as i32) {
+                    tracing::warn!(?peer, expected = args.peer_pid, "refused a connection from a process that is not the host");
+                    continue;
+                }
+                if let Some(old) = serving.take() {
+                    old.abort();
+                }
+                let worker = worker.clone();
+                serving = Some(tokio::spawn(async move {
+                    if let Err(e) = worker.serve(stream).await {
+                        tracing::warn!(error = %e, "the host's connection failed");
+                    }
+                }));
+            }
+            _ = term.recv() => break,
+        }
+    }
+    // The host drains before it stops the worker; give stragglers a moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while worker.executor.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!("trusted worker stopped");
+    Ok(())
+}

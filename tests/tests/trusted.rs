@@ -1,0 +1,219 @@
+//! The trusted tier as the operating system enforces it: trusted functions
+//! run in a separate worker process that alone holds the sensitive store
+//! and its keys; the public process is confined by Landlock and cannot
+//! open them; the worker, killed mid-request, is restarted, its queue
+//! message retried and its synchronous caller told `503`; a key rotation
+//! re-seals the store in the background while reads go on.
+
+use fnhost_tests::{Host, guests};
+use serde_json::json;
+use std::path::Path;
+use std::time::Duration;
+
+/// A trusted function with a route and a binding to `tq`, keeping its
+/// data in the sensitive bucket `secrets`.
+const TRUSTED: &str = "name = \"vault\"\nisolation = \"trusted\"\n[[triggers.http]]\npath = \"/t/{mode}\"\n[[triggers.queue]]\nqueue = \"tq\"\nbackoff_initial = \"200ms\"\n[[grants.storage]]\nbucket = \"secrets\"\naccess = \"read-write\"\n[limits]\ntimeout = \"20s\"\n";
+
+fn start(dir: &Path, trusted: &Path, env: &[(String, String)]) -> Host {
+    Host::start_env(
+        dir,
+        &[
+            "--sensitive",
+            "secrets",
+            "--trusted-dir",
+            trusted.to_str().unwrap(),
+        ],
+        env,
+    )
+}
+
+/// The pid of the trusted worker the host last connected to.
+fn worker_pid(host: &Host) -> u32 {
+    let log = host.log();
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("connected to the trusted worker"))
+        .unwrap_or_else(|| panic!("no worker connection in the log:\n{log}"));
+    line.rsplit("pid=").next().unwrap().trim().parse().unwrap()
+}
+
+fn probe(host: &Host, path: &Path) -> serde_json::Value {
+    let r = host.admin("POST", "/v1/debug/open", path.to_str().unwrap());
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+#[test]
+fn the_public_process_cannot_open_the_trusted_dir_and_the_worker_runs_trusted_functions() {
+    let (dir, trusted) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let host = start(
+        dir.path(),
+        trusted.path(),
+        &[("FNHOST_DEBUG_PROBES".into(), "1".into())],
+    );
+    let log = host.log();
+    assert!(
+        log.contains("public process confined to its data dir by Landlock: fully enforced"),
+        "{log}"
+    );
+    assert!(
+        log.contains("trusted worker confined to its trusted dir by Landlock: fully enforced"),
+        "{log}"
+    );
+    host.deploy_ok(TRUSTED, &guests().adversary);
+    let r = host.get("/t/put");
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // The OS refuses the public process the key, the sealed objects and the
+    // store's database, whatever the file's own permissions say; its own
+    // data dir it opens.
+    for secret in [
+        trusted.path().join("keys/current"),
+        trusted.path().join("keys/queue.x25519"),
+        trusted.path().join("blobs.db"),
+    ] {
+        assert!(secret.exists(), "{secret:?}");
+        let seen = probe(&host, &secret);
+        assert_eq!(seen["opened"], false, "{secret:?}: {seen}");
+        assert_eq!(seen["permission_denied"], true, "{secret:?}: {seen}");
+    }
+    assert_eq!(probe(&host, &dir.path().join("token"))["opened"], true);
+
+    // Only the host process may talk to the worker: another process's
+    // connection is closed without a word.
+    let mut stranger =
+        std::os::unix::net::UnixStream::connect(trusted.path().join("run/worker.sock")).unwrap();
+    stranger
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(std::io::Read::read(&mut stranger, &mut buf).unwrap(), 0);
+    host.wait_for(10, "the refusal in the log", |h| {
+        h.log()
+            .contains("refused a connection from a process that is not the host")
+            .then_some(())
+    });
+
+    // The worker is a separate process, and the host's shutdown stops it.
+    let pid = worker_pid(&host);
+    assert_ne!(pid, 0);
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    assert!(host.stop());
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+}
+
+#[test]
+fn a_worker_killed_mid_request_is_restarted_its_message_retried_and_its_caller_told_503() {
+    let (dir, trusted) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let host = start(dir.path(), trusted.path(), &[]);
+    host.deploy_ok(TRUSTED, &guests().adversary);
+    assert_eq!(host.get("/t/ok").status, 200);
+    let first = worker_pid(&host);
+
+    // A synchronous caller and a queue message, both in the worker.
+    let url = format!("{}/t/sleep-8000", host.url);
+    let caller = std::thread::spawn(move || {
+        let r = reqwest::blocking::Client::new().get(url).send().unwrap();
+        let status = r.status().as_u16();
+        (status, r.text().unwrap())
+    });
+    let r = host.admin(
+        "POST",
+        "/v1/queues/tq/messages",
+        json!({ "body": "wait-note-1" }).to_string(),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    host.wait_for(20, "both in flight", |h| {
+        let stats = h.admin("GET", "/v1/queues/tq", "").json();
+        (stats["in_flight"] == 1).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-9", &first.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    // The caller hears 503 at once, not after its eight seconds.
+    let (status, body) = caller.join().unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("trusted_worker_unavailable"), "{body}");
+
+    // The supervisor starts a new worker; the message is processed there.
+    let second = host.wait_for(30, "a new worker", |h| {
+        let pid = worker_pid(h);
+        (pid != first).then_some(pid)
+    });
+    host.wait_for(30, "the message processed after the restart", |h| {
+        h.log().contains("processed wait-note-1").then_some(())
+    });
+    let stats = host.admin("GET", "/v1/queues/tq", "").json();
+    assert_eq!(stats["dead_letters"], 0, "{stats}");
+    assert_eq!(host.get("/t/ok").status, 200);
+    assert!(Path::new(&format!("/proc/{second}")).exists());
+    let log = host.log();
+    assert!(
+        log.contains("the trusted worker exited; restarting it"),
+        "{log}"
+    );
+    assert!(host.stop());
+}
+
+#[test]
+fn a_rotated_key_reseals_the_store_in_the_background_while_reads_go_on() {
+    let (dir, trusted) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let host = start(dir.path(), trusted.path(), &[]);
+    host.deploy_ok(TRUSTED, &guests().adversary);
+    assert_eq!(host.get("/t/put").status, 200);
+    let old = std::fs::read_to_string(trusted.path().join("keys/current")).unwrap();
+    assert!(host.stop());
+
+    let out = std::process::Command::new(fnhost_tests::fnhost_bin())
+        .args(["keys", "rotate", "--trusted-dir"])
+        .arg(trusted.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let new = std::fs::read_to_string(trusted.path().join("keys/current")).unwrap();
+    assert_ne!(old, new);
+
+    let host = start(dir.path(), trusted.path(), &[]);
+    // Reads go on (the old key still opens what it sealed) ...
+    let r = host.get("/t/get");
+    assert_eq!((r.status, r.text()), (200, "value".to_string()));
+    // ... and the worker re-seals under the new key.
+    host.wait_for(30, "the re-seal", |h| {
+        let log = h.log();
+        (log.contains("re-sealing after a key rotation finished")
+            && log.contains("resealed=1 failed=0"))
+        .then_some(())
+    });
+    let mut sealed = Vec::new();
+    let mut stack = vec![trusted.path().join("blobs")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                sealed.push(std::fs::read(p).unwrap());
+            }
+        }
+    }
+    let id: Vec<u8> = (0..8)
+        .map(|i| u8::from_str_radix(&new.trim()[i * 2..i * 2 + 2], 16).unwrap())
+        .collect();
+    assert!(!sealed.is_empty());
+    assert!(
+        sealed
+            .iter()
+            .all(|f| f.starts_with(b"FNHS1") && f[5..13] == id[..]),
+        "every object sealed under the new key"
+    );
+    let r = host.get("/t/get");
+    assert_eq!((r.status, r.text()), (200, "value".to_string()));
+    assert!(host.stop());
+}
