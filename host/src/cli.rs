@@ -259,7 +259,10 @@ pub fn default_data_dir() -> PathBuf {
 enum Early {
     None,
     Serve(Box<ServeSetup>),
-    Worker(crate::trusted::worker::Prepared),
+    Worker(
+        crate::trusted::worker::Prepared,
+        Option<Box<crate::host::config::HostFile>>,
+    ),
 }
 
 impl Cli {
@@ -272,7 +275,13 @@ impl Cli {
                 // The worker never outlives its supervisor.
                 // SAFETY: prctl(2) with constant arguments, on this process.
                 unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
-                Early::Worker(crate::trusted::worker::prepare(args)?)
+                // The host config (buckets on S3) before the worker gives
+                // up its path.
+                let file = match &args.config {
+                    Some(path) => Some(Box::new(crate::host::config::HostFile::load(path)?)),
+                    None => None,
+                };
+                Early::Worker(crate::trusted::worker::prepare(args)?, file)
             }
             _ => Early::None,
         };
@@ -292,7 +301,14 @@ impl Cli {
             },
             Command::TrustedSupervisor(args) => crate::trusted::supervisor::run(args).await,
             Command::TrustedWorker(args) => match early {
-                Early::Worker(prepared) => crate::trusted::worker::run(args, prepared).await,
+                Early::Worker(prepared, file) => {
+                    let shared = match file {
+                        Some(file) => file.s3_blobs().await?,
+                        None => None,
+                    };
+                    let shared = shared.map(|s| Arc::new(s) as Arc<dyn crate::blobs::BlobBackend>);
+                    crate::trusted::worker::run(args, prepared, shared).await
+                }
                 _ => unreachable!("the worker is set up early"),
             },
             Command::Deploy { path, conn } => client::deploy(&conn, &path).await,
@@ -439,12 +455,6 @@ fn launch_trusted(
     file: &crate::host::config::HostFile,
     sensitive: &crate::manifest::Sensitive,
 ) -> anyhow::Result<crate::host::TrustedLaunch> {
-    if file.blobs.backend == crate::host::config::BlobsKind::S3 && !sensitive.buckets.is_empty() {
-        anyhow::bail!(
-            "[sensitive] buckets are kept by each host's trusted worker in its trusted dir, which a fleet on S3 would not share; \
-             this release serves sensitive buckets on the embedded blob store only: remove them or run [blobs] embedded"
-        );
-    }
     let dir = (args.trusted_dir.clone())
         .or_else(|| file.sensitive.dir.clone())
         .unwrap_or_else(|| crate::trusted::default_dir(data_dir));
@@ -472,6 +482,11 @@ fn launch_trusted(
         max_concurrency: args.max_concurrency,
         no_pooling: args.no_pooling,
         accept_without_landlock: file.sensitive.accept_without_landlock,
+        // Buckets on S3: the worker keeps the sensitive ones there, sealed.
+        config: (file.blobs.backend == crate::host::config::BlobsKind::S3)
+            .then(|| args.config.clone())
+            .flatten()
+            .map(|c| c.canonicalize().unwrap_or(c)),
     };
     use std::os::unix::process::CommandExt as _;
     let exe = std::env::current_exe().context("cannot find the fnhost executable")?;

@@ -87,16 +87,37 @@ pub fn restrict(read_write: &[PathBuf], read_only: &[PathBuf]) -> Result<Confine
     })
 }
 
+/// What the AWS SDK reads, read-only: `~/.aws` (profiles, credentials),
+/// the files the `AWS_*_FILE` variables name, and TLS roots named by
+/// `SSL_CERT_FILE` / `SSL_CERT_DIR`.
+fn credentials() -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = [
+        "AWS_CONFIG_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+    ]
+    .iter()
+    .filter_map(std::env::var_os)
+    .map(PathBuf::from)
+    .collect();
+    if let Some(home) = std::env::var_os("HOME") {
+        paths.push(PathBuf::from(home).join(".aws"));
+    }
+    paths
+}
+
 /// Confine the public process of a host with sensitive buckets: its data
 /// dir read-write, nothing of `trusted_dir`.
 pub fn public_process(data_dir: &Path) -> Result<Confinement, String> {
-    restrict(&[data_dir.to_path_buf()], &[])
+    restrict(&[data_dir.to_path_buf()], &credentials())
 }
 
 /// Confine the trusted worker: its trusted dir read-write, nothing of the
 /// public data dir.
 pub fn trusted_worker(trusted_dir: &Path) -> Result<Confinement, String> {
-    restrict(&[trusted_dir.to_path_buf()], &[])
+    restrict(&[trusted_dir.to_path_buf()], &credentials())
 }
 
 #[cfg(test)]

@@ -605,3 +605,47 @@ fn an_image_put_into_s3_gets_its_thumbnail_written_back_to_s3() {
             .map(drop)
     });
 }
+
+#[test]
+fn a_sensitive_bucket_on_s3_is_sealed_there_and_read_by_every_hosts_trusted_worker() {
+    let mut fleet = Fleet::with_s3_buckets("sealed");
+    fleet.extra.push_str("[sensitive]\nbuckets = [\"secrets\"]\n");
+    let trusted = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let first = fleet.start(&["--trusted-dir", trusted[0].path().to_str().unwrap()]);
+    first.deploy_ok(
+        "name = \"vault\"\nisolation = \"trusted\"\n[[triggers.http]]\npath = \"/t/{mode}\"\n[[grants.storage]]\nbucket = \"secrets\"\naccess = \"read-write\"\n",
+        &guests().adversary,
+    );
+    let r = first.get("/t/put");
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // In S3 the object is ciphertext; the admin API will not read it.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (_, stored) = rt
+        .block_on(fleet.s3().get("secrets", "notes/key"))
+        .unwrap()
+        .expect("the object is in S3");
+    assert!(stored.starts_with(b"FNHS1"));
+    assert!(!stored.windows(5).any(|w| w == b"value"));
+    assert_eq!(
+        first
+            .admin("GET", "/v1/buckets/secrets/objects/notes/key", "")
+            .status,
+        403
+    );
+
+    // Another host, given the same keys (copied, as the README says),
+    // reads it through its own worker.
+    let keys = trusted[1].path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    for e in std::fs::read_dir(trusted[0].path().join("keys")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, keys.join(p.file_name().unwrap())).unwrap();
+    }
+    let second = fleet.start(&["--trusted-dir", trusted[1].path().to_str().unwrap()]);
+    second.wait_for(30, "the deployment to reach the second host", |h| {
+        (h.admin("GET", "/v1/functions/vault", "").status == 200).then_some(())
+    });
+    let r = second.get("/t/get");
+    assert_eq!((r.status, r.text()), (200, "value".to_string()));
+}

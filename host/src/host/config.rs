@@ -327,9 +327,12 @@ impl HostFile {
         Ok(())
     }
 
-    /// The S3 buckets and where their events arrive.
-    async fn s3_events(&self, sqs: Arc<SqsQueues>) -> anyhow::Result<S3Events> {
+    /// The buckets on S3, when `[blobs]` puts them there.
+    pub async fn s3_blobs(&self) -> anyhow::Result<Option<S3Blobs>> {
         let (b, q) = (&self.blobs, &self.queues);
+        if b.backend != BlobsKind::S3 {
+            return Ok(None);
+        }
         let target = Target {
             region: b.region.clone().or_else(|| q.region.clone()),
             endpoint: b.endpoint.clone().or_else(|| q.endpoint.clone()),
@@ -339,6 +342,16 @@ impl HostFile {
             .await
             .context("host.toml: [blobs]")?
             .creating_buckets(b.create);
+        Ok(Some(blobs))
+    }
+
+    /// The S3 buckets and where their events arrive.
+    async fn s3_events(&self, sqs: Arc<SqsQueues>) -> anyhow::Result<S3Events> {
+        let b = &self.blobs;
+        let blobs = self
+            .s3_blobs()
+            .await?
+            .context("host.toml: [blobs] backend is not \"s3\"")?;
         tracing::info!(prefix = %b.prefix, notifications = %b.notifications, "buckets on S3");
         Ok(S3Events {
             queue: b.notifications.clone(),

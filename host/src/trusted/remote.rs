@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 /// What the worker's calls reach in this process.
 pub struct HostStores {
@@ -41,13 +41,22 @@ struct Pending {
     reporter: Option<Arc<dyn Reporter>>,
 }
 
+/// The current connection to the worker.
+struct Conn {
+    tx: wire::Writer,
+    /// The profiles sent on it, by the address of the `Arc` the dispatcher
+    /// holds (kept here, so the address is not reused while listed), with
+    /// the number the worker knows each by.
+    profiles: HashMap<usize, (Arc<crate::exec::Profile>, u64)>,
+}
+
 /// The trusted worker, as the public process sees it.
 pub struct RemoteWorker {
     socket: PathBuf,
     /// Set once the host is put together ([`RemoteWorker::set_stores`]).
     stores: std::sync::OnceLock<HostStores>,
-    /// The connection's writer, while connected.
-    tx: Mutex<Option<mpsc::UnboundedSender<ToWorker>>>,
+    /// The connection, while connected.
+    conn: Mutex<Option<Conn>>,
     pending: Mutex<HashMap<u64, Pending>>,
     next: AtomicU64,
     /// The worker's pid and queue key, once it has said hello; `None`
@@ -80,7 +89,7 @@ impl RemoteWorker {
         let worker = Arc::new(RemoteWorker {
             socket,
             stores: std::sync::OnceLock::new(),
-            tx: Mutex::new(None),
+            conn: Mutex::new(None),
             pending: Mutex::default(),
             next: AtomicU64::new(1),
             hello: watch::channel(None).0,
@@ -130,7 +139,7 @@ impl RemoteWorker {
                     }
                     self.lost.fetch_add(1, Ordering::Relaxed);
                     self.hello.send_replace(None);
-                    *self.tx.lock().unwrap() = None;
+                    *self.conn.lock().unwrap() = None;
                     let cut: Vec<Pending> = self
                         .pending
                         .lock()
@@ -159,7 +168,8 @@ impl RemoteWorker {
     }
 
     async fn serve(self: Arc<Self>, stream: UnixStream) -> std::io::Result<()> {
-        let (mut r, mut w) = stream.into_split();
+        let (r, w) = stream.into_split();
+        let mut r = tokio::io::BufReader::new(r);
         let hello = tokio::time::timeout(Duration::from_secs(10), wire::read(&mut r))
             .await
             .map_err(|_| std::io::Error::other("the worker said no hello within 10 s"))??;
@@ -168,19 +178,14 @@ impl RemoteWorker {
                 "the worker's first frame was not a hello",
             ));
         };
-        let (tx, mut rx) = mpsc::unbounded_channel::<ToWorker>();
-        let writer = tokio::spawn(async move {
-            while let Some(msg) = rx.recv().await {
-                if let Err(e) = wire::write(&mut w, &msg).await {
-                    tracing::warn!(error = %e, "cannot write to the trusted worker");
-                    break;
-                }
-            }
+        let tx: wire::Writer = Arc::new(tokio::sync::Mutex::new(w));
+        *self.conn.lock().unwrap() = Some(Conn {
+            tx: tx.clone(),
+            profiles: HashMap::new(),
         });
-        *self.tx.lock().unwrap() = Some(tx.clone());
         tracing::info!(pid, "connected to the trusted worker");
         self.hello.send_replace(Some((pid, queue_key)));
-        let result = loop {
+        loop {
             match wire::read::<_, FromWorker>(&mut r).await {
                 Ok(Some(FromWorker::Done { call, outcome })) => {
                     if let Some(p) = self.pending.lock().unwrap().remove(&call) {
@@ -193,7 +198,7 @@ impl RemoteWorker {
                     let (me, tx) = (self.clone(), tx.clone());
                     tokio::spawn(async move {
                         let reply = me.answer(request).await;
-                        let _ = tx.send(ToWorker::Reply { call, reply });
+                        let _ = wire::send(&tx, &ToWorker::Reply { call, reply }).await;
                     });
                 }
                 Ok(Some(FromWorker::Audit(line))) => {
@@ -210,9 +215,7 @@ impl RemoteWorker {
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(e),
             }
-        };
-        writer.abort();
-        result
+        }
     }
 
     /// Answer one of the worker's calls from this process's stores.
@@ -341,8 +344,24 @@ impl RemoteWorker {
         wait: Wait,
     ) -> BoxFuture<'_, Result<Outcome, Busy>> {
         Box::pin(async move {
-            let Some(tx) = self.tx.lock().unwrap().clone() else {
-                return Ok(unavailable("the trusted worker is not running"));
+            // The connection and whether it knows the profile, together.
+            let (tx, profile_id, profile) = {
+                let mut conn = self.conn.lock().unwrap();
+                let Some(conn) = conn.as_mut() else {
+                    return Ok(unavailable("the trusted worker is not running"));
+                };
+                let key = Arc::as_ptr(&execution.profile) as usize;
+                let known = conn.profiles.len() as u64 + 1;
+                match conn.profiles.get(&key) {
+                    Some((_, id)) => (conn.tx.clone(), *id, None),
+                    None => {
+                        conn.profiles
+                            .insert(key, (execution.profile.clone(), known));
+                        let json = serde_json::to_string(execution.profile.as_ref())
+                            .expect("a profile serializes");
+                        (conn.tx.clone(), known, Some(json))
+                    }
+                }
             };
             let call = self.next.fetch_add(1, Ordering::Relaxed);
             let (done, result) = oneshot::channel();
@@ -351,10 +370,9 @@ impl RemoteWorker {
                 .lock()
                 .unwrap()
                 .insert(call, Pending { done, reporter });
-            let profile =
-                serde_json::to_string(execution.profile.as_ref()).expect("a profile serializes");
-            let sent = tx.send(ToWorker::Invoke {
+            let invoke = ToWorker::Invoke {
                 call,
+                profile_id,
                 profile,
                 invocation: execution.invocation,
                 event: execution.event,
@@ -363,8 +381,8 @@ impl RemoteWorker {
                     Wait::AtMost(n) => Some(n.min(u32::MAX as usize) as u32),
                 },
                 reporter: has_reporter,
-            });
-            if sent.is_err() {
+            };
+            if wire::send(&tx, &invoke).await.is_err() {
                 self.pending.lock().unwrap().remove(&call);
                 return Ok(unavailable("the trusted worker is not running"));
             }

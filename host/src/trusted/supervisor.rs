@@ -47,6 +47,10 @@ pub fn worker_command(args: &WorkerArgs) -> Vec<String> {
     if args.accept_without_landlock {
         v.push("--accept-without-landlock".into());
     }
+    if let Some(config) = &args.config {
+        v.push("--config".into());
+        v.push(config.display().to_string());
+    }
     v
 }
 

@@ -27,13 +27,19 @@ pub const MAX_FRAME_BYTES: usize = 80 << 20;
 
 /// Host → worker.
 #[derive(Debug, Serialize, Deserialize)]
+// An `Invoke` is built once and moved into the writer's channel; boxing it
+// would cost an allocation per execution for nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum ToWorker {
     /// Run one execution of a trusted function.
     Invoke {
         /// The host's number for it; [`FromWorker::Done`] answers it.
         call: u64,
-        /// The version's profile, as JSON.
-        profile: String,
+        /// The host's number for the version's profile on this connection.
+        profile_id: u64,
+        /// The profile as JSON, the first time `profile_id` is sent on a
+        /// connection (the worker keeps it for the connection's life).
+        profile: Option<String>,
         /// Facts about the invocation.
         invocation: Invocation,
         /// What started it.
@@ -261,17 +267,27 @@ impl Fault {
     }
 }
 
-/// Write one frame.
+/// One side's writing half of the socket, shared by the tasks that send:
+/// each frame is written whole under its lock, by the task that has it to
+/// send (no writer task to wake in between).
+pub type Writer = std::sync::Arc<tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>>;
+
+/// Send one frame on `w`.
+pub async fn send<T: Serialize>(w: &Writer, msg: &T) -> std::io::Result<()> {
+    write(&mut *w.lock().await, msg).await
+}
+
+/// Write one frame (one write: the length and the body together).
 pub async fn write<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> std::io::Result<()> {
-    let body = postcard::to_allocvec(msg).map_err(std::io::Error::other)?;
-    if body.len() > MAX_FRAME_BYTES {
+    let mut frame = postcard::to_extend(msg, vec![0u8; 4]).map_err(std::io::Error::other)?;
+    let len = frame.len() - 4;
+    if len > MAX_FRAME_BYTES {
         return Err(std::io::Error::other(format!(
-            "a frame of {} bytes is over the protocol's {MAX_FRAME_BYTES}",
-            body.len()
+            "a frame of {len} bytes is over the protocol's {MAX_FRAME_BYTES}"
         )));
     }
-    w.write_all(&(body.len() as u32).to_be_bytes()).await?;
-    w.write_all(&body).await?;
+    frame[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    w.write_all(&frame).await?;
     w.flush().await
 }
 
@@ -308,7 +324,8 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(1 << 20);
         let invoke = ToWorker::Invoke {
             call: 7,
-            profile: "{}".into(),
+            profile_id: 1,
+            profile: Some("{}".into()),
             invocation: Invocation {
                 id: "i".into(),
                 function: "f".into(),

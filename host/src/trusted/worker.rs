@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// How the supervisor starts the worker.
 #[derive(Debug, Clone, clap::Args)]
@@ -50,6 +50,11 @@ pub struct WorkerArgs {
     /// Run even where Landlock cannot confine the worker.
     #[arg(long)]
     pub accept_without_landlock: bool,
+    /// The host config, when its `[blobs]` are on S3 (the sensitive
+    /// buckets are then kept there, sealed); read before the worker
+    /// confines itself.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 /// What the worker set up before any thread started.
@@ -86,17 +91,38 @@ pub fn prepare(args: &WorkerArgs) -> anyhow::Result<Prepared> {
     Ok(Prepared { listener })
 }
 
-/// The worker's calls to the public process.
+/// The worker's side of the connection to the public process.
 struct Link {
-    tx: Mutex<Option<mpsc::UnboundedSender<FromWorker>>>,
+    tx: Mutex<Option<wire::Writer>>,
     calls: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
     next: AtomicU64,
+    /// Audit lines recorded (from the guests' synchronous host calls) and
+    /// not yet sent: they go out, under the writer's lock, before the next
+    /// frame, so an invocation's lines always precede its outcome; a
+    /// flusher sends them when no frame comes soon.
+    audit: Mutex<Vec<String>>,
 }
 
 impl Link {
-    fn send(&self, msg: FromWorker) {
-        if let Some(tx) = self.tx.lock().unwrap().as_ref() {
-            let _ = tx.send(msg);
+    /// Send `msg` after any pending audit lines; false when not connected
+    /// or the write failed.
+    async fn send(&self, msg: Option<FromWorker>) -> bool {
+        let Some(w) = self.tx.lock().unwrap().clone() else {
+            return false;
+        };
+        let mut w = w.lock().await;
+        let lines = std::mem::take(&mut *self.audit.lock().unwrap());
+        for line in lines {
+            if wire::write(&mut *w, &FromWorker::Audit(line))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+        match msg {
+            Some(msg) => wire::write(&mut *w, &msg).await.is_ok(),
+            None => true,
         }
     }
 
@@ -106,11 +132,7 @@ impl Link {
         let call = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.calls.lock().unwrap().insert(call, tx);
-        let sent = match self.tx.lock().unwrap().as_ref() {
-            Some(link) => link.send(FromWorker::Call { call, request }).is_ok(),
-            None => false,
-        };
-        if !sent {
+        if !self.send(Some(FromWorker::Call { call, request })).await {
             self.calls.lock().unwrap().remove(&call);
             return Err(lost());
         }
@@ -363,15 +385,15 @@ impl Worker {
     async fn invoke(
         &self,
         call: u64,
-        profile: String,
+        profile: Result<Arc<Profile>, String>,
         mut invocation: crate::exec::Invocation,
         mut event: Event,
         wait_at_most: Option<u32>,
         reporter: bool,
     ) {
         let refused = |why: String| super::remote::ended(Failure::Fail(why));
-        let outcome = match serde_json::from_str::<Profile>(&profile) {
-            Err(e) => Ok(refused(format!("the host sent a malformed profile: {e}"))),
+        let outcome = match profile {
+            Err(why) => Ok(refused(why)),
             Ok(p) if !p.trusted => Ok(refused(format!(
                 "{} is not a trusted function: the trusted worker runs only those",
                 p.who()
@@ -389,7 +411,7 @@ impl Worker {
                     });
                     let wait = wait_at_most.map_or(Wait::Always, |n| Wait::AtMost(n as usize));
                     let execution = Execution {
-                        profile: Arc::new(profile),
+                        profile,
                         invocation,
                         event,
                     };
@@ -397,10 +419,12 @@ impl Worker {
                 }
             },
         };
-        self.link.send(FromWorker::Done {
-            call,
-            outcome: outcome.map_err(|busy| busy.waiting.min(u32::MAX as usize) as u32),
-        });
+        self.link
+            .send(Some(FromWorker::Done {
+                call,
+                outcome: outcome.map_err(|busy| busy.waiting.min(u32::MAX as usize) as u32),
+            }))
+            .await;
     }
 
     /// Open a sealed queue message and a sealed checkpoint in place.
@@ -428,8 +452,10 @@ impl Worker {
 
     /// Serve one connection of the host until it ends.
     async fn serve(self: &Arc<Self>, stream: tokio::net::UnixStream) -> std::io::Result<()> {
-        let (mut r, mut w) = stream.into_split();
-        let (tx, mut rx) = mpsc::unbounded_channel::<FromWorker>();
+        let (r, mut w) = stream.into_split();
+        let mut r = tokio::io::BufReader::new(r);
+        // The versions' profiles the host has sent on this connection.
+        let mut profiles: HashMap<u64, Arc<Profile>> = HashMap::new();
         wire::write(
             &mut w,
             &FromWorker::Hello {
@@ -438,24 +464,30 @@ impl Worker {
             },
         )
         .await?;
-        let writer = tokio::spawn(async move {
-            while let Some(msg) = rx.recv().await {
-                if wire::write(&mut w, &msg).await.is_err() {
-                    break;
-                }
-            }
-        });
-        *self.link.tx.lock().unwrap() = Some(tx);
+        *self.link.tx.lock().unwrap() = Some(Arc::new(tokio::sync::Mutex::new(w)));
         let result = loop {
             match wire::read::<_, ToWorker>(&mut r).await {
                 Ok(Some(ToWorker::Invoke {
                     call,
+                    profile_id,
                     profile,
                     invocation,
                     event,
                     wait_at_most,
                     reporter,
                 })) => {
+                    let profile = match profile {
+                        Some(json) => serde_json::from_str::<Profile>(&json)
+                            .map(|p| {
+                                let p = Arc::new(p);
+                                profiles.insert(profile_id, p.clone());
+                                p
+                            })
+                            .map_err(|e| format!("the host sent a malformed profile: {e}")),
+                        None => profiles.get(&profile_id).cloned().ok_or_else(|| {
+                            format!("the host named profile {profile_id}, which it never sent")
+                        }),
+                    };
                     let me = self.clone();
                     tokio::spawn(async move {
                         me.invoke(call, profile, invocation, event, wait_at_most, reporter)
@@ -473,32 +505,50 @@ impl Worker {
         };
         *self.link.tx.lock().unwrap() = None;
         self.link.calls.lock().unwrap().clear();
-        writer.abort();
         result
     }
 }
 
-/// Open the sensitive store and serve the host until SIGTERM.
-pub async fn run(args: WorkerArgs, prepared: Prepared) -> anyhow::Result<()> {
+/// Open the sensitive store — `shared` when the sensitive buckets live in
+/// a store the fleet shares (S3), else an embedded one in the trusted dir —
+/// and serve the host until SIGTERM.
+pub async fn run(
+    args: WorkerArgs,
+    prepared: Prepared,
+    shared: Option<Arc<dyn BlobBackend>>,
+) -> anyhow::Result<()> {
     let dir = &args.trusted_dir;
     let keys = Keyring::open(dir).context("failed to open the encryption keys")?;
     let opener = Opener::open_or_create(&dir.join("keys")).map_err(anyhow::Error::msg)?;
     let sealer = Sealer::new(opener.public_key()).map_err(anyhow::Error::msg)?;
-    let store = EmbeddedBlobs::open(dir)
-        .with_context(|| format!("failed to open the sensitive store in {dir:?}"))?;
+    let s3 = shared.is_some();
+    let store: Arc<dyn BlobBackend> = match shared {
+        Some(store) => store,
+        None => Arc::new(
+            EmbeddedBlobs::open(dir)
+                .with_context(|| format!("failed to open the sensitive store in {dir:?}"))?,
+        ),
+    };
     let sensitive: Arc<BTreeSet<String>> = Arc::new(args.buckets.iter().cloned().collect());
-    tracing::info!(current_key = %keys.current(), buckets = ?sensitive, "the trusted worker holds the sensitive store");
+    tracing::info!(current_key = %keys.current(), buckets = ?sensitive, on_s3 = s3, "the trusted worker holds the sensitive store's keys");
     let keys = Arc::new(keys);
-    let sealed = Arc::new(SealedBlobs::new(
-        Arc::new(store),
-        sensitive.clone(),
-        keys.clone(),
-    ));
+    let sealed = Arc::new(SealedBlobs::new(store, sensitive.clone(), keys.clone()));
     let local: Arc<dyn BlobBackend> = sealed.clone();
     let link = Arc::new(Link {
         tx: Mutex::new(None),
         calls: Mutex::default(),
         next: AtomicU64::new(1),
+        audit: Mutex::default(),
+    });
+    // Audit lines that no outcome or call carried out soon.
+    let flushing = link.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if !flushing.audit.lock().unwrap().is_empty() {
+                flushing.send(None).await;
+            }
+        }
     });
     let remote = Arc::new(Remote(link.clone()));
     let audit_link = link.clone();
@@ -510,7 +560,7 @@ pub async fn run(args: WorkerArgs, prepared: Prepared) -> anyhow::Result<()> {
             remote: remote.clone(),
         })),
         audit: Some(Arc::new(Audit::forwarding(move |line| {
-            audit_link.send(FromWorker::Audit(line))
+            audit_link.audit.lock().unwrap().push(line)
         }))),
         sensitive: sensitive.clone(),
     };
@@ -525,7 +575,18 @@ pub async fn run(args: WorkerArgs, prepared: Prepared) -> anyhow::Result<()> {
         opener,
         sealer,
     });
-    tokio::spawn(super::reseal::in_background(sealed, sensitive, keys));
+    if s3 {
+        // Another host's worker may write the same object meanwhile, and the
+        // blob seam has no conditional put yet: re-sealing on S3 could undo
+        // its write.
+        if keys.len() > 1 {
+            tracing::warn!(
+                "older keys are in the ring, but objects on S3 are not re-sealed in the background (no conditional put through the blob seam yet); they stay readable"
+            );
+        }
+    } else {
+        tokio::spawn(super::reseal::in_background(sealed, sensitive, keys));
+    }
     let listener = tokio::net::UnixListener::from_std(prepared.listener)?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // Connections are accepted while the host's is served, so another
