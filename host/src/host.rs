@@ -206,6 +206,7 @@ impl HostBuilder {
             stores,
             config.max_concurrency,
         ));
+        let trusted_worker = worker.clone();
         let executor: Arc<dyn Executor> = match worker {
             None => local,
             Some(worker) => {
@@ -238,6 +239,7 @@ impl HostBuilder {
         let access = Access {
             tokens: Arc::new(Tokens::new(token_state, config.server.token.clone())),
             audit,
+            trusted_worker,
         };
         let dispatcher =
             Dispatcher::start(executor, registry, backends, jobs, config.sensitive.clone()).await?;

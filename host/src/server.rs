@@ -16,6 +16,7 @@ mod trigger;
 
 use crate::dispatcher::Dispatcher;
 use axum::Json;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
@@ -87,13 +88,24 @@ pub fn router(dispatcher: Arc<Dispatcher>, config: ServerConfig, access: Access)
         access,
     };
     axum::Router::new()
-        .route(
-            "/healthz",
-            axum::routing::get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/healthz", axum::routing::get(healthz))
         .nest("/v1", admin::routes(state.clone()))
         .fallback(trigger::handle)
         .with_state(state)
+}
+
+/// `{"status": "ok"}`; on a host with sensitive data, also the trusted
+/// worker's pid (none while it is down: `"status": "degraded"`) and how
+/// often the host lost it.
+async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let Some(worker) = &state.access.trusted_worker else {
+        return Json(serde_json::json!({ "status": "ok" }));
+    };
+    let pid = worker.pid();
+    Json(serde_json::json!({
+        "status": if pid.is_some() { "ok" } else { "degraded" },
+        "trusted_worker": { "pid": pid, "lost": worker.restarts() },
+    }))
 }
 
 /// Serve on `listener` until `shutdown` is cancelled, then drain in-flight

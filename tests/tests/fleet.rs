@@ -609,7 +609,9 @@ fn an_image_put_into_s3_gets_its_thumbnail_written_back_to_s3() {
 #[test]
 fn a_sensitive_bucket_on_s3_is_sealed_there_and_read_by_every_hosts_trusted_worker() {
     let mut fleet = Fleet::with_s3_buckets("sealed");
-    fleet.extra.push_str("[sensitive]\nbuckets = [\"secrets\"]\n");
+    fleet
+        .extra
+        .push_str("[sensitive]\nbuckets = [\"secrets\"]\n");
     let trusted = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let first = fleet.start(&["--trusted-dir", trusted[0].path().to_str().unwrap()]);
     first.deploy_ok(

@@ -27,6 +27,25 @@ fn start(dir: &Path, trusted: &Path, env: &[(String, String)]) -> Host {
     )
 }
 
+/// A host with the trusted function deployed and answering, and its dirs.
+fn vault() -> ((tempfile::TempDir, tempfile::TempDir), Host) {
+    let (dir, trusted) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let host = start(dir.path(), trusted.path(), &[]);
+    host.deploy_ok(TRUSTED, &guests().adversary);
+    assert_eq!(host.get("/t/ok").status, 200);
+    ((dir, trusted), host)
+}
+
+/// `GET path` on another thread: its status and body when it ends.
+fn call_in_background(host: &Host, path: &str) -> std::thread::JoinHandle<(u16, String)> {
+    let url = format!("{}{path}", host.url);
+    std::thread::spawn(move || {
+        let r = reqwest::blocking::Client::new().get(url).send().unwrap();
+        let status = r.status().as_u16();
+        (status, r.text().unwrap())
+    })
+}
+
 /// The pid of the trusted worker the host last connected to.
 fn worker_pid(host: &Host) -> u32 {
     let log = host.log();
@@ -105,19 +124,14 @@ fn the_public_process_cannot_open_the_trusted_dir_and_the_worker_runs_trusted_fu
 
 #[test]
 fn a_worker_killed_mid_request_is_restarted_its_message_retried_and_its_caller_told_503() {
-    let (dir, trusted) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let host = start(dir.path(), trusted.path(), &[]);
-    host.deploy_ok(TRUSTED, &guests().adversary);
-    assert_eq!(host.get("/t/ok").status, 200);
+    let (_dirs, host) = vault();
     let first = worker_pid(&host);
+    let health = host.get("/healthz").json();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["trusted_worker"]["pid"], first);
 
     // A synchronous caller and a queue message, both in the worker.
-    let url = format!("{}/t/sleep-8000", host.url);
-    let caller = std::thread::spawn(move || {
-        let r = reqwest::blocking::Client::new().get(url).send().unwrap();
-        let status = r.status().as_u16();
-        (status, r.text().unwrap())
-    });
+    let caller = call_in_background(&host, "/t/sleep-8000");
     let r = host.admin(
         "POST",
         "/v1/queues/tq/messages",
@@ -153,6 +167,10 @@ fn a_worker_killed_mid_request_is_restarted_its_message_retried_and_its_caller_t
     let stats = host.admin("GET", "/v1/queues/tq", "").json();
     assert_eq!(stats["dead_letters"], 0, "{stats}");
     assert_eq!(host.get("/t/ok").status, 200);
+    let health = host.get("/healthz").json();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["trusted_worker"]["pid"], second);
+    assert_eq!(health["trusted_worker"]["lost"], 1);
     assert!(Path::new(&format!("/proc/{second}")).exists());
     let log = host.log();
     assert!(
@@ -215,5 +233,83 @@ fn a_rotated_key_reseals_the_store_in_the_background_while_reads_go_on() {
     );
     let r = host.get("/t/get");
     assert_eq!((r.status, r.text()), (200, "value".to_string()));
+    assert!(host.stop());
+}
+
+#[test]
+fn a_sigterm_lets_trusted_work_finish_before_the_worker_stops() {
+    let (_dirs, host) = vault();
+    let started = |h: &Host| h.log().matches("invocation started").count();
+    let before = started(&host);
+    let caller = call_in_background(&host, "/t/sleep-2000");
+    host.wait_for(20, "the call running in the worker", |h| {
+        (started(h) > before).then_some(())
+    });
+    let pid = worker_pid(&host);
+    // The host drains (the call finishes in the worker), then stops it.
+    assert!(host.stop());
+    let (status, body) = caller.join().unwrap();
+    assert_eq!((status, body.as_str()), (200, "slept 2000 ms"));
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+}
+
+#[test]
+fn without_landlock_the_host_refuses_sensitive_data_unless_its_config_accepts_the_weaker_mode() {
+    let (dir, trusted) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let no_landlock = ("FNHOST_DEBUG_NO_LANDLOCK".to_string(), "1".to_string());
+    // Refused, saying why and what to do.
+    let out = std::process::Command::new(fnhost_tests::fnhost_bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--sensitive",
+            "secrets",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .arg("--trusted-dir")
+        .arg(trusted.path())
+        .env(&no_landlock.0, &no_landlock.1)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to serve sensitive data")
+            && err.contains("accept_without_landlock = true"),
+        "{err}"
+    );
+
+    // Accepted by the config: it serves, and says it is not confined.
+    let config = dir.path().join("host.toml");
+    std::fs::write(
+        &config,
+        "[sensitive]\nbuckets = [\"secrets\"]\naccept_without_landlock = true\n",
+    )
+    .unwrap();
+    let host = Host::start_env(
+        dir.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--trusted-dir",
+            trusted.path().to_str().unwrap(),
+        ],
+        &[no_landlock, ("FNHOST_DEBUG_PROBES".into(), "1".into())],
+    );
+    let log = host.log();
+    assert!(
+        log.contains("public process confined to its data dir by Landlock: not enforced"),
+        "{log}"
+    );
+    host.deploy_ok(TRUSTED, &guests().adversary);
+    assert_eq!(host.get("/t/put").status, 200);
+    // The weaker mode is weaker: nothing but file modes keeps this process
+    // out of the trusted dir.
+    assert_eq!(
+        probe(&host, &trusted.path().join("keys/current"))["opened"],
+        true
+    );
     assert!(host.stop());
 }

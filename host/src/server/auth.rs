@@ -43,13 +43,16 @@ pub fn load_or_create_token(
     Ok((token, true))
 }
 
-/// What the token store and the audit log give the admin API.
+/// What the token store and the audit log give the admin API (and the
+/// trusted worker's state, for `/healthz`).
 #[derive(Clone)]
 pub struct Access {
     /// Who a bearer is.
     pub tokens: Arc<Tokens>,
     /// Where refusals and changes are recorded.
     pub audit: Arc<Audit>,
+    /// The trusted worker, on a host with sensitive data.
+    pub trusted_worker: Option<Arc<crate::trusted::RemoteWorker>>,
 }
 
 /// A note a handler leaves on its response for the audit log (what it

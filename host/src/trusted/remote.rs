@@ -123,7 +123,8 @@ impl RemoteWorker {
         self.hello.borrow().as_ref().map(|h| h.0)
     }
 
-    /// Times the connection to the worker was lost since start.
+    /// Times the connection to the worker was lost since start (each
+    /// restart of the worker is one).
     pub fn restarts(&self) -> u32 {
         self.lost.load(Ordering::Relaxed)
     }
@@ -147,10 +148,14 @@ impl RemoteWorker {
                         .drain()
                         .map(|(_, p)| p)
                         .collect();
-                    tracing::warn!(
-                        cut_off = cut.len(),
-                        "lost the trusted worker; its executions in flight end as unavailable"
-                    );
+                    if cut.is_empty() {
+                        tracing::info!("the connection to the trusted worker closed");
+                    } else {
+                        tracing::warn!(
+                            cut_off = cut.len(),
+                            "lost the trusted worker; its executions in flight end as unavailable"
+                        );
+                    }
                     for p in cut {
                         let _ = p.done.send(Ok(unavailable(
                             "the trusted worker stopped while running it",
