@@ -50,6 +50,17 @@ pub fn default_dir(data_dir: &Path) -> PathBuf {
     data_dir.with_file_name(name)
 }
 
+/// The associated data an async job's input to `function` is sealed
+/// under (the worker opens it when the execution is a job's).
+pub fn job_input_aad(function: &str) -> String {
+    format!("job-input/{function}")
+}
+
+/// The associated data a trusted function's checkpoints are sealed under.
+pub fn checkpoint_aad(function: &str) -> String {
+    format!("checkpoint/{function}")
+}
+
 /// Where the worker listens.
 pub fn socket_path(trusted_dir: &Path) -> PathBuf {
     trusted_dir.join("run").join("worker.sock")

@@ -313,3 +313,50 @@ fn without_landlock_the_host_refuses_sensitive_data_unless_its_config_accepts_th
     );
     assert!(host.stop());
 }
+
+/// Every regular file under `dirs` (but the harness's own log) holding
+/// `needle`.
+fn files_holding(dirs: &[&Path], needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack: Vec<std::path::PathBuf> = dirs.iter().map(|d| d.to_path_buf()).collect();
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.is_file()
+                && p.file_name().unwrap() != "host.log"
+                && std::fs::read(&p)
+                    .unwrap()
+                    .windows(needle.len())
+                    .any(|w| w == needle)
+            {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_trusted_functions_job_input_is_sealed_in_the_queue_store() {
+    let ((dir, trusted), host) = vault();
+    // The input is the adversary's mode: it sleeps 1,234 ms and says so.
+    let r = host.admin(
+        "POST",
+        "/v1/functions/vault/jobs",
+        json!({ "input": "sleep-1234" }).to_string(),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let job = host.wait_for(30, "the job to finish", |h| {
+        let job = h.admin("GET", &format!("/v1/jobs/{id}"), "").json();
+        (job["state"] != "queued" && job["state"] != "running").then_some(job)
+    });
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["result"]["body"], "slept 1234 ms");
+    // The worker opened it; the queue store (its WAL included) never held
+    // it in plain text.
+    let found = files_holding(&[dir.path(), trusted.path()], b"sleep-1234");
+    assert!(found.is_empty(), "the input in plain text: {found:?}");
+}

@@ -55,10 +55,30 @@ async fn submit(
         );
     }
     let policy = state.dispatcher.job_settings().callbacks.policy();
-    let job = match parse_submit(name, &body, crate::clock::now_ms(), policy) {
+    let mut job = match parse_submit(name, &body, crate::clock::now_ms(), policy) {
         Ok(job) => job,
         Err(message) => return bad(message),
     };
+    // A trusted function's input is sealed for the trusted worker: the
+    // job's message holds ciphertext only it opens.
+    if let (Some(worker), Some(d)) = (
+        &state.access.trusted_worker,
+        state.dispatcher.get(&job.function),
+    ) && d.profile.trusted
+    {
+        let max = crate::backends::sealed_queues::MAX_SEALED_BODY_BYTES;
+        if job.payload.len() > max {
+            return bad(format!(
+                "the input is over the limit of {max} bytes for a trusted function (sealing adds {})",
+                crate::backends::sealed_queues::OVERHEAD
+            ));
+        }
+        let aad = crate::trusted::job_input_aad(&job.function);
+        job.payload = match worker.seal(&aad, &job.payload) {
+            Ok(sealed) => sealed,
+            Err(e) => return job_error(e),
+        };
+    }
     match state.dispatcher.jobs().submit(job).await {
         Ok(record) => {
             let location = format!("/v1/jobs/{}", record.id);

@@ -64,6 +64,9 @@ pub struct RemoteWorker {
     hello: watch::Sender<Option<(u32, Vec<u8>)>>,
     /// Times the connection was lost.
     lost: AtomicU32,
+    /// Seals to the worker's queue key (which it keeps across restarts),
+    /// from its first hello on.
+    sealer: std::sync::OnceLock<crate::backends::sealed_queues::Sealer>,
 }
 
 /// An outcome of nothing run, for `failure`.
@@ -94,6 +97,7 @@ impl RemoteWorker {
             next: AtomicU64::new(1),
             hello: watch::channel(None).0,
             lost: AtomicU32::new(0),
+            sealer: std::sync::OnceLock::new(),
         });
         tokio::spawn(worker.clone().connect_forever());
         worker
@@ -115,6 +119,16 @@ impl RemoteWorker {
                 "the trusted worker did not answer on {:?} within {timeout:?}; see its lines in the host log",
                 self.socket
             ),
+        }
+    }
+
+    /// `bytes` sealed for the worker under `aad` (an async job's input).
+    pub fn seal(&self, aad: &str, bytes: &[u8]) -> Result<Vec<u8>, crate::queue::QueueError> {
+        match self.sealer.get() {
+            Some(sealer) => sealer.seal(aad, bytes),
+            None => Err(crate::queue::QueueError::backend(
+                "the trusted worker has not started yet",
+            )),
         }
     }
 
@@ -189,6 +203,9 @@ impl RemoteWorker {
             profiles: HashMap::new(),
         });
         tracing::info!(pid, "connected to the trusted worker");
+        if let Ok(sealer) = crate::backends::sealed_queues::Sealer::new(queue_key.clone()) {
+            let _ = self.sealer.set(sealer);
+        }
         self.hello.send_replace(Some((pid, queue_key)));
         loop {
             match wire::read::<_, FromWorker>(&mut r).await {

@@ -324,11 +324,6 @@ impl BlobBackend for SplitBlobs {
     }
 }
 
-/// The associated data a trusted function's checkpoints are sealed under.
-fn checkpoint_aad(function: &str) -> String {
-    format!("checkpoint/{function}")
-}
-
 /// Progress and checkpoints of one execution, to the host's reporter;
 /// checkpoints sealed to the worker's own key first.
 struct RemoteReporter {
@@ -358,7 +353,7 @@ impl Reporter for RemoteReporter {
         Box::pin(async move {
             let state = self
                 .sealer
-                .seal(&checkpoint_aad(&self.function), &state)
+                .seal(&super::checkpoint_aad(&self.function), &state)
                 .map_err(|e| e.to_string())?;
             let request = Request::Checkpoint {
                 invoke: self.invoke,
@@ -427,24 +422,33 @@ impl Worker {
             .await;
     }
 
-    /// Open a sealed queue message and a sealed checkpoint in place.
+    /// Open a sealed queue message or job input, and a sealed checkpoint,
+    /// in place.
     fn open_sealed(
         &self,
         profile: &Profile,
         invocation: &mut crate::exec::Invocation,
         event: &mut Event,
     ) -> Result<(), String> {
-        if let Event::Queue(m) = event
-            && Opener::is_sealed(&m.body)
-        {
-            m.body = self.opener.open(&m.queue, &m.body)?;
+        match event {
+            Event::Queue(m) if Opener::is_sealed(&m.body) => {
+                m.body = self.opener.open(&m.queue, &m.body)?;
+            }
+            // A job's input, sealed when it was submitted (a direct
+            // invocation's payload, which has no job, is never sealed).
+            Event::Invoke(payload) if invocation.job_id.is_some() && Opener::is_sealed(payload) => {
+                *payload = self
+                    .opener
+                    .open(&super::job_input_aad(&profile.function), payload)?;
+            }
+            _ => {}
         }
         if let Some(state) = &invocation.checkpoint
             && Opener::is_sealed(state)
         {
             invocation.checkpoint = Some(
                 self.opener
-                    .open(&checkpoint_aad(&profile.function), state)?,
+                    .open(&super::checkpoint_aad(&profile.function), state)?,
             );
         }
         Ok(())
