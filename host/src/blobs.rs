@@ -298,6 +298,25 @@ pub trait BlobBackend: Send + Sync {
         body: Vec<u8>,
         content_type: Option<String>,
     ) -> BoxFuture<'_, Result<Stored, BlobError>>;
+    /// Replace an object only while its etag is still `etag` (a compare
+    /// and swap): `None`, with nothing written, when it changed or is
+    /// gone. A store that cannot says so (the default).
+    fn replace_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        content_type: Option<String>,
+        etag: String,
+    ) -> BoxFuture<'_, Result<Option<Stored>, BlobError>> {
+        let _ = (bucket, key, body, content_type, etag);
+        Box::pin(async {
+            Err(BlobError::backend(
+                "this store cannot replace an object conditionally",
+                None,
+            ))
+        })
+    }
     /// An object and its metadata, if it exists.
     fn get(&self, bucket: &str, key: &str) -> BoxFuture<'_, Result<Option<Object>, BlobError>>;
     /// An object's metadata, if it exists.

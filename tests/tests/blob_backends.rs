@@ -155,6 +155,32 @@ async fn what_no_backend_takes_is_refused_before_it_is_sent(u: Under) {
     );
 }
 
+async fn a_conditional_replace_swaps_only_an_unchanged_object(u: Under) {
+    let (b, blobs) = (&u.bucket, &u.blobs);
+    let first = blobs.put(b, "k", b"one".to_vec(), None).await.unwrap();
+    let swapped = blobs
+        .replace_if(b, "k", b"two".to_vec(), None, first.meta.etag.clone())
+        .await
+        .unwrap()
+        .expect("unchanged since it was read: replaced");
+    assert_eq!(blobs.get(b, "k").await.unwrap().unwrap().1, b"two");
+    // The first etag is stale now: nothing is written.
+    let stale = blobs
+        .replace_if(b, "k", b"three".to_vec(), None, first.meta.etag)
+        .await
+        .unwrap();
+    assert!(stale.is_none());
+    assert_eq!(blobs.get(b, "k").await.unwrap().unwrap().1, b"two");
+    // Gone: nothing is written either.
+    assert!(blobs.delete(b, "k").await.unwrap());
+    let gone = blobs
+        .replace_if(b, "k", b"four".to_vec(), None, swapped.meta.etag)
+        .await
+        .unwrap();
+    assert!(gone.is_none());
+    assert!(blobs.get(b, "k").await.unwrap().is_none());
+}
+
 macro_rules! suites {
     ($($backend:ident),*: $checks:tt) => {
         $( suites!(@one $backend $checks); )*
@@ -176,4 +202,5 @@ suites!(embedded, s3: [
     listings_page_in_key_order_under_a_prefix,
     a_delete_says_whether_there_was_an_object,
     what_no_backend_takes_is_refused_before_it_is_sent,
+    a_conditional_replace_swaps_only_an_unchanged_object,
 ]);

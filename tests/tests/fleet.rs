@@ -650,4 +650,33 @@ fn a_sensitive_bucket_on_s3_is_sealed_there_and_read_by_every_hosts_trusted_work
     });
     let r = second.get("/t/get");
     assert_eq!((r.status, r.text()), (200, "value".to_string()));
+
+    // A rotation on the first host: at its restart its worker re-seals the
+    // object in S3 under the new key (a compare and swap on its ETag).
+    assert!(first.stop());
+    let out = std::process::Command::new(fnhost_tests::fnhost_bin())
+        .args(["keys", "rotate", "--trusted-dir"])
+        .arg(trusted[0].path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let current = std::fs::read_to_string(trusted[0].path().join("keys/current")).unwrap();
+    let first = fleet.restart(0, &["--trusted-dir", trusted[0].path().to_str().unwrap()]);
+    first.wait_for(60, "the re-seal", |h| {
+        let log = h.log();
+        (log.contains("re-sealing after a key rotation finished")
+            && log.contains("resealed=1 failed=0"))
+        .then_some(())
+    });
+    let (_, stored) = rt
+        .block_on(fleet.s3().get("secrets", "notes/key"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        fnhost::files::hex(&stored[5..13]),
+        current.trim(),
+        "sealed under the new key"
+    );
+    let r = first.get("/t/get");
+    assert_eq!((r.status, r.text()), (200, "value".to_string()));
 }

@@ -177,6 +177,53 @@ impl BlobBackend for S3Blobs {
         })
     }
 
+    fn replace_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        content_type: Option<String>,
+        etag_now: String,
+    ) -> BoxFuture<'_, Result<Option<Stored>, BlobError>> {
+        if let Err(e) = validate_put(bucket, key, body.len(), content_type.as_deref()) {
+            return refuse(e);
+        }
+        let (s3, key) = (self.s3_bucket(bucket), key.to_string());
+        Box::pin(async move {
+            let size = body.len() as u64;
+            let mut put = self
+                .client
+                .put_object()
+                .bucket(&s3)
+                .key(&key)
+                .if_match(format!("\"{etag_now}\""))
+                .body(ByteStream::from(body));
+            if let Some(t) = &content_type {
+                put = put.content_type(t);
+            }
+            match put.send().await {
+                Ok(out) => Ok(Some(Stored {
+                    meta: ObjectMeta {
+                        key,
+                        size,
+                        etag: etag(out.e_tag()),
+                        content_type,
+                        modified_ms: crate::clock::now_ms(),
+                    },
+                    replaced: true,
+                })),
+                // Changed (412), or gone (404): nothing written.
+                Err(e)
+                    if e.raw_response()
+                        .is_some_and(|r| matches!(r.status().as_u16(), 404 | 409 | 412)) =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(s3_error(&format!("cannot replace {key:?} in {s3:?}"), e)),
+            }
+        })
+    }
+
     fn get(&self, bucket: &str, key: &str) -> BoxFuture<'_, Result<Option<Object>, BlobError>> {
         if let Err(e) = validate(bucket, key) {
             return refuse(e);

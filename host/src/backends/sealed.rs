@@ -233,13 +233,7 @@ pub struct SealedBlobs {
     inner: Arc<dyn BlobBackend>,
     sensitive: Arc<BTreeSet<String>>,
     keys: Arc<Keyring>,
-    /// Writes of one object take turns with its re-sealing, so a re-seal
-    /// never puts back an older content over a newer write (striped by
-    /// the object's name).
-    locks: Vec<tokio::sync::Mutex<()>>,
 }
-
-const LOCK_STRIPES: usize = 64;
 
 impl SealedBlobs {
     /// Seal `sensitive`'s objects in `inner` with `keys`.
@@ -252,22 +246,28 @@ impl SealedBlobs {
             inner,
             sensitive,
             keys,
-            locks: (0..LOCK_STRIPES).map(|_| Default::default()).collect(),
         }
     }
 
-    fn lock(&self, bucket: &str, key: &str) -> &tokio::sync::Mutex<()> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (bucket, key).hash(&mut h);
-        &self.locks[h.finish() as usize % LOCK_STRIPES]
+    /// `body` sealed for `key` in `bucket`, if it fits.
+    fn sealed(&self, bucket: &str, key: &str, body: Vec<u8>) -> Result<Vec<u8>, BlobError> {
+        if body.len() > MAX_SEALED_BYTES {
+            return Err(BlobError::TooLarge(format!(
+                "the object is {} bytes, over the limit of {MAX_SEALED_BYTES} for a sensitive bucket (encryption adds {OVERHEAD})",
+                body.len()
+            )));
+        }
+        crate::blobs::validate(bucket, key)?;
+        self.keys.seal(bucket, key, body)
     }
 
     /// Seal `key` in `bucket` anew under the current key when an older key
-    /// sealed it; true when it did. Taking turns with writes of the same
-    /// object, so a write in between is never undone.
+    /// sealed it; true when it did. The new ciphertext replaces the old
+    /// only if the object is unchanged since it was read (a compare and
+    /// swap on its etag), so a write in between — by this process or a
+    /// fleet's other hosts — is never undone; that write is sealed with a
+    /// current key already.
     pub async fn reseal(&self, bucket: &str, key: &str) -> Result<bool, BlobError> {
-        let _turn = self.lock(bucket, key).lock().await;
         let Some((meta, stored)) = self.inner.get(bucket, key).await? else {
             return Ok(false);
         };
@@ -276,10 +276,11 @@ impl SealedBlobs {
         }
         let body = self.keys.open_object(bucket, key, stored)?;
         let sealed = self.keys.seal(bucket, key, body)?;
-        self.inner
-            .put(bucket, key, sealed, meta.content_type)
+        let replaced = self
+            .inner
+            .replace_if(bucket, key, sealed, meta.content_type, meta.etag)
             .await?;
-        Ok(true)
+        Ok(replaced.is_some())
     }
 }
 
@@ -301,18 +302,34 @@ impl BlobBackend for SealedBlobs {
         }
         let (bucket, key) = (bucket.to_string(), key.to_string());
         Box::pin(async move {
-            if body.len() > MAX_SEALED_BYTES {
-                return Err(BlobError::TooLarge(format!(
-                    "the object is {} bytes, over the limit of {MAX_SEALED_BYTES} for a sensitive bucket (encryption adds {OVERHEAD})",
-                    body.len()
-                )));
-            }
-            crate::blobs::validate(&bucket, &key)?;
-            let sealed = self.keys.seal(&bucket, &key, body)?;
-            let _turn = self.lock(&bucket, &key).lock().await;
+            let sealed = self.sealed(&bucket, &key, body)?;
             let mut stored = self.inner.put(&bucket, &key, sealed, content_type).await?;
             stored.meta = unsealed(stored.meta);
             Ok(stored)
+        })
+    }
+
+    fn replace_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        content_type: Option<String>,
+        etag: String,
+    ) -> BoxFuture<'_, Result<Option<Stored>, BlobError>> {
+        if !self.sensitive.contains(bucket) {
+            return self.inner.replace_if(bucket, key, body, content_type, etag);
+        }
+        let (bucket, key) = (bucket.to_string(), key.to_string());
+        Box::pin(async move {
+            let sealed = self.sealed(&bucket, &key, body)?;
+            let stored = (self.inner)
+                .replace_if(&bucket, &key, sealed, content_type, etag)
+                .await?;
+            Ok(stored.map(|mut s| {
+                s.meta = unsealed(s.meta);
+                s
+            }))
         })
     }
 
@@ -343,14 +360,7 @@ impl BlobBackend for SealedBlobs {
     }
 
     fn delete(&self, bucket: &str, key: &str) -> BoxFuture<'_, Result<bool, BlobError>> {
-        if !self.sensitive.contains(bucket) {
-            return self.inner.delete(bucket, key);
-        }
-        let (bucket, key) = (bucket.to_string(), key.to_string());
-        Box::pin(async move {
-            let _turn = self.lock(&bucket, &key).lock().await;
-            self.inner.delete(&bucket, &key).await
-        })
+        self.inner.delete(bucket, key)
     }
 
     fn list(

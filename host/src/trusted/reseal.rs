@@ -2,8 +2,10 @@
 //! one key (`fnhost keys rotate` added one), it walks the sensitive
 //! buckets in the background and seals every object an older key sealed
 //! anew under the current one. Reads go on meanwhile (every key in the
-//! ring opens what it sealed), and a write of the same object takes turns
-//! with its re-sealing ([`SealedBlobs::reseal`]), so none is undone.
+//! ring opens what it sealed), and an object written meanwhile — here or
+//! by another host of a fleet on S3 — is left as written: the re-sealed
+//! copy replaces the old one only if it is unchanged ([`SealedBlobs::reseal`],
+//! a compare and swap on its etag).
 //! Once the walk reports no object left under an old key, that key file
 //! may be moved out of the ring.
 

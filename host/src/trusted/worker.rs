@@ -287,6 +287,18 @@ impl SplitBlobs {
 }
 
 impl BlobBackend for SplitBlobs {
+    fn replace_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        content_type: Option<String>,
+        etag: String,
+    ) -> BoxFuture<'_, Result<Option<Stored>, BlobError>> {
+        self.of(bucket)
+            .replace_if(bucket, key, body, content_type, etag)
+    }
+
     fn put(
         &self,
         bucket: &str,
@@ -525,7 +537,7 @@ pub async fn run(
     let keys = Keyring::open(dir).context("failed to open the encryption keys")?;
     let opener = Opener::open_or_create(&dir.join("keys")).map_err(anyhow::Error::msg)?;
     let sealer = Sealer::new(opener.public_key()).map_err(anyhow::Error::msg)?;
-    let s3 = shared.is_some();
+    let on_s3 = shared.is_some();
     let store: Arc<dyn BlobBackend> = match shared {
         Some(store) => store,
         None => Arc::new(
@@ -534,7 +546,7 @@ pub async fn run(
         ),
     };
     let sensitive: Arc<BTreeSet<String>> = Arc::new(args.buckets.iter().cloned().collect());
-    tracing::info!(current_key = %keys.current(), buckets = ?sensitive, on_s3 = s3, "the trusted worker holds the sensitive store's keys");
+    tracing::info!(current_key = %keys.current(), buckets = ?sensitive, on_s3, "the trusted worker holds the sensitive store's keys");
     let keys = Arc::new(keys);
     let sealed = Arc::new(SealedBlobs::new(store, sensitive.clone(), keys.clone()));
     let local: Arc<dyn BlobBackend> = sealed.clone();
@@ -579,18 +591,7 @@ pub async fn run(
         opener,
         sealer,
     });
-    if s3 {
-        // Another host's worker may write the same object meanwhile, and the
-        // blob seam has no conditional put yet: re-sealing on S3 could undo
-        // its write.
-        if keys.len() > 1 {
-            tracing::warn!(
-                "older keys are in the ring, but objects on S3 are not re-sealed in the background (no conditional put through the blob seam yet); they stay readable"
-            );
-        }
-    } else {
-        tokio::spawn(super::reseal::in_background(sealed, sensitive, keys));
-    }
+    tokio::spawn(super::reseal::in_background(sealed, sensitive, keys));
     let listener = tokio::net::UnixListener::from_std(prepared.listener)?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // Connections are accepted while the host's is served, so another

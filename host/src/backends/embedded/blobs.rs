@@ -292,14 +292,17 @@ fn checked<'a, T: Send + 'a>(
     }
 }
 
-impl BlobBackend for EmbeddedBlobs {
-    fn put(
+impl EmbeddedBlobs {
+    /// Store an object; with `expect`, only while the current one's etag
+    /// is that (`None` when it is not, with nothing written).
+    fn write(
         &self,
         bucket: &str,
         key: &str,
         body: Vec<u8>,
         content_type: Option<String>,
-    ) -> BoxFuture<'_, Result<Stored, BlobError>> {
+        expect: Option<String>,
+    ) -> BoxFuture<'_, Result<Option<Stored>, BlobError>> {
         if let Err(e) = crate::blobs::validate_put(bucket, key, body.len(), content_type.as_deref())
         {
             return Box::pin(async move { Err(e) });
@@ -326,7 +329,14 @@ impl BlobBackend for EmbeddedBlobs {
                     modified_ms: crate::clock::now_ms(),
                 };
                 let mut conn = inner.db();
-                let old = inner.current(&conn, &bucket, &meta.key)?.map(|(_, f)| f);
+                let current = inner.current(&conn, &bucket, &meta.key)?;
+                if let Some(etag) = &expect
+                    && current.as_ref().map(|(m, _)| &m.etag) != Some(etag)
+                {
+                    // Changed or gone: the new bytes' file goes with `tmp`.
+                    return Ok(None);
+                }
+                let old = current.map(|(_, f)| f);
                 crate::files::put_in_place(tmp, &path).map_err(|e| io("write", &path, e))?;
                 // One transaction for the check, the write and its change, so
                 // concurrent puts agree on which of them created the object
@@ -355,9 +365,33 @@ impl BlobBackend for EmbeddedBlobs {
                 }
                 drop(conn);
                 inner.notify.notify_one();
-                Ok(Stored { meta, replaced })
+                Ok(Some(Stored { meta, replaced }))
             })
         })
+    }
+}
+
+impl BlobBackend for EmbeddedBlobs {
+    fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        content_type: Option<String>,
+    ) -> BoxFuture<'_, Result<Stored, BlobError>> {
+        let write = self.write(bucket, key, body, content_type, None);
+        Box::pin(async move { Ok(write.await?.expect("an unconditional write always writes")) })
+    }
+
+    fn replace_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        content_type: Option<String>,
+        etag: String,
+    ) -> BoxFuture<'_, Result<Option<Stored>, BlobError>> {
+        self.write(bucket, key, body, content_type, Some(etag))
     }
 
     fn get(
