@@ -159,10 +159,13 @@ enum KeysCommand {
         /// The host's data dir.
         #[arg(long, env = "FNHOST_DATA_DIR")]
         data_dir: Option<PathBuf>,
-        /// The host's trusted dir (default `<data-dir>.trusted`, or the
-        /// host config's `[sensitive] dir`).
+        /// The host's trusted dir (default: the host config's
+        /// `[sensitive] dir`, else `<data-dir>.trusted`).
         #[arg(long, env = "FNHOST_TRUSTED_DIR")]
         trusted_dir: Option<PathBuf>,
+        /// The host config, for its `[sensitive] dir`.
+        #[arg(long, env = "FNHOST_CONFIG")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -274,7 +277,7 @@ impl Cli {
             Command::TrustedWorker(args) => {
                 // The worker never outlives its supervisor.
                 // SAFETY: prctl(2) with constant arguments, on this process.
-                unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+                unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
                 // The host config (buckets on S3) before the worker gives
                 // up its path.
                 let file = match &args.config {
@@ -354,9 +357,14 @@ impl Cli {
                     KeysCommand::Rotate {
                         data_dir,
                         trusted_dir,
+                        config,
                     },
             } => {
-                let dir = match trusted_dir {
+                let configured = match &config {
+                    Some(path) => crate::host::config::HostFile::load(path)?.sensitive.dir,
+                    None => None,
+                };
+                let dir = match trusted_dir.or(configured) {
                     Some(dir) => dir,
                     None => {
                         let data = data_dir.unwrap_or_else(default_data_dir);
@@ -461,10 +469,11 @@ fn launch_trusted(
     crate::files::private_dir(&dir)
         .with_context(|| format!("failed to create the trusted dir {dir:?}"))?;
     let dir = dir.canonicalize().unwrap_or(dir);
-    if dir.starts_with(data_dir) || data_dir.starts_with(&dir) {
+    if let Some(kept) = crate::confine::reachable_by_public(&dir, data_dir) {
         anyhow::bail!(
-            "the trusted dir {dir:?} must lie outside the data dir {data_dir:?} (and not contain it): \
-             the public process keeps its data dir and must not reach the trusted one; set [sensitive] dir"
+            "the trusted dir {dir:?} lies within (or holds) {kept:?}, which the public process keeps access to \
+             (its data dir {data_dir:?}, the system's directories, /dev, the AWS files); \
+             put it elsewhere with --trusted-dir or [sensitive] dir, e.g. beside the data dir"
         );
     }
     // Keys from before the trusted worker existed move to its dir.
@@ -474,11 +483,14 @@ fn launch_trusted(
             format!("cannot move the encryption keys from {old:?} to {new:?}; move them by hand")
         })?;
         tracing::warn!(from = ?old, to = ?new, "moved the encryption keys into the trusted dir");
+    } else if old.exists() {
+        tracing::warn!(keys = ?old, trusted = ?new, "encryption keys are still in the data dir, where the public process can read them: remove that copy (the trusted dir's is the one in use)");
     }
     let worker = crate::trusted::worker::WorkerArgs {
         trusted_dir: dir.clone(),
         peer_pid: std::process::id(),
         buckets: sensitive.buckets.iter().cloned().collect(),
+        queues: sensitive.queues.iter().cloned().collect(),
         max_concurrency: args.max_concurrency,
         no_pooling: args.no_pooling,
         accept_without_landlock: file.sensitive.accept_without_landlock,
@@ -507,12 +519,10 @@ fn launch_trusted(
             return Err(anyhow::anyhow!(e));
         }
     };
-    if let crate::confine::Confinement::None(_) = confinement
-        && !file.sensitive.accept_without_landlock
-    {
+    if confinement != crate::confine::Confinement::Full && !file.sensitive.accept_without_landlock {
         let _ = supervisor.kill();
         anyhow::bail!(
-            "Landlock is {confinement}, so this process could still open the trusted dir; \
+            "Landlock is {confinement}, so this process could still reach the trusted dir; \
              refusing to serve sensitive data. Set [sensitive] accept_without_landlock = true in the host config to run in the weaker mode"
         );
     }

@@ -116,6 +116,26 @@ fn credentials() -> Vec<PathBuf> {
     paths
 }
 
+/// Every path the public process keeps some access to, with `data_dir`:
+/// the trusted dir must be none of them, under none, and above none.
+pub fn public_paths(data_dir: &Path) -> Vec<PathBuf> {
+    let mut paths = vec![data_dir.to_path_buf(), PathBuf::from("/dev")];
+    paths.extend(SYSTEM_READ.iter().map(PathBuf::from));
+    paths.extend(credentials());
+    paths
+        .into_iter()
+        .map(|p| p.canonicalize().unwrap_or(p))
+        .collect()
+}
+
+/// Why `trusted_dir` (canonical) is within the public process's reach, if
+/// it is: equal to, under or above one of [`public_paths`].
+pub fn reachable_by_public(trusted_dir: &Path, data_dir: &Path) -> Option<PathBuf> {
+    public_paths(data_dir)
+        .into_iter()
+        .find(|p| trusted_dir.starts_with(p) || p.starts_with(trusted_dir))
+}
+
 /// Confine the public process of a host with sensitive buckets: its data
 /// dir read-write, nothing of `trusted_dir`.
 pub fn public_process(data_dir: &Path) -> Result<Confinement, String> {
@@ -157,5 +177,34 @@ mod tests {
         }
         // This thread was never confined.
         assert_eq!(std::fs::read(other.path().join("secret")).unwrap(), b"s");
+    }
+
+    #[test]
+    fn a_trusted_dir_the_public_process_keeps_access_to_is_found() {
+        let data = Path::new("/srv/fnhost/data");
+        for inside in [
+            "/opt/fnhost.trusted",
+            "/etc/fnhost",
+            "/dev/shm/t",
+            "/srv/fnhost/data/t",
+        ] {
+            assert!(
+                reachable_by_public(Path::new(inside), data).is_some(),
+                "{inside}"
+            );
+        }
+        // Above the data dir: it would hold the data dir, and be opened as a parent.
+        assert!(reachable_by_public(Path::new("/srv/fnhost"), data).is_some());
+        for outside in [
+            "/srv/fnhost/data.trusted",
+            "/var/lib/fnhost.trusted",
+            "/tmp/x",
+        ] {
+            assert_eq!(
+                reachable_by_public(Path::new(outside), data),
+                None,
+                "{outside}"
+            );
+        }
     }
 }

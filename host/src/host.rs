@@ -165,6 +165,7 @@ impl HostBuilder {
             ),
             (false, Some(launch)) => Some(launch),
         };
+        let unsealed_queues = backends.queues.clone();
         let worker = match &trusted {
             None => None,
             Some(launch) => {
@@ -213,6 +214,7 @@ impl HostBuilder {
                 worker.set_stores(HostStores {
                     components: registry.clone(),
                     queues: backends.queues.clone(),
+                    unsealed_queues,
                     blobs: backends.blobs.clone(),
                     audit: audit.clone(),
                     sensitive: buckets,

@@ -360,3 +360,45 @@ fn a_trusted_functions_job_input_is_sealed_in_the_queue_store() {
     let found = files_holding(&[dir.path(), trusted.path()], b"sleep-1234");
     assert!(found.is_empty(), "the input in plain text: {found:?}");
 }
+
+#[test]
+fn a_trusted_functions_send_to_a_sensitive_queue_is_sealed_in_the_worker_and_opened_there() {
+    let (dir, trusted) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let host = Host::start_in(
+        dir.path(),
+        &[
+            "--sensitive",
+            "secrets",
+            "--sensitive-queues",
+            "elsewhere",
+            "--trusted-dir",
+            trusted.path().to_str().unwrap(),
+        ],
+    );
+    // The adversary's `queue` mode sends "hi" to `elsewhere`; bound there
+    // too, it gets "hi" back as its mode, which it does not know.
+    host.deploy_ok(
+        &format!("{TRUSTED}[grants]\nqueues = [\"elsewhere\"]\n[[triggers.queue]]\nqueue = \"elsewhere\"\nmax_attempts = 1\n"),
+        &guests().adversary,
+    );
+    let r = host.get("/t/queue");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().starts_with("sent "), "{}", r.text());
+    // Opened in the worker: the function saw the plain text, not a seal.
+    host.wait_for(30, "the message run and failed", |h| {
+        h.log().contains(r#"unknown mode "hi""#).then_some(())
+    });
+    // The public process never saw it: not readable through the API, and
+    // stored sealed.
+    assert_eq!(
+        host.admin("GET", "/v1/queues/elsewhere/dead-letters", "")
+            .status,
+        403
+    );
+    assert!(files_holding(&[dir.path()], b"FNHQ1").iter().any(|p| {
+        p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("queues.db")
+    }));
+}

@@ -203,19 +203,31 @@ impl SealedQueues {
         }
     }
 
-    fn sealed(&self, queue: &str, mut msg: NewMessage) -> Result<NewMessage, QueueError> {
-        if self.sensitive.contains(queue) {
-            if msg.body.len() > MAX_SEALED_BODY_BYTES {
-                return Err(QueueError::Invalid(format!(
-                    "the message body is {} bytes, over the limit of {MAX_SEALED_BODY_BYTES} for the sensitive queue {} (sealing adds {OVERHEAD})",
-                    msg.body.len(),
-                    crate::text::quote(queue)
-                )));
-            }
-            msg.body = self.sealer.seal(queue, &msg.body)?;
-        }
-        Ok(msg)
+    fn sealed(&self, queue: &str, msg: NewMessage) -> Result<NewMessage, QueueError> {
+        seal_message(&self.sealer, &self.sensitive, queue, msg).map(|(m, _)| m)
     }
+}
+
+/// `msg` with its body sealed when `queue` is one of `sensitive` (and true
+/// then), refused when sealing would take it past the queues' cap.
+pub fn seal_message(
+    sealer: &Sealer,
+    sensitive: &BTreeSet<String>,
+    queue: &str,
+    mut msg: NewMessage,
+) -> Result<(NewMessage, bool), QueueError> {
+    if !sensitive.contains(queue) {
+        return Ok((msg, false));
+    }
+    if msg.body.len() > MAX_SEALED_BODY_BYTES {
+        return Err(QueueError::Invalid(format!(
+            "the message body is {} bytes, over the limit of {MAX_SEALED_BODY_BYTES} for the sensitive queue {} (sealing adds {OVERHEAD})",
+            msg.body.len(),
+            crate::text::quote(queue)
+        )));
+    }
+    msg.body = sealer.seal(queue, &msg.body)?;
+    Ok((msg, true))
 }
 
 fn err<'a, T: Send + 'a>(e: QueueError) -> BoxFuture<'a, Result<T, QueueError>> {

@@ -85,7 +85,19 @@ impl LocalExecutor {
             .await
             .map_err(LoadError::Store)?;
         let sandbox = self.sandbox.clone();
-        let loaded = blocking(move || sandbox.load(&wasm)).await?;
+        let expected = digest.to_string();
+        // What runs under a digest is what hashes to it, whoever handed the
+        // bytes over (the trusted worker gets them from the host process).
+        let loaded = blocking(move || {
+            let actual = crate::files::sha256_hex(&wasm);
+            if actual != expected {
+                return Err(LoadError::Store(format!(
+                    "the component's bytes hash to {actual}, not to its digest {expected}"
+                )));
+            }
+            sandbox.load(&wasm)
+        })
+        .await?;
         self.loaded
             .write()
             .unwrap()

@@ -28,6 +28,9 @@ pub struct HostStores {
     pub components: Arc<dyn Components>,
     /// The queues (sends to sensitive queues are sealed below).
     pub queues: Arc<dyn QueueBackend>,
+    /// The same queues without the sealing, for what the worker sealed
+    /// itself.
+    pub unsealed_queues: Arc<dyn QueueBackend>,
     /// The blob store (never a sensitive bucket: those are the worker's).
     pub blobs: Arc<dyn BlobBackend>,
     /// The audit log.
@@ -48,6 +51,18 @@ struct Conn {
     /// holds (kept here, so the address is not reused while listed), with
     /// the number the worker knows each by.
     profiles: HashMap<usize, (Arc<crate::exec::Profile>, u64)>,
+}
+
+/// How long past an execution's deadline the host waits for its outcome.
+const ANSWER_MARGIN: Duration = Duration::from_secs(300);
+
+/// Removes an execution's pending entry when dropped.
+struct Forget<'a>(&'a RemoteWorker, u64);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.pending.lock().unwrap().remove(&self.1);
+    }
 }
 
 /// The trusted worker, as the public process sees it.
@@ -187,16 +202,36 @@ impl RemoteWorker {
     }
 
     async fn serve(self: Arc<Self>, stream: UnixStream) -> std::io::Result<()> {
+        // The socket's directory is the trusted dir's, 0700: still, talk
+        // only to a process of this user.
+        let uid = stream.peer_cred()?.uid();
+        // SAFETY: geteuid(2) cannot fail.
+        if uid != unsafe { libc::geteuid() } {
+            return Err(std::io::Error::other(format!(
+                "the process on the worker's socket runs as uid {uid}, not as this host's user"
+            )));
+        }
         let (r, w) = stream.into_split();
         let mut r = tokio::io::BufReader::new(r);
         let hello = tokio::time::timeout(Duration::from_secs(10), wire::read(&mut r))
             .await
             .map_err(|_| std::io::Error::other("the worker said no hello within 10 s"))??;
-        let Some(FromWorker::Hello { pid, queue_key }) = hello else {
+        let Some(FromWorker::Hello {
+            version,
+            pid,
+            queue_key,
+        }) = hello
+        else {
             return Err(std::io::Error::other(
                 "the worker's first frame was not a hello",
             ));
         };
+        if version != wire::VERSION {
+            return Err(std::io::Error::other(format!(
+                "the trusted worker speaks protocol version {version}, this host {}: restart the host (the fnhost binary was replaced?)",
+                wire::VERSION
+            )));
+        }
         let tx: wire::Writer = Arc::new(tokio::sync::Mutex::new(w));
         *self.conn.lock().unwrap() = Some(Conn {
             tx: tx.clone(),
@@ -265,9 +300,15 @@ impl RemoteWorker {
                 queue,
                 mut message,
                 dedup_scope,
+                sealed,
             } => {
                 message.dedup_scope = dedup_scope;
-                match s.queues.send(&queue, message).await {
+                let queues = if sealed {
+                    &s.unsealed_queues
+                } else {
+                    &s.queues
+                };
+                match queues.send(&queue, message).await {
                     Ok(sent) => Reply::Sent {
                         id: sent.id,
                         duplicate: sent.duplicate,
@@ -366,22 +407,28 @@ impl RemoteWorker {
         wait: Wait,
     ) -> BoxFuture<'_, Result<Outcome, Busy>> {
         Box::pin(async move {
-            // The connection and whether it knows the profile, together.
-            let (tx, profile_id, profile) = {
+            let Some(tx) = self.conn.lock().unwrap().as_ref().map(|c| c.tx.clone()) else {
+                return Ok(unavailable("the trusted worker is not running"));
+            };
+            // Under the writer's lock: whether the worker knows the profile
+            // is decided and the frame written in one turn, so no other
+            // execution names a profile whose JSON is still to be sent.
+            let mut half = tx.lock().await;
+            let (profile_id, profile) = {
                 let mut conn = self.conn.lock().unwrap();
-                let Some(conn) = conn.as_mut() else {
+                let Some(conn) = conn.as_mut().filter(|c| Arc::ptr_eq(&c.tx, &tx)) else {
                     return Ok(unavailable("the trusted worker is not running"));
                 };
                 let key = Arc::as_ptr(&execution.profile) as usize;
                 let known = conn.profiles.len() as u64 + 1;
                 match conn.profiles.get(&key) {
-                    Some((_, id)) => (conn.tx.clone(), *id, None),
+                    Some((_, id)) => (*id, None),
                     None => {
                         conn.profiles
                             .insert(key, (execution.profile.clone(), known));
                         let json = serde_json::to_string(execution.profile.as_ref())
                             .expect("a profile serializes");
-                        (conn.tx.clone(), known, Some(json))
+                        (known, Some(json))
                     }
                 }
             };
@@ -392,6 +439,10 @@ impl RemoteWorker {
                 .lock()
                 .unwrap()
                 .insert(call, Pending { done, reporter });
+            // However this ends (answered, failed, timed out, or dropped by
+            // its caller), the entry goes.
+            let _entry = Forget(self, call);
+            let deadline_ms = execution.invocation.deadline_ms;
             let invoke = ToWorker::Invoke {
                 call,
                 profile_id,
@@ -404,13 +455,24 @@ impl RemoteWorker {
                 },
                 reporter: has_reporter,
             };
-            if wire::send(&tx, &invoke).await.is_err() {
-                self.pending.lock().unwrap().remove(&call);
+            let cut = wire::CutOff::arm(&half);
+            let sent = wire::write(&mut *half, &invoke).await;
+            cut.disarm();
+            drop(half);
+            if sent.is_err() {
                 return Ok(unavailable("the trusted worker is not running"));
             }
-            result
-                .await
-                .unwrap_or_else(|_| Ok(unavailable("the trusted worker stopped")))
+            // The worker ends every execution by its deadline; past it (and
+            // a margin for waiting for an instance) it is not answering.
+            let left = deadline_ms.saturating_sub(crate::clock::now_ms());
+            let patience = Duration::from_millis(left) + ANSWER_MARGIN;
+            match tokio::time::timeout(patience, result).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(_)) => Ok(unavailable("the trusted worker stopped")),
+                Err(_) => Ok(unavailable(
+                    "the trusted worker did not answer by the invocation's deadline",
+                )),
+            }
         })
     }
 

@@ -5,10 +5,13 @@
 //! [`FIRST_BACKOFF`] to [`MAX_BACKOFF`], doubling, and start afresh once a
 //! worker has lived [`HEALTHY_AFTER`].
 //!
-//! It stops (SIGTERM to the worker, a bounded wait, then SIGKILL) when its
+//! It stops (SIGUSR1 to the worker, a bounded wait, then SIGKILL) when its
 //! stdin closes: the public process closes it after draining, and the
 //! kernel closes it when the public process dies, so the worker never
-//! outlives the host.
+//! outlives the host. Both ignore SIGTERM and SIGINT: a service manager
+//! that signals every process of the host reaches the host process, which
+//! drains first; the worker dies with the supervisor (SIGKILL from the
+//! kernel) should the supervisor die.
 
 use super::worker::WorkerArgs;
 use anyhow::Context as _;
@@ -41,6 +44,10 @@ pub fn worker_command(args: &WorkerArgs) -> Vec<String> {
         v.push("--buckets".into());
         v.push(args.buckets.join(","));
     }
+    if !args.queues.is_empty() {
+        v.push("--queues".into());
+        v.push(args.queues.join(","));
+    }
     if args.no_pooling {
         v.push("--no-pooling".into());
     }
@@ -68,7 +75,7 @@ fn spawn(args: &WorkerArgs) -> anyhow::Result<Child> {
 async fn stop(child: &mut Child) {
     if let Some(pid) = child.id() {
         // SAFETY: kill(2) on our own child's pid, which we have not reaped.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
     }
     if tokio::time::timeout(STOP_GRACE, child.wait())
         .await
@@ -81,6 +88,11 @@ async fn stop(child: &mut Child) {
 
 /// Keep a worker running until stdin closes.
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let _ignored = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    );
     let stop_now = CancellationToken::new();
     let closed = stop_now.clone();
     tokio::spawn(async move {

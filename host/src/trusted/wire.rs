@@ -20,6 +20,11 @@ use crate::queue::{NewMessage, QueueError};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// The protocol's version: the worker says it in its hello, and a host
+/// speaking another (a restarted worker from an upgraded binary) refuses
+/// the connection.
+pub const VERSION: u32 = 1;
+
 /// The largest frame either side sends or accepts: a component upload
 /// (64 MiB at most) with room to spare. A longer length prefix closes the
 /// connection.
@@ -64,6 +69,8 @@ pub enum ToWorker {
 pub enum FromWorker {
     /// The first frame of a connection.
     Hello {
+        /// The protocol version the worker speaks ([`VERSION`]).
+        version: u32,
         /// The worker's process id.
         pid: u32,
         /// The X25519 public key sensitive queues' messages are sealed to.
@@ -105,6 +112,9 @@ pub enum Request {
         message: NewMessage,
         /// Whose dedup ids it shares a window with (the sending function).
         dedup_scope: Option<String>,
+        /// The body is sealed already (by the worker, for a sensitive
+        /// queue): the host stores it as it is.
+        sealed: bool,
     },
     /// Store an object in a non-sensitive bucket.
     Put {
@@ -274,7 +284,42 @@ pub type Writer = std::sync::Arc<tokio::sync::Mutex<tokio::net::unix::OwnedWrite
 
 /// Send one frame on `w`.
 pub async fn send<T: Serialize>(w: &Writer, msg: &T) -> std::io::Result<()> {
-    write(&mut *w.lock().await, msg).await
+    let mut half = w.lock().await;
+    let cut = CutOff::arm(&half);
+    let sent = write(&mut *half, msg).await;
+    cut.disarm();
+    sent
+}
+
+/// Shuts the socket down if dropped armed: a frame whose sender was
+/// dropped halfway through writing it would leave the stream out of step
+/// (the next frame read from the middle of this one), so the connection
+/// ends instead, and both sides start afresh. Arm it before a write,
+/// disarm it once the write returned.
+pub struct CutOff(Option<std::os::fd::RawFd>);
+
+impl CutOff {
+    /// Armed, for the socket `half` writes to.
+    pub fn arm(half: &tokio::net::unix::OwnedWriteHalf) -> CutOff {
+        use std::os::fd::AsRawFd as _;
+        let stream: &tokio::net::UnixStream = half.as_ref();
+        CutOff(Some(stream.as_raw_fd()))
+    }
+
+    /// The write returned (done or failed whole): nothing to cut.
+    pub fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CutOff {
+    fn drop(&mut self) {
+        if let Some(fd) = self.0 {
+            // SAFETY: shutdown(2) on a socket the caller's write half still
+            // owns (so the fd is open); it closes nothing.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
+    }
 }
 
 /// Write one frame (one write: the length and the body together).
@@ -309,9 +354,14 @@ pub async fn read<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await?;
-    postcard::from_bytes(&body)
-        .map(Some)
-        .map_err(|e| std::io::Error::other(format!("a malformed frame: {e}")))
+    match postcard::take_from_bytes(&body) {
+        Ok((msg, [])) => Ok(Some(msg)),
+        Ok((_, rest)) => Err(std::io::Error::other(format!(
+            "a malformed frame: {} bytes past its message",
+            rest.len()
+        ))),
+        Err(e) => Err(std::io::Error::other(format!("a malformed frame: {e}"))),
+    }
 }
 
 #[cfg(test)]
@@ -379,6 +429,15 @@ mod tests {
         a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
         let err = read::<_, FromWorker>(&mut b).await.unwrap_err();
         assert!(err.to_string().contains("over the protocol"), "{err}");
+        // A frame with bytes past its message is refused, not half-read.
+        let mut frame = postcard::to_allocvec(&FromWorker::Audit("{}".into())).unwrap();
+        frame.extend_from_slice(b"junk");
+        a.write_all(&(frame.len() as u32).to_be_bytes())
+            .await
+            .unwrap();
+        a.write_all(&frame).await.unwrap();
+        let err = read::<_, FromWorker>(&mut b).await.unwrap_err();
+        assert!(err.to_string().contains("past its message"), "{err}");
         drop(a);
         assert!(read::<_, FromWorker>(&mut b).await.unwrap().is_none());
     }

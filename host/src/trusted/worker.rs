@@ -41,6 +41,10 @@ pub struct WorkerArgs {
     /// The sensitive buckets.
     #[arg(long, value_delimiter = ',')]
     pub buckets: Vec<String>,
+    /// The sensitive queues (a trusted function's sends to them are sealed
+    /// in the worker).
+    #[arg(long, value_delimiter = ',')]
+    pub queues: Vec<String>,
     /// Trusted invocations that may run at once.
     #[arg(long, default_value_t = 16)]
     pub max_concurrency: usize,
@@ -80,8 +84,7 @@ pub fn prepare(args: &WorkerArgs) -> anyhow::Result<Prepared> {
         .with_context(|| format!("cannot listen on {socket:?}"))?;
     listener.set_nonblocking(true)?;
     let confinement = crate::confine::trusted_worker(dir).map_err(anyhow::Error::msg)?;
-    if matches!(confinement, crate::confine::Confinement::None(_)) && !args.accept_without_landlock
-    {
+    if confinement != crate::confine::Confinement::Full && !args.accept_without_landlock {
         anyhow::bail!(
             "the trusted worker cannot confine itself: Landlock is {confinement}; \
              set [sensitive] accept_without_landlock = true in the host config to run without it"
@@ -111,19 +114,28 @@ impl Link {
             return false;
         };
         let mut w = w.lock().await;
-        let lines = std::mem::take(&mut *self.audit.lock().unwrap());
-        for line in lines {
-            if wire::write(&mut *w, &FromWorker::Audit(line))
-                .await
-                .is_err()
-            {
+        let cut = wire::CutOff::arm(&w);
+        let mut lines = std::mem::take(&mut *self.audit.lock().unwrap()).into_iter();
+        while let Some(line) = lines.next() {
+            let frame = FromWorker::Audit(line);
+            if wire::write(&mut *w, &frame).await.is_err() {
+                // Not written: back in line for the next connection.
+                let FromWorker::Audit(line) = frame else {
+                    unreachable!("built above")
+                };
+                let mut pending = self.audit.lock().unwrap();
+                let rest: Vec<String> = std::iter::once(line).chain(lines).collect();
+                pending.splice(0..0, rest);
+                cut.disarm();
                 return false;
             }
         }
-        match msg {
+        let sent = match msg {
             Some(msg) => wire::write(&mut *w, &msg).await.is_ok(),
             None => true,
-        }
+        };
+        cut.disarm();
+        sent
     }
 
     async fn call(&self, request: Request) -> Result<Reply, Fault> {
@@ -148,20 +160,33 @@ fn unexpected(reply: &Reply) -> Fault {
     Fault::Backend(format!("the host answered out of turn: {reply:?}"))
 }
 
-/// The public process's stores, as a trusted function reaches them.
-struct Remote(Arc<Link>);
+/// The public process's stores, as a trusted function reaches them; its
+/// sends to sensitive queues sealed here, so their data never crosses in
+/// plain text.
+struct Remote {
+    link: Arc<Link>,
+    sealer: Sealer,
+    queues: Arc<BTreeSet<String>>,
+}
 
 impl QueueSender for Remote {
     fn send(&self, queue: &str, msg: NewMessage) -> BoxFuture<'_, Result<Sent, QueueError>> {
         let queue = queue.to_string();
         Box::pin(async move {
             let dedup_scope = msg.dedup_scope.clone();
+            let (message, sealed) = crate::backends::sealed_queues::seal_message(
+                &self.sealer,
+                &self.queues,
+                &queue,
+                msg,
+            )?;
             let request = Request::Send {
                 queue,
-                message: msg,
+                message,
                 dedup_scope,
+                sealed,
             };
-            match self.0.call(request).await {
+            match self.link.call(request).await {
                 Ok(Reply::Sent { id, duplicate }) => Ok(Sent { id, duplicate }),
                 Ok(other) => Err(unexpected(&other).into_queue()),
                 Err(f) => Err(f.into_queue()),
@@ -174,7 +199,7 @@ impl Components for Remote {
     fn component(&self, digest: &str) -> BoxFuture<'_, Result<Vec<u8>, String>> {
         let digest = digest.to_string();
         Box::pin(async move {
-            match self.0.call(Request::Component { digest }).await {
+            match self.link.call(Request::Component { digest }).await {
                 Ok(Reply::Component(bytes)) => Ok(bytes),
                 Ok(other) => Err(format!("{:?}", unexpected(&other))),
                 Err(f) => Err(format!("{f:?}")),
@@ -185,7 +210,7 @@ impl Components for Remote {
 
 impl Remote {
     async fn blob(&self, request: Request) -> Result<Reply, BlobError> {
-        self.0.call(request).await.map_err(Fault::into_blob)
+        self.link.call(request).await.map_err(Fault::into_blob)
     }
 }
 
@@ -475,12 +500,17 @@ impl Worker {
         wire::write(
             &mut w,
             &FromWorker::Hello {
+                version: wire::VERSION,
                 pid: std::process::id(),
                 queue_key: self.opener.public_key(),
             },
         )
         .await?;
-        *self.link.tx.lock().unwrap() = Some(Arc::new(tokio::sync::Mutex::new(w)));
+        let writer: wire::Writer = Arc::new(tokio::sync::Mutex::new(w));
+        // A new connection of the host: calls made on the old one will not
+        // be answered (their callers see the connection lost).
+        self.link.calls.lock().unwrap().clear();
+        *self.link.tx.lock().unwrap() = Some(writer.clone());
         let result = loop {
             match wire::read::<_, ToWorker>(&mut r).await {
                 Ok(Some(ToWorker::Invoke {
@@ -519,15 +549,22 @@ impl Worker {
                 Err(e) => break Err(e),
             }
         };
-        *self.link.tx.lock().unwrap() = None;
-        self.link.calls.lock().unwrap().clear();
+        // Unless a newer connection has taken over already.
+        let mut tx = self.link.tx.lock().unwrap();
+        if tx.as_ref().is_some_and(|t| Arc::ptr_eq(t, &writer)) {
+            *tx = None;
+            self.link.calls.lock().unwrap().clear();
+        }
         result
     }
 }
 
 /// Open the sensitive store — `shared` when the sensitive buckets live in
 /// a store the fleet shares (S3), else an embedded one in the trusted dir —
-/// and serve the host until SIGTERM.
+/// and serve the host until the supervisor says stop (SIGUSR1). SIGTERM
+/// and SIGINT are ignored: a service manager's signal to every process of
+/// the host reaches the host process, which drains and then has the
+/// supervisor stop the worker.
 pub async fn run(
     args: WorkerArgs,
     prepared: Prepared,
@@ -566,7 +603,11 @@ pub async fn run(
             }
         }
     });
-    let remote = Arc::new(Remote(link.clone()));
+    let remote = Arc::new(Remote {
+        link: link.clone(),
+        sealer: sealer.clone(),
+        queues: Arc::new(args.queues.iter().cloned().collect()),
+    });
     let audit_link = link.clone();
     let stores = Stores {
         queues: Some(remote.clone()),
@@ -593,7 +634,12 @@ pub async fn run(
     });
     tokio::spawn(super::reseal::in_background(sealed, sensitive, keys));
     let listener = tokio::net::UnixListener::from_std(prepared.listener)?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::user_defined1())?;
+    let _ignored = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    );
     // Connections are accepted while the host's is served, so another
     // process's attempt is refused at once; a new connection of the host
     // (after it lost the old one) replaces the old.
