@@ -25,6 +25,7 @@
 //! `unavailable`: retried like any failure for a trigger, a `503` for a
 //! synchronous caller.
 
+pub mod allowed;
 pub mod remote;
 pub mod reseal;
 pub mod supervisor;

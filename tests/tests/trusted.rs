@@ -402,3 +402,31 @@ fn a_trusted_functions_send_to_a_sensitive_queue_is_sealed_in_the_worker_and_ope
             .starts_with("queues.db")
     }));
 }
+
+#[test]
+fn with_an_allow_list_in_the_trusted_dir_the_worker_runs_only_the_components_it_names() {
+    let ((_dir, trusted), host) = vault();
+    let digest = host.admin("GET", "/v1/functions/vault", "").json()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let list = trusted.path().join("allowed-components");
+    std::fs::write(&list, format!("# only this one\n{}\n", "0".repeat(64))).unwrap();
+    let r = host.get("/t/ok");
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "host_error");
+    assert!(
+        host.log().contains("is not in") && host.log().contains("allowed-components"),
+        "the reason is in the host log"
+    );
+    // The operator allows it: the next call runs.
+    std::fs::write(&list, format!("{digest}  # vault v1\n")).unwrap();
+    let later = std::time::SystemTime::now() + Duration::from_secs(2);
+    std::fs::File::options()
+        .write(true)
+        .open(&list)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    assert_eq!(host.get("/t/ok").status, 200);
+}

@@ -410,6 +410,7 @@ struct Worker {
     executor: LocalExecutor,
     opener: Opener,
     sealer: Sealer,
+    allowed: super::allowed::Allowed,
 }
 
 impl Worker {
@@ -430,6 +431,17 @@ impl Worker {
                 "{} is not a trusted function: the trusted worker runs only those",
                 p.who()
             ))),
+            // A host error (details in the log, not to the caller), and
+            // retried: an operator may allow it meanwhile.
+            Ok(p) if let Err(why) = self.allowed.check(&p.digest) => {
+                tracing::warn!(function = %p.who(), "{why}");
+                Ok(super::remote::ended(Failure::Trap(
+                    crate::exec::TrapReason::Host(format!(
+                        "{}: its component is not allowed in the trusted worker",
+                        p.who()
+                    )),
+                )))
+            }
             Ok(profile) => match self.open_sealed(&profile, &mut invocation, &mut event) {
                 Err(why) => Ok(refused(why)),
                 Ok(()) => {
@@ -631,6 +643,7 @@ pub async fn run(
         executor: LocalExecutor::new(sandbox, remote, stores, args.max_concurrency.max(1)),
         opener,
         sealer,
+        allowed: super::allowed::Allowed::new(dir),
     });
     tokio::spawn(super::reseal::in_background(sealed, sensitive, keys));
     let listener = tokio::net::UnixListener::from_std(prepared.listener)?;
