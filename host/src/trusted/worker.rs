@@ -209,8 +209,16 @@ impl Components for Remote {
 }
 
 impl Remote {
-    async fn blob(&self, request: Request) -> Result<Reply, BlobError> {
-        self.link.call(request).await.map_err(Fault::into_blob)
+    /// Ask the host `request` and take the reply `pick` accepts.
+    fn ask<T: Send + 'static>(
+        &self,
+        request: Request,
+        pick: fn(Reply) -> Result<T, Reply>,
+    ) -> BoxFuture<'_, Result<T, BlobError>> {
+        Box::pin(async move {
+            let reply = self.link.call(request).await.map_err(Fault::into_blob)?;
+            pick(reply).map_err(|other| unexpected(&other).into_blob())
+        })
     }
 }
 
@@ -222,28 +230,23 @@ impl BlobBackend for Remote {
         body: Vec<u8>,
         content_type: Option<String>,
     ) -> BoxFuture<'_, Result<Stored, BlobError>> {
-        let (bucket, key) = (bucket.to_string(), key.to_string());
-        Box::pin(async move {
-            let request = Request::Put {
-                bucket,
-                key,
-                body,
-                content_type,
-            };
-            match self.blob(request).await? {
-                Reply::Stored { meta, replaced } => Ok(Stored { meta, replaced }),
-                other => Err(unexpected(&other).into_blob()),
-            }
+        let request = Request::Put {
+            bucket: bucket.into(),
+            key: key.into(),
+            body,
+            content_type,
+        };
+        self.ask(request, |r| match r {
+            Reply::Stored { meta, replaced } => Ok(Stored { meta, replaced }),
+            r => Err(r),
         })
     }
 
     fn get(&self, bucket: &str, key: &str) -> BoxFuture<'_, Result<Option<Object>, BlobError>> {
-        let (bucket, key) = (bucket.to_string(), key.to_string());
-        Box::pin(async move {
-            match self.blob(Request::Get { bucket, key }).await? {
-                Reply::Object(o) => Ok(o),
-                other => Err(unexpected(&other).into_blob()),
-            }
+        let (bucket, key) = (bucket.into(), key.into());
+        self.ask(Request::Get { bucket, key }, |r| match r {
+            Reply::Object(o) => Ok(o),
+            r => Err(r),
         })
     }
 
@@ -252,22 +255,18 @@ impl BlobBackend for Remote {
         bucket: &str,
         key: &str,
     ) -> BoxFuture<'_, Result<Option<ObjectMeta>, BlobError>> {
-        let (bucket, key) = (bucket.to_string(), key.to_string());
-        Box::pin(async move {
-            match self.blob(Request::Head { bucket, key }).await? {
-                Reply::Meta(m) => Ok(m),
-                other => Err(unexpected(&other).into_blob()),
-            }
+        let (bucket, key) = (bucket.into(), key.into());
+        self.ask(Request::Head { bucket, key }, |r| match r {
+            Reply::Meta(m) => Ok(m),
+            r => Err(r),
         })
     }
 
     fn delete(&self, bucket: &str, key: &str) -> BoxFuture<'_, Result<bool, BlobError>> {
-        let (bucket, key) = (bucket.to_string(), key.to_string());
-        Box::pin(async move {
-            match self.blob(Request::Delete { bucket, key }).await? {
-                Reply::Deleted(d) => Ok(d),
-                other => Err(unexpected(&other).into_blob()),
-            }
+        let (bucket, key) = (bucket.into(), key.into());
+        self.ask(Request::Delete { bucket, key }, |r| match r {
+            Reply::Deleted(d) => Ok(d),
+            r => Err(r),
         })
     }
 
@@ -278,18 +277,15 @@ impl BlobBackend for Remote {
         start_after: Option<String>,
         max: usize,
     ) -> BoxFuture<'_, Result<Vec<ObjectMeta>, BlobError>> {
-        let (bucket, prefix) = (bucket.to_string(), prefix.to_string());
-        Box::pin(async move {
-            let request = Request::List {
-                bucket,
-                prefix,
-                start_after,
-                max: max.min(u32::MAX as usize) as u32,
-            };
-            match self.blob(request).await? {
-                Reply::Listing(l) => Ok(l),
-                other => Err(unexpected(&other).into_blob()),
-            }
+        let request = Request::List {
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+            start_after,
+            max: max.min(u32::MAX as usize) as u32,
+        };
+        self.ask(request, |r| match r {
+            Reply::Listing(l) => Ok(l),
+            r => Err(r),
         })
     }
 }
