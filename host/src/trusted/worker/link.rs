@@ -1,0 +1,324 @@
+//! The worker's side of the socket: its [`Link`] to the public process
+//! (calls and their replies, audit lines sent before the next frame) and
+//! what a trusted function reaches through it — [`Remote`] (queue sends,
+//! sealed here for sensitive queues; non-sensitive buckets; components),
+//! [`SplitBlobs`] (sensitive buckets from the sealed store here, the rest
+//! from the host) and [`RemoteReporter`] (progress, sealed checkpoints).
+
+use crate::backends::sealed_queues::Sealer;
+use crate::blobs::{BlobBackend, BlobError, Object, ObjectMeta, Stored};
+use crate::exec::{Components, Reporter};
+use crate::queue::{NewMessage, QueueError, QueueSender, Sent};
+use crate::task::BoxFuture;
+use crate::trusted::wire::{self, Fault, FromWorker, Reply, Request};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// The worker's side of the connection to the public process.
+pub(super) struct Link {
+    pub(super) tx: Mutex<Option<wire::Writer>>,
+    pub(super) calls: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    pub(super) next: AtomicU64,
+    /// Audit lines recorded (from the guests' synchronous host calls) and
+    /// not yet sent: they go out, under the writer's lock, before the next
+    /// frame, so an invocation's lines always precede its outcome; a
+    /// flusher sends them when no frame comes soon.
+    pub(super) audit: Mutex<Vec<String>>,
+}
+
+impl Link {
+    /// Send `msg` after any pending audit lines; false when not connected
+    /// or the write failed.
+    pub(super) async fn send(&self, msg: Option<FromWorker>) -> bool {
+        let Some(w) = self.tx.lock().unwrap().clone() else {
+            return false;
+        };
+        let mut w = w.lock().await;
+        let cut = wire::CutOff::arm(&w);
+        let mut lines = std::mem::take(&mut *self.audit.lock().unwrap()).into_iter();
+        while let Some(line) = lines.next() {
+            let frame = FromWorker::Audit(line);
+            if wire::write(&mut *w, &frame).await.is_err() {
+                // Not written: back in line for the next connection.
+                let FromWorker::Audit(line) = frame else {
+                    unreachable!("built above")
+                };
+                let mut pending = self.audit.lock().unwrap();
+                let rest: Vec<String> = std::iter::once(line).chain(lines).collect();
+                pending.splice(0..0, rest);
+                cut.disarm();
+                return false;
+            }
+        }
+        let sent = match msg {
+            Some(msg) => wire::write(&mut *w, &msg).await.is_ok(),
+            None => true,
+        };
+        cut.disarm();
+        sent
+    }
+
+    pub(super) async fn call(&self, request: Request) -> Result<Reply, Fault> {
+        let lost =
+            || Fault::Backend("the host process is not connected to the trusted worker".into());
+        let call = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.calls.lock().unwrap().insert(call, tx);
+        if !self.send(Some(FromWorker::Call { call, request })).await {
+            self.calls.lock().unwrap().remove(&call);
+            return Err(lost());
+        }
+        match rx.await {
+            Ok(Reply::Failed(f)) => Err(f),
+            Ok(reply) => Ok(reply),
+            Err(_) => Err(lost()),
+        }
+    }
+}
+
+fn unexpected(reply: &Reply) -> Fault {
+    Fault::Backend(format!("the host answered out of turn: {reply:?}"))
+}
+
+/// The public process's stores, as a trusted function reaches them; its
+/// sends to sensitive queues sealed here, so their data never crosses in
+/// plain text.
+pub(super) struct Remote {
+    pub(super) link: Arc<Link>,
+    pub(super) sealer: Sealer,
+    pub(super) queues: Arc<BTreeSet<String>>,
+}
+
+impl QueueSender for Remote {
+    fn send(&self, queue: &str, msg: NewMessage) -> BoxFuture<'_, Result<Sent, QueueError>> {
+        let queue = queue.to_string();
+        Box::pin(async move {
+            let dedup_scope = msg.dedup_scope.clone();
+            let (message, sealed) = crate::backends::sealed_queues::seal_message(
+                &self.sealer,
+                &self.queues,
+                &queue,
+                msg,
+            )?;
+            let request = Request::Send {
+                queue,
+                message,
+                dedup_scope,
+                sealed,
+            };
+            match self.link.call(request).await {
+                Ok(Reply::Sent { id, duplicate }) => Ok(Sent { id, duplicate }),
+                Ok(other) => Err(unexpected(&other).into_queue()),
+                Err(f) => Err(f.into_queue()),
+            }
+        })
+    }
+}
+
+impl Components for Remote {
+    fn component(&self, digest: &str) -> BoxFuture<'_, Result<Vec<u8>, String>> {
+        let digest = digest.to_string();
+        Box::pin(async move {
+            match self.link.call(Request::Component { digest }).await {
+                Ok(Reply::Component(bytes)) => Ok(bytes),
+                Ok(other) => Err(format!("{:?}", unexpected(&other))),
+                Err(f) => Err(format!("{f:?}")),
+            }
+        })
+    }
+}
+
+impl Remote {
+    /// Ask the host `request` and take the reply `pick` accepts.
+    fn ask<T: Send + 'static>(
+        &self,
+        request: Request,
+        pick: fn(Reply) -> Result<T, Reply>,
+    ) -> BoxFuture<'_, Result<T, BlobError>> {
+        Box::pin(async move {
+            let reply = self.link.call(request).await.map_err(Fault::into_blob)?;
+            pick(reply).map_err(|other| unexpected(&other).into_blob())
+        })
+    }
+}
+
+impl BlobBackend for Remote {
+    fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        content_type: Option<String>,
+    ) -> BoxFuture<'_, Result<Stored, BlobError>> {
+        let request = Request::Put {
+            bucket: bucket.into(),
+            key: key.into(),
+            body,
+            content_type,
+        };
+        self.ask(request, |r| match r {
+            Reply::Stored { meta, replaced } => Ok(Stored { meta, replaced }),
+            r => Err(r),
+        })
+    }
+
+    fn get(&self, bucket: &str, key: &str) -> BoxFuture<'_, Result<Option<Object>, BlobError>> {
+        let (bucket, key) = (bucket.into(), key.into());
+        self.ask(Request::Get { bucket, key }, |r| match r {
+            Reply::Object(o) => Ok(o),
+            r => Err(r),
+        })
+    }
+
+    fn head(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> BoxFuture<'_, Result<Option<ObjectMeta>, BlobError>> {
+        let (bucket, key) = (bucket.into(), key.into());
+        self.ask(Request::Head { bucket, key }, |r| match r {
+            Reply::Meta(m) => Ok(m),
+            r => Err(r),
+        })
+    }
+
+    fn delete(&self, bucket: &str, key: &str) -> BoxFuture<'_, Result<bool, BlobError>> {
+        let (bucket, key) = (bucket.into(), key.into());
+        self.ask(Request::Delete { bucket, key }, |r| match r {
+            Reply::Deleted(d) => Ok(d),
+            r => Err(r),
+        })
+    }
+
+    fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<String>,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<ObjectMeta>, BlobError>> {
+        let request = Request::List {
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+            start_after,
+            max: max.min(u32::MAX as usize) as u32,
+        };
+        self.ask(request, |r| match r {
+            Reply::Listing(l) => Ok(l),
+            r => Err(r),
+        })
+    }
+}
+
+/// Sensitive buckets from the sealed store here, the rest from the host.
+pub(super) struct SplitBlobs {
+    pub(super) sensitive: Arc<BTreeSet<String>>,
+    pub(super) local: Arc<dyn BlobBackend>,
+    pub(super) remote: Arc<dyn BlobBackend>,
+}
+
+impl SplitBlobs {
+    fn of(&self, bucket: &str) -> &dyn BlobBackend {
+        if self.sensitive.contains(bucket) {
+            self.local.as_ref()
+        } else {
+            self.remote.as_ref()
+        }
+    }
+}
+
+impl BlobBackend for SplitBlobs {
+    fn replace_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        content_type: Option<String>,
+        etag: String,
+    ) -> BoxFuture<'_, Result<Option<Stored>, BlobError>> {
+        self.of(bucket)
+            .replace_if(bucket, key, body, content_type, etag)
+    }
+
+    fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        content_type: Option<String>,
+    ) -> BoxFuture<'_, Result<Stored, BlobError>> {
+        self.of(bucket).put(bucket, key, body, content_type)
+    }
+
+    fn get(&self, bucket: &str, key: &str) -> BoxFuture<'_, Result<Option<Object>, BlobError>> {
+        self.of(bucket).get(bucket, key)
+    }
+
+    fn head(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> BoxFuture<'_, Result<Option<ObjectMeta>, BlobError>> {
+        self.of(bucket).head(bucket, key)
+    }
+
+    fn delete(&self, bucket: &str, key: &str) -> BoxFuture<'_, Result<bool, BlobError>> {
+        self.of(bucket).delete(bucket, key)
+    }
+
+    fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<String>,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<ObjectMeta>, BlobError>> {
+        self.of(bucket).list(bucket, prefix, start_after, max)
+    }
+}
+
+/// Progress and checkpoints of one execution, to the host's reporter;
+/// checkpoints sealed to the worker's own key first.
+pub(super) struct RemoteReporter {
+    pub(super) link: Arc<Link>,
+    pub(super) invoke: u64,
+    pub(super) function: String,
+    pub(super) sealer: Sealer,
+}
+
+impl Reporter for RemoteReporter {
+    fn progress(&self, percent: u8, message: String) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let request = Request::Progress {
+                invoke: self.invoke,
+                percent,
+                message,
+            };
+            self.link
+                .call(request)
+                .await
+                .map(drop)
+                .map_err(|f| format!("{f:?}"))
+        })
+    }
+
+    fn checkpoint(&self, state: Vec<u8>) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let state = self
+                .sealer
+                .seal(&crate::trusted::checkpoint_aad(&self.function), &state)
+                .map_err(|e| e.to_string())?;
+            let request = Request::Checkpoint {
+                invoke: self.invoke,
+                state,
+            };
+            self.link
+                .call(request)
+                .await
+                .map(drop)
+                .map_err(|f| format!("{f:?}"))
+        })
+    }
+}
