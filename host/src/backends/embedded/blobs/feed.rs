@@ -1,12 +1,17 @@
-//! The embedded blob store's change-feed bookkeeping: which changes a
-//! consumer has not been handed yet (its receipts), moving its cursor with
-//! its receipts in one transaction, and forgetting consumers and old
-//! changes. The feed's rows are written with each put and delete
+//! The embedded blob store's change feed: [`ChangeFeed`] over its
+//! database, and the bookkeeping behind it — which changes a consumer has
+//! not been handed yet (its receipts), moving its cursor with its receipts
+//! in one transaction, and forgetting consumers and old changes. The feed's rows are written with each put and delete
 //! (`record`, in the handle's file).
 
-use super::{Inner, db};
-use crate::blobs::{BlobError, CHANGE_RETENTION, Change, ChangeKind, Cursor};
+use super::{CHANGE_COLUMNS, EmbeddedBlobs, Inner, db, row_to_change, row_to_meta};
+use crate::blobs::{
+    BlobError, CHANGE_RETENTION, Change, ChangeFeed, ChangeKind, Cursor, ObjectMeta,
+};
+use crate::task::BoxFuture;
 use rusqlite::{OptionalExtension, params};
+use std::sync::Arc;
+use tokio::sync::Notify;
 
 impl Inner {
     /// Of `changes`, those not yet handed to `consumer` (see
@@ -143,5 +148,127 @@ impl Inner {
             .map_err(db)?;
         }
         tx.commit().map_err(db)
+    }
+}
+
+impl ChangeFeed for EmbeddedBlobs {
+    fn list_at(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<String>,
+        max: usize,
+    ) -> BoxFuture<'_, Result<(Vec<ObjectMeta>, u64), BlobError>> {
+        if let Err(e) = crate::blobs::validate_bucket(bucket) {
+            return Box::pin(async move { Err(e) });
+        }
+        let (bucket, prefix) = (bucket.to_string(), prefix.to_string());
+        self.blocking(move |inner| {
+            // One read transaction: the page and the position agree (puts
+            // and deletes change the index and the feed in one transaction).
+            let mut conn = inner.db();
+            let tx = conn.transaction().map_err(db)?;
+            let at: u64 = tx
+                .query_row("SELECT COALESCE(MAX(seq), 0) FROM blob_changes", [], |r| {
+                    r.get(0)
+                })
+                .map_err(db)?;
+            let page = tx
+                .prepare_cached(
+                    "SELECT key, size, etag, content_type, modified_ms FROM blob_objects
+                     WHERE bucket = ?1 AND substr(key, 1, length(?2)) = ?2 AND (?3 IS NULL OR key > ?3)
+                     ORDER BY key LIMIT ?4 + 0",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_map(params![bucket, prefix, start_after, max as i64], row_to_meta)?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(db)?;
+            Ok((page, at))
+        })
+    }
+
+    fn changes(
+        &self,
+        bucket: Option<String>,
+        after: u64,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Vec<Change>, BlobError>> {
+        self.blocking(move |inner| {
+            let conn = inner.db();
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {CHANGE_COLUMNS} FROM blob_changes WHERE seq > ?1 AND (?2 IS NULL OR bucket = ?2)
+                     ORDER BY seq LIMIT ?3 + 0"
+                ))
+                .map_err(db)?;
+            let rows = stmt
+                .query_map(params![after, bucket, max as i64], row_to_change)
+                .map_err(db)?;
+            rows.collect::<Result<_, _>>().map_err(db)
+        })
+    }
+
+    fn latest_change(&self) -> BoxFuture<'_, Result<u64, BlobError>> {
+        self.blocking(|inner| {
+            inner
+                .db()
+                .query_row("SELECT COALESCE(MAX(seq), 0) FROM blob_changes", [], |r| {
+                    r.get(0)
+                })
+                .map_err(db)
+        })
+    }
+
+    fn cursor(&self, consumer: &str) -> BoxFuture<'_, Result<Option<Cursor>, BlobError>> {
+        let consumer = consumer.to_string();
+        self.blocking(move |inner| {
+            inner
+                .db()
+                .query_row(
+                    "SELECT seq, spec FROM blob_cursors WHERE consumer = ?1",
+                    params![consumer],
+                    |r| {
+                        Ok(Cursor {
+                            seq: r.get(0)?,
+                            spec: r.get(1)?,
+                        })
+                    },
+                )
+                .optional()
+                .map_err(db)
+        })
+    }
+
+    fn undelivered(
+        &self,
+        consumer: &str,
+        changes: Vec<Change>,
+    ) -> BoxFuture<'_, Result<Vec<Change>, BlobError>> {
+        let consumer = consumer.to_string();
+        self.blocking(move |inner| inner.undelivered(&consumer, changes))
+    }
+
+    fn advance(
+        &self,
+        consumer: &str,
+        cursor: Cursor,
+        delivered: Vec<Change>,
+    ) -> BoxFuture<'_, Result<(), BlobError>> {
+        let consumer = consumer.to_string();
+        self.blocking(move |inner| inner.advance(&consumer, cursor, delivered))
+    }
+
+    fn prune(&self, keep: Vec<String>) -> BoxFuture<'_, Result<(), BlobError>> {
+        self.blocking(move |inner| inner.prune(keep))
+    }
+
+    fn forget_function(&self, function: &str) -> BoxFuture<'_, Result<(), BlobError>> {
+        let owner = format!("{function}/");
+        self.blocking(move |inner| inner.forget(owner))
+    }
+
+    fn notifier(&self) -> Option<Arc<Notify>> {
+        Some(self.inner.notify.clone())
     }
 }

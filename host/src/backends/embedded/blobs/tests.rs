@@ -2,6 +2,7 @@
 //! receipts, crash leftovers and refusals.
 
 use super::*;
+use crate::blobs::Cursor;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_puts_and_deletes_leave_the_file_the_index_and_the_feed_agreeing() {
