@@ -57,6 +57,30 @@ pub fn fnhost_bin() -> &'static Path {
     })
 }
 
+/// Every regular file under `dirs` (but the harness's own log) holding
+/// `needle`.
+pub fn files_holding(dirs: &[&Path], needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack: Vec<PathBuf> = dirs.iter().map(|d| d.to_path_buf()).collect();
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.is_file()
+                && p.file_name().unwrap() != "host.log"
+                && std::fs::read(&p)
+                    .unwrap()
+                    .windows(needle.len())
+                    .any(|w| w == needle)
+            {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
 /// Make the harness run the release `fnhost` (built now, unless
 /// `FNHOST_TEST_BIN` already names one): for benches. Call it first, before
 /// any other thread starts.

@@ -4,7 +4,7 @@
 //! sensitive bucket (encrypted, unreadable through the API) and writes a
 //! redacted view the caller fetches with the id it was given.
 
-use fnhost_tests::{Host, guests, repo_root};
+use fnhost_tests::{Host, files_holding, guests, repo_root};
 use serde_json::{Value, json};
 
 fn manifest(name: &str) -> String {
@@ -74,24 +74,7 @@ fn a_record_goes_through_the_gatekeeper_to_the_vault_and_only_a_redacted_view_co
     // Neither in the trusted worker's store nor anywhere in the public data
     // dir: the queue store (its database and write-ahead log) held the
     // record only sealed on its way to the vault.
-    let mut plain = Vec::new();
-    let mut stack = vec![dir.path().to_path_buf(), trusted.path().to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.is_file()
-                && p.file_name().unwrap() != "host.log"
-                && std::fs::read(&p)
-                    .unwrap()
-                    .windows(16)
-                    .any(|w| w == b"4111111111111111")
-            {
-                plain.push(p);
-            }
-        }
-    }
+    let plain = files_holding(&[dir.path(), trusted.path()], b"4111111111111111");
     assert!(
         plain.is_empty(),
         "the card number is on disk in plain text: {plain:?}"

@@ -5,7 +5,7 @@
 //! message retried and its synchronous caller told `503`; a key rotation
 //! re-seals the store in the background while reads go on.
 
-use fnhost_tests::{Host, guests};
+use fnhost_tests::{Host, files_holding, guests};
 use serde_json::json;
 use std::path::Path;
 use std::time::Duration;
@@ -312,30 +312,6 @@ fn without_landlock_the_host_refuses_sensitive_data_unless_its_config_accepts_th
         true
     );
     assert!(host.stop());
-}
-
-/// Every regular file under `dirs` (but the harness's own log) holding
-/// `needle`.
-fn files_holding(dirs: &[&Path], needle: &[u8]) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let mut stack: Vec<std::path::PathBuf> = dirs.iter().map(|d| d.to_path_buf()).collect();
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.is_file()
-                && p.file_name().unwrap() != "host.log"
-                && std::fs::read(&p)
-                    .unwrap()
-                    .windows(needle.len())
-                    .any(|w| w == needle)
-            {
-                found.push(p);
-            }
-        }
-    }
-    found
 }
 
 #[test]
