@@ -70,13 +70,7 @@ impl Keyring {
     pub fn open(data_dir: &Path) -> Result<Keyring, BlobError> {
         let dir = data_dir.join("keys");
         if !dir.join("current").exists() {
-            std::fs::create_dir_all(&dir).map_err(|e| key_error("create", &dir, e))?;
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-                    .map_err(|e| key_error("protect", &dir, e))?;
-            }
+            crate::files::private_dir(&dir).map_err(|e| key_error("create", &dir, e))?;
             Keyring::add_key(&dir)?;
         }
         let mut keys = BTreeMap::new();
