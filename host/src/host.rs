@@ -11,7 +11,7 @@ pub mod config;
 
 use crate::audit::Audit;
 use crate::backends::Backends;
-use crate::backends::sealed_queues::{SealedQueues, Sealer};
+use crate::backends::sealed_queues::SealedQueues;
 use crate::clock::SystemClock;
 use crate::dispatcher::Dispatcher;
 use crate::exec::Executor;
@@ -170,9 +170,8 @@ impl HostBuilder {
             None => None,
             Some(launch) => {
                 let worker = RemoteWorker::start(crate::trusted::socket_path(&launch.dir));
-                let key = worker.ready(WORKER_READY).await?;
+                let sealer = worker.ready(WORKER_READY).await?;
                 if !config.sensitive.queues.is_empty() {
-                    let sealer = Sealer::new(key).map_err(anyhow::Error::msg)?;
                     backends.queues = Arc::new(SealedQueues::new(
                         backends.queues,
                         Arc::new(config.sensitive.queues.clone()),

@@ -104,7 +104,7 @@ async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
     let pid = worker.pid();
     Json(serde_json::json!({
         "status": if pid.is_some() { "ok" } else { "degraded" },
-        "trusted_worker": { "pid": pid, "lost": worker.restarts() },
+        "trusted_worker": { "pid": pid, "lost": worker.lost() },
     }))
 }
 

@@ -10,6 +10,7 @@
 
 use super::wire::{self, FromWorker, Reply, Request, ToWorker};
 use crate::audit::Audit;
+use crate::backends::sealed_queues::Sealer;
 use crate::blobs::BlobBackend;
 use crate::exec::{Busy, Components, Execution, Failure, Outcome, Reporter, TrapReason, Wait};
 use crate::queue::QueueBackend;
@@ -74,14 +75,14 @@ pub struct RemoteWorker {
     conn: Mutex<Option<Conn>>,
     pending: Mutex<HashMap<u64, Pending>>,
     next: AtomicU64,
-    /// The worker's pid and queue key, once it has said hello; `None`
+    /// The worker's pid, once it has said hello; `None`
     /// while it is down.
-    hello: watch::Sender<Option<(u32, Vec<u8>)>>,
+    hello: watch::Sender<Option<u32>>,
     /// Times the connection was lost.
     lost: AtomicU32,
     /// Seals to the worker's queue key (which it keeps across restarts),
     /// from its first hello on.
-    sealer: std::sync::OnceLock<crate::backends::sealed_queues::Sealer>,
+    sealer: std::sync::OnceLock<Sealer>,
 }
 
 /// An outcome of nothing run, for `failure`.
@@ -124,12 +125,12 @@ impl RemoteWorker {
     }
 
     /// Wait until the worker has said hello, at most `timeout`; answers
-    /// its queue key.
-    pub async fn ready(&self, timeout: Duration) -> anyhow::Result<Vec<u8>> {
+    /// the sealer to its queue key.
+    pub async fn ready(&self, timeout: Duration) -> anyhow::Result<Sealer> {
         let mut rx = self.hello.subscribe();
         let got = tokio::time::timeout(timeout, rx.wait_for(|h| h.is_some())).await;
-        match got {
-            Ok(Ok(h)) => Ok(h.as_ref().expect("waited for it").1.clone()),
+        match (got, self.sealer.get()) {
+            (Ok(Ok(_)), Some(sealer)) => Ok(sealer.clone()),
             _ => anyhow::bail!(
                 "the trusted worker did not answer on {:?} within {timeout:?}; see its lines in the host log",
                 self.socket
@@ -149,12 +150,12 @@ impl RemoteWorker {
 
     /// The worker's pid while connected.
     pub fn pid(&self) -> Option<u32> {
-        self.hello.borrow().as_ref().map(|h| h.0)
+        *self.hello.borrow()
     }
 
     /// Times the connection to the worker was lost since start (each
     /// restart of the worker is one).
-    pub fn restarts(&self) -> u32 {
+    pub fn lost(&self) -> u32 {
         self.lost.load(Ordering::Relaxed)
     }
 
@@ -232,16 +233,17 @@ impl RemoteWorker {
                 wire::VERSION
             )));
         }
+        // The key is the worker's for good (kept in the trusted dir): the
+        // first hello's sealer serves every later connection.
+        let sealer = Sealer::new(queue_key).map_err(std::io::Error::other)?;
+        let _ = self.sealer.set(sealer);
         let tx: wire::Writer = Arc::new(tokio::sync::Mutex::new(w));
         *self.conn.lock().unwrap() = Some(Conn {
             tx: tx.clone(),
             profiles: HashMap::new(),
         });
         tracing::info!(pid, "connected to the trusted worker");
-        if let Ok(sealer) = crate::backends::sealed_queues::Sealer::new(queue_key.clone()) {
-            let _ = self.sealer.set(sealer);
-        }
-        self.hello.send_replace(Some((pid, queue_key)));
+        self.hello.send_replace(Some(pid));
         loop {
             match wire::read::<_, FromWorker>(&mut r).await {
                 Ok(Some(FromWorker::Done { call, outcome })) => {
