@@ -111,7 +111,8 @@ enum Command {
         #[command(subcommand)]
         command: client::TokensCommand,
     },
-    /// Print a local host's audit log (refusals, deploys, token changes).
+    /// Print a local host's audit log: deploys, token and data changes,
+    /// sensitive accesses; with --denied, the refusals.
     Audit {
         /// The host's data dir.
         #[arg(long, env = "FNHOST_DATA_DIR")]
@@ -122,6 +123,10 @@ enum Command {
         /// Keep printing entries as they are written.
         #[arg(long)]
         follow: bool,
+        /// The refusals (`audit-denied.log`) instead of the changes and
+        /// sensitive accesses (`audit.log`).
+        #[arg(long)]
+        denied: bool,
     },
     /// Manage the keys that encrypt sensitive buckets at rest.
     Keys {
@@ -310,9 +315,12 @@ impl Cli {
                 data_dir,
                 lines,
                 follow,
-            } => tokio::task::spawn_blocking(move || client::audit(data_dir, lines, follow))
-                .await
-                .context("the audit reader stopped")?,
+                denied,
+            } => {
+                tokio::task::spawn_blocking(move || client::audit(data_dir, lines, follow, denied))
+                    .await
+                    .context("the audit reader stopped")?
+            }
             Command::New { name, dir } => project::new(&name, dir),
             Command::Build { dir } => project::build(&dir).map(|_| ()),
         }

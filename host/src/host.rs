@@ -169,7 +169,10 @@ impl HostBuilder {
         let worker = match &trusted {
             None => None,
             Some(launch) => {
-                let worker = RemoteWorker::start(crate::trusted::socket_path(&launch.dir));
+                let worker = RemoteWorker::start(
+                    crate::trusted::socket_path(&launch.dir),
+                    Some(launch.supervisor.id()),
+                );
                 let sealer = worker.ready(WORKER_READY).await?;
                 if !config.sensitive.queues.is_empty() {
                     backends.queues = Arc::new(SealedQueues::new(
@@ -193,6 +196,17 @@ impl HostBuilder {
                 .with_context(|| format!("failed to open the registry in {data_dir:?}"))?,
         );
         let audit = Arc::new(Audit::open(data_dir));
+        // Counts of refusals are written when their window closes.
+        let flushing = Arc::downgrade(&audit);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let Some(audit) = flushing.upgrade() else {
+                    break;
+                };
+                audit.flush();
+            }
+        });
         let buckets = Arc::new(config.sensitive.buckets.clone());
         let stores = Stores {
             queues: Some(Arc::new(crate::queue::SendTo(backends.queues.clone()))),
@@ -301,6 +315,7 @@ impl Host {
         tokio::spawn(self.dispatcher.clone().follow_fleet(shutdown.clone()));
         let mut server = self.config.server;
         server.http_triggers = self.config.role.serves_http();
+        let audit = self.access.audit.clone();
         let served = crate::server::serve(
             listener,
             self.dispatcher,
@@ -310,6 +325,7 @@ impl Host {
             background,
         )
         .await;
+        audit.flush_all();
         // Drained: now the worker may go (closing the supervisor's stdin
         // stops it, and it stops the worker).
         if let Some(mut launch) = self.trusted {

@@ -51,6 +51,12 @@ pub fn default_dir(data_dir: &Path) -> PathBuf {
     data_dir.with_file_name(name)
 }
 
+/// How long past an execution's deadline the trusted worker may take to
+/// answer it (waiting for an instance, its component, the host's answers):
+/// it ends the execution then, so nothing waits on the worker without
+/// bound.
+pub const DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The associated data an async job's input to `function` is sealed
 /// under (the worker opens it when the execution is a job's).
 pub fn job_input_aad(function: &str) -> String {

@@ -130,12 +130,9 @@ fn only_trusted_functions_reach_a_sensitive_bucket_and_the_api_never_does() {
     let r = host.admin("PUT", "/v1/buckets/public/objects/a", "x");
     assert_eq!(r.status, 201);
 
-    // The audit log has each access of the function and each refusal.
-    let log: Vec<Value> = std::fs::read_to_string(dir.path().join("audit.log"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    // The audit log has each access of the function, and the refusals'
+    // log each refusal.
+    let log = audit_file(dir.path(), "audit.log");
     let accesses: Vec<&str> = log
         .iter()
         .filter(|e| e["event"] == "sensitive.access")
@@ -146,11 +143,99 @@ fn only_trusted_functions_reach_a_sensitive_bucket_and_the_api_never_does() {
         accesses[0].starts_with("vault@v1 invocation ")
             && accesses[0].ends_with("storage write secrets/notes/key")
     );
-    let refused = log
+    let refused = audit_file(dir.path(), "audit-denied.log")
         .iter()
         .filter(|e| e["event"] == "admin.denied" && e["detail"] == "sensitive bucket")
         .count();
     assert_eq!(refused, 8);
+}
+
+/// The lines of one of a host's audit files in `dir`.
+fn audit_file(dir: &std::path::Path, name: &str) -> Vec<Value> {
+    std::fs::read_to_string(dir.join(name))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn an_access_under_a_key_of_control_characters_is_audited_with_the_key_cut() {
+    let (dir, trusted) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let host = start(dir.path(), trusted.path());
+    host.deploy_ok(TRUSTED, &guests().adversary);
+    // 1,000 control characters: each takes six bytes in a JSON line.
+    let r = host.get("/vault/ctlkey-1000");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.text(),
+        "stored and read back 5 bytes under a key of 1006 bytes"
+    );
+    let accesses: Vec<Value> = audit_file(dir.path(), "audit.log")
+        .into_iter()
+        .filter(|e| e["event"] == "sensitive.access")
+        .collect();
+    assert_eq!(accesses.len(), 2, "the put and the get: {accesses:#?}");
+    for (access, call) in accesses.iter().zip(["write", "read"]) {
+        let target = access["target"].as_str().unwrap();
+        assert!(
+            target.contains(&format!("storage {call} secrets/notes/\u{1}\u{1}")),
+            "{target:?}"
+        );
+        assert!(
+            target.ends_with("bytes in all)"),
+            "cut, with a note: {target:?}"
+        );
+    }
+    assert!(!host.log().contains("refused an audit line"));
+}
+
+#[test]
+fn an_access_whose_audit_line_cannot_be_written_is_not_made() {
+    let (dir, trusted) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let host = start(dir.path(), trusted.path());
+    host.deploy_ok(TRUSTED, &guests().adversary);
+    host.deploy_ok(
+        "name = \"adv\"\n[[triggers.http]]\npath = \"/adv/{mode}\"\n",
+        &guests().adversary,
+    );
+    assert!(host.stop());
+    // The log of changes cannot be written: a directory stands where it
+    // would be.
+    let log = dir.path().join("audit.log");
+    std::fs::rename(&log, dir.path().join("audit.log.saved")).unwrap();
+    std::fs::create_dir(&log).unwrap();
+    let host = start(dir.path(), trusted.path());
+    let r = host.get("/vault/put");
+    assert_eq!(r.status, 500, "{}", r.text());
+    let err = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        err.contains("was not made, because the audit log cannot record it"),
+        "{err}"
+    );
+    // Nothing reached the sensitive store.
+    let mut files = Vec::new();
+    if trusted.path().join("blobs").exists() {
+        walk(&trusted.path().join("blobs"), &mut files);
+    }
+    assert!(files.is_empty(), "{} objects stored", files.len());
+    // No change through the API is made unrecorded either.
+    let r = host.admin("DELETE", "/v1/functions/adv", "");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "audit_unavailable");
+    // What needs no audit line goes on: a public function answers.
+    assert_eq!(host.get("/adv/ok").text(), "ok");
+    // With the log back, the access is made and recorded.
+    assert!(host.stop());
+    std::fs::remove_dir(&log).unwrap();
+    let host = start(dir.path(), trusted.path());
+    let r = host.get("/vault/put");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        audit_file(dir.path(), "audit.log")
+            .iter()
+            .any(|e| e["event"] == "sensitive.access")
+    );
 }
 
 #[test]

@@ -1,8 +1,10 @@
 //! Scoped admin tokens and the audit log, as an operator uses them: the
 //! bootstrap token makes tokens, each scope is let in where its table says
 //! and refused (403, the scope named) everywhere else, an expired or
-//! revoked token is refused (401), and every refusal and change is a line
-//! in `audit.log`.
+//! revoked token is refused (401), and every change is a line in
+//! `audit.log`, every refusal one in `audit-denied.log` (those of
+//! unauthenticated requests counted per source and window, so that a
+//! flood of them neither fills the log nor pushes a deploy out of it).
 
 use fnhost_tests::{Host, guests};
 use serde_json::{Value, json};
@@ -30,12 +32,20 @@ fn deploy_with(host: &Host, token: &str) -> std::process::Output {
     host.cli(&["deploy", dir.path().to_str().unwrap(), "--token", token])
 }
 
-fn audit(host: &Host) -> Vec<Value> {
-    std::fs::read_to_string(host.data_dir.join("audit.log"))
+/// The lines of one of the host's audit files.
+fn audit_file(host: &Host, name: &str) -> Vec<Value> {
+    std::fs::read_to_string(host.data_dir.join(name))
         .unwrap_or_default()
         .lines()
         .map(|l| serde_json::from_str(l).expect("each audit line is JSON"))
         .collect()
+}
+
+/// Every line of the audit log: changes, then refusals.
+fn audit(host: &Host) -> Vec<Value> {
+    let mut all = audit_file(host, "audit.log");
+    all.extend(audit_file(host, "audit-denied.log"));
+    all
 }
 
 #[test]
@@ -141,8 +151,13 @@ fn every_scope_is_let_in_where_it_may_and_refused_elsewhere() {
         .find(|t| t["scope"] == "deploy")
         .unwrap()["id"]
         .clone();
+    // A change is recorded as started before it is made, then with its
+    // outcome.
     let deployed: Vec<&Value> = log.iter().filter(|e| e["event"] == "deploy").collect();
-    assert_eq!(deployed.len(), 1, "{log:#?}");
+    assert_eq!(deployed.len(), 2, "{log:#?}");
+    assert_eq!(deployed[0]["outcome"], "started");
+    assert_eq!(deployed[1]["outcome"], "ok");
+    let deployed = &deployed[1..];
     assert_eq!(deployed[0]["token"], deploy_id);
     assert!(
         deployed[0]["detail"]
@@ -155,12 +170,33 @@ fn every_scope_is_let_in_where_it_may_and_refused_elsewhere() {
             .any(|e| e["event"] == "remove" && e["outcome"] == "ok")
     );
     assert_eq!(
-        log.iter().filter(|e| e["event"] == "token.create").count(),
+        (log.iter())
+            .filter(|e| e["event"] == "token.create" && e["outcome"] == "ok")
+            .count(),
         4
+    );
+    // No refusal is in the log of changes, nor a change among refusals.
+    assert!(
+        audit_file(&host, "audit.log")
+            .iter()
+            .all(|e| e["outcome"] != "denied")
+    );
+    assert!(
+        audit_file(&host, "audit-denied.log")
+            .iter()
+            .all(|e| e["outcome"] == "denied")
     );
     // `fnhost audit` prints the same lines.
     let printed = host.cli_ok(&["audit", "--lines", "1000"]);
-    assert_eq!(printed.lines().count(), log.len());
+    assert_eq!(
+        printed.lines().count(),
+        audit_file(&host, "audit.log").len()
+    );
+    let printed = host.cli_ok(&["audit", "--lines", "1000", "--denied"]);
+    assert_eq!(
+        printed.lines().count(),
+        audit_file(&host, "audit-denied.log").len()
+    );
 }
 
 #[test]
@@ -284,5 +320,66 @@ fn a_guests_denied_calls_are_audited_up_to_a_cap_per_invocation() {
             .as_str()
             .unwrap()
             .contains("not recorded")
+    );
+}
+
+#[test]
+fn a_flood_of_bad_tokens_is_counted_and_cannot_push_a_deploy_out_of_the_audit_log() {
+    let host = Host::start();
+    host.deploy_ok(HELLO, &guests().hello);
+    // 200,000 requests with a bad token, from eight threads (as the
+    // attack that once rotated every deploy out of the log), on long
+    // paths that make each refusal's line as long as it can be.
+    const THREADS: usize = 8;
+    const EACH: usize = 25_000;
+    let path = format!("/v1/functions/{}", "x".repeat(600));
+    std::thread::scope(|s| {
+        for _ in 0..THREADS {
+            s.spawn(|| {
+                for _ in 0..EACH {
+                    let r = host.request("GET", &path, Vec::new(), Some("not-a-token"));
+                    assert_eq!(r.status, 401);
+                }
+            });
+        }
+    });
+    // The deploy is still in the log of changes, which refusals never
+    // touch.
+    let changes = audit_file(&host, "audit.log");
+    assert!(
+        changes
+            .iter()
+            .any(|e| e["event"] == "deploy" && e["outcome"] == "ok"),
+        "{changes:#?}"
+    );
+    assert!(changes.iter().all(|e| e["event"] != "admin.denied"));
+    // Every refusal is accounted for, in a few lines: each window's first
+    // in full, the rest counted once the window closes.
+    let counted = |log: &[Value]| -> u64 {
+        log.iter()
+            .filter(|e| e["event"] == "admin.denied" && e["source"] == "127.0.0.1")
+            .map(|e| e["count"].as_u64().unwrap_or(1))
+            .sum()
+    };
+    let total = (THREADS * EACH) as u64;
+    let denied = host.wait_for(60, "the count of the last window", |h| {
+        let log = audit_file(h, "audit-denied.log");
+        (counted(&log) == total).then_some(log)
+    });
+    assert!(denied.len() < 100, "{} lines", denied.len());
+    let size = std::fs::metadata(host.data_dir.join("audit-denied.log"))
+        .unwrap()
+        .len();
+    assert!(size < 100_000, "{size} bytes");
+    let line = denied.iter().find(|e| e["count"].is_u64()).unwrap();
+    assert_eq!(line["detail"], "not a token of this host, or revoked");
+    assert!(line["from_ms"].as_u64() <= line["to_ms"].as_u64());
+    // An authenticated caller is still let in, and its change recorded.
+    let r = host.admin("DELETE", "/v1/functions/hello", "");
+    assert_eq!(r.status, 204);
+    assert!(
+        audit_file(&host, "audit.log")
+            .iter()
+            .any(|e| e["event"] == "remove" && e["outcome"] == "ok")
     );
 }

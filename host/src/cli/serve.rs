@@ -31,11 +31,11 @@ pub(super) struct ServeArgs {
     /// How long to drain in-flight invocations on shutdown, e.g. 30s.
     #[arg(long, env = "FNHOST_STOPPING_WAIT_TIME", default_value = "30s", value_parser = humantime::parse_duration)]
     stopping_wait_time: Duration,
-    /// Largest HTTP-trigger request body in bytes.
-    #[arg(long, env = "FNHOST_MAX_BODY_BYTES", default_value_t = 10 << 20)]
+    /// Largest HTTP-trigger request body in bytes (at most 1 GiB).
+    #[arg(long, env = "FNHOST_MAX_BODY_BYTES", default_value_t = 10 << 20, value_parser = accepted_bytes)]
     max_body_bytes: usize,
-    /// Largest deploy upload in bytes.
-    #[arg(long, env = "FNHOST_MAX_UPLOAD_BYTES", default_value_t = 64 << 20)]
+    /// Largest deploy upload in bytes (at most 1 GiB).
+    #[arg(long, env = "FNHOST_MAX_UPLOAD_BYTES", default_value_t = 64 << 20, value_parser = accepted_bytes)]
     max_upload_bytes: usize,
     /// Invocations that may run at once, host-wide.
     #[arg(long, env = "FNHOST_MAX_CONCURRENCY", default_value_t = 64)]
@@ -85,6 +85,22 @@ pub(super) struct ServeArgs {
     /// Use on-demand instance allocation instead of the pooling allocator.
     #[arg(long, env = "FNHOST_NO_POOLING")]
     no_pooling: bool,
+}
+
+/// A cap on what the host accepts from a client, in bytes: at most
+/// [`crate::trusted::wire::MAX_ACCEPTED_BYTES`], the most the host holds in
+/// memory for one request and its trusted worker's channel carries.
+fn accepted_bytes(value: &str) -> Result<usize, String> {
+    let max = crate::trusted::wire::MAX_ACCEPTED_BYTES;
+    let n: usize = value
+        .parse()
+        .map_err(|e| format!("{value:?} is not a number of bytes: {e}"))?;
+    if n == 0 || n > max {
+        return Err(format!(
+            "{n} bytes is outside 1..={max} (1 GiB): the host holds a request whole in memory, and its trusted worker's channel carries at most that; pass a smaller cap"
+        ));
+    }
+    Ok(n)
 }
 
 /// What `serve` sets up before any thread starts.

@@ -22,13 +22,15 @@ use crate::exec::{
 impl types::Host for HostState {}
 
 impl HostState {
-    /// The blob backend, if `access` to `key` in `bucket` is granted.
+    /// The blob backend, if `access` to `key` in `bucket` is granted,
+    /// with the audit line an access to a sensitive bucket needs written
+    /// first ([`Audited::written`]).
     fn storage(
         &self,
         bucket: &str,
         key: &str,
         access: Access,
-    ) -> Result<Arc<dyn BlobBackend>, storage::StorageError> {
+    ) -> Result<(Arc<dyn BlobBackend>, Audited), storage::StorageError> {
         if let Err(why) = self.profile.grants.check_storage(bucket, key, access) {
             let call = if access == Access::Read {
                 "read"
@@ -38,24 +40,35 @@ impl HostState {
             self.audit_denial(format!("storage {call} {bucket}/{key}"), &why);
             return Err(storage::StorageError::Denied(why));
         }
-        self.audit_sensitive(bucket, key, access);
-        self.stores
-            .blobs
-            .clone()
-            .ok_or_else(|| storage::StorageError::Unavailable(NO_BLOB_STORE.into()))
+        self.granted(bucket, key, access)
     }
 
-    /// Record an allowed access to a sensitive bucket in the audit log.
-    fn audit_sensitive(&self, bucket: &str, key: &str, access: Access) {
-        if self.stores.sensitive.contains(bucket) {
-            let call = if access == Access::Read {
-                "read"
-            } else {
-                "write"
-            };
-            let target = format!("storage {call} {bucket}/{key}");
-            self.audit("sensitive.access", "ok", &target, None);
+    /// The blob backend for a granted access, and its audit line if the
+    /// bucket is sensitive.
+    fn granted(
+        &self,
+        bucket: &str,
+        key: &str,
+        access: Access,
+    ) -> Result<(Arc<dyn BlobBackend>, Audited), storage::StorageError> {
+        let blobs = (self.stores.blobs.clone())
+            .ok_or_else(|| storage::StorageError::Unavailable(NO_BLOB_STORE.into()))?;
+        if !self.stores.sensitive.contains(bucket) {
+            return Ok((blobs, Audited(None)));
         }
+        let call = if access == Access::Read {
+            "read"
+        } else {
+            "write"
+        };
+        let entry = self.entry(
+            "sensitive.access",
+            "ok",
+            &format!("storage {call} {bucket}/{key}"),
+            None,
+        );
+        let audited = Audited(Some((self.stores.audit.clone(), entry, bucket.to_string())));
+        Ok((blobs, audited))
     }
 
     /// Record a denied call in the audit log (the first
@@ -74,7 +87,8 @@ impl HostState {
         self.audit("guest.denied", "denied", &target, Some(detail));
     }
 
-    /// An audit line about this invocation's call to `target`.
+    /// An audit line about this invocation's call to `target`, written
+    /// as well as the log can (a denial).
     fn audit(
         &self,
         event: &'static str,
@@ -83,17 +97,28 @@ impl HostState {
         detail: Option<String>,
     ) {
         if let Some(audit) = &self.stores.audit {
-            audit.record(crate::audit::Entry {
-                event,
-                outcome,
-                target: Some(format!(
-                    "{} invocation {}: {target}",
-                    self.profile.who(),
-                    self.invocation_id
-                )),
-                detail,
-                ..crate::audit::Entry::default()
-            });
+            audit.record(self.entry(event, outcome, target, detail));
+        }
+    }
+
+    /// The audit entry of this invocation's call to `target`.
+    fn entry(
+        &self,
+        event: &'static str,
+        outcome: &'static str,
+        target: &str,
+        detail: Option<String>,
+    ) -> crate::audit::Entry {
+        crate::audit::Entry {
+            event: event.into(),
+            outcome: outcome.into(),
+            target: Some(format!(
+                "{} invocation {}: {target}",
+                self.profile.who(),
+                self.invocation_id
+            )),
+            detail,
+            ..crate::audit::Entry::default()
         }
     }
 
@@ -104,20 +129,48 @@ impl HostState {
         &self,
         bucket: &str,
         key: &str,
-    ) -> Result<Arc<dyn BlobBackend>, storage::StorageError> {
+    ) -> Result<(Arc<dyn BlobBackend>, Audited), storage::StorageError> {
         let event = self
             .event_object
             .as_ref()
             .map(|(b, k)| (b.as_str(), k.as_str()));
         if self.profile.grants.check_event_read(bucket, key, event) {
-            self.audit_sensitive(bucket, key, Access::Read);
-            return self
-                .stores
-                .blobs
-                .clone()
-                .ok_or_else(|| storage::StorageError::Unavailable(NO_BLOB_STORE.into()));
+            return self.granted(bucket, key, Access::Read);
         }
         self.storage(bucket, key, Access::Read)
+    }
+}
+
+/// The audit line of an access to a sensitive bucket, if it is one: the
+/// log, the line and the bucket.
+struct Audited(
+    Option<(
+        Option<Arc<crate::audit::Audit>>,
+        crate::audit::Entry,
+        String,
+    )>,
+);
+
+impl Audited {
+    /// Write the line before the access is made: an access whose line
+    /// cannot be written does not happen.
+    async fn written(self) -> Result<(), storage::StorageError> {
+        let Some((audit, entry, bucket)) = self.0 else {
+            return Ok(());
+        };
+        let refused = |why: String| {
+            storage::StorageError::Unavailable(format!(
+                "the access to the sensitive bucket {} was not made, because the audit log cannot record it ({why}); try again later",
+                crate::text::quote(&bucket)
+            ))
+        };
+        let Some(audit) = audit else {
+            return Err(refused("this host keeps no audit log".into()));
+        };
+        audit
+            .record_required(entry)
+            .await
+            .map_err(|e| refused(e.to_string()))
     }
 }
 
@@ -153,7 +206,8 @@ impl storage::Host for HostState {
         bucket: String,
         key: String,
     ) -> Result<Option<Vec<u8>>, storage::StorageError> {
-        let blobs = self.object_read(&bucket, &key)?;
+        let (blobs, audited) = self.object_read(&bucket, &key)?;
+        audited.written().await?;
         Ok(blobs
             .get(&bucket, &key)
             .await
@@ -166,7 +220,8 @@ impl storage::Host for HostState {
         bucket: String,
         key: String,
     ) -> Result<Option<storage::ObjectMeta>, storage::StorageError> {
-        let blobs = self.object_read(&bucket, &key)?;
+        let (blobs, audited) = self.object_read(&bucket, &key)?;
+        audited.written().await?;
         Ok(blobs
             .head(&bucket, &key)
             .await
@@ -181,7 +236,8 @@ impl storage::Host for HostState {
         body: Vec<u8>,
         content_type: Option<String>,
     ) -> Result<storage::ObjectMeta, storage::StorageError> {
-        let blobs = self.storage(&bucket, &key, Access::Write)?;
+        let (blobs, audited) = self.storage(&bucket, &key, Access::Write)?;
+        audited.written().await?;
         blobs
             .put(&bucket, &key, body, content_type)
             .await
@@ -190,7 +246,8 @@ impl storage::Host for HostState {
     }
 
     async fn delete(&mut self, bucket: String, key: String) -> Result<bool, storage::StorageError> {
-        let blobs = self.storage(&bucket, &key, Access::Write)?;
+        let (blobs, audited) = self.storage(&bucket, &key, Access::Write)?;
+        audited.written().await?;
         blobs.delete(&bucket, &key).await.map_err(blob_error)
     }
 
@@ -199,7 +256,8 @@ impl storage::Host for HostState {
         bucket: String,
         prefix: String,
     ) -> Result<Vec<storage::ObjectMeta>, storage::StorageError> {
-        let blobs = self.storage(&bucket, &prefix, Access::Read)?;
+        let (blobs, audited) = self.storage(&bucket, &prefix, Access::Read)?;
+        audited.written().await?;
         let objects = blobs
             .list(&bucket, &prefix, None, MAX_LISTED + 1)
             .await
@@ -222,7 +280,8 @@ impl storage::Host for HostState {
         start_after: Option<String>,
         limit: u32,
     ) -> Result<storage::ObjectPage, storage::StorageError> {
-        let blobs = self.storage(&bucket, &prefix, Access::Read)?;
+        let (blobs, audited) = self.storage(&bucket, &prefix, Access::Read)?;
+        audited.written().await?;
         let limit = limit.clamp(1, MAX_PAGE) as usize;
         let mut objects = blobs
             .list(&bucket, &prefix, start_after, limit + 1)

@@ -112,9 +112,11 @@ pub(crate) async fn require_token(
         p => format!("/v1{p}"),
     };
     let target = format!("{method} {path}");
+    let source = source(req.extensions());
     let bearer = match authorize(
         &state.access,
         req.headers(),
+        source.clone(),
         action,
         &target,
         "admin.denied",
@@ -147,9 +149,10 @@ pub(crate) async fn require_token(
         && sensitive.queues.contains(&queue)
     {
         state.access.audit.record(Entry {
-            event: "admin.denied",
-            outcome: "denied",
+            event: "admin.denied".into(),
+            outcome: "denied".into(),
             token: Some(bearer.id.clone()),
+            source,
             target: Some(target),
             detail: Some("sensitive queue".into()),
             ..Entry::default()
@@ -167,9 +170,10 @@ pub(crate) async fn require_token(
         && sensitive.buckets.contains(&bucket)
     {
         state.access.audit.record(Entry {
-            event: "admin.denied",
-            outcome: "denied",
+            event: "admin.denied".into(),
+            outcome: "denied".into(),
             token: Some(bearer.id.clone()),
+            source,
             target: Some(target),
             detail: Some("sensitive bucket".into()),
             ..Entry::default()
@@ -185,23 +189,51 @@ pub(crate) async fn require_token(
     }
     let token = bearer.id.clone();
     req.extensions_mut().insert(bearer);
-    let response = next.run(req).await;
-    if let Some(event) = event(&method, &route, action) {
-        let ok = response.status().is_success();
-        state.access.audit.record(Entry {
-            event,
-            outcome: if ok { "ok" } else { "failed" },
-            token: Some(token),
-            target: Some(target),
-            detail: response
-                .extensions()
-                .get::<Note>()
-                .map(|n| n.0.clone())
-                .or_else(|| (!ok).then(|| response.status().to_string())),
-            ..Entry::default()
-        });
+    let Some(event) = event(&method, &route, action) else {
+        return next.run(req).await;
+    };
+    // A change is recorded before it is made: one whose line cannot be
+    // written is not made.
+    let entry = |outcome: &'static str, detail: Option<String>| Entry {
+        event: event.into(),
+        outcome: outcome.into(),
+        token: Some(token.clone()),
+        source: source.clone(),
+        target: Some(target.clone()),
+        detail,
+        ..Entry::default()
+    };
+    if let Err(e) = state
+        .access
+        .audit
+        .record_required(entry("started", None))
+        .await
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            format!(
+                "{e}; so this change was not made. Free space in the host's data dir or fix the log's permissions, then retry"
+            ),
+        );
     }
+    let response = next.run(req).await;
+    let ok = response.status().is_success();
+    let detail = (response.extensions().get::<Note>())
+        .map(|n| n.0.clone())
+        .or_else(|| (!ok).then(|| response.status().to_string()));
+    state
+        .access
+        .audit
+        .record(entry(if ok { "ok" } else { "failed" }, detail));
     response
+}
+
+/// The client's address, as the server's accept loop recorded it.
+pub(crate) fn source(extensions: &axum::http::Extensions) -> Option<String> {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
 }
 
 /// Who bears the token in `headers`, if its scope allows `action`; else
@@ -210,27 +242,30 @@ pub(crate) async fn require_token(
 pub(crate) async fn authorize(
     access: &Access,
     headers: &HeaderMap,
+    source: Option<String>,
     action: Action,
     target: &str,
     event: &'static str,
 ) -> Result<Bearer, Response> {
-    let denied = |token: Option<&str>, why: &str| {
-        access.audit.record(Entry {
-            event,
-            outcome: "denied",
-            token: token.map(str::to_string),
-            target: Some(target.to_string()),
-            detail: Some(why.to_string()),
-            ..Entry::default()
-        })
+    let entry = |token: Option<&str>, why: &str| Entry {
+        event: event.into(),
+        outcome: "denied".into(),
+        token: token.map(str::to_string),
+        source: source.clone(),
+        target: Some(target.to_string()),
+        detail: Some(why.to_string()),
+        ..Entry::default()
     };
+    // Without a token of ours: counted per source and window, so a flood
+    // of them costs the log a line or two.
+    let anonymous = |why: &str| access.audit.refused(entry(None, why));
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(given) = given else {
-        denied(None, "no bearer token");
+        anonymous("no bearer token");
         return Err(error(
             StatusCode::UNAUTHORIZED,
             "missing_token",
@@ -240,7 +275,7 @@ pub(crate) async fn authorize(
     let bearer = match access.tokens.check(given).await {
         Ok(Ok(bearer)) => bearer,
         Ok(Err(Refused::Unknown)) => {
-            denied(None, "not a token of this host, or revoked");
+            anonymous("not a token of this host, or revoked");
             return Err(error(
                 StatusCode::UNAUTHORIZED,
                 "bad_token",
@@ -248,7 +283,7 @@ pub(crate) async fn authorize(
             ));
         }
         Ok(Err(Refused::Expired(at))) => {
-            denied(None, "expired");
+            anonymous("expired");
             return Err(error(
                 StatusCode::UNAUTHORIZED,
                 "expired_token",
@@ -268,10 +303,10 @@ pub(crate) async fn authorize(
         }
     };
     if !bearer.scope.allows(action) {
-        denied(
+        access.audit.record(entry(
             Some(&bearer.id),
             &format!("scope {} does not allow {action:?}", bearer.scope.as_str()),
-        );
+        ));
         return Err(error(
             StatusCode::FORBIDDEN,
             "forbidden",

@@ -54,8 +54,8 @@ pub(super) async fn accept_loop(
             a = listener.accept() => a,
             () = shutdown.cancelled() => return,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors, say: wait a moment, do not spin.
                 tracing::warn!(error = %e, "cannot accept a connection");
@@ -69,7 +69,7 @@ pub(super) async fn accept_loop(
                 let app = app.clone();
                 let shutdown = shutdown.clone();
                 tracker.spawn(async move {
-                    serve_one(stream, app, limits, shutdown).await;
+                    serve_one(stream, peer, app, limits, shutdown).await;
                     drop(slot);
                 });
             }
@@ -89,13 +89,17 @@ pub(super) async fn accept_loop(
 /// request in flight finish.
 async fn serve_one(
     stream: TcpStream,
+    peer: std::net::SocketAddr,
     app: axum::Router,
     limits: Limits,
     shutdown: CancellationToken,
 ) {
     let idle = limits.body_read_timeout;
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-        let req = req.map(|body| Body::new(tower_http::timeout::TimeoutBody::new(idle, body)));
+        let mut req = req.map(|body| Body::new(tower_http::timeout::TimeoutBody::new(idle, body)));
+        // Who sent it, for the audit log's count of refusals per source.
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
         app.clone().oneshot(req)
     });
     let mut builder = hyper::server::conn::http1::Builder::new();

@@ -57,9 +57,11 @@ pub(crate) async fn handle(State(state): State<AppState>, req: Request) -> Respo
     let (mut parts, body) = req.into_parts();
     if target.token {
         let what = format!("{method} {path}");
+        let source = super::auth::source(&parts.extensions);
         let bearer = super::auth::authorize(
             &state.access,
             &parts.headers,
+            source,
             crate::tokens::Action::Invoke,
             &what,
             "http.denied",

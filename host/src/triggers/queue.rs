@@ -23,6 +23,7 @@
 //! (lanes), each for its share of the desired instances, so more than one
 //! receive is in flight when more than 10 instances are wanted.
 
+mod checkpoints;
 mod settle;
 
 use crate::dispatcher::{Deployed, Dispatcher};

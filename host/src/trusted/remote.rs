@@ -54,8 +54,10 @@ struct Conn {
     profiles: HashMap<usize, (Arc<crate::exec::Profile>, u64)>,
 }
 
-/// How long past an execution's deadline the host waits for its outcome.
-const ANSWER_MARGIN: Duration = Duration::from_secs(300);
+/// How long past an execution's deadline the host waits for its outcome:
+/// the worker ends every execution by its deadline and
+/// [`super::DEADLINE_GRACE`], so a little more than that.
+const ANSWER_MARGIN: Duration = Duration::from_secs(super::DEADLINE_GRACE.as_secs() + 10);
 
 /// Removes an execution's pending entry when dropped.
 struct Forget<'a>(&'a RemoteWorker, u64);
@@ -69,6 +71,9 @@ impl Drop for Forget<'_> {
 /// The trusted worker, as the public process sees it.
 pub struct RemoteWorker {
     socket: PathBuf,
+    /// The pid of the supervisor this host started: the worker is its
+    /// child, and no other process is taken for it.
+    supervisor: Option<u32>,
     /// Set once the host is put together ([`RemoteWorker::set_stores`]).
     stores: std::sync::OnceLock<HostStores>,
     /// The connection, while connected.
@@ -103,10 +108,12 @@ pub fn unavailable(why: impl Into<String>) -> Outcome {
 
 impl RemoteWorker {
     /// Connect to the worker at `socket` (and again after every loss)
-    /// until the process ends.
-    pub fn start(socket: PathBuf) -> Arc<RemoteWorker> {
+    /// until the process ends; with `supervisor`, only to a child of that
+    /// process (the worker it started).
+    pub fn start(socket: PathBuf, supervisor: Option<u32>) -> Arc<RemoteWorker> {
         let worker = Arc::new(RemoteWorker {
             socket,
+            supervisor,
             stores: std::sync::OnceLock::new(),
             conn: Mutex::new(None),
             pending: Mutex::default(),
@@ -204,13 +211,29 @@ impl RemoteWorker {
 
     async fn serve(self: Arc<Self>, stream: UnixStream) -> std::io::Result<()> {
         // The socket's directory is the trusted dir's, 0700: still, talk
-        // only to a process of this user.
-        let uid = stream.peer_cred()?.uid();
+        // only to a process of this user, and only to the worker this host
+        // started (another process of the user could have bound the socket
+        // while the worker was down).
+        let cred = stream.peer_cred()?;
+        let uid = cred.uid();
         // SAFETY: geteuid(2) cannot fail.
         if uid != unsafe { libc::geteuid() } {
             return Err(std::io::Error::other(format!(
                 "the process on the worker's socket runs as uid {uid}, not as this host's user"
             )));
+        }
+        let peer = cred.pid();
+        if let Some(supervisor) = self.supervisor {
+            let parent = peer.and_then(|pid| parent_of(pid as u32));
+            if parent != Some(supervisor) {
+                let err = format!(
+                    "the process on the worker's socket (pid {}) is not the trusted worker this host started: its parent is {}, not the supervisor (pid {supervisor}); nothing is sent to it",
+                    peer.map_or("unknown".into(), |p| p.to_string()),
+                    parent.map_or("unknown".into(), |p| format!("pid {p}")),
+                );
+                tracing::error!("{err}");
+                return Err(std::io::Error::other(err));
+            }
         }
         let (r, w) = stream.into_split();
         let mut r = tokio::io::BufReader::new(r);
@@ -227,6 +250,11 @@ impl RemoteWorker {
                 "the worker's first frame was not a hello",
             ));
         };
+        if peer.is_some_and(|p| p as u32 != pid) {
+            return Err(std::io::Error::other(format!(
+                "the worker says it is pid {pid}, but the socket's peer is pid {peer:?}"
+            )));
+        }
         if version != wire::VERSION {
             return Err(std::io::Error::other(format!(
                 "the trusted worker speaks protocol version {version}, this host {}: restart the host (the fnhost binary was replaced?)",
@@ -257,15 +285,18 @@ impl RemoteWorker {
                     let (me, tx) = (self.clone(), tx.clone());
                     tokio::spawn(async move {
                         let reply = me.answer(request).await;
-                        let _ = wire::send(&tx, &ToWorker::Reply { call, reply }).await;
+                        reply_to(&tx, call, reply).await;
                     });
                 }
                 Ok(Some(FromWorker::Audit(line))) => {
                     let Some(stores) = self.stores.get() else {
+                        tracing::error!(
+                            "an audit line from the trusted worker came before the host was ready; it is lost"
+                        );
                         continue;
                     };
-                    if let Err(e) = stores.audit.append_line(&line) {
-                        tracing::warn!(error = %e, "refused an audit line from the trusted worker");
+                    if let Err(e) = stores.audit.take_forwarded(&line, false).await {
+                        tracing::error!(error = %e, "cannot record an audit line of the trusted worker");
                     }
                 }
                 Ok(Some(FromWorker::Hello { .. })) => {
@@ -381,6 +412,10 @@ impl RemoteWorker {
                 },
                 None => Reply::Done,
             },
+            Request::Audit(line) => match s.audit.take_forwarded(&line, true).await {
+                Ok(()) => Reply::Done,
+                Err(e) => Reply::Failed(wire::Fault::Backend(e.to_string())),
+            },
             Request::Checkpoint { invoke, state } => match self.reporter(invoke) {
                 Some(r) => match r.checkpoint(state).await {
                     Ok(()) => Reply::Done,
@@ -413,37 +448,27 @@ impl RemoteWorker {
                 return Ok(unavailable("the trusted worker is not running"));
             };
             // Under the writer's lock: whether the worker knows the profile
-            // is decided and the frame written in one turn, so no other
-            // execution names a profile whose JSON is still to be sent.
+            // is decided and the message written in one turn, so no other
+            // execution names a profile whose JSON is still to be sent; and
+            // the profile counts as sent only once its message was written.
             let mut half = tx.lock().await;
+            let key = Arc::as_ptr(&execution.profile) as usize;
             let (profile_id, profile) = {
-                let mut conn = self.conn.lock().unwrap();
-                let Some(conn) = conn.as_mut().filter(|c| Arc::ptr_eq(&c.tx, &tx)) else {
+                let conn = self.conn.lock().unwrap();
+                let Some(conn) = conn.as_ref().filter(|c| Arc::ptr_eq(&c.tx, &tx)) else {
                     return Ok(unavailable("the trusted worker is not running"));
                 };
-                let key = Arc::as_ptr(&execution.profile) as usize;
-                let known = conn.profiles.len() as u64 + 1;
                 match conn.profiles.get(&key) {
                     Some((_, id)) => (*id, None),
                     None => {
-                        conn.profiles
-                            .insert(key, (execution.profile.clone(), known));
                         let json = serde_json::to_string(execution.profile.as_ref())
                             .expect("a profile serializes");
-                        (known, Some(json))
+                        (conn.profiles.len() as u64 + 1, Some(json))
                     }
                 }
             };
+            let new_profile = profile.is_some();
             let call = self.next.fetch_add(1, Ordering::Relaxed);
-            let (done, result) = oneshot::channel();
-            let has_reporter = reporter.is_some();
-            self.pending
-                .lock()
-                .unwrap()
-                .insert(call, Pending { done, reporter });
-            // However this ends (answered, failed, timed out, or dropped by
-            // its caller), the entry goes.
-            let _entry = Forget(self, call);
             let deadline_ms = execution.invocation.deadline_ms;
             let invoke = ToWorker::Invoke {
                 call,
@@ -455,17 +480,42 @@ impl RemoteWorker {
                     Wait::Always => None,
                     Wait::AtMost(n) => Some(n.min(u32::MAX as usize) as u32),
                 },
-                reporter: has_reporter,
+                reporter: reporter.is_some(),
             };
+            let body = match wire::encode(&invoke) {
+                Ok(body) => body,
+                // Nothing was written: the connection stays in step.
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot hand an execution to the trusted worker");
+                    return Ok(ended(Failure::Limit(format!(
+                        "the invocation cannot be handed to the trusted worker: {e}"
+                    ))));
+                }
+            };
+            let (done, result) = oneshot::channel();
+            self.pending
+                .lock()
+                .unwrap()
+                .insert(call, Pending { done, reporter });
+            // However this ends (answered, failed, timed out, or dropped by
+            // its caller), the entry goes.
+            let _entry = Forget(self, call);
             let cut = wire::CutOff::arm(&half);
-            let sent = wire::write(&mut *half, &invoke).await;
+            let sent = wire::write_encoded(&mut *half, &body).await;
             cut.disarm();
-            drop(half);
             if sent.is_err() {
                 return Ok(unavailable("the trusted worker is not running"));
             }
-            // The worker ends every execution by its deadline; past it (and
-            // a margin for waiting for an instance) it is not answering.
+            if new_profile
+                && let Some(conn) = self.conn.lock().unwrap().as_mut()
+                && Arc::ptr_eq(&conn.tx, &tx)
+            {
+                conn.profiles
+                    .insert(key, (execution.profile.clone(), profile_id));
+            }
+            drop(half);
+            // The worker ends every execution by its deadline (and a grace);
+            // past that it is not answering.
             let left = deadline_ms.saturating_sub(crate::clock::now_ms());
             let patience = Duration::from_millis(left) + ANSWER_MARGIN;
             match tokio::time::timeout(patience, result).await {
@@ -482,4 +532,35 @@ impl RemoteWorker {
     pub fn in_flight(&self) -> usize {
         self.pending.lock().unwrap().len()
     }
+}
+
+/// Answer the worker's call `call`. A reply that cannot be sent (over the
+/// protocol's size) is answered with why, so the call does not wait for
+/// an answer that never comes.
+async fn reply_to(tx: &wire::Writer, call: u64, reply: Reply) {
+    let sent = match wire::encode(&ToWorker::Reply { call, reply }) {
+        Ok(body) => {
+            let mut half = tx.lock().await;
+            let cut = wire::CutOff::arm(&half);
+            let sent = wire::write_encoded(&mut *half, &body).await;
+            cut.disarm();
+            sent
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot send an answer to the trusted worker; telling it why");
+            let why = Reply::Failed(wire::Fault::TooLarge(e.to_string()));
+            wire::send(tx, &ToWorker::Reply { call, reply: why }).await
+        }
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot send an answer to the trusted worker (the connection is lost; its call ends with it)");
+    }
+}
+
+/// The parent of process `pid`, from `/proc/<pid>/stat`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid …`; the command may hold spaces and parens.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
 }

@@ -1,7 +1,12 @@
 //! The protocol between the host process and the trusted worker, on one
-//! Unix socket: frames of a 4-byte big-endian length and a postcard body,
-//! at most [`MAX_FRAME_BYTES`]. It carries exactly these messages and
-//! nothing else:
+//! Unix socket: each message a postcard body of at most
+//! [`MAX_MESSAGE_BYTES`] (as much as the host accepts from anyone, so any
+//! request body or component the host takes can cross), sent in chunks of
+//! at most [`MAX_CHUNK_BYTES`], each behind a 4-byte big-endian header: its
+//! length, with the top bit set when more of the message follows. A
+//! message is encoded whole before its first byte is written, so one that
+//! cannot be sent fails before anything is on the socket, and the stream
+//! stays in step. It carries exactly these messages and nothing else:
 //!
 //! - host → worker: [`ToWorker::Invoke`] (run a trusted function's
 //!   execution) and [`ToWorker::Reply`] (the answer to a worker's call);
@@ -9,8 +14,9 @@
 //!   public key that seals sensitive queues), [`FromWorker::Done`] (an
 //!   execution's outcome), [`FromWorker::Call`] (what a trusted function
 //!   asks of the host's stores: a component by digest, a queue send, the
-//!   object calls on *non-sensitive* buckets, progress and checkpoints) and
-//!   [`FromWorker::Audit`] (an audit line for the host's log).
+//!   object calls on *non-sensitive* buckets, progress and checkpoints,
+//!   and the audit lines that must be written before an access goes
+//!   ahead) and [`FromWorker::Audit`] (an audit line for the host's log).
 //!
 //! The sensitive store itself never crosses: the worker holds it.
 
@@ -23,12 +29,23 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// The protocol's version: the worker says it in its hello, and a host
 /// speaking another (a restarted worker from an upgraded binary) refuses
 /// the connection.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
-/// The largest frame either side sends or accepts: a component upload
-/// (64 MiB at most) with room to spare. A longer length prefix closes the
-/// connection.
-pub const MAX_FRAME_BYTES: usize = 80 << 20;
+/// The largest body a client may send the host, and the largest component
+/// it may upload (`--max-body-bytes`, `--max-upload-bytes`): 1 GiB. The
+/// host refuses to start with caps above it.
+pub const MAX_ACCEPTED_BYTES: usize = 1 << 30;
+
+/// The largest message either side sends or accepts: what the host
+/// accepts, with room for what travels beside it (headers, an invocation,
+/// a profile). A longer one closes the connection.
+pub const MAX_MESSAGE_BYTES: usize = MAX_ACCEPTED_BYTES + (16 << 20);
+
+/// The largest chunk of a message on the socket.
+pub const MAX_CHUNK_BYTES: usize = 1 << 20;
+
+/// The header bit that says more chunks of the message follow.
+const MORE: u32 = 1 << 31;
 
 /// Host → worker.
 #[derive(Debug, Serialize, Deserialize)]
@@ -92,7 +109,8 @@ pub enum FromWorker {
         /// What it asks.
         request: Request,
     },
-    /// One line for the audit log (JSON, one line).
+    /// One line for the audit log (an [`crate::audit::Entry`] as JSON),
+    /// written as well as the host can.
     Audit(String),
 }
 
@@ -175,6 +193,10 @@ pub enum Request {
         /// The state to resume from.
         state: Vec<u8>,
     },
+    /// An audit line (an [`crate::audit::Entry`] as JSON) that must be
+    /// written before the access it records goes ahead: answered
+    /// [`Reply::Done`] once it is, [`Reply::Failed`] when it cannot be.
+    Audit(String),
 }
 
 /// The host's answer to a [`Request`].
@@ -282,18 +304,19 @@ impl Fault {
 /// send (no writer task to wake in between).
 pub type Writer = std::sync::Arc<tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>>;
 
-/// Send one frame on `w`.
+/// Send one message on `w`.
 pub async fn send<T: Serialize>(w: &Writer, msg: &T) -> std::io::Result<()> {
+    let body = encode(msg)?;
     let mut half = w.lock().await;
     let cut = CutOff::arm(&half);
-    let sent = write(&mut *half, msg).await;
+    let sent = write_encoded(&mut *half, &body).await;
     cut.disarm();
     sent
 }
 
-/// Shuts the socket down if dropped armed: a frame whose sender was
+/// Shuts the socket down if dropped armed: a message whose sender was
 /// dropped halfway through writing it would leave the stream out of step
-/// (the next frame read from the middle of this one), so the connection
+/// (the next message read from the middle of this one), so the connection
 /// ends instead, and both sides start afresh. Arm it before a write,
 /// disarm it once the write returned.
 pub struct CutOff(Option<std::os::fd::RawFd>);
@@ -322,57 +345,93 @@ impl Drop for CutOff {
     }
 }
 
-/// Write one frame (one write: the length and the body together).
-pub async fn write<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> std::io::Result<()> {
-    let mut frame = postcard::to_extend(msg, vec![0u8; 4]).map_err(std::io::Error::other)?;
-    let len = frame.len() - 4;
-    if len > MAX_FRAME_BYTES {
-        return Err(std::io::Error::other(format!(
-            "a frame of {len} bytes is over the protocol's {MAX_FRAME_BYTES}"
-        )));
+/// `msg` encoded for [`write_encoded`]; an error, before anything is
+/// written, when it is over [`MAX_MESSAGE_BYTES`].
+pub fn encode<T: Serialize>(msg: &T) -> std::io::Result<Vec<u8>> {
+    let body = postcard::to_allocvec(msg).map_err(std::io::Error::other)?;
+    if body.len() > MAX_MESSAGE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!(
+                "a message of {} bytes is over the protocol's {MAX_MESSAGE_BYTES}",
+                body.len()
+            ),
+        ));
     }
-    frame[..4].copy_from_slice(&(len as u32).to_be_bytes());
-    w.write_all(&frame).await?;
+    Ok(body)
+}
+
+/// Write one encoded message, in chunks.
+pub async fn write_encoded<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> std::io::Result<()> {
+    let mut chunks = body.chunks(MAX_CHUNK_BYTES).peekable();
+    if chunks.peek().is_none() {
+        w.write_all(&0u32.to_be_bytes()).await?;
+    }
+    while let Some(chunk) = chunks.next() {
+        let more = if chunks.peek().is_some() { MORE } else { 0 };
+        let mut head = [0u8; 4];
+        head.copy_from_slice(&(chunk.len() as u32 | more).to_be_bytes());
+        w.write_all(&head).await?;
+        w.write_all(chunk).await?;
+    }
     w.flush().await
 }
 
-/// Read one frame; `None` at a clean end of the stream.
+/// Write one message.
+pub async fn write<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> std::io::Result<()> {
+    write_encoded(w, &encode(msg)?).await
+}
+
+/// Read one message; `None` at a clean end of the stream.
 pub async fn read<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
     r: &mut R,
 ) -> std::io::Result<Option<T>> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
+    let mut body: Vec<u8> = Vec::new();
+    let mut first = true;
+    loop {
+        let mut head = [0u8; 4];
+        match r.read_exact(&mut head).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && first => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        first = false;
+        let head = u32::from_be_bytes(head);
+        let len = (head & !MORE) as usize;
+        if len > MAX_CHUNK_BYTES {
+            return Err(std::io::Error::other(format!(
+                "a chunk of {len} bytes is over the protocol's {MAX_CHUNK_BYTES}"
+            )));
+        }
+        if body.len() + len > MAX_MESSAGE_BYTES {
+            return Err(std::io::Error::other(format!(
+                "a message of more than {MAX_MESSAGE_BYTES} bytes is over the protocol's limit"
+            )));
+        }
+        let start = body.len();
+        body.resize(start + len, 0);
+        r.read_exact(&mut body[start..]).await?;
+        if head & MORE == 0 {
+            break;
+        }
     }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME_BYTES {
-        return Err(std::io::Error::other(format!(
-            "a frame of {len} bytes is over the protocol's {MAX_FRAME_BYTES}"
-        )));
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
     match postcard::take_from_bytes(&body) {
         Ok((msg, [])) => Ok(Some(msg)),
         Ok((_, rest)) => Err(std::io::Error::other(format!(
-            "a malformed frame: {} bytes past its message",
+            "a malformed message: {} bytes past its end",
             rest.len()
         ))),
-        Err(e) => Err(std::io::Error::other(format!("a malformed frame: {e}"))),
+        Err(e) => Err(std::io::Error::other(format!("a malformed message: {e}"))),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exec::{HttpRequest, Limits, Output};
+    use crate::exec::{HttpRequest, Output};
 
-    #[tokio::test]
-    async fn frames_round_trip_and_oversized_ones_are_refused() {
-        let (mut a, mut b) = tokio::io::duplex(1 << 20);
-        let invoke = ToWorker::Invoke {
+    fn invoke(body: Vec<u8>) -> ToWorker {
+        ToWorker::Invoke {
             call: 7,
             profile_id: 1,
             profile: Some("{}".into()),
@@ -391,16 +450,43 @@ mod tests {
                 query: String::new(),
                 params: vec![],
                 headers: vec![("a".into(), "b".into())],
-                body: vec![0; 1000],
+                body,
             }),
             wait_at_most: Some(3),
             reporter: false,
-        };
-        write(&mut a, &invoke).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn messages_round_trip_in_chunks_and_malformed_ones_are_refused() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        write(&mut a, &invoke(vec![0; 1000])).await.unwrap();
         let back: ToWorker = read(&mut b).await.unwrap().unwrap();
         assert!(
             matches!(back, ToWorker::Invoke { call: 7, wait_at_most: Some(3), event: Event::Http(ref r), .. } if r.body.len() == 1000)
         );
+        // A body of several chunks, with a message behind it: both whole.
+        let big: Vec<u8> = (0..(5 * MAX_CHUNK_BYTES + 17)).map(|i| i as u8).collect();
+        let writer = tokio::spawn(async move {
+            write(&mut a, &invoke(big)).await.unwrap();
+            write(&mut a, &FromWorker::Audit("{}".into()))
+                .await
+                .unwrap();
+            a
+        });
+        let back: ToWorker = read(&mut b).await.unwrap().unwrap();
+        let ToWorker::Invoke {
+            event: Event::Http(r),
+            ..
+        } = back
+        else {
+            panic!("not an invoke")
+        };
+        assert_eq!(r.body.len(), 5 * MAX_CHUNK_BYTES + 17);
+        assert!(r.body.iter().enumerate().all(|(i, b)| *b == i as u8));
+        let next: FromWorker = read(&mut b).await.unwrap().unwrap();
+        assert!(matches!(next, FromWorker::Audit(ref l) if l == "{}"));
+        let mut a = writer.await.unwrap();
         let done = FromWorker::Done {
             call: 7,
             outcome: Ok(Outcome {
@@ -424,20 +510,17 @@ mod tests {
                 outcome: Ok(_)
             }
         ));
-        let _ = Limits::default();
-        // A length past the cap closes the stream instead of allocating it.
-        a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        // A chunk longer than the protocol allows closes the stream
+        // instead of allocating it.
+        a.write_all(&(!MORE).to_be_bytes()).await.unwrap();
         let err = read::<_, FromWorker>(&mut b).await.unwrap_err();
         assert!(err.to_string().contains("over the protocol"), "{err}");
-        // A frame with bytes past its message is refused, not half-read.
-        let mut frame = postcard::to_allocvec(&FromWorker::Audit("{}".into())).unwrap();
-        frame.extend_from_slice(b"junk");
-        a.write_all(&(frame.len() as u32).to_be_bytes())
-            .await
-            .unwrap();
-        a.write_all(&frame).await.unwrap();
+        // A message with bytes past its end is refused, not half-read.
+        let mut body = postcard::to_allocvec(&FromWorker::Audit("{}".into())).unwrap();
+        body.extend_from_slice(b"junk");
+        write_encoded(&mut a, &body).await.unwrap();
         let err = read::<_, FromWorker>(&mut b).await.unwrap_err();
-        assert!(err.to_string().contains("past its message"), "{err}");
+        assert!(err.to_string().contains("past its end"), "{err}");
         drop(a);
         assert!(read::<_, FromWorker>(&mut b).await.unwrap().is_none());
     }

@@ -22,7 +22,7 @@ use crate::blobs::BlobBackend;
 use crate::exec::{Event, Execution, Executor, Failure, Profile, Reporter, Wait};
 use crate::sandbox::{LocalExecutor, Sandbox, SandboxConfig, Stores};
 use anyhow::Context as _;
-use link::{Link, Remote, RemoteReporter, SplitBlobs};
+use link::{Link, LinkAudit, Remote, RemoteReporter, SplitBlobs};
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -100,6 +100,8 @@ struct Worker {
     opener: Opener,
     sealer: Sealer,
     allowed: super::allowed::Allowed,
+    /// The sensitive queues: every message of theirs is sealed.
+    queues: Arc<BTreeSet<String>>,
 }
 
 impl Worker {
@@ -143,12 +145,37 @@ impl Worker {
                         }) as Arc<dyn Reporter>
                     });
                     let wait = wait_at_most.map_or(Wait::Always, |n| Wait::AtMost(n as usize));
+                    let who = profile.who();
+                    // Every wait of the execution (for an instance, its
+                    // component, the host's answers) ends by its deadline
+                    // and a grace: the host is never left waiting on it.
+                    let left = invocation
+                        .deadline_ms
+                        .saturating_sub(crate::clock::now_ms());
+                    let bound = Duration::from_millis(left) + super::DEADLINE_GRACE;
                     let execution = Execution {
                         profile,
                         invocation,
                         event,
                     };
-                    self.executor.execute(execution, reporter, wait).await
+                    match tokio::time::timeout(
+                        bound,
+                        self.executor.execute(execution, reporter, wait),
+                    )
+                    .await
+                    {
+                        Ok(outcome) => outcome,
+                        Err(_) => {
+                            let why = format!(
+                                "{who} did not finish by its deadline and {:?} more in the trusted worker (waiting for an instance, its component or the host)",
+                                super::DEADLINE_GRACE
+                            );
+                            tracing::warn!("{why}");
+                            Ok(super::remote::ended(Failure::Trap(
+                                crate::exec::TrapReason::Host(why),
+                            )))
+                        }
+                    }
                 }
             },
         };
@@ -161,7 +188,11 @@ impl Worker {
     }
 
     /// Open a sealed queue message or job input, and a sealed checkpoint,
-    /// in place.
+    /// in place. What is sealed is known from where it comes, never from
+    /// what the bytes look like: every message of a sensitive queue, every
+    /// job input of a trusted function (sealed when it was submitted) and
+    /// every checkpoint of one (sealed here when it was saved, and handed
+    /// back to this function only).
     fn open_sealed(
         &self,
         profile: &Profile,
@@ -169,25 +200,40 @@ impl Worker {
         event: &mut Event,
     ) -> Result<(), String> {
         match event {
-            Event::Queue(m) if Opener::is_sealed(&m.body) => {
-                m.body = self.opener.open(&m.queue, &m.body)?;
+            Event::Queue(m) if self.queues.contains(&m.queue) => {
+                m.body = self.opener.open(&m.queue, &m.body).map_err(|e| {
+                    format!(
+                        "message {} of the sensitive queue {} does not open in the trusted worker ({e}); every message of a sensitive queue is sealed by fnhost as it is sent, so this one was sent around fnhost or altered",
+                        m.id, m.queue
+                    )
+                })?;
             }
-            // A job's input, sealed when it was submitted (a direct
-            // invocation's payload, which has no job, is never sealed).
-            Event::Invoke(payload) if invocation.job_id.is_some() && Opener::is_sealed(payload) => {
+            // A job's input (a direct invocation's payload, which has no
+            // job, is never sealed).
+            Event::Invoke(payload) if invocation.job_id.is_some() => {
                 *payload = self
                     .opener
-                    .open(&super::job_input_aad(&profile.function), payload)?;
+                    .open(&super::job_input_aad(&profile.function), payload)
+                    .map_err(|e| {
+                        format!(
+                            "the input of this job of {} does not open in the trusted worker ({e}); a trusted function's job input is sealed when the job is submitted, so it was submitted before the function was trusted, or altered",
+                            profile.function
+                        )
+                    })?;
             }
             _ => {}
         }
-        if let Some(state) = &invocation.checkpoint
-            && Opener::is_sealed(state)
-        {
-            invocation.checkpoint = Some(
-                self.opener
-                    .open(&super::checkpoint_aad(&profile.function), state)?,
-            );
+        if let Some(state) = &invocation.checkpoint {
+            let opened = self
+                .opener
+                .open(&super::checkpoint_aad(&profile.function), state)
+                .map_err(|e| {
+                    format!(
+                        "the checkpoint of {} does not open in the trusted worker ({e}); a trusted function's checkpoints are sealed as they are saved, so this one was saved while it ran outside the worker, or altered",
+                        profile.function
+                    )
+                })?;
+            invocation.checkpoint = Some(opened);
         }
         Ok(())
     }
@@ -304,10 +350,11 @@ pub async fn run(
             }
         }
     });
+    let queues: Arc<BTreeSet<String>> = Arc::new(args.queues.iter().cloned().collect());
     let remote = Arc::new(Remote {
         link: link.clone(),
         sealer: sealer.clone(),
-        queues: Arc::new(args.queues.iter().cloned().collect()),
+        queues: queues.clone(),
     });
     let audit_link = link.clone();
     let stores = Stores {
@@ -317,9 +364,7 @@ pub async fn run(
             local: local.clone(),
             remote: remote.clone(),
         })),
-        audit: Some(Arc::new(Audit::forwarding(move |line| {
-            audit_link.audit.lock().unwrap().push(line)
-        }))),
+        audit: Some(Arc::new(Audit::forwarding(LinkAudit(audit_link)))),
         sensitive: sensitive.clone(),
     };
     let sandbox = Arc::new(Sandbox::new(SandboxConfig {
@@ -333,6 +378,7 @@ pub async fn run(
         opener,
         sealer,
         allowed: super::allowed::Allowed::new(dir),
+        queues,
     });
     tokio::spawn(super::reseal::in_background(sealed, sensitive, keys));
     let listener = tokio::net::UnixListener::from_std(prepared.listener)?;

@@ -100,11 +100,21 @@ fn time(ms: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-/// `fnhost audit`: the last `lines` entries of the audit log in `data_dir`,
-/// then, with `follow`, each new one as it is written (across rotations).
-pub fn audit(data_dir: Option<PathBuf>, lines: usize, follow: bool) -> anyhow::Result<()> {
+/// `fnhost audit`: the last `lines` entries of the audit log in `data_dir`
+/// (its refusals with `denied`), then, with `follow`, each new one as it
+/// is written (across rotations).
+pub fn audit(
+    data_dir: Option<PathBuf>,
+    lines: usize,
+    follow: bool,
+    denied: bool,
+) -> anyhow::Result<()> {
     let dir = data_dir.unwrap_or_else(crate::cli::default_data_dir);
-    let path = crate::audit::path(&dir);
+    let path = if denied {
+        crate::audit::denied_path(&dir)
+    } else {
+        crate::audit::path(&dir)
+    };
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && follow => String::new(),

@@ -102,11 +102,14 @@ pub(super) struct Settle {
 }
 
 /// Progress and checkpoints of one delivery: checkpoints go on the message
-/// (the next delivery carries them), progress on the job record for jobs.
+/// (the next delivery carries them, to this function only), progress on
+/// the job record for jobs.
 struct DeliveryReporter {
     backend: Arc<dyn QueueBackend>,
     receipt: crate::queue::Receipt,
     job: Option<(Arc<dyn JobStore>, String)>,
+    /// The function that runs: its checkpoints are its own.
+    function: String,
 }
 
 impl Reporter for DeliveryReporter {
@@ -123,7 +126,8 @@ impl Reporter for DeliveryReporter {
 
     fn checkpoint(&self, state: Vec<u8>) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            match self.backend.checkpoint(self.receipt.clone(), state).await {
+            let stored = super::checkpoints::frame(&self.function, &state);
+            match self.backend.checkpoint(self.receipt.clone(), stored).await {
                 Ok(true) => Ok(()),
                 Ok(false) => {
                     Err("the message's lease was lost; the checkpoint was not saved".into())
@@ -230,15 +234,21 @@ impl Settle {
     /// short job costs no extra task or timer).
     async fn invoke(&self, d: &Delivery, event: Event, job: &Job) -> Outcome {
         let m = &d.message;
+        let function = self.deployed.record.name.clone();
+        // Only a checkpoint this function saved: another function bound
+        // to the queue may have run an earlier attempt.
+        let checkpoint = (m.checkpoint.as_deref())
+            .and_then(|stored| super::checkpoints::open(stored, &function));
         let reporter = DeliveryReporter {
             backend: self.backend.clone(),
             receipt: d.receipt.clone(),
             job: job.clone(),
+            function,
         };
         let attempt = Attempt {
             number: m.dequeue_count,
             job_id: job.as_ref().map(|(_, id)| id.clone()),
-            checkpoint: m.checkpoint.clone(),
+            checkpoint,
             reporter: Some(Arc::new(reporter)),
         };
         let vis = self.policy.visibility_timeout;

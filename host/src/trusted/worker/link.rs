@@ -60,14 +60,18 @@ impl Link {
         sent
     }
 
+    /// Ask the host `request` and wait for its answer (as long as the
+    /// execution that asks is let run: see [`super::Worker::invoke`]).
     pub(super) async fn call(&self, request: Request) -> Result<Reply, Fault> {
         let lost =
             || Fault::Backend("the host process is not connected to the trusted worker".into());
         let call = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.calls.lock().unwrap().insert(call, tx);
+        // However this ends (answered, lost, or dropped with its
+        // execution), the entry goes.
+        let _entry = ForgetCall(self, call);
         if !self.send(Some(FromWorker::Call { call, request })).await {
-            self.calls.lock().unwrap().remove(&call);
             return Err(lost());
         }
         match rx.await {
@@ -75,6 +79,35 @@ impl Link {
             Ok(reply) => Ok(reply),
             Err(_) => Err(lost()),
         }
+    }
+}
+
+/// Removes a call's entry when dropped.
+struct ForgetCall<'a>(&'a Link, u64);
+
+impl Drop for ForgetCall<'_> {
+    fn drop(&mut self) {
+        self.0.calls.lock().unwrap().remove(&self.1);
+    }
+}
+
+/// The worker's audit log: its lines go to the host process, which writes
+/// them; a required one (a sensitive access) is a call answered once it
+/// is written.
+pub(super) struct LinkAudit(pub(super) Arc<Link>);
+
+impl crate::audit::Forward for LinkAudit {
+    fn line(&self, line: String) {
+        self.0.audit.lock().unwrap().push(line);
+    }
+
+    fn required(&self, line: String) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            match self.0.call(Request::Audit(line)).await {
+                Ok(_) => Ok(()),
+                Err(f) => Err(format!("the host did not write the line: {f:?}")),
+            }
+        })
     }
 }
 

@@ -143,10 +143,44 @@ fn put_outcome(bucket: &str, key: &str, content_type: Option<&str>) -> String {
     }
 }
 
+/// With config `queue_probe` set, a queue message is reported on stdout
+/// (`probe <function> attempt <n> checkpoint <state or none> body
+/// <body>`); then, with config `role = "public"`, the function saves a
+/// checkpoint that tries to steer whoever runs the next attempt (for body
+/// `steer`, a made-up resume state; for `steer-sealed`, bytes that look
+/// sealed) and asks to be retried; otherwise it succeeds.
+fn probe_queue(inv: &Invocation, body: &[u8]) -> Result<Output> {
+    let seen = inv
+        .checkpoint
+        .as_ref()
+        .map_or("none".to_string(), |c| String::from_utf8_lossy(c).into_owned());
+    let body = String::from_utf8_lossy(body);
+    println!(
+        "probe {} attempt {} checkpoint {seen} body {body}",
+        inv.function, inv.attempt
+    );
+    if fnhost_sdk::config("role").as_deref() != Some("public") {
+        return Ok(Output::text("probed"));
+    }
+    let state: Vec<u8> = match &*body {
+        "steer-sealed" => [&b"FNHQ1"[..], &[7u8; 80]].concat(),
+        _ => br#"{"step": 999, "approved": true}"#.to_vec(),
+    };
+    // Raw bytes, past the SDK's JSON encoding.
+    fnhost_sdk::bindings::fnhost::job::context::checkpoint(&state)
+        .map_err(|e| Error::fail(format!("{e:?}")))?;
+    Err(Error::retry("the public side always fails"))
+}
+
 #[job]
 fn adversary(inv: Invocation, event: Event) -> Result<Output> {
     if matches!(event, Event::Blob(_) | Event::Timer(_)) {
         return record(&inv, &event);
+    }
+    if let Event::Queue(m) = &event
+        && fnhost_sdk::config("queue_probe").is_some()
+    {
+        return probe_queue(&inv, &m.body);
     }
     let mode = match &event {
         Event::Http(req) => req.param("mode").unwrap_or("ok").to_string(),
@@ -226,6 +260,27 @@ fn adversary(inv: Invocation, event: Event) -> Result<Output> {
                 .filter(|i| fnhost_sdk::storage::get("secrets", &format!("k{i}")).is_err())
                 .count();
             Ok(Output::text(format!("{denied} denied")))
+        }
+        m if m.starts_with("ctlkey-") => {
+            // A key of that many control characters in `secrets`, written
+            // and read back (its audit lines must still be written).
+            let n: usize = m[7..].parse().map_err(|_| Error::fail("ctlkey-<n>"))?;
+            let key = format!("notes/{}", "\u{1}".repeat(n));
+            fnhost_sdk::storage::put("secrets", &key, b"value", None)?;
+            let back = fnhost_sdk::storage::get("secrets", &key)?.unwrap_or_default();
+            Ok(Output::text(format!(
+                "stored and read back {} bytes under a key of {} bytes",
+                back.len(),
+                key.len()
+            )))
+        }
+        "len" => {
+            // How much of the request body arrived.
+            let n = match &event {
+                Event::Http(req) => req.body.len(),
+                other => other.payload().len(),
+            };
+            Ok(Output::text(format!("body of {n} bytes")))
         }
         "get" => {
             // Read back what `put` stored.
