@@ -83,7 +83,9 @@ async fn run(n: usize) {
     let dispatcher = host.dispatcher().clone();
     let backend: Arc<dyn QueueBackend> = dispatcher.queues().clone();
     let manifest = "name = \"sink\"\n[[triggers.queue]]\nqueue = \"bench\"\nbatch_size = 128\nmax_concurrency = 128\ntarget_backlog = 1\nmin_concurrency = 64\n";
-    dispatcher.deploy(manifest.into(), wasm).await.unwrap();
+    (dispatcher.deploy(manifest.into(), wasm, fnhost::dispatcher::Authority::Admin))
+        .await
+        .unwrap();
     let shutdown = CancellationToken::new();
     let _tracker = host.start_triggers(shutdown.clone());
 

@@ -326,6 +326,14 @@ impl Cli {
         }
     }
 
+    /// True for the commands that make the host's files: `serve`, the
+    /// trusted tier's processes, `keys rotate` (which run with a umask
+    /// that keeps them private); the client commands make files of the
+    /// user's (a scaffold, a download), which keep the user's umask.
+    pub fn keeps_host_data(&self) -> bool {
+        self.is_serve() || matches!(self.command, Command::Keys { .. })
+    }
+
     /// True for `serve` (and the trusted tier's processes), which log at INFO; the client commands log only warnings.
     pub fn is_serve(&self) -> bool {
         matches!(

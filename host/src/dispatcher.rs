@@ -5,19 +5,25 @@
 //! Deploys, rollbacks and removals go through here so that the registry (on
 //! disk) and the active set (in memory) change together; activation swaps an
 //! `Arc`, so in-flight invocations finish on the version they started with.
+//! Each says who asks ([`Authority`]): what only an admin may change is
+//! refused to anyone else under the same lock ([`authority`]).
 //! Triggers ask it to [`Dispatcher::invoke`]; it knows nothing of HTTP or
 //! of wasm (that is the executor's).
 
+mod authority;
 mod fleet;
 
+pub use authority::Authority;
 pub use fleet::FOLLOW_INTERVAL;
+
+use authority::{TrustedChange, is_trusted, vet_trusted};
 
 use crate::backends::Backends;
 use crate::clock::now_ms;
 use crate::exec::{
     Busy, Event, Execution, Executor, Invocation, LoadError, Outcome, Profile, Wait,
 };
-use crate::manifest::{HttpTrigger, Manifest};
+use crate::manifest::{HttpTrigger, Isolation, Manifest};
 use crate::queue::QueueBackend;
 use crate::registry::{Registry, RegistryError, VersionRecord};
 use crate::task::blocking;
@@ -59,6 +65,9 @@ pub enum DeployError {
     /// A route is taken by another function.
     #[error("{0}")]
     Conflict(String),
+    /// The change needs an admin (see [`Authority`]).
+    #[error("{0}")]
+    Forbidden(String),
     /// No such function or version.
     #[error("{0}")]
     NotFound(String),
@@ -197,25 +206,33 @@ impl Dispatcher {
     }
 
     /// Validate and activate a new version. Nothing is stored unless the
-    /// manifest is valid, the component is an fnhost job and its routes are free.
+    /// manifest is valid, the component is an fnhost job, its routes are
+    /// free and `authority` may make the change (see [`Authority`]).
     pub async fn deploy(
         &self,
         manifest_text: String,
         wasm: Vec<u8>,
+        authority: Authority,
     ) -> Result<Arc<Deployed>, DeployError> {
         let manifest = Manifest::parse(crate::manifest::FILE_NAME, &manifest_text)?;
         manifest.check_isolation(crate::manifest::FILE_NAME, &self.sensitive)?;
+        let name = manifest.name.clone();
+        let trusted = manifest.isolation == Isolation::Trusted;
+        vet_trusted(authority, &name, TrustedChange::Deploy, trusted)?;
         self.executor.prepare(wasm.clone()).await?;
         let _admin = self.admin.lock().await;
-        let name = manifest.name.clone();
+        // On a fleet, what the other hosts deployed first.
+        self.sync_fleet_locked().await?;
+        let (active, versions) = self.stored(&name).await?;
+        let replaced = versions
+            .iter()
+            .any(|v| Some(v.version) == active && is_trusted(v));
+        vet_trusted(authority, &name, TrustedChange::Replace, replaced)?;
         // Check the routes against every other active function first.
-        let mut candidate = self.active.read().unwrap().clone();
-        candidate.remove(&name);
-        let probe = build_routes_with(&candidate, Some((&name, &manifest.triggers.http)))
-            .map_err(DeployError::Conflict)?;
+        let probe = self.routes_with(authority, &name, &manifest.triggers.http)?;
         let record = match self.fleet.clone() {
             Some(fleet) => {
-                self.deploy_shared(fleet.as_ref(), &name, manifest_text, wasm)
+                self.deploy_shared(fleet.as_ref(), &name, manifest_text, wasm, authority)
                     .await?
             }
             None => {
@@ -242,16 +259,21 @@ impl Dispatcher {
         Ok(deployed)
     }
 
-    /// Activate an earlier version: `to`, or the one before the active one.
+    /// Activate an earlier version: `to`, or the one before the active
+    /// one, if `authority` may make the change (see [`Authority`]).
     pub async fn rollback(
         &self,
         name: &str,
         to: Option<u32>,
+        authority: Authority,
     ) -> Result<Arc<Deployed>, DeployError> {
         let _admin = self.admin.lock().await;
         if let Some(fleet) = self.fleet.clone() {
-            let record = self.rollback_shared(fleet.as_ref(), name, to).await?;
-            let deployed = self.activate(record).await?;
+            self.sync_fleet_locked().await?;
+            let record = self
+                .rollback_shared(fleet.as_ref(), name, to, authority)
+                .await?;
+            let deployed = self.activate(record, authority).await?;
             if deployed.manifest.triggers.timer.is_none() {
                 self.forget_shared_timer(name).await?;
             }
@@ -291,18 +313,22 @@ impl Dispatcher {
         let record = blocking(move || registry.version(&n, target))
             .await?
             .ok_or_else(|| DeployError::NotFound(format!("{name:?} has no version {target}")))?;
-        self.activate(record).await
+        let trusted = current.manifest.isolation == Isolation::Trusted || is_trusted(&record);
+        vet_trusted(authority, name, TrustedChange::Rollback, trusted)?;
+        self.activate(record, authority).await
     }
 
-    /// Load a stored version and make it the active one here.
-    async fn activate(&self, record: VersionRecord) -> Result<Arc<Deployed>, DeployError> {
+    /// Load a stored version and make it the active one here, if its
+    /// routes may be activated by `authority`.
+    async fn activate(
+        &self,
+        record: VersionRecord,
+        authority: Authority,
+    ) -> Result<Arc<Deployed>, DeployError> {
         let name = record.name.clone();
         let target = record.version;
         let deployed = Arc::new(self.load(record).await?);
-        let mut candidate = self.active.read().unwrap().clone();
-        candidate.remove(&name);
-        let routes = build_routes_with(&candidate, Some((&name, &deployed.manifest.triggers.http)))
-            .map_err(DeployError::Conflict)?;
+        let routes = self.routes_with(authority, &name, &deployed.manifest.triggers.http)?;
         let registry = self.registry.clone();
         let n = name.clone();
         blocking(move || registry.activate(&n, target)).await?;
@@ -322,14 +348,15 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Remove a function and all its versions.
-    pub async fn remove(&self, name: &str) -> Result<(), DeployError> {
+    /// Remove a function and all its versions, if `authority` may (see
+    /// [`Authority`]).
+    pub async fn remove(&self, name: &str, authority: Authority) -> Result<(), DeployError> {
         let _admin = self.admin.lock().await;
+        let (_, versions) = self.stored(name).await?;
+        let trusted = versions.iter().any(is_trusted);
+        vet_trusted(authority, name, TrustedChange::Remove, trusted)?;
         let shared = match self.fleet.clone() {
-            Some(fleet) => {
-                self.forget_shared_timer(name).await?;
-                self.remove_shared(fleet.as_ref(), name).await?
-            }
+            Some(fleet) => self.remove_shared(fleet.as_ref(), name, authority).await?,
             None => false,
         };
         if !self.remove_here(name).await? && !shared {

@@ -147,10 +147,9 @@ impl HostBuilder {
     pub async fn build(self) -> anyhow::Result<Host> {
         let config = self.config;
         let data_dir = &config.data_dir;
-        std::fs::create_dir_all(data_dir).with_context(|| {
-            format!(
-                "failed to create the data dir {data_dir:?}; pass --data-dir with a writable path"
-            )
+        // Private to this user; `fnhost serve` checked and made it already.
+        crate::files::private_dir(data_dir).with_context(|| {
+            format!("failed to make the data dir {data_dir:?} private; pass --data-dir with a directory of fnhost's own")
         })?;
         let mut backends = match self.backends {
             Some(b) => b,

@@ -13,6 +13,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let cli = fnhost::cli::Cli::parse();
+    if cli.keeps_host_data() {
+        // What the host makes is its user's alone: files 0600, directories
+        // 0700 (databases, blobs, components, keys, sockets), in this
+        // process and the ones it starts.
+        // SAFETY: umask(2) sets this process's file mode mask and cannot
+        // fail; no other thread has started and no file is made yet.
+        unsafe { libc::umask(0o077) };
+    }
     let default = if cli.is_serve() { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(

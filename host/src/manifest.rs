@@ -8,6 +8,7 @@
 //! This module knows nothing of wasm or of how triggers are served.
 
 mod checks;
+mod routes;
 mod triggers;
 
 use crate::capabilities::Grants;
@@ -16,6 +17,7 @@ use crate::names::FunctionName;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
+pub use routes::overlap;
 pub use triggers::{
     BlobTrigger, HttpTrigger, QueuePolicy, QueueTrigger, RouteAuth, Source, TimerTrigger,
 };

@@ -142,6 +142,20 @@ pub fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The mark every scoped token starts with.
+pub const MARK: &str = "fnh_";
+
+/// Does `haystack` hold `secret` anywhere? Every window is compared whole
+/// ([`same`]), so the time taken depends on the lengths alone, never on
+/// how much of the secret a guess got right.
+fn holds_secret(haystack: &[u8], secret: &[u8]) -> bool {
+    !secret.is_empty()
+        && haystack.len() >= secret.len()
+        && haystack
+            .windows(secret.len())
+            .fold(false, |found, w| found | same(w, secret))
+}
+
 /// `bytes` random bytes as hex: a token's id and secret, and the host's
 /// bootstrap token.
 pub fn random_hex(bytes: usize) -> Result<String, getrandom::Error> {
@@ -162,6 +176,14 @@ impl Tokens {
             bootstrap,
             cache: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Does `text` carry an fnhost token: a scoped one (anything with
+    /// [`MARK`] in it) or the host's bootstrap token? The bootstrap token
+    /// is looked for without an early exit ([`holds_secret`]).
+    pub fn carried_by(&self, text: &[u8]) -> bool {
+        let marked = text.windows(MARK.len()).any(|w| w == MARK.as_bytes());
+        marked | holds_secret(text, self.bootstrap.as_bytes())
     }
 
     /// Make a token; its record and the token itself (shown only now).
@@ -199,7 +221,7 @@ impl Tokens {
         self.state
             .put(&format!("{PREFIX}{id}"), bytes, Write::Create)
             .await?;
-        Ok((record, format!("fnh_{id}_{secret}")))
+        Ok((record, format!("{MARK}{id}_{secret}")))
     }
 
     /// Every token's record, by id.
@@ -250,7 +272,7 @@ impl Tokens {
                 scope: Scope::Admin,
             }));
         }
-        let Some((id, secret)) = token.strip_prefix("fnh_").and_then(|t| t.split_once('_')) else {
+        let Some((id, secret)) = token.strip_prefix(MARK).and_then(|t| t.split_once('_')) else {
             return Ok(Err(Refused::Unknown));
         };
         if !valid_id(id) {
@@ -338,6 +360,34 @@ mod tests {
         assert!(!t.revoke(&record.id).await.unwrap());
         assert!(t.revoke(BOOTSTRAP).await.is_err());
         assert_eq!(t.check("boot").await.unwrap().unwrap().scope, Scope::Admin);
+    }
+
+    #[test]
+    fn a_text_carries_a_token_when_it_holds_the_mark_or_the_bootstrap_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tokens(dir.path());
+        for carrying in [
+            "Bearer fnh_0123456789abcdef_secret",
+            "fnh_",
+            "Token x=fnh_1",
+            "Bearer boot",
+            "boot",
+            "Digest response=\"xbootx\"",
+        ] {
+            assert!(t.carried_by(carrying.as_bytes()), "{carrying}");
+        }
+        for clean in [
+            "Bearer user-own-token",
+            "Bearer bo0t",
+            "fnh-1",
+            "FNH",
+            "",
+            "bo",
+        ] {
+            assert!(!t.carried_by(clean.as_bytes()), "{clean}");
+        }
+        assert!(holds_secret(b"abc", b"abc") && !holds_secret(b"ab", b"abc"));
+        assert!(!holds_secret(b"anything", b""));
     }
 
     #[tokio::test]

@@ -442,6 +442,59 @@ impl Host {
     }
 }
 
+/// Run `fnhost serve` on `data_dir` with `args` and `env`, expecting it to
+/// refuse to start: its error output. Fails the test if it starts serving
+/// instead (it is stopped then), or exits 0.
+pub fn serve_refused(data_dir: &Path, args: &[&str], env: &[(String, String)]) -> String {
+    let mut child = Command::new(fnhost_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(args)
+        .env_remove("FNHOST_TOKEN")
+        .env("NO_COLOR", "1")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start fnhost serve");
+    let mut stderr = child.stderr.take().unwrap();
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let stdout = child.stdout.take().unwrap();
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        if line.starts_with("fnhost listening on ") {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "fnhost serve {args:?} started instead of refusing; its log:\n{}",
+                errors.join().unwrap()
+            );
+        }
+    }
+    let status = child.wait().unwrap();
+    let errors = errors.join().unwrap();
+    assert!(
+        !status.success(),
+        "fnhost serve {args:?} exited 0:\n{errors}"
+    );
+    errors
+}
+
+/// The permission bits of `path` (with the sticky, setuid and setgid bits).
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().mode() & 0o7777
+}
+
+/// Set the permission bits of `path`.
+pub fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
 /// Send SIGTERM to a child process.
 pub fn terminate(child: &Child) {
     let status = Command::new("kill")

@@ -1,7 +1,9 @@
 //! The host's life: graceful shutdown drains in-flight work; `fnhost new`
-//! and `fnhost build` make a deployable job from nothing.
+//! and `fnhost build` make a deployable job from nothing; what the host
+//! keeps is private to its user, and a host config is checked before
+//! anything on disk is made.
 
-use fnhost_tests::{Host, fnhost_bin, guests, repo_root};
+use fnhost_tests::{Host, chmod, fnhost_bin, guests, mode, repo_root, serve_refused};
 use std::time::Duration;
 
 #[test]
@@ -89,4 +91,96 @@ fn new_and_build_make_a_deployable_job() {
         .unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+}
+
+#[test]
+fn what_the_host_keeps_is_private_to_its_user() {
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    chmod(&data, 0o755);
+    let host = Host::start_in(&data, &[]);
+    host.deploy_ok(
+        "name = \"hello\"\n[[triggers.http]]\npath = \"/hello\"\n",
+        &guests().hello,
+    );
+    assert_eq!(host.get("/hello").status, 200);
+    let r = host.admin("PUT", "/v1/buckets/notes/objects/a/b.txt", "private");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = host.admin("POST", "/v1/queues/q/messages", r#"{"body": "m"}"#);
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    // The operator's own data dir, looser: made 0700, and the log says so.
+    assert_eq!(mode(&data), 0o700);
+    let log = host.log();
+    assert!(log.contains("was mode 0755; made it 0700"), "{log}");
+    // Everything under it is its user's alone (the harness's log aside).
+    let (mut seen, mut open) = (Vec::new(), Vec::new());
+    let mut stack = vec![data.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.file_name().unwrap() == "host.log" {
+                continue;
+            }
+            if mode(&path) & 0o077 != 0 {
+                open.push(format!("{path:?} {:04o}", mode(&path)));
+            }
+            if path.is_dir() {
+                stack.push(path.clone());
+            }
+            seen.push(path);
+        }
+    }
+    assert!(open.is_empty(), "readable by others: {open:#?}");
+    for kept in [
+        "token",
+        "fnhost.db",
+        "queues.db",
+        "blobs.db",
+        "audit.log",
+        "components",
+    ] {
+        assert!(
+            seen.contains(&data.join(kept)),
+            "{kept} missing from {seen:#?}"
+        );
+    }
+    assert!(
+        seen.iter().any(|p| p.starts_with(data.join("blobs/notes"))),
+        "{seen:#?}"
+    );
+}
+
+#[test]
+fn a_host_config_with_a_bad_endpoint_is_refused_before_anything_is_made() {
+    let temp = tempfile::tempdir().unwrap();
+    let config = temp.path().join("host.toml");
+    std::fs::write(
+        &config,
+        "[queues]\nbackend = \"sqs\"\nregion = \"us-east-1\"\nendpoint = \"http://127.0.0.1:9\"\n\
+         [state]\nbackend = \"s3\"\nbucket = \"fnhost-state\"\nendpoint = \"gopher://x\"\n",
+    )
+    .unwrap();
+    let data = temp.path().join("data");
+    let env: Vec<(String, String)> = [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let err = serve_refused(&data, &["--config", config.to_str().unwrap()], &env);
+    assert!(
+        err.contains(&format!(
+            "{}: state.endpoint: \"gopher://x\" has the scheme \"gopher\"",
+            config.display()
+        )) && err.contains("http or https"),
+        "{err}"
+    );
+    assert!(
+        !data.exists(),
+        "the data dir was made before the config was read"
+    );
 }

@@ -5,9 +5,14 @@
 //! `audit.log`, every refusal one in `audit-denied.log` (those of
 //! unauthenticated requests counted per source and window, so that a
 //! flood of them neither fills the log nor pushes a deploy out of it).
+//! No guest ever sees an fnhost token, on any route; a deploy token cannot
+//! shadow another function's routes nor change a trusted function (only
+//! an admin can).
 
 use fnhost_tests::{Host, guests};
 use serde_json::{Value, json};
+use std::path::Path;
+use std::process::Output;
 
 const HELLO: &str = "name = \"hello\"\n[[triggers.http]]\npath = \"/hello\"\n";
 
@@ -21,15 +26,59 @@ fn create(host: &Host, scope: &str, extra: Value) -> String {
     r.json()["token"].as_str().unwrap().to_string()
 }
 
-/// A deploy through the CLI with `token`.
-fn deploy_with(host: &Host, token: &str) -> std::process::Output {
+/// A deploy of `manifest` with `component` through the CLI, with `token`.
+fn deploy_as(host: &Host, token: &str, manifest: &str, component: &Path) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let manifest = format!(
-        "component = {:?}\n{HELLO}",
-        guests().hello.display().to_string()
+        "component = {:?}\n{manifest}",
+        component.display().to_string()
     );
     std::fs::write(dir.path().join("fnhost.toml"), manifest).unwrap();
     host.cli(&["deploy", dir.path().to_str().unwrap(), "--token", token])
+}
+
+/// [`deploy_as`] that must succeed.
+fn deploy_ok_as(host: &Host, token: &str, manifest: &str, component: &Path) {
+    let out = deploy_as(host, token, manifest, component);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `method path`, with no body, as the bearer of `token`.
+fn call_as(host: &Host, token: &str, method: &str, path: &str) -> fnhost_tests::Resp {
+    host.request(method, path, Vec::new(), Some(token))
+}
+
+/// A deploy of `hello` through the CLI with `token`.
+fn deploy_with(host: &Host, token: &str) -> Output {
+    deploy_as(host, token, HELLO, &guests().hello)
+}
+
+/// An error response's message.
+fn message(r: &fnhost_tests::Resp) -> String {
+    r.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Assert `r` is a `403` whose message says `says`.
+fn assert_forbidden(r: &fnhost_tests::Resp, says: &str) {
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(message(r).contains(says), "{}", r.text());
+}
+
+/// The CLI's error output, when it failed.
+fn refusal(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "it succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// The lines of one of the host's audit files.
@@ -382,4 +431,182 @@ fn a_flood_of_bad_tokens_is_counted_and_cannot_push_a_deploy_out_of_the_audit_lo
             .iter()
             .any(|e| e["event"] == "remove" && e["outcome"] == "ok")
     );
+}
+
+#[test]
+fn no_guest_sees_an_fnhost_token_on_any_route() {
+    let host = Host::start();
+    host.deploy_ok(
+        "name = \"adv\"\n[[triggers.http]]\npath = \"/public/{mode}\"\n",
+        &guests().adversary,
+    );
+    let deploy = create(&host, "deploy", json!({}));
+    let seen = |token: &str| call_as(&host, token, "GET", "/public/authorization").text();
+    // A scoped token, the host's bootstrap token, anything that looks like
+    // a scoped token: taken off before the function runs.
+    for token in [
+        deploy.as_str(),
+        host.token.as_str(),
+        "fnh_0123456789abcdef_forged",
+    ] {
+        assert_eq!(seen(token), "authorization: none", "the guest saw {token}");
+    }
+    // The caller's own scheme, with no fnhost token in it, passes as it came.
+    assert_eq!(
+        seen("user-own-token"),
+        "authorization: Bearer user-own-token"
+    );
+}
+
+/// The victim: `auth = "token"` routes whose callers send fnhost tokens.
+const ORDERS: &str = "name = \"orders\"\n[[triggers.http]]\npath = \"/orders/{id}\"\nauth = \"token\"\n[[triggers.http]]\npath = \"/orders/{id}/receipt\"\nauth = \"token\"\n";
+/// Routes beside it that would take some of its requests.
+const SHADOW: &str = "name = \"shadow\"\n[[triggers.http]]\npath = \"/orders/export\"\n[[triggers.http]]\npath = \"/orders/{id}/\"\n";
+
+#[test]
+fn a_deploy_token_cannot_put_routes_beside_another_functions() {
+    let host = Host::start();
+    let adversary = &guests().adversary;
+    host.deploy_ok(ORDERS, adversary);
+    let deploy = create(&host, "deploy", json!({}));
+    let invoke = create(&host, "invoke", json!({}));
+    let call = |path: &str, token: &str| {
+        let r = host.request("GET", path, Vec::new(), Some(token));
+        (r.status, r.header("adversary-function"), r.text())
+    };
+
+    // A more specific route and a trailing-slash variant: refused, naming
+    // both routes and both functions; nothing is stored.
+    let err = refusal(&deploy_as(&host, &deploy, SHADOW, adversary));
+    assert!(
+        err.contains("403")
+            && err.contains(
+                "\"/orders/export\" of \"shadow\" overlaps route \"/orders/{id}\" of \"orders\""
+            )
+            && err.contains("only an admin token"),
+        "{err}"
+    );
+    assert_eq!(host.admin("GET", "/v1/functions/shadow", "").status, 404);
+    // A catch-all beside a route under it: refused too.
+    let route = |path: &str| format!("name = \"shadow\"\n[[triggers.http]]\npath = \"{path}\"\n");
+    let err = refusal(&deploy_as(
+        &host,
+        &deploy,
+        &route("/orders/{id}/{*rest}"),
+        adversary,
+    ));
+    assert!(
+        err.contains("403") && err.contains("overlaps route \"/orders/{id}/receipt\""),
+        "{err}"
+    );
+    // The same shape with another parameter name, a catch-all in a
+    // parameter's place: matchit's conflicts, as before.
+    for path in ["/orders/{key}", "/orders/{*rest}"] {
+        let err = refusal(&deploy_as(&host, &deploy, &route(path), adversary));
+        assert!(
+            err.contains("409") && err.contains("conflicts"),
+            "{path}: {err}"
+        );
+    }
+    // Requests carrying a token reach the function they were meant for,
+    // or nothing.
+    assert_eq!(
+        call("/orders/export?mode=authorization", &invoke),
+        (200, Some("orders".into()), "authorization: none".into())
+    );
+    assert_eq!(call("/orders/7/?mode=authorization", &invoke).0, 404);
+    // Each refusal is in the audit log, with the token that asked.
+    let refused: Vec<Value> = audit(&host)
+        .into_iter()
+        .filter(|e| e["event"] == "deploy" && e["outcome"] == "failed")
+        .collect();
+    assert_eq!(refused.len(), 4, "{refused:#?}");
+    assert!(refused[0]["detail"].as_str().unwrap().starts_with("403"));
+
+    // A rollback to a version whose routes overlap: refused to the deploy
+    // token too, and the function stays where it was.
+    let promo = |path: &str| format!("name = \"promo\"\n[[triggers.http]]\npath = \"{path}\"\n");
+    let admin = create(&host, "admin", json!({}));
+    deploy_ok_as(&host, &admin, &promo("/orders/sale/"), adversary);
+    deploy_ok_as(&host, &deploy, &promo("/promo"), adversary);
+    let r = call_as(&host, &deploy, "POST", "/v1/functions/promo/rollback");
+    assert_forbidden(&r, "\"/orders/sale/\" of \"promo\" overlaps");
+    assert_eq!(
+        host.admin("GET", "/v1/functions/promo", "").json()["version"],
+        2
+    );
+    let r = call_as(&host, &admin, "POST", "/v1/functions/promo/rollback");
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // An admin may (the admin is trusted), and even then the function
+    // never sees the caller's token; a caller's own scheme passes.
+    deploy_ok_as(&host, &admin, SHADOW, adversary);
+    for token in [invoke.as_str(), host.token.as_str()] {
+        assert_eq!(
+            call("/orders/export?mode=authorization", token),
+            (200, Some("shadow".into()), "authorization: none".into())
+        );
+    }
+    assert_eq!(
+        call("/orders/export?mode=authorization", "mine").2,
+        "authorization: Bearer mine"
+    );
+
+    // The neighbour: ordinary functions with routes of their own, deployed,
+    // rolled back and removed with the deploy token as before.
+    let invoices = |v: &str| {
+        format!(
+            "name = \"invoices\"\n[config]\nv = \"{v}\"\n[[triggers.http]]\npath = \"/invoices/{{id}}\"\n"
+        )
+    };
+    for v in ["1", "2"] {
+        deploy_ok_as(&host, &deploy, &invoices(v), adversary);
+    }
+    let r = call_as(&host, &deploy, "POST", "/v1/functions/invoices/rollback");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = call_as(&host, &deploy, "DELETE", "/v1/functions/invoices");
+    assert_eq!(r.status, 204, "{}", r.text());
+}
+
+#[test]
+fn a_deploy_token_cannot_change_a_trusted_function() {
+    let host = Host::start();
+    let adversary = &guests().adversary;
+    let vault = |isolation: &str| {
+        format!(
+            "name = \"vault\"\nisolation = \"{isolation}\"\n[[triggers.http]]\npath = \"/vault/{{mode}}\"\n"
+        )
+    };
+    host.deploy_ok(&vault("trusted"), adversary);
+    let deploy = create(&host, "deploy", json!({}));
+    let admin = create(&host, "admin", json!({}));
+    let version = || host.admin("GET", "/v1/functions/vault", "").json()["version"].clone();
+
+    // Deploying one, deploying over one, removing one: 403, nothing changes.
+    for manifest in [vault("trusted"), vault("public")] {
+        let err = refusal(&deploy_as(&host, &deploy, &manifest, adversary));
+        assert!(
+            err.contains("403") && err.contains("needs an admin token"),
+            "{err}"
+        );
+    }
+    let r = call_as(&host, &deploy, "DELETE", "/v1/functions/vault");
+    assert_forbidden(&r, "removing a function that has a trusted version");
+    assert_eq!(version(), 1);
+    assert_eq!(host.get("/vault/ok").text(), "ok");
+
+    // An admin replaces it with a public version; the deploy token may not
+    // roll back to the trusted one.
+    deploy_ok_as(&host, &admin, &vault("public"), adversary);
+    let r = call_as(&host, &deploy, "POST", "/v1/functions/vault/rollback");
+    assert_forbidden(&r, "rolling a function back to or from a trusted version");
+    assert_eq!(version(), 2);
+
+    // An admin may do all of it.
+    let r = call_as(&host, &admin, "POST", "/v1/functions/vault/rollback");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(version(), 1);
+    let r = call_as(&host, &admin, "DELETE", "/v1/functions/vault");
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(host.get("/vault/ok").status, 404);
 }

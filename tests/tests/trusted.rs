@@ -3,9 +3,10 @@
 //! and its keys; the public process is confined by Landlock and cannot
 //! open them; the worker, killed mid-request, is restarted, its queue
 //! message retried and its synchronous caller told `503`; a key rotation
-//! re-seals the store in the background while reads go on.
+//! re-seals the store in the background while reads go on; a trusted dir
+//! that is not fnhost's own to make private is refused, and left as it was.
 
-use fnhost_tests::{Host, files_holding, guests};
+use fnhost_tests::{Host, chmod, files_holding, guests, mode, serve_refused};
 use serde_json::json;
 use std::path::Path;
 use std::time::Duration;
@@ -405,4 +406,46 @@ fn with_an_allow_list_in_the_trusted_dir_the_worker_runs_only_the_components_it_
         .set_modified(later)
         .unwrap();
     assert_eq!(host.get("/t/ok").status, 200);
+}
+
+#[test]
+fn a_shared_trusted_dir_is_refused_and_left_as_it_was() {
+    let refused = |data: &Path, trusted: &Path| {
+        let args = [
+            "--sensitive",
+            "secrets",
+            "--trusted-dir",
+            trusted.to_str().unwrap(),
+        ];
+        serve_refused(data, &args, &[])
+    };
+    // A dir like /tmp (1777) that holds the data dir.
+    let shared = tempfile::tempdir().unwrap();
+    chmod(shared.path(), 0o1777);
+    let data = shared.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let err = refused(&data, shared.path());
+    assert!(
+        err.contains("--trusted-dir (FNHOST_TRUSTED_DIR): ")
+            && err.contains("is shared (mode 1777, owner uid")
+            && err.contains("give fnhost a directory of its own"),
+        "{err}"
+    );
+    assert_eq!(mode(shared.path()), 0o1777);
+    // One beside the data dir: refused too, and unchanged.
+    let beside = tempfile::tempdir().unwrap();
+    chmod(beside.path(), 0o1777);
+    let data = tempfile::tempdir().unwrap();
+    let err = refused(data.path(), beside.path());
+    assert!(err.contains("is shared (mode 1777"), "{err}");
+    assert_eq!(mode(beside.path()), 0o1777);
+    // One that does not exist yet: made 0700, and the worker serves from it.
+    let parent = tempfile::tempdir().unwrap();
+    let fresh = parent.path().join("fnhost.trusted");
+    let host = start(data.path(), &fresh, &[]);
+    assert_eq!(mode(&fresh), 0o700);
+    host.deploy_ok(TRUSTED, &guests().adversary);
+    let r = host.get("/t/put");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(fresh.join("keys/current").exists());
 }

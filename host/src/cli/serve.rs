@@ -7,7 +7,7 @@ use super::default_data_dir;
 use anyhow::Context as _;
 use clap::Args;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -111,14 +111,17 @@ pub(super) struct ServeSetup {
     trusted: Option<crate::host::TrustedLaunch>,
 }
 
-/// Read the host config; with sensitive data, start the trusted worker's
-/// supervisor and confine this process to its data dir.
+/// Check every path and URL the flags and the host config name, before
+/// anything on disk changes; then make the data dir (and the trusted dir)
+/// private, and with sensitive data start the trusted worker's supervisor
+/// and confine this process to its data dir.
 pub(super) fn serve_setup(args: &ServeArgs) -> anyhow::Result<ServeSetup> {
+    let data_field = match &args.data_dir {
+        Some(_) => "--data-dir (FNHOST_DATA_DIR)".to_string(),
+        None => "the default data dir".to_string(),
+    };
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    std::fs::create_dir_all(&data_dir).with_context(|| {
-        format!("failed to create the data dir {data_dir:?}; pass --data-dir with a writable path")
-    })?;
-    let data_dir = data_dir.canonicalize().unwrap_or(data_dir);
+    let data_dir = own_dir(&data_dir, &data_field)?;
     let file = match &args.config {
         Some(path) => crate::host::config::HostFile::load(path)?,
         None => crate::host::config::HostFile::default(),
@@ -145,10 +148,18 @@ pub(super) fn serve_setup(args: &ServeArgs) -> anyhow::Result<ServeSetup> {
             .cloned()
             .collect(),
     };
-    let trusted = if sensitive.is_empty() {
-        None
-    } else {
-        Some(launch_trusted(args, &data_dir, &file, &sensitive)?)
+    let trusted_dir = match sensitive.is_empty() {
+        true => None,
+        false => Some(trusted_dir(args, &data_dir, &file)?),
+    };
+    // Everything checked: now the disk.
+    make_private(&data_dir, &data_field)?;
+    let trusted = match trusted_dir {
+        Some((dir, field)) => {
+            make_private(&dir, &field)?;
+            Some(launch_trusted(args, &data_dir, dir, &file, &sensitive)?)
+        }
+        None => None,
     };
     Ok(ServeSetup {
         data_dir,
@@ -158,26 +169,65 @@ pub(super) fn serve_setup(args: &ServeArgs) -> anyhow::Result<ServeSetup> {
     })
 }
 
-/// Start the trusted worker's supervisor, then confine this process.
-fn launch_trusted(
+/// Where the directory `dir` that `field` names is (resolved through what
+/// exists, changing nothing), if fnhost may make it its own: it does not
+/// exist yet, or it is this user's and not shared.
+fn own_dir(dir: &Path, field: &str) -> anyhow::Result<PathBuf> {
+    let resolved = crate::files::resolve(dir).map_err(|e| anyhow::anyhow!("{field}: {e}"))?;
+    crate::files::check_own_dir(&resolved).map_err(|e| anyhow::anyhow!("{field}: {e}"))?;
+    Ok(resolved)
+}
+
+/// Make the checked directory `dir` (named by `field`) private, saying so
+/// when it was looser.
+fn make_private(dir: &Path, field: &str) -> anyhow::Result<()> {
+    let tightened = crate::files::private_dir(dir)
+        .map_err(|e| anyhow::anyhow!("{field}: cannot make {dir:?} private: {e}"))?;
+    if let Some(mode) = tightened {
+        tracing::info!(dir = ?dir, "{field} was mode {mode:04o}; made it 0700, private to fnhost's user");
+    }
+    Ok(())
+}
+
+/// The trusted dir (from `--trusted-dir`, else the host config's
+/// `[sensitive] dir`, else beside the data dir) and the field that named
+/// it, checked: fnhost's own to make, and out of the public process's reach.
+fn trusted_dir(
     args: &ServeArgs,
-    data_dir: &std::path::Path,
+    data_dir: &Path,
     file: &crate::host::config::HostFile,
-    sensitive: &crate::manifest::Sensitive,
-) -> anyhow::Result<crate::host::TrustedLaunch> {
-    let dir = (args.trusted_dir.clone())
-        .or_else(|| file.sensitive.dir.clone())
-        .unwrap_or_else(|| crate::trusted::default_dir(data_dir));
-    crate::files::private_dir(&dir)
-        .with_context(|| format!("failed to create the trusted dir {dir:?}"))?;
-    let dir = dir.canonicalize().unwrap_or(dir);
+) -> anyhow::Result<(PathBuf, String)> {
+    let (dir, field) = match (&args.trusted_dir, &file.sensitive.dir, &args.config) {
+        (Some(dir), _, _) => (
+            dir.clone(),
+            "--trusted-dir (FNHOST_TRUSTED_DIR)".to_string(),
+        ),
+        (None, Some(dir), Some(config)) => (dir.clone(), format!("[sensitive] dir in {config:?}")),
+        _ => (
+            crate::trusted::default_dir(data_dir),
+            "the default trusted dir (<data-dir>.trusted; set another with --trusted-dir)".into(),
+        ),
+    };
+    let dir = own_dir(&dir, &field)?;
     if let Some(kept) = crate::confine::reachable_by_public(&dir, data_dir) {
         anyhow::bail!(
-            "the trusted dir {dir:?} lies within (or holds) {kept:?}, which the public process keeps access to \
+            "{field}: the trusted dir {dir:?} lies within (or holds) {kept:?}, which the public process keeps access to \
              (its data dir {data_dir:?}, the system's directories, /dev, the AWS files); \
              put it elsewhere with --trusted-dir or [sensitive] dir, e.g. beside the data dir"
         );
     }
+    Ok((dir, field))
+}
+
+/// Start the trusted worker's supervisor on the checked, private trusted
+/// dir `dir`, then confine this process.
+fn launch_trusted(
+    args: &ServeArgs,
+    data_dir: &std::path::Path,
+    dir: PathBuf,
+    file: &crate::host::config::HostFile,
+    sensitive: &crate::manifest::Sensitive,
+) -> anyhow::Result<crate::host::TrustedLaunch> {
     // Keys from before the trusted worker existed move to its dir.
     let (old, new) = (data_dir.join("keys"), dir.join("keys"));
     if old.exists() && !new.exists() {

@@ -15,6 +15,7 @@
 //! is then a cache of the fleet's: a host that starts (or comes back)
 //! takes the fleet's state at its first look.
 
+use super::authority::{Authority, TrustedChange, is_trusted, vet_trusted};
 use super::{DeployError, Dispatcher, build_routes_with};
 use crate::registry::VersionRecord;
 use crate::state::{StateError, StateStore, Write};
@@ -138,13 +139,15 @@ impl Dispatcher {
 
     /// Deploy `wasm` as the fleet's next version of `name`: the component
     /// first (by digest, so a second upload of it is a no-op), then the
-    /// record; this host's registry mirrors the record.
+    /// record, unless the version it replaces is trusted and `authority`
+    /// no admin; this host's registry mirrors the record.
     pub(super) async fn deploy_shared(
         &self,
         fleet: &dyn StateStore,
         name: &str,
         manifest: String,
         wasm: Vec<u8>,
+        authority: Authority,
     ) -> Result<VersionRecord, DeployError> {
         if wasm.len() > crate::state::MAX_DOCUMENT_BYTES {
             return Err(DeployError::Shared(StateError::Invalid(format!(
@@ -170,6 +173,8 @@ impl Dispatcher {
                 active: 0,
                 versions: Vec::new(),
             });
+            let replaced = shared.version(shared.active).is_some_and(is_trusted);
+            vet_trusted(authority, name, TrustedChange::Replace, replaced)?;
             let version = shared.versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
             shared.versions.push(VersionRecord {
                 name: name.to_string(),
@@ -191,12 +196,15 @@ impl Dispatcher {
     }
 
     /// Make `to` (or the version before the active one) the fleet's
-    /// active version of `name`; the record of the version to activate.
+    /// active version of `name`, if `authority` may (judged on the fleet's
+    /// record, in its conditional write); the record of the version to
+    /// activate.
     pub(super) async fn rollback_shared(
         &self,
         fleet: &dyn StateStore,
         name: &str,
         to: Option<u32>,
+        authority: Authority,
     ) -> Result<VersionRecord, DeployError> {
         let shared = Self::change_shared(fleet, name, |current| {
             let mut shared = current.ok_or_else(|| {
@@ -227,6 +235,14 @@ impl Dispatcher {
                         ))
                     })?,
             };
+            let (from, to) = (shared.version(shared.active), shared.version(target));
+            let trusted = from.is_some_and(is_trusted) || to.is_some_and(is_trusted);
+            vet_trusted(authority, name, TrustedChange::Rollback, trusted)?;
+            if let Some(to) = to {
+                let file = format!("{name} v{}", to.version);
+                let manifest = crate::manifest::Manifest::parse(&file, &to.manifest)?;
+                self.routes_with(authority, name, &manifest.triggers.http)?;
+            }
             shared.active = target;
             Ok(shared)
         })
@@ -240,12 +256,20 @@ impl Dispatcher {
         Ok(record)
     }
 
-    /// Remove `name` from the fleet; false when the fleet has no record of it.
+    /// Remove `name` from the fleet, if `authority` may (none of the
+    /// record's versions is trusted, or it is an admin); false when the
+    /// fleet has no record of it.
     pub(super) async fn remove_shared(
         &self,
         fleet: &dyn StateStore,
         name: &str,
+        authority: Authority,
     ) -> Result<bool, DeployError> {
+        if let Some((shared, _)) = Self::read_shared(fleet, name).await? {
+            let trusted = shared.versions.iter().any(is_trusted);
+            vet_trusted(authority, name, TrustedChange::Remove, trusted)?;
+        }
+        self.forget_shared_timer(name).await?;
         Ok(fleet.delete(&function_key(name)).await?)
     }
 
@@ -277,12 +301,19 @@ impl Dispatcher {
     /// A function that cannot be applied (its routes conflict, its
     /// component is unreadable) is logged and tried again next time.
     pub async fn sync_fleet(&self) -> Result<(), DeployError> {
-        let Some(fleet) = self.fleet().cloned() else {
-            return Ok(());
-        };
         // Listed under the lock: a listing taken before a deploy here
         // finished would read as the function's removal.
         let _admin = self.admin.lock().await;
+        self.sync_fleet_locked().await
+    }
+
+    /// [`Dispatcher::sync_fleet`] for a caller that holds the deploy lock:
+    /// a deploy or rollback, which judges its routes against the fleet's
+    /// latest deployments. Nothing on a host alone.
+    pub(super) async fn sync_fleet_locked(&self) -> Result<(), DeployError> {
+        let Some(fleet) = self.fleet().cloned() else {
+            return Ok(());
+        };
         let mut listed = Vec::new();
         loop {
             let after = listed.last().map(|l: &crate::state::Listed| l.key.clone());

@@ -49,6 +49,42 @@ fn s3_bucket_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.'))
 }
 
+/// What is wrong with an AWS endpoint, if anything: it must parse as a
+/// URI (as the AWS SDK reads it) and as a URL, with the scheme `http` or
+/// `https`, a host, and no user name, password, query or fragment
+/// (credentials come from the AWS chain, never the endpoint).
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let url = match reqwest::Url::parse(endpoint) {
+        Ok(url) => url,
+        Err(e) => return Err(bad_endpoint(endpoint, format!("is not a URL ({e})"))),
+    };
+    let problem = if !matches!(url.scheme(), "http" | "https") {
+        format!(
+            "has the scheme {}; an endpoint is http or https",
+            crate::text::quote(url.scheme())
+        )
+    } else if url.host_str().is_none_or(str::is_empty) {
+        "names no host".into()
+    } else if !url.username().is_empty() || url.password().is_some() {
+        "holds a user name or password; credentials come from the AWS chain (environment, profile, role), never the endpoint".into()
+    } else if url.query().is_some() || url.fragment().is_some() {
+        "holds a query or a fragment; an endpoint is a scheme, a host, a port and a path".into()
+    } else if let Err(e) = endpoint.parse::<axum::http::Uri>() {
+        format!("is not a valid URI ({e})")
+    } else {
+        return Ok(());
+    };
+    Err(bad_endpoint(endpoint, problem))
+}
+
+/// The error for `endpoint`, with what is wrong and an example.
+fn bad_endpoint(endpoint: &str, problem: String) -> String {
+    format!(
+        "{} {problem}: write e.g. \"https://sqs.eu-west-1.amazonaws.com\" or \"http://127.0.0.1:4566\"",
+        crate::text::quote(endpoint)
+    )
+}
+
 /// A host config file, as written.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -242,16 +278,14 @@ impl HostFile {
             crate::names::QueueName::parse_user(name)
                 .map_err(|e| (format!("queues.fifo[{i}]"), e.to_string()))?;
         }
-        if let Some(e) = &q.endpoint
-            && !(e.starts_with("http://") || e.starts_with("https://"))
-        {
-            return Err((
-                "queues.endpoint".into(),
-                format!(
-                    "{} must be an http:// or https:// URL",
-                    crate::text::quote(e)
-                ),
-            ));
+        for (field, endpoint) in [
+            ("queues.endpoint", &q.endpoint),
+            ("state.endpoint", &self.state.endpoint),
+            ("blobs.endpoint", &self.blobs.endpoint),
+        ] {
+            if let Some(endpoint) = endpoint {
+                check_endpoint(endpoint).map_err(|why| (field.to_string(), why))?;
+            }
         }
         let st = &self.state;
         if st.backend == StateKind::S3 {
@@ -480,6 +514,54 @@ mod tests {
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains("host.toml") && e.contains(says), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn every_endpoint_is_an_http_or_https_url_with_a_host_and_no_credentials() {
+        let with = |section: &str, endpoint: &str| {
+            let queues = "[queues]\nbackend = \"sqs\"\n";
+            let text = match section {
+                "queues" => format!("{queues}endpoint = \"{endpoint}\"\n"),
+                "state" => format!(
+                    "{queues}[state]\nbackend = \"s3\"\nbucket = \"b-1\"\nendpoint = \"{endpoint}\"\n"
+                ),
+                _ => format!(
+                    "{queues}[state]\nbackend = \"s3\"\nbucket = \"b-1\"\n[blobs]\nbackend = \"s3\"\nnotifications = \"events\"\nendpoint = \"{endpoint}\"\n"
+                ),
+            };
+            parse(&text)
+        };
+        for section in ["queues", "state", "blobs"] {
+            for (endpoint, says) in [
+                ("file:///etc", "has the scheme \"file\""),
+                ("gopher://x", "has the scheme \"gopher\""),
+                ("http://", "is not a URL"),
+                ("localhost:4566", "has the scheme \"localhost\""),
+                ("sqs.amazonaws.com", "is not a URL"),
+                (
+                    "https://user:secret@sqs.amazonaws.com",
+                    "user name or password",
+                ),
+                ("https://AKIA@sqs.amazonaws.com", "user name or password"),
+                ("http://127.0.0.1:4566/?x=1", "query or a fragment"),
+                ("http://127.0.0.1:4566/#top", "query or a fragment"),
+                ("http://127.0.0.1:99999", "is not a URL"),
+                ("http://exa mple.com", "is not a URL"),
+                ("", "is not a URL"),
+            ] {
+                let e = with(section, endpoint).unwrap_err().to_string();
+                let field = format!("host.toml: {section}.endpoint: ");
+                assert!(e.contains(&field) && e.contains(says), "{endpoint}: {e}");
+                assert!(e.contains("write e.g."), "{e}");
+            }
+            for good in [
+                "http://127.0.0.1:4566",
+                "https://sqs.eu-west-1.amazonaws.com",
+                "https://s3.example.com/base",
+            ] {
+                with(section, good).unwrap_or_else(|e| panic!("{good}: {e}"));
+            }
         }
     }
 }

@@ -21,8 +21,9 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// The methods a route may name.
 const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
-/// Routes start with a fixed segment, shadow none of the host's paths,
-/// are valid `matchit` routes and name known methods.
+/// Routes hold only visible characters and each parameter name once,
+/// start with a fixed segment, shadow none of the host's paths, are valid
+/// `matchit` routes and name known methods.
 pub(super) fn routes(http: &[HttpTrigger]) -> Result<(), Bad> {
     let mut router = matchit::Router::new();
     for (i, route) in http.iter().enumerate() {
@@ -34,6 +35,7 @@ pub(super) fn routes(http: &[HttpTrigger]) -> Result<(), Bad> {
                 format!("{} must start with '/'", crate::text::quote(path)),
             ));
         }
+        super::routes::check(path).map_err(|why| bad(&field, why))?;
         if let Some(reserved) = super::RESERVED_PREFIXES.iter().find(|p| {
             path == *p || path.starts_with(&format!("{p}/")) || path.starts_with(&format!("{p}{{"))
         }) {

@@ -293,3 +293,91 @@ fn only_trusted_functions_reach_sensitive_data_and_none_is_triggered_by_it() {
     ))
     .unwrap();
 }
+
+/// A manifest with one route whose path is `path`, every character that
+/// is not printable ASCII written as a TOML escape.
+fn with_route(path: &str) -> Result<Manifest, ManifestError> {
+    let escaped: String = path
+        .chars()
+        .map(|c| match c {
+            ' '..='~' if c != '"' && c != '\\' => c.to_string(),
+            c => format!("\\U{:08X}", c as u32),
+        })
+        .collect();
+    parse(&format!(
+        "name = \"a\"\n[[triggers.http]]\npath = \"{escaped}\"\n"
+    ))
+}
+
+#[test]
+fn routes_hold_only_visible_characters() {
+    let bidi = "\u{200E}\u{200F}\u{202A}\u{202B}\u{202C}\u{202D}\u{202E}\u{2066}\u{2067}\u{2068}\u{2069}\u{061C}";
+    // Controls, zero-width and other format characters, spaces and
+    // separators, characters drawn as nothing.
+    let others = "\u{7}\u{7F}\u{85}\u{AD}\u{200B}\u{2060}\u{FEFF}\u{E0041}\u{A0}\u{2028}\u{3000}\u{3164}\u{FE0F}";
+    for c in bidi.chars().chain(others.chars()) {
+        let e = with_route(&format!("/pay/{c}admin/{{id}}")).unwrap_err();
+        assert_eq!(e.field, "triggers.http[0].path", "{c:?}: {e}");
+        assert!(
+            e.reason.contains(&format!("U+{:04X}", c as u32))
+                && e.reason.contains("only visible characters"),
+            "{e}"
+        );
+        assert_eq!(
+            e.reason.contains("bidirectional control"),
+            bidi.contains(c),
+            "{e}"
+        );
+    }
+    // Visible text, in any script, is fine.
+    for path in [
+        "/café/{id}",
+        "/заказы/{id}",
+        "/a-b_c.d~e/{x}",
+        "/x/{{literal}}",
+    ] {
+        with_route(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    }
+}
+
+#[test]
+fn a_route_names_each_parameter_once() {
+    for path in ["/a/{x}/{x}", "/a/{x}/b/{*x}", "/a/{id}/{n}/{id}"] {
+        let e = with_route(path).unwrap_err();
+        assert_eq!(e.field, "triggers.http[0].path", "{path}: {e}");
+        assert!(e.reason.contains("twice"), "{e}");
+    }
+    with_route("/a/{x}/{y}/{*rest}").unwrap();
+}
+
+#[test]
+fn routes_overlap_when_one_request_path_could_reach_both() {
+    for (a, b) in [
+        ("/orders/{id}", "/orders/export"),
+        ("/orders/{id}", "/orders/{id}/"),
+        ("/orders/{id}", "/orders/{key}"),
+        ("/orders/export", "/orders/export/"),
+        ("/orders/{*rest}", "/orders/export"),
+        ("/orders/{*rest}", "/orders/{id}/items/{n}"),
+        ("/orders/{*rest}", "/orders/{*all}"),
+        ("/orders/{id}/items", "/orders/7/{item}"),
+        ("/files/x{name}", "/files/readme"),
+        ("/files/x{name}", "/files/{id}"),
+    ] {
+        assert!(overlap(a, b), "{a} and {b}");
+        assert!(overlap(b, a), "{b} and {a}");
+    }
+    for (a, b) in [
+        ("/orders/{id}", "/orders"),
+        ("/orders/{id}", "/orders/{id}/items"),
+        ("/orders/{*rest}", "/orders"),
+        ("/orders/{*rest}", "/orders/"),
+        ("/orders/export", "/orders/import"),
+        ("/orders/{id}", "/invoices/{id}"),
+        ("/a/{x}", "/a//"),
+        ("/files/x{name}", "/files/a/b"),
+    ] {
+        assert!(!overlap(a, b), "{a} and {b}");
+        assert!(!overlap(b, a), "{b} and {a}");
+    }
+}

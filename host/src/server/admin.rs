@@ -4,7 +4,7 @@
 
 use super::auth::Note;
 use super::{AppState, auth, error, trigger};
-use crate::dispatcher::{DeployError, Deployed};
+use crate::dispatcher::{Authority, DeployError, Deployed};
 use crate::exec::{Event, LoadError};
 use crate::tokens::{Bearer, Scope};
 use axum::Json;
@@ -83,6 +83,15 @@ fn describe(d: &Deployed) -> Value {
     })
 }
 
+/// Who the bearer is to the dispatcher: an admin token's bearer may make
+/// any change, anyone else (a `deploy` token) only an ordinary one.
+fn authority(bearer: &Bearer) -> Authority {
+    match bearer.scope {
+        Scope::Admin => Authority::Admin,
+        _ => Authority::Deployer,
+    }
+}
+
 fn deploy_error(err: DeployError) -> Response {
     match err {
         DeployError::Manifest(e) => {
@@ -92,6 +101,7 @@ fn deploy_error(err: DeployError) -> Response {
             error(StatusCode::BAD_REQUEST, "invalid_component", e.to_string())
         }
         DeployError::Conflict(m) => error(StatusCode::CONFLICT, "route_conflict", m),
+        DeployError::Forbidden(m) => error(StatusCode::FORBIDDEN, "forbidden", m),
         DeployError::NotFound(m) => error(StatusCode::NOT_FOUND, "not_found", m),
         DeployError::Shared(crate::state::StateError::Invalid(m)) => {
             error(StatusCode::BAD_REQUEST, "not_shareable", m)
@@ -234,20 +244,10 @@ async fn deploy(
             "a deploy is a multipart form with two fields: `manifest` (fnhost.toml) and `component` (the .wasm)",
         );
     };
-    // A trusted function reaches sensitive data: only an admin deploys one.
-    let trusted = crate::manifest::Manifest::parse(crate::manifest::FILE_NAME, &manifest)
-        .is_ok_and(|m| m.isolation == crate::manifest::Isolation::Trusted);
-    if trusted && bearer.scope != Scope::Admin {
-        return error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "isolation = \"trusted\" functions reach sensitive data, so deploying one needs an admin token; this token's scope is `{}`",
-                bearer.scope.as_str()
-            ),
-        );
-    }
-    match state.dispatcher.deploy(manifest, component.to_vec()).await {
+    let deployed = (state.dispatcher)
+        .deploy(manifest, component.to_vec(), authority(&bearer))
+        .await;
+    match deployed {
         Ok(d) => {
             tracing::info!(function = %d.record.name, version = d.record.version, digest = %d.record.digest, "deployed");
             let mut response = (StatusCode::CREATED, Json(describe(&d))).into_response();
@@ -269,6 +269,7 @@ struct RollbackRequest {
 
 async fn rollback(
     State(state): State<AppState>,
+    Extension(bearer): Extension<Bearer>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Response {
@@ -280,7 +281,10 @@ async fn rollback(
             Err(refusal) => return refusal,
         }
     };
-    match state.dispatcher.rollback(&name, req.version).await {
+    let rolled = (state.dispatcher)
+        .rollback(&name, req.version, authority(&bearer))
+        .await;
+    match rolled {
         Ok(d) => {
             tracing::info!(function = %name, version = d.record.version, "rolled back");
             let mut response = Json(describe(&d)).into_response();
@@ -293,8 +297,12 @@ async fn rollback(
     }
 }
 
-async fn remove(State(state): State<AppState>, Path(name): Path<String>) -> Response {
-    match state.dispatcher.remove(&name).await {
+async fn remove(
+    State(state): State<AppState>,
+    Extension(bearer): Extension<Bearer>,
+    Path(name): Path<String>,
+) -> Response {
+    match state.dispatcher.remove(&name, authority(&bearer)).await {
         Ok(()) => {
             tracing::info!(function = %name, "removed");
             StatusCode::NO_CONTENT.into_response()

@@ -4,16 +4,20 @@
 //! Unknown route → 404, wrong method → 405, a route with `auth = "token"`
 //! without a token allowed to invoke → 401/403, body over the limit → 413,
 //! function error → 500 with a JSON body that names the failure but no host
-//! internals.
+//! internals. No function ever sees an fnhost token: on every route, the
+//! `Authorization` and `Proxy-Authorization` values that carry one are
+//! taken off the request first.
 
 use super::{AppState, error};
 use crate::dispatcher::Attempt;
 use crate::exec::Failure;
 use crate::exec::{Event, HttpRequest, Output, TrapReason};
+use crate::tokens::Tokens;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
 
 /// The fallback handler: route, invoke, respond.
 pub(crate) async fn handle(State(state): State<AppState>, req: Request) -> Response {
@@ -71,8 +75,10 @@ pub(crate) async fn handle(State(state): State<AppState>, req: Request) -> Respo
             return refusal;
         }
         // The function never sees the caller's token.
-        parts.headers.remove(axum::http::header::AUTHORIZATION);
+        parts.headers.remove(header::AUTHORIZATION);
     }
+    // Nor, on any route, anyone's fnhost token.
+    strip_fnhost_tokens(&mut parts.headers, &state.access.tokens);
     let body = match axum::body::to_bytes(body, state.config.max_body_bytes).await {
         Ok(b) => b,
         Err(e) if timed_out(&e) => {
@@ -112,6 +118,34 @@ pub(crate) async fn handle(State(state): State<AppState>, req: Request) -> Respo
     invoke(&state, deployed, event).await
 }
 
+/// Take off every `Authorization` and `Proxy-Authorization` value that
+/// carries an fnhost token, as it came or inside `Basic` credentials, so
+/// that no guest ever sees one, whatever route it is on. Values of a
+/// user's own scheme, with no fnhost token in them, pass as they came.
+fn strip_fnhost_tokens(headers: &mut HeaderMap, tokens: &Tokens) {
+    let carries = |value: &HeaderValue| {
+        let bytes = value.as_bytes();
+        let basic = (bytes.get(..6))
+            .filter(|scheme| scheme.eq_ignore_ascii_case(b"basic "))
+            .and_then(|_| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(bytes[6..].trim_ascii())
+                    .ok()
+            });
+        tokens.carried_by(bytes) || basic.is_some_and(|decoded| tokens.carried_by(&decoded))
+    };
+    for name in [header::AUTHORIZATION, header::PROXY_AUTHORIZATION] {
+        let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
+        if !values.iter().any(carries) {
+            continue;
+        }
+        headers.remove(&name);
+        for value in values.into_iter().filter(|v| !carries(v)) {
+            headers.append(name.clone(), value);
+        }
+    }
+}
+
 /// Invoke for an HTTP caller: `503` with `Retry-After` when every instance
 /// is busy and the line for one is full.
 pub(crate) async fn invoke(
@@ -139,10 +173,9 @@ pub(crate) async fn invoke(
                     busy.waiting
                 ),
             );
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                HeaderValue::from_static("1"),
-            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             response
         }
     }
@@ -216,4 +249,47 @@ fn failure_response(failure: &Failure) -> Response {
         Failure::Trap(reason) => ("function_trapped", reason.to_string()),
     };
     error(StatusCode::INTERNAL_SERVER_ERROR, code, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_carrying_an_fnhost_token_are_taken_off_and_the_rest_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::backends::embedded::EmbeddedState::open(dir.path()).unwrap();
+        let tokens = Tokens::new(std::sync::Arc::new(state), "the-bootstrap".into());
+        let basic = |credentials: &str| {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+            HeaderValue::from_str(&format!("Basic {encoded}")).unwrap()
+        };
+        let mut headers = HeaderMap::new();
+        for value in [
+            HeaderValue::from_static("Bearer fnh_0123456789abcdef_secret"),
+            HeaderValue::from_static("Bearer the-bootstrap"),
+            basic("ci:the-bootstrap"),
+            basic("ci:fnh_0123456789abcdef_secret"),
+            HeaderValue::from_static("Bearer mine"),
+            basic("ada:lovelace"),
+        ] {
+            headers.append(header::AUTHORIZATION, value);
+        }
+        headers.append(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("basic  dGhlLWJvb3RzdHJhcA== "),
+        );
+        headers.append(header::COOKIE, HeaderValue::from_static("a=b"));
+        strip_fnhost_tokens(&mut headers, &tokens);
+        let left: Vec<&HeaderValue> = headers.get_all(header::AUTHORIZATION).iter().collect();
+        assert_eq!(
+            left,
+            [
+                &HeaderValue::from_static("Bearer mine"),
+                &basic("ada:lovelace")
+            ]
+        );
+        assert!(headers.get(header::PROXY_AUTHORIZATION).is_none());
+        assert_eq!(headers[header::COOKIE], "a=b");
+    }
 }

@@ -1,7 +1,9 @@
 //! A job that misbehaves on request, to prove the sandbox's limits.
 //!
-//! The mode comes from the route parameter `{mode}` or the invoke payload:
-//! `ok`, `loop`, `memory`, `recursion`, `panic`, `stdout`, `retry`, `fail`,
+//! The mode comes from the route parameter `{mode}` (else the query's
+//! `mode`) or the invoke payload:
+//! `ok`, `authorization` (the Authorization header it saw, and its own name
+//! in the `adversary-function` header), `loop`, `memory`, `recursion`, `panic`, `stdout`, `retry`, `fail`,
 //! `config`, `storage`, `put`, `get`, `queue`, `checkpoint`, `progress`, `resume` (checkpoint,
 //! then panic; the next attempt answers with the checkpoint), `resume-slow`
 //! (checkpoint, then spin for ten minutes), `busy-<ms>` (then answers with
@@ -183,7 +185,9 @@ fn adversary(inv: Invocation, event: Event) -> Result<Output> {
         return probe_queue(&inv, &m.body);
     }
     let mode = match &event {
-        Event::Http(req) => req.param("mode").unwrap_or("ok").to_string(),
+        Event::Http(req) => (req.param("mode").map(str::to_string))
+            .or_else(|| req.query_param("mode"))
+            .unwrap_or_else(|| "ok".into()),
         other => String::from_utf8_lossy(other.payload()).trim().to_string(),
     };
     match mode.as_str() {
@@ -194,7 +198,8 @@ fn adversary(inv: Invocation, event: Event) -> Result<Output> {
                 Event::Http(req) => req.header("authorization").unwrap_or("none"),
                 _ => "not http",
             };
-            Ok(Output::text(format!("authorization: {seen}")))
+            Ok(Output::text(format!("authorization: {seen}"))
+                .with_header("adversary-function", &inv.function))
         }
         "loop" => {
             let mut i: u64 = 0;
