@@ -465,7 +465,8 @@ impl Dispatcher {
 
     /// [`Dispatcher::invoke`] for a caller that would rather hear "busy"
     /// than wait in a long line: when no slot is free and `max_waiting`
-    /// such callers already wait for one, answers [`Busy`] at once.
+    /// such callers already wait for one, or half of them for this
+    /// function, answers [`Busy`] at once.
     pub async fn invoke_or_busy(
         &self,
         deployed: Arc<Deployed>,
