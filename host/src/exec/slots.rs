@@ -24,20 +24,26 @@
 //!   away) leaves the line; a slot handed to it just then goes to the next.
 //!
 //! Keyed by function name only; knows nothing of wasm, HTTP or queues.
-//! Memory is bounded by the functions running or waiting and their waiters.
+//! Memory is bounded: the functions running or waiting and their waiters,
+//! and up to [`IDLE_KEPT`] functions with neither (kept so that taking a
+//! free slot costs one lock and no allocation).
 
 use super::{Busy, Wait};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
+/// The most functions with nothing running or waiting that are
+/// remembered; past it, they are forgotten.
+pub const IDLE_KEPT: usize = 1024;
+
 /// The host's instance slots, shared fairly between functions.
 pub struct Slots {
-    capacity: usize,
     state: Mutex<State>,
 }
 
 struct State {
+    capacity: usize,
     free: usize,
     /// [`Wait::AtMost`] callers waiting, all functions together.
     line: usize,
@@ -45,8 +51,11 @@ struct State {
     waiting: usize,
     /// Numbers callers in the order they came.
     next_ticket: u64,
-    /// Functions with invocations running or callers waiting, and only those.
+    /// Functions with invocations running or callers waiting, and some
+    /// idle ones (at most [`IDLE_KEPT`]).
     functions: HashMap<Arc<str>, Tenant>,
+    /// The functions with callers waiting.
+    queued: Vec<Arc<str>>,
 }
 
 struct Tenant {
@@ -82,20 +91,22 @@ impl Slots {
     /// `capacity` slots, all free.
     pub fn new(capacity: usize) -> Slots {
         Slots {
-            capacity,
             state: Mutex::new(State {
+                capacity,
                 free: capacity,
                 line: 0,
                 waiting: 0,
                 next_ticket: 0,
                 functions: HashMap::new(),
+                queued: Vec::new(),
             }),
         }
     }
 
     /// Slots held now.
     pub fn in_use(&self) -> usize {
-        self.capacity - self.lock().free
+        let state = self.lock();
+        state.capacity - state.free
     }
 
     /// The number of places in the line one function may take when it
@@ -151,6 +162,7 @@ impl Slots {
             state.next_ticket += 1;
             let (grant, granted) = oneshot::channel();
             let tenant = state.tenant(function);
+            let first = tenant.waiters.is_empty();
             tenant.waiters.push_back(Waiter {
                 ticket,
                 in_line,
@@ -158,6 +170,9 @@ impl Slots {
             });
             tenant.line += usize::from(in_line);
             let key = tenant.name.clone();
+            if first {
+                state.queued.push(key.clone());
+            }
             state.line += usize::from(in_line);
             state.waiting += 1;
             (key, ticket, granted)
@@ -184,6 +199,13 @@ impl State {
     /// The function's entry, made when missing.
     fn tenant(&mut self, function: &str) -> &mut Tenant {
         if !self.functions.contains_key(function) {
+            // Those with work are at most one per slot held and one per
+            // function queued: past that many more, forget the idle ones.
+            let busy = self.capacity - self.free + self.queued.len();
+            if self.functions.len() >= IDLE_KEPT + busy {
+                self.functions
+                    .retain(|_, t| t.running > 0 || !t.waiters.is_empty());
+            }
             let name: Arc<str> = Arc::from(function);
             let tenant = Tenant {
                 name: name.clone(),
@@ -201,46 +223,37 @@ impl State {
         if let Some(tenant) = self.functions.get_mut(function) {
             tenant.running -= 1;
         }
-        self.forget_if_idle(function);
         self.free += 1;
         self.hand_out();
     }
 
     /// Give free slots to waiting callers, fewest running first.
     fn hand_out(&mut self) {
-        while self.free > 0 && self.waiting > 0 {
-            let Some(key) = self
-                .functions
-                .iter()
-                .filter_map(|(k, t)| Some((k, t.running, t.waiters.front()?.ticket)))
-                .min_by_key(|&(_, running, ticket)| (running, ticket))
-                .map(|(k, _, _)| k.clone())
-            else {
+        while self.free > 0 {
+            let functions = &self.functions;
+            let Some(at) = (0..self.queued.len()).min_by_key(|&i| {
+                let t = &functions[&self.queued[i]];
+                (t.running, t.waiters.front().map(|w| w.ticket))
+            }) else {
                 return;
             };
-            let tenant = self.functions.get_mut(&key).expect("just found");
-            let waiter = tenant.waiters.pop_front().expect("has waiters");
+            let tenant = self
+                .functions
+                .get_mut(&self.queued[at])
+                .expect("queued functions are kept");
+            let waiter = tenant.waiters.pop_front().expect("queued: has waiters");
             tenant.line -= usize::from(waiter.in_line);
+            if tenant.waiters.is_empty() {
+                self.queued.swap_remove(at);
+            }
             self.line -= usize::from(waiter.in_line);
             self.waiting -= 1;
             if waiter.grant.send(()).is_ok() {
                 tenant.running += 1;
                 self.free -= 1;
-            } else {
-                // Cannot happen (a waiter leaves the line before its
-                // receiver goes), and costs nothing to handle.
-                self.forget_if_idle(&key);
             }
-        }
-    }
-
-    fn forget_if_idle(&mut self, function: &str) {
-        if self
-            .functions
-            .get(function)
-            .is_some_and(|t| t.running == 0 && t.waiters.is_empty())
-        {
-            self.functions.remove(function);
+            // Else: cannot happen (a waiter leaves the line before its
+            // receiver goes), and costs nothing to handle.
         }
     }
 }
@@ -272,10 +285,13 @@ impl Drop for Waiting<'_> {
         if let Some(at) = tenant.waiters.iter().position(|w| w.ticket == self.ticket) {
             let waiter = tenant.waiters.remove(at).expect("found");
             tenant.line -= usize::from(waiter.in_line);
+            let emptied = tenant.waiters.is_empty();
             state.line -= usize::from(waiter.in_line);
             state.waiting -= 1;
+            if emptied {
+                state.queued.retain(|f| *f != self.function);
+            }
         }
-        state.forget_if_idle(&self.function);
     }
 }
 

@@ -155,19 +155,34 @@ fn a_caller_that_goes_away_leaves_nothing_behind() {
     let gone = ask(&slots, "b", Wait::AtMost(2));
     drop(gone);
     assert_eq!(slots.lock().line, 0);
-    let _b = ask(&slots, "b", Wait::AtMost(2));
+    let b = ask(&slots, "b", Wait::AtMost(2));
     let mut c = ask(&slots, "c", Wait::AtMost(2));
     // Gone just as the slot was handed to it: the next caller gets it.
     drop(held);
     assert_eq!(slots.lock().waiting, 1, "b was granted");
-    drop(_b);
+    drop(b);
     let c = granted(&mut c);
     assert_eq!((slots.in_use(), running(&slots, "b")), (1, 0));
     drop(c);
     let state = slots.lock();
     assert_eq!((state.free, state.line, state.waiting), (1, 0, 0));
+    assert!(state.queued.is_empty());
     assert!(
-        state.functions.is_empty(),
-        "nothing kept for idle functions"
+        state
+            .functions
+            .values()
+            .all(|t| t.running == 0 && t.waiters.is_empty() && t.line == 0)
     );
+}
+
+#[test]
+fn idle_functions_are_remembered_up_to_a_bound() {
+    let slots = Slots::new(2);
+    let held = take(&slots, "kept");
+    for i in 0..IDLE_KEPT * 3 {
+        drop(take(&slots, &format!("f{i}")));
+        assert!(slots.lock().functions.len() <= IDLE_KEPT + 2);
+    }
+    assert_eq!(running(&slots, "kept"), 1, "a function with work is kept");
+    drop(held);
 }
