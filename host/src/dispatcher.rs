@@ -10,7 +10,7 @@
 
 mod fleet;
 
-pub use fleet::FOLLOW_INTERVAL;
+pub use fleet::{CLOCK_SKEW, FOLLOW_INTERVAL};
 
 use crate::backends::Backends;
 use crate::clock::now_ms;
@@ -68,6 +68,9 @@ pub enum DeployError {
     /// The fleet's shared state refused or failed.
     #[error("the fleet's shared state: {0}")]
     Shared(#[from] crate::state::StateError),
+    /// A watched S3 bucket's event notifications could not be set up.
+    #[error("{0}")]
+    Notifications(String),
 }
 
 /// Active functions, routes and the concurrency cap.
@@ -88,6 +91,9 @@ pub struct Dispatcher {
     fleet: Option<Arc<dyn crate::state::StateStore>>,
     /// The version of each fleet record this host last applied.
     seen: std::sync::Mutex<HashMap<String, String>>,
+    /// When the last follow of the fleet's deployments that applied them
+    /// all started, ms since the epoch.
+    followed_ms: std::sync::atomic::AtomicU64,
     /// Where S3 buckets' events arrive (buckets on S3 only).
     blob_events: Option<Arc<crate::backends::s3blobs::S3Events>>,
     bindings: std::sync::Mutex<HashMap<(String, String), Arc<BindingStats>>>,
@@ -153,6 +159,7 @@ impl Dispatcher {
             blobs: backends.blobs,
             fleet: backends.fleet,
             seen: Default::default(),
+            followed_ms: Default::default(),
             blob_events: backends.blob_events,
             changes: watch::Sender::new(0),
             bindings: Default::default(),
@@ -213,6 +220,9 @@ impl Dispatcher {
         candidate.remove(&name);
         let probe = build_routes_with(&candidate, Some((&name, &manifest.triggers.http)))
             .map_err(DeployError::Conflict)?;
+        // Before anything is stored: no upload after the deploy answered
+        // goes without its event.
+        self.set_up_blob_events(&manifest).await?;
         let record = match self.fleet.clone() {
             Some(fleet) => {
                 self.deploy_shared(fleet.as_ref(), &name, manifest_text, wasm)

@@ -6,6 +6,12 @@
 //! all of them are enqueued (a host dying before that lets it come back:
 //! at least once).
 //!
+//! - **Never ahead of the deployments.** Before a batch of notifications
+//!   is handed to the triggers, the host makes sure it knows the fleet's
+//!   deployments as of the newest event in it
+//!   ([`Dispatcher::know_deployments_as_of`]); when it cannot, the batch
+//!   comes back later, so an event that arrives before its trigger is
+//!   known here waits instead of being dropped.
 //! - **Stale events** are dropped by asking S3 now: a created event whose
 //!   object is gone or has another ETag (a newer version, whose own event
 //!   follows), and a removed event whose key exists again.
@@ -135,7 +141,8 @@ pub async fn run(dispatcher: Arc<Dispatcher>, events: Arc<S3Events>, shutdown: C
     tracing::info!(queue = %events.queue, "stopped following S3 event notifications");
 }
 
-/// Hand a batch of notifications to the triggers, and settle each.
+/// Hand a batch of notifications to the triggers, once this host knows
+/// the fleet's deployments as of the newest event in it, and settle each.
 async fn handle_batch(
     dispatcher: &Dispatcher,
     events: &S3Events,
@@ -149,11 +156,24 @@ async fn handle_batch(
             (d, records)
         })
         .collect();
+    let newest = read
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok())
+        .flatten()
+        .map(|e| e.at_ms.unwrap_or_else(crate::clock::now_ms))
+        .max();
+    let known = match newest {
+        Some(at_ms) => dispatcher.know_deployments_as_of(at_ms).await,
+        None => Ok(()),
+    };
     let queues = dispatcher.queues();
     for (d, records) in read {
-        let handled = match records {
-            Err(e) => Err(Failure::Unreadable(e)),
-            Ok(records) => handle(dispatcher, events, receipts, &d.message.id, &records).await,
+        let handled = match (records, &known) {
+            (Err(e), _) => Err(Failure::Unreadable(e)),
+            (Ok(records), Err(e)) if !records.is_empty() => Err(Failure::Retry(format!(
+                "this host may not know the triggers of the event yet: {e}"
+            ))),
+            (Ok(records), _) => handle(dispatcher, events, receipts, &d.message.id, &records).await,
         };
         let settled = match handled {
             Ok(()) => queues.ack(d.receipt).await.map(drop),
