@@ -14,7 +14,7 @@ mod authority;
 mod fleet;
 
 pub use authority::Authority;
-pub use fleet::FOLLOW_INTERVAL;
+pub use fleet::{CLOCK_SKEW, FOLLOW_INTERVAL};
 
 use authority::{TrustedChange, is_trusted, vet_trusted};
 
@@ -77,6 +77,9 @@ pub enum DeployError {
     /// The fleet's shared state refused or failed.
     #[error("the fleet's shared state: {0}")]
     Shared(#[from] crate::state::StateError),
+    /// A watched S3 bucket's event notifications could not be set up.
+    #[error("{0}")]
+    Notifications(String),
 }
 
 /// Active functions, routes and the concurrency cap.
@@ -97,6 +100,9 @@ pub struct Dispatcher {
     fleet: Option<Arc<dyn crate::state::StateStore>>,
     /// The version of each fleet record this host last applied.
     seen: std::sync::Mutex<HashMap<String, String>>,
+    /// When the last follow of the fleet's deployments that applied them
+    /// all started, ms since the epoch.
+    followed_ms: std::sync::atomic::AtomicU64,
     /// Where S3 buckets' events arrive (buckets on S3 only).
     blob_events: Option<Arc<crate::backends::s3blobs::S3Events>>,
     bindings: std::sync::Mutex<HashMap<(String, String), Arc<BindingStats>>>,
@@ -162,6 +168,7 @@ impl Dispatcher {
             blobs: backends.blobs,
             fleet: backends.fleet,
             seen: Default::default(),
+            followed_ms: Default::default(),
             blob_events: backends.blob_events,
             changes: watch::Sender::new(0),
             bindings: Default::default(),
@@ -230,6 +237,9 @@ impl Dispatcher {
         vet_trusted(authority, &name, TrustedChange::Replace, replaced)?;
         // Check the routes against every other active function first.
         let probe = self.routes_with(authority, &name, &manifest.triggers.http)?;
+        // Before anything is stored: no upload after the deploy answered
+        // goes without its event.
+        self.set_up_blob_events(&manifest).await?;
         let record = match self.fleet.clone() {
             Some(fleet) => {
                 self.deploy_shared(fleet.as_ref(), &name, manifest_text, wasm, authority)
@@ -492,7 +502,8 @@ impl Dispatcher {
 
     /// [`Dispatcher::invoke`] for a caller that would rather hear "busy"
     /// than wait in a long line: when no slot is free and `max_waiting`
-    /// such callers already wait for one, answers [`Busy`] at once.
+    /// such callers already wait for one, or half of them for this
+    /// function, answers [`Busy`] at once.
     pub async fn invoke_or_busy(
         &self,
         deployed: Arc<Deployed>,

@@ -12,6 +12,7 @@
 //! Knows nothing of wasmtime, HTTP, queues' storage or the registry.
 
 pub mod limits;
+pub mod slots;
 
 use crate::capabilities::Grants;
 use crate::task::BoxFuture;
@@ -330,16 +331,21 @@ pub trait Reporter: Send + Sync {
 pub enum Wait {
     /// As long as it takes (triggers: the queue is the line).
     Always,
-    /// Only while fewer than this many others wait (HTTP callers, who
-    /// would rather hear "busy" than wait in a long line).
+    /// Only while fewer than this many others wait, and fewer than half
+    /// of them for the same function ([`slots`]): HTTP callers, who would
+    /// rather hear "busy" than wait in a long line.
     AtMost(usize),
 }
 
-/// Every instance is busy and the line for one is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Every instance is busy and the line for one is full: the whole line,
+/// or the function's share of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Busy {
     /// How many callers the line holds.
     pub waiting: usize,
+    /// When it was the function's share of the line that was full (the
+    /// rest is kept for other functions): how many places that share is.
+    pub share: Option<usize>,
 }
 
 /// Why a component could not be prepared.

@@ -3,11 +3,15 @@
 //! messages a killed host held come back after their visibility timeout
 //! and are processed by the others.
 
+#[path = "support/fleet.rs"]
+mod support;
+
 use fnhost::blobs::BlobBackend as _;
 use fnhost_tests::{Host, guests, moto};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
+use support::{Fleet, moto_target};
 
 const WORKER: &str = "name = \"worker\"\n[[triggers.queue]]\nqueue = \"work\"\nvisibility_timeout = \"3s\"\nmin_concurrency = 1\nmax_concurrency = 2\n";
 
@@ -106,77 +110,6 @@ fn three_hosts_compete_for_one_sqs_queue_and_one_killed_loses_nothing() {
 }
 
 const ADVERSARY: &str = "name = \"adv\"\n[[triggers.http]]\npath = \"/adv/{mode}\"\n";
-
-/// Where the moto server is, for an AWS client of the test's own.
-fn moto_target() -> fnhost::backends::aws::Target {
-    fnhost::backends::aws::Target {
-        region: Some("us-east-1".into()),
-        endpoint: Some(moto().endpoint.clone()),
-        keys: Some(("testing".into(), "testing".into())),
-    }
-}
-
-/// A fleet of hosts on the moto server: queues named with a prefix and a
-/// state bucket of the test's own (`name`), each host in a data dir kept
-/// by the fleet.
-struct Fleet {
-    name: String,
-    dirs: Vec<tempfile::TempDir>,
-    /// More of the host config (a `[blobs]` section, say).
-    extra: String,
-}
-
-impl Fleet {
-    fn new(name: &str) -> Fleet {
-        Fleet {
-            name: format!("{name}-{}", std::process::id()),
-            dirs: Vec::new(),
-            extra: String::new(),
-        }
-    }
-
-    /// A fleet whose buckets are on S3 (`<name>-<bucket>`), their events on
-    /// the queue `s3-events`, both created as needed.
-    fn with_s3_buckets(name: &str) -> Fleet {
-        let mut fleet = Fleet::new(name);
-        fleet.extra = format!(
-            "[blobs]\nbackend = \"s3\"\nprefix = \"{}-\"\nnotifications = \"s3-events\"\ncreate = true\n",
-            fleet.name
-        );
-        fleet
-    }
-
-    /// The fleet's buckets, as another S3 client sees them.
-    fn s3(&self) -> fnhost::backends::s3blobs::S3Blobs {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(fnhost::backends::s3blobs::S3Blobs::connect(
-            moto_target(),
-            format!("{}-", self.name),
-            Default::default(),
-        ))
-        .unwrap()
-    }
-
-    /// Start one more host, with extra `serve` arguments.
-    fn start(&mut self, args: &[&str]) -> Host {
-        self.dirs.push(tempfile::tempdir().unwrap());
-        self.restart(self.dirs.len() - 1, args)
-    }
-
-    /// Start the `i`th host again, on its data dir.
-    fn restart(&self, i: usize, args: &[&str]) -> Host {
-        let moto = moto();
-        let dir = self.dirs[i].path();
-        let state = format!(
-            "[state]\nbackend = \"s3\"\nbucket = \"{}\"\ncreate = true\n{}",
-            self.name, self.extra
-        );
-        let config = moto.host_config(dir, &format!("{}-", self.name), &state);
-        let mut all = vec!["--config", config.to_str().unwrap()];
-        all.extend_from_slice(args);
-        Host::start_env(dir, &all, &moto.env())
-    }
-}
 
 #[test]
 fn an_api_host_enqueues_jobs_that_workers_run_and_any_host_reports() {
@@ -501,109 +434,6 @@ fn a_timer_on_three_hosts_fires_once_per_tick_never_overlapping() {
     };
     let late: Vec<&Value> = after.iter().filter(|r| r["past_due"] == true).collect();
     assert_eq!(late.len(), 1, "one run for all the missed ticks: {after:?}");
-}
-
-/// The first dead letter of `queue`, once there is one.
-fn first_dead_letter(host: &Host, queue: &str) -> Value {
-    host.wait_for(60, &format!("a dead letter on {queue}"), |h| {
-        let v = h
-            .admin("GET", &format!("/v1/queues/{queue}/dead-letters"), "")
-            .json();
-        v["dead_letters"].get(0).cloned()
-    })
-}
-
-#[test]
-fn an_image_put_into_s3_gets_its_thumbnail_written_back_to_s3() {
-    let g = guests();
-    let mut fleet = Fleet::with_s3_buckets("thumbs");
-    let hosts: Vec<Host> = (0..2).map(|_| fleet.start(&[])).collect();
-    let manifest =
-        std::fs::read_to_string(fnhost_tests::repo_root().join("functions/thumbnail/fnhost.toml"))
-            .unwrap();
-    hosts[0].deploy_ok(&manifest, &g.thumbnail);
-    hosts[0].wait_for(60, "the bucket's notifications to be set up", |_| {
-        hosts
-            .iter()
-            .any(|h| h.log().contains("bucket notifications set up"))
-            .then_some(())
-    });
-    let s3 = fleet.s3();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let png = std::fs::read(fnhost_tests::repo_root().join("tests/fixtures/landscape-300x200.png"))
-        .unwrap();
-
-    // One upload straight to S3, as any S3 client would; one through a
-    // host's blob API (which puts it in S3 too). Both get thumbnails, in S3.
-    rt.block_on(s3.put(
-        "uploads",
-        "cats/straight.png",
-        png.clone(),
-        Some("image/png".into()),
-    ))
-    .unwrap();
-    let r = hosts[1].admin("PUT", "/v1/buckets/uploads/objects/cats/via api.png", png);
-    assert!(matches!(r.status, 200 | 201), "{}", r.text());
-    for key in ["cats/straight.png", "cats/via api.png"] {
-        let thumb = hosts[0].wait_for(60, "the thumbnail in S3", |_| {
-            rt.block_on(s3.get("thumbnails", key))
-                .unwrap()
-                .map(|(_, body)| body)
-        });
-        assert_eq!(fnhost_tests::png_size(&thumb), (128, 85), "{key}");
-    }
-
-    // A delete in S3 removes the thumbnail; something that is not an
-    // image goes to the trigger's dead letters with the reason.
-    assert!(
-        rt.block_on(s3.delete("uploads", "cats/straight.png"))
-            .unwrap()
-    );
-    hosts[0].wait_for(60, "the thumbnail to be deleted", |_| {
-        rt.block_on(s3.get("thumbnails", "cats/straight.png"))
-            .unwrap()
-            .is_none()
-            .then_some(())
-    });
-    rt.block_on(s3.put("uploads", "notes.txt", b"not an image".to_vec(), None))
-        .unwrap();
-    let dead = first_dead_letter(&hosts[0], "fnhost-blob-thumbnail.uploads");
-    assert!(
-        dead["error"].as_str().unwrap_or_default().contains("image"),
-        "{dead:?}"
-    );
-
-    // A message on the event queue that S3 did not send is dead-lettered
-    // by name, and the feed goes on.
-    let r = hosts[1].admin(
-        "POST",
-        "/v1/queues/s3-events/messages",
-        json!({ "body": "hello" }).to_string(),
-    );
-    assert_eq!(r.status, 201, "{}", r.text());
-    let dead = first_dead_letter(&hosts[1], "s3-events");
-    assert!(
-        dead["error"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("not an S3 event notification"),
-        "{dead:?}"
-    );
-    rt.block_on(
-        s3.put(
-            "uploads",
-            "after.png",
-            std::fs::read(fnhost_tests::repo_root().join("tests/fixtures/landscape-300x200.png"))
-                .unwrap(),
-            None,
-        ),
-    )
-    .unwrap();
-    hosts[0].wait_for(60, "a thumbnail after the bad message", |_| {
-        rt.block_on(s3.get("thumbnails", "after.png"))
-            .unwrap()
-            .map(drop)
-    });
 }
 
 #[test]

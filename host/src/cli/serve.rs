@@ -40,7 +40,7 @@ pub(super) struct ServeArgs {
     /// Invocations that may run at once, host-wide.
     #[arg(long, env = "FNHOST_MAX_CONCURRENCY", default_value_t = 64)]
     max_concurrency: usize,
-    /// HTTP requests that may wait for a free instance; more get 503 with Retry-After.
+    /// HTTP requests that may wait for a free instance (one function's at most half); more get 503 with Retry-After.
     #[arg(long, env = "FNHOST_MAX_PENDING_REQUESTS", default_value_t = 512)]
     max_pending_requests: usize,
     /// Connections open at once; more get 503 with Retry-After and are closed.

@@ -14,19 +14,33 @@
 //! A function whose document is gone is removed here. The local registry
 //! is then a cache of the fleet's: a host that starts (or comes back)
 //! takes the fleet's state at its first look.
+//!
+//! An event from outside (an S3 notification) may reach a host before its
+//! next look shows the deploy that made the event's trigger:
+//! [`Dispatcher::know_deployments_as_of`] looks again first, so no event
+//! is handed to an older view of the fleet than the event itself. A deploy
+//! with blob triggers on S3 sets up the buckets' notifications before it
+//! answers ([`Dispatcher::set_up_blob_events`]).
 
 use super::authority::{Authority, TrustedChange, is_trusted, vet_trusted};
 use super::{DeployError, Dispatcher, build_routes_with};
+use crate::manifest::Manifest;
 use crate::registry::VersionRecord;
 use crate::state::{StateError, StateStore, Write};
 use crate::task::blocking;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// How often a fleet host looks for deployments made on other hosts.
 pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How far the clocks of the fleet's hosts and of AWS may disagree: an
+/// event stamped less than this before a look at the deployments started
+/// may still be newer than that look.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(2);
 
 const DEPLOYMENTS: &str = "deployments/";
 
@@ -297,6 +311,50 @@ impl Dispatcher {
         }
     }
 
+    /// Make sure this host knows every deployment the fleet had at
+    /// `at_ms` (ms since the epoch, on the clock of whoever stamped it):
+    /// unless a look that applied everything started more than
+    /// [`CLOCK_SKEW`] after it, look now. `Err` (say why) when this host
+    /// may still not know them: the fleet's state cannot be read, or a
+    /// deployment cannot be applied here.
+    pub async fn know_deployments_as_of(&self, at_ms: u64) -> Result<(), String> {
+        if self.fleet().is_none() {
+            return Ok(());
+        }
+        let fresh = |followed: u64| followed > at_ms.saturating_add(CLOCK_SKEW.as_millis() as u64);
+        if fresh(self.followed_ms.load(Ordering::SeqCst)) {
+            return Ok(());
+        }
+        // A look that starts now sees whatever was deployed before the
+        // event was even received, whatever the clocks say.
+        let asked = crate::clock::now_ms();
+        self.sync_fleet()
+            .await
+            .map_err(|e| format!("cannot read the fleet's deployments: {e}"))?;
+        if self.followed_ms.load(Ordering::SeqCst) < asked {
+            return Err("a deployment of the fleet cannot be applied on this host (see the error logged for it)".into());
+        }
+        Ok(())
+    }
+
+    /// With `[blobs] create = true`, point each bucket `manifest`'s blob
+    /// triggers watch at the event notification queue (idempotent).
+    pub(super) async fn set_up_blob_events(&self, manifest: &Manifest) -> Result<(), DeployError> {
+        let Some(events) = self.blob_events().filter(|e| e.create) else {
+            return Ok(());
+        };
+        for (i, t) in manifest.triggers.blob.iter().enumerate() {
+            events.set_up(&t.bucket).await.map_err(|e| {
+                DeployError::Notifications(format!(
+                    "triggers.blob[{i}]: cannot set up the S3 event notifications of bucket {} ({e}); nothing was deployed. Check that the host's AWS credentials allow s3:CreateBucket, s3:PutBucketNotification and sqs:GetQueueAttributes, or set [blobs] create = false in the host config and set them up yourself (README, \"Setting up the notifications\"); then deploy again",
+                    crate::text::quote(&t.bucket)
+                ))
+            })?;
+            tracing::info!(bucket = %t.bucket, "bucket notifications set up");
+        }
+        Ok(())
+    }
+
     /// Bring this host's deployments in line with the fleet's, once.
     /// A function that cannot be applied (its routes conflict, its
     /// component is unreadable) is logged and tried again next time.
@@ -314,6 +372,8 @@ impl Dispatcher {
         let Some(fleet) = self.fleet().cloned() else {
             return Ok(());
         };
+        let started = crate::clock::now_ms();
+        let mut applied_all = true;
         let mut listed = Vec::new();
         loop {
             let after = listed.last().map(|l: &crate::state::Listed| l.key.clone());
@@ -350,9 +410,13 @@ impl Dispatcher {
                     self.seen.lock().unwrap().insert(name, version);
                 }
                 Err(e) => {
+                    applied_all = false;
                     tracing::error!(function = %name, error = %e, "cannot apply the fleet's deployment here; trying again")
                 }
             }
+        }
+        if applied_all {
+            self.followed_ms.fetch_max(started, Ordering::SeqCst);
         }
         Ok(())
     }

@@ -1,17 +1,17 @@
 //! The executor of this process: runs executions in the [`Sandbox`], under
-//! the host-wide cap on invocations at once, with the components it has
+//! the host-wide cap on invocations at once, shared fairly between
+//! functions ([`Slots`]), with the components it has
 //! prepared (or, for one it has not, its [`Components`]' copy, compiled on
 //! first use). Its granted calls go to the host's [`Stores`].
 
 use super::{Loaded, Sandbox, Stores};
+use crate::exec::slots::Slots;
 use crate::exec::{
     Busy, Components, Execution, Executor, Failure, LoadError, Outcome, Reporter, TrapReason, Wait,
 };
 use crate::task::{BoxFuture, blocking};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Runs executions in this process's sandbox.
 pub struct LocalExecutor {
@@ -20,10 +20,8 @@ pub struct LocalExecutor {
     stores: Stores,
     /// Components by digest, compiled and checked.
     loaded: RwLock<HashMap<String, Loaded>>,
-    permits: Arc<Semaphore>,
-    max_concurrency: usize,
-    /// Callers waiting for a permit with [`Wait::AtMost`].
-    waiting: AtomicUsize,
+    /// The instance slots, shared between functions.
+    slots: Slots,
 }
 
 impl LocalExecutor {
@@ -40,37 +38,13 @@ impl LocalExecutor {
             components,
             stores,
             loaded: RwLock::default(),
-            permits: Arc::new(Semaphore::new(max_concurrency)),
-            max_concurrency,
-            waiting: AtomicUsize::new(0),
+            slots: Slots::new(max_concurrency),
         }
     }
 
     /// The sandbox it runs in.
     pub fn sandbox(&self) -> &Arc<Sandbox> {
         &self.sandbox
-    }
-
-    /// A permit to run, as `wait` allows.
-    async fn permit(&self, wait: Wait) -> Result<OwnedSemaphorePermit, Busy> {
-        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
-            return Ok(permit);
-        }
-        if let Wait::AtMost(max) = wait {
-            if self.waiting.fetch_add(1, Ordering::SeqCst) >= max {
-                self.waiting.fetch_sub(1, Ordering::SeqCst);
-                return Err(Busy { waiting: max });
-            }
-            let permit = self.permits.clone().acquire_owned().await;
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Ok(permit.expect("the semaphore is never closed"));
-        }
-        Ok(self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed"))
     }
 
     /// The compiled component of `digest`: prepared, or the registry's copy
@@ -127,7 +101,10 @@ impl Executor for LocalExecutor {
         wait: Wait,
     ) -> BoxFuture<'_, Result<Outcome, Busy>> {
         Box::pin(async move {
-            let _permit = self.permit(wait).await?;
+            let _slot = self
+                .slots
+                .acquire(&execution.profile.function, wait)
+                .await?;
             tracing::debug!("invocation started");
             let Execution {
                 profile,
@@ -161,8 +138,7 @@ impl Executor for LocalExecutor {
     }
 
     fn in_flight(&self) -> usize {
-        self.max_concurrency
-            .saturating_sub(self.permits.available_permits())
+        self.slots.in_use()
     }
 }
 

@@ -106,6 +106,14 @@ fn deploy_error(err: DeployError) -> Response {
         DeployError::Shared(crate::state::StateError::Invalid(m)) => {
             error(StatusCode::BAD_REQUEST, "not_shareable", m)
         }
+        DeployError::Notifications(m) => {
+            tracing::error!(error = %m, "admin request failed");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "notifications_not_set_up",
+                m,
+            )
+        }
         DeployError::Shared(e) => {
             tracing::error!(error = %e, "admin request failed");
             error(

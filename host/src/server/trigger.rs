@@ -147,7 +147,7 @@ fn strip_fnhost_tokens(headers: &mut HeaderMap, tokens: &Tokens) {
 }
 
 /// Invoke for an HTTP caller: `503` with `Retry-After` when every instance
-/// is busy and the line for one is full.
+/// is busy and the line for one is full, or the function's share of it.
 pub(crate) async fn invoke(
     state: &AppState,
     deployed: std::sync::Arc<crate::dispatcher::Deployed>,
@@ -165,14 +165,17 @@ pub(crate) async fn invoke(
     {
         Ok((id, outcome)) => outcome_response(&id, outcome.result),
         Err(busy) => {
-            let mut response = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                format!(
+            let message = match busy.share {
+                Some(share) => format!(
+                    "every instance is busy and this function's share of the line for one is full: {share} of its requests already wait (of {} places, the rest kept for other functions); retry in a moment",
+                    busy.waiting
+                ),
+                None => format!(
                     "every instance is busy and {} requests already wait for one; retry in a moment",
                     busy.waiting
                 ),
-            );
+            };
+            let mut response = error(StatusCode::SERVICE_UNAVAILABLE, "busy", message);
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

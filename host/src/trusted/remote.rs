@@ -276,9 +276,7 @@ impl RemoteWorker {
             match wire::read::<_, FromWorker>(&mut r).await {
                 Ok(Some(FromWorker::Done { call, outcome })) => {
                     if let Some(p) = self.pending.lock().unwrap().remove(&call) {
-                        let _ = p.done.send(outcome.map_err(|waiting| Busy {
-                            waiting: waiting as usize,
-                        }));
+                        let _ = p.done.send(outcome);
                     }
                 }
                 Ok(Some(FromWorker::Call { call, request })) => {

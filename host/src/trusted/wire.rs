@@ -21,7 +21,7 @@
 //! The sensitive store itself never crosses: the worker holds it.
 
 use crate::blobs::{BlobError, ObjectMeta};
-use crate::exec::{Event, Invocation, Outcome};
+use crate::exec::{Busy, Event, Invocation, Outcome};
 use crate::queue::{NewMessage, QueueError};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -93,13 +93,13 @@ pub enum FromWorker {
         /// The X25519 public key sensitive queues' messages are sealed to.
         queue_key: Vec<u8>,
     },
-    /// How the host's execution `call` ended; `Err` with the number of
-    /// callers waiting when every instance was busy.
+    /// How the host's execution `call` ended; `Err` when every instance
+    /// was busy and the line (or the function's share of it) was full.
     Done {
         /// The host's number for the execution.
         call: u64,
         /// Its outcome.
-        outcome: Result<Outcome, u32>,
+        outcome: Result<Outcome, Busy>,
     },
     /// A request of a running trusted function; answered by a
     /// [`ToWorker::Reply`].

@@ -180,10 +180,7 @@ impl Worker {
             },
         };
         self.link
-            .send(Some(FromWorker::Done {
-                call,
-                outcome: outcome.map_err(|busy| busy.waiting.min(u32::MAX as usize) as u32),
-            }))
+            .send(Some(FromWorker::Done { call, outcome }))
             .await;
     }
 
