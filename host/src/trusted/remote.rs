@@ -499,7 +499,7 @@ impl RemoteWorker {
             // its caller), the entry goes.
             let _entry = Forget(self, call);
             let cut = wire::CutOff::arm(&half);
-            let sent = wire::write_encoded(&mut *half, &body).await;
+            let sent = wire::write_encoded(&mut *half, body).await;
             cut.disarm();
             if sent.is_err() {
                 return Ok(unavailable("the trusted worker is not running"));
@@ -540,7 +540,7 @@ async fn reply_to(tx: &wire::Writer, call: u64, reply: Reply) {
         Ok(body) => {
             let mut half = tx.lock().await;
             let cut = wire::CutOff::arm(&half);
-            let sent = wire::write_encoded(&mut *half, &body).await;
+            let sent = wire::write_encoded(&mut *half, body).await;
             cut.disarm();
             sent
         }

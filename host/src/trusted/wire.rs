@@ -306,10 +306,10 @@ pub type Writer = std::sync::Arc<tokio::sync::Mutex<tokio::net::unix::OwnedWrite
 
 /// Send one message on `w`.
 pub async fn send<T: Serialize>(w: &Writer, msg: &T) -> std::io::Result<()> {
-    let body = encode(msg)?;
+    let encoded = encode(msg)?;
     let mut half = w.lock().await;
     let cut = CutOff::arm(&half);
-    let sent = write_encoded(&mut *half, &body).await;
+    let sent = write_encoded(&mut *half, encoded).await;
     cut.disarm();
     sent
 }
@@ -345,33 +345,55 @@ impl Drop for CutOff {
     }
 }
 
+/// A message encoded for [`write_encoded`]: 4 bytes kept for the header
+/// of its first chunk, then its body, so that a message of one chunk (all
+/// but the largest) goes in one write.
+pub struct Encoded(Vec<u8>);
+
+impl Encoded {
+    /// The body's length.
+    pub fn len(&self) -> usize {
+        self.0.len() - 4
+    }
+
+    /// Whether the body is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// `msg` encoded for [`write_encoded`]; an error, before anything is
 /// written, when it is over [`MAX_MESSAGE_BYTES`].
-pub fn encode<T: Serialize>(msg: &T) -> std::io::Result<Vec<u8>> {
-    let body = postcard::to_allocvec(msg).map_err(std::io::Error::other)?;
-    if body.len() > MAX_MESSAGE_BYTES {
+pub fn encode<T: Serialize>(msg: &T) -> std::io::Result<Encoded> {
+    let encoded = Encoded(postcard::to_extend(msg, vec![0u8; 4]).map_err(std::io::Error::other)?);
+    if encoded.len() > MAX_MESSAGE_BYTES {
         return Err(std::io::Error::new(
             std::io::ErrorKind::FileTooLarge,
             format!(
                 "a message of {} bytes is over the protocol's {MAX_MESSAGE_BYTES}",
-                body.len()
+                encoded.len()
             ),
         ));
     }
-    Ok(body)
+    Ok(encoded)
 }
 
-/// Write one encoded message, in chunks.
-pub async fn write_encoded<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> std::io::Result<()> {
-    let mut chunks = body.chunks(MAX_CHUNK_BYTES).peekable();
-    if chunks.peek().is_none() {
-        w.write_all(&0u32.to_be_bytes()).await?;
-    }
+/// Write one encoded message: its first chunk with its header in one
+/// write, the rest (if any) chunk by chunk.
+pub async fn write_encoded<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    encoded: Encoded,
+) -> std::io::Result<()> {
+    let mut buf = encoded.0;
+    let first = (buf.len() - 4).min(MAX_CHUNK_BYTES);
+    let more = if buf.len() - 4 > first { MORE } else { 0 };
+    buf[..4].copy_from_slice(&(first as u32 | more).to_be_bytes());
+    w.write_all(&buf[..4 + first]).await?;
+    let mut chunks = buf[4 + first..].chunks(MAX_CHUNK_BYTES).peekable();
     while let Some(chunk) = chunks.next() {
         let more = if chunks.peek().is_some() { MORE } else { 0 };
-        let mut head = [0u8; 4];
-        head.copy_from_slice(&(chunk.len() as u32 | more).to_be_bytes());
-        w.write_all(&head).await?;
+        w.write_all(&(chunk.len() as u32 | more).to_be_bytes())
+            .await?;
         w.write_all(chunk).await?;
     }
     w.flush().await
@@ -379,7 +401,7 @@ pub async fn write_encoded<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> std
 
 /// Write one message.
 pub async fn write<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> std::io::Result<()> {
-    write_encoded(w, &encode(msg)?).await
+    write_encoded(w, encode(msg)?).await
 }
 
 /// Read one message; `None` at a clean end of the stream.
@@ -516,9 +538,9 @@ mod tests {
         let err = read::<_, FromWorker>(&mut b).await.unwrap_err();
         assert!(err.to_string().contains("over the protocol"), "{err}");
         // A message with bytes past its end is refused, not half-read.
-        let mut body = postcard::to_allocvec(&FromWorker::Audit("{}".into())).unwrap();
-        body.extend_from_slice(b"junk");
-        write_encoded(&mut a, &body).await.unwrap();
+        let mut body = encode(&FromWorker::Audit("{}".into())).unwrap();
+        body.0.extend_from_slice(b"junk");
+        write_encoded(&mut a, body).await.unwrap();
         let err = read::<_, FromWorker>(&mut b).await.unwrap_err();
         assert!(err.to_string().contains("past its end"), "{err}");
         drop(a);
