@@ -12,18 +12,21 @@
 
 mod authority;
 mod fleet;
+mod routes;
 
 pub use authority::Authority;
 pub use fleet::{CLOCK_SKEW, FOLLOW_INTERVAL};
+pub use routes::RouteTarget;
 
 use authority::{TrustedChange, is_trusted, vet_trusted};
+use routes::{build_routes, build_routes_with};
 
 use crate::backends::Backends;
 use crate::clock::now_ms;
 use crate::exec::{
     Busy, Event, Execution, Executor, Invocation, LoadError, Outcome, Profile, Wait,
 };
-use crate::manifest::{HttpTrigger, Isolation, Manifest};
+use crate::manifest::{Isolation, Manifest};
 use crate::queue::QueueBackend;
 use crate::registry::{Registry, RegistryError, VersionRecord};
 use crate::task::blocking;
@@ -40,17 +43,6 @@ pub struct Deployed {
     pub manifest: Manifest,
     /// What the executor runs it with.
     pub profile: Arc<Profile>,
-}
-
-/// Where an HTTP request goes.
-#[derive(Clone)]
-pub struct RouteTarget {
-    /// The function's name.
-    pub function: String,
-    /// Methods accepted; all when empty.
-    pub methods: Vec<String>,
-    /// Does a caller need a token (`auth = "token"`)?
-    pub token: bool,
 }
 
 /// Why a deploy, rollback or removal was refused.
@@ -557,52 +549,6 @@ impl Dispatcher {
         .await?;
         Ok((id, outcome))
     }
-}
-
-fn build_routes(
-    active: &HashMap<String, Arc<Deployed>>,
-) -> Result<matchit::Router<RouteTarget>, String> {
-    build_routes_with(active, None)
-}
-
-/// The route table of `active` plus, optionally, one more function's routes.
-/// Errors name both functions when two routes collide.
-fn build_routes_with(
-    active: &HashMap<String, Arc<Deployed>>,
-    extra: Option<(&str, &Vec<HttpTrigger>)>,
-) -> Result<matchit::Router<RouteTarget>, String> {
-    let mut router = matchit::Router::new();
-    let mut owners: Vec<(String, String)> = Vec::new();
-    let mut names: Vec<&String> = active.keys().collect();
-    names.sort();
-    let all = names
-        .into_iter()
-        .map(|n| (n.as_str(), &active[n].manifest.triggers.http))
-        .chain(extra);
-    for (function, triggers) in all {
-        for t in triggers {
-            let target = RouteTarget {
-                function: function.to_string(),
-                methods: t.methods.clone(),
-                token: t.auth == crate::manifest::RouteAuth::Token,
-            };
-            if let Err(e) = router.insert(t.path.clone(), target) {
-                let other = owners
-                    .iter()
-                    .find(
-                        |(_, p)| matches!(&e, matchit::InsertError::Conflict { with } if with == p),
-                    )
-                    .map(|(f, _)| f.as_str())
-                    .unwrap_or("another function");
-                return Err(format!(
-                    "route {:?} of function {function:?} conflicts with a route of {other:?}: {e}; change or remove one of them",
-                    t.path
-                ));
-            }
-            owners.push((function.to_string(), t.path.clone()));
-        }
-    }
-    Ok(router)
 }
 
 pub use crate::exec::Failure;
