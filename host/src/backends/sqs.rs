@@ -37,10 +37,9 @@ use crate::queue::{
 use crate::task::BoxFuture;
 use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::{
-    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
-    SendMessageBatchRequestEntry,
+    MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
 };
-use codec::{META, Meta, Received};
+use codec::{Meta, Received};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -335,27 +334,13 @@ impl QueueBackend for SqsQueues {
             }
             let url = self.url(queue).await?;
             if let Settlement::DeadLetter { error, function } = how {
-                let held = self.leased.lock().unwrap().get(&receipt.lease).map(|r| {
-                    (
-                        codec::resend(r),
-                        r.message.dequeue_count,
-                        r.message.id.clone(),
-                    )
-                });
-                let Some((msg, attempts, id)) = held else {
+                let held = self.leased.lock().unwrap().get(&receipt.lease).cloned();
+                let Some(r) = held else {
                     return Err(QueueError::backend(
                         "this host holds no lease on the message to dead-letter",
                     ));
                 };
-                let dlq = Self::dlq(queue);
-                let error = crate::text::capped(error, crate::queue::MAX_ERROR_BYTES);
-                self.send_one(&dlq, msg, |m| {
-                    m.error = Some(error);
-                    m.function = function;
-                    m.attempts = Some(attempts);
-                    m.original_id = Some(id);
-                })
-                .await?;
+                self.bury_received(queue, &r, error, function).await?;
             }
             let deleted = self.deletes.delete(&url, handle).await?;
             let held = self.leased.lock().unwrap().remove(&receipt.lease);
@@ -521,7 +506,7 @@ impl QueueBackend for SqsQueues {
                 let mut new = false;
                 for (_, r) in got {
                     if out.len() < max && seen.insert(r.message.id.clone()) {
-                        out.push(codec::dead_letter(r));
+                        out.push(codec::dead_letter(self.with_kept_reason(&dlq, r).await));
                         new = true;
                     }
                 }

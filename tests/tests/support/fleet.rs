@@ -24,6 +24,8 @@ pub struct Fleet {
     dirs: Vec<tempfile::TempDir>,
     /// More of the host config (a `[blobs]` section, say).
     pub extra: String,
+    /// More lines under `[queues]` (`fifo = [...]`, say).
+    pub queues: String,
 }
 
 impl Fleet {
@@ -32,6 +34,7 @@ impl Fleet {
             name: format!("{name}-{}", std::process::id()),
             dirs: Vec::new(),
             extra: String::new(),
+            queues: String::new(),
         }
     }
 
@@ -68,8 +71,8 @@ impl Fleet {
         let moto = moto();
         let dir = self.dirs[i].path();
         let state = format!(
-            "[state]\nbackend = \"s3\"\nbucket = \"{}\"\ncreate = true\n{}",
-            self.name, self.extra
+            "{}\n[state]\nbackend = \"s3\"\nbucket = \"{}\"\ncreate = true\n{}",
+            self.queues, self.name, self.extra
         );
         let config = moto.host_config(dir, &format!("{}-", self.name), &state);
         let mut all = vec!["--config", config.to_str().unwrap()];

@@ -2,14 +2,29 @@
 //! target when the queue has a `RedrivePolicy` (SQS moves a message there
 //! by itself after `maxReceiveCount` receives, and fnhost sends the ones it
 //! gives up on there too, with their reason); otherwise to the queue
-//! `<queue>__dlq`, which fnhost keeps. Either way they are listed,
-//! redriven and purged by receiving from that queue: SQS has no call to
-//! read a message by id.
+//! `<queue>__dlq` (`<queue>__dlq.fifo` for a FIFO queue), which fnhost
+//! keeps. Either way they are listed, redriven and purged by receiving
+//! from that queue: SQS has no call to read a message by id.
+//!
+//! A dead letter is the message as it came — body, a producer's
+//! attributes of every type, its group — with its reason, function and
+//! attempts in `fnhost-meta`. Every message SQS carried can be
+//! dead-lettered: when the reason does not fit beside it (a message at
+//! SQS's 256 KiB, or with SQS's ten attributes already), the reason is cut
+//! to fit, and when not even that fits the message goes as it came, byte
+//! for byte, and its reason is kept in the state store
+//! (`dead-letter-reasons/<SQS queue>/<id>`; without one, only in the log).
 
-use super::{DLQ_SUFFIX, SqsQueues, codec, sqs_error};
+use super::codec::{Meta, Received};
+use super::{DLQ_SUFFIX, MAX_SQS_MESSAGE, SqsQueues, codec, sqs_error};
 use crate::queue::{QueueError, Receipt};
+use crate::state::Write;
 use aws_sdk_sqs::types::QueueAttributeName;
 use std::time::Duration;
+
+/// The least of a reason worth keeping beside a message; below it, the
+/// message goes as it came and the reason is kept apart.
+const MIN_REASON_BYTES: usize = 64;
 
 /// A queue's `RedrivePolicy` attribute (JSON, as SQS keeps it).
 #[derive(serde::Deserialize)]
@@ -87,6 +102,126 @@ impl SqsQueues {
         Ok(found.queue_url().map(str::to_string))
     }
 
+    /// Send the received message `r` of `queue` to its dead letters, with
+    /// why (see the module docs).
+    pub(super) async fn bury_received(
+        &self,
+        queue: &str,
+        r: &Received,
+        error: String,
+        function: Option<String>,
+    ) -> Result<(), QueueError> {
+        let dlq = Self::dlq(queue);
+        let meta = Meta {
+            function,
+            attempts: Some(r.message.dequeue_count),
+            original_id: Some(r.meta.original_id.clone().unwrap_or(r.message.id.clone())),
+            error: None,
+            ..r.meta.clone()
+        };
+        let error = crate::text::capped(error, crate::queue::MAX_ERROR_BYTES);
+        let mut budget = error.len();
+        let fitted = loop {
+            let reason = crate::text::capped(error.clone(), budget);
+            let with = Meta {
+                error: Some(reason),
+                ..meta.clone()
+            };
+            let out = codec::forward(r, &with);
+            let size = codec::sqs_size(&out.body, &out.attributes);
+            if size <= MAX_SQS_MESSAGE && out.attributes.len() <= codec::MAX_SQS_ATTRIBUTES {
+                break Some(out);
+            }
+            // Escapes make the reason longer in JSON than in bytes: cut by
+            // what is over, and again if that was not enough.
+            budget = budget.saturating_sub((size - MAX_SQS_MESSAGE.min(size)).max(1));
+            if budget < MIN_REASON_BYTES || out.attributes.len() > codec::MAX_SQS_ATTRIBUTES {
+                break None;
+            }
+        };
+        if let Some(out) = fitted {
+            self.send_out(&dlq, out, r.sqs_group.clone(), 0).await?;
+            return Ok(());
+        }
+        let id = (self.send_out(&dlq, codec::as_it_came(r), r.sqs_group.clone(), 0)).await?;
+        let kept = Meta {
+            error: Some(error.clone()),
+            ..meta
+        };
+        let where_kept = match self.keep_reason(&dlq, &id, &kept).await {
+            Ok(true) => "in the state store",
+            Ok(false) => "only in this log (no state store)",
+            Err(e) => {
+                tracing::error!(queue = %queue, error = %e, "cannot keep a dead letter's reason in the state store");
+                "only in this log (the state store failed)"
+            }
+        };
+        tracing::warn!(queue = %queue, message = %r.message.id, dead_letter = %id, reason = %crate::text::LogSafe(&error), "dead-lettered as it came: SQS cannot carry its reason beside it, so the reason is kept {where_kept}");
+        Ok(())
+    }
+
+    fn reason_key(&self, dlq: &str, id: &str) -> String {
+        let id: String = (id.chars())
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("dead-letter-reasons/{}/{id}", self.sqs_name(dlq))
+    }
+
+    /// Keep the reason (and the rest of `meta`) of the dead letter `id` of
+    /// `dlq` in the state store; false without one.
+    async fn keep_reason(&self, dlq: &str, id: &str, meta: &Meta) -> Result<bool, QueueError> {
+        let Some(state) = &self.checkpoints else {
+            return Ok(false);
+        };
+        let bytes = serde_json::to_vec(meta).expect("metadata serializes");
+        state
+            .put(&self.reason_key(dlq, id), bytes, Write::Overwrite)
+            .await
+            .map_err(|e| QueueError::backend(format!("cannot keep a dead letter's reason: {e}")))?;
+        Ok(true)
+    }
+
+    /// The dead letter `r` of `dlq` with the reason kept apart from it, if
+    /// there is one.
+    pub(super) async fn with_kept_reason(&self, dlq: &str, mut r: Received) -> Received {
+        if r.meta.error.is_some() {
+            return r;
+        }
+        let Some(state) = &self.checkpoints else {
+            return r;
+        };
+        match state.get(&self.reason_key(dlq, &r.message.id)).await {
+            Ok(Some(doc)) => {
+                if let Ok(kept) = serde_json::from_slice::<Meta>(&doc.bytes) {
+                    r.meta.error = kept.error;
+                    r.meta.function = kept.function;
+                    r.meta.attempts = kept.attempts;
+                    r.meta.original_id = kept.original_id;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(dead_letters = %dlq, error = %e, "cannot read a dead letter's reason from the state store")
+            }
+        }
+        r
+    }
+
+    /// Forget the reason kept apart for the dead letter `id` of `dlq`.
+    async fn forget_reason(&self, dlq: &str, id: &str) {
+        if let Some(state) = &self.checkpoints
+            && let Err(e) = state.delete(&self.reason_key(dlq, id)).await
+        {
+            tracing::warn!(dead_letters = %dlq, error = %e, "cannot remove a dead letter's kept reason; it is left behind");
+        }
+    }
+
     /// Redrive (send back to `queue`) or purge the dead letters of
     /// `queue` that `ids` names (all when none), receiving them from its
     /// dead-letter queue in rounds of 10; the others are made visible again.
@@ -107,12 +242,23 @@ impl SqsQueues {
                 break;
             }
             for (handle, r) in got {
+                let r = self.with_kept_reason(&dlq, r).await;
                 let id = r.meta.original_id.as_ref().unwrap_or(&r.message.id);
                 if ids.as_ref().is_none_or(|ids| ids.contains(id)) {
                     if redrive {
-                        self.send_one(queue, codec::resend(&r), |_| {}).await?;
+                        // Back as it came, its dead-letter fields dropped.
+                        let meta = Meta {
+                            error: None,
+                            function: None,
+                            attempts: None,
+                            original_id: None,
+                            ..r.meta.clone()
+                        };
+                        let out = codec::forward(&r, &meta);
+                        self.send_out(queue, out, r.sqs_group.clone(), 0).await?;
                     }
                     self.deletes.delete(&url, &handle).await?;
+                    self.forget_reason(&dlq, &r.message.id).await;
                     done += 1;
                 } else {
                     let back = Receipt {

@@ -1,5 +1,6 @@
-//! Receives and counts: SQS messages read back as fnhost's, the ones fnhost
-//! cannot read dead-lettered, and the approximate counts of a queue.
+//! Receives and counts: SQS messages (with every attribute a producer
+//! gave them) read back as fnhost's, and the approximate counts of a
+//! queue.
 
 use super::*;
 
@@ -22,7 +23,7 @@ impl SqsQueues {
             .wait_time_seconds(wait.min(crate::queue::MAX_WAIT).as_secs() as i32)
             .visibility_timeout(seconds(visibility.min(MAX_VISIBILITY)))
             .message_system_attribute_names(MessageSystemAttributeName::All)
-            .message_attribute_names(META)
+            .message_attribute_names("All")
             .send()
             .await
             .map_err(|e| sqs_error(&format!("cannot receive from {queue:?}"), e))?;
@@ -30,20 +31,7 @@ impl SqsQueues {
         let mut got = Vec::new();
         for m in out.messages() {
             let handle = m.receipt_handle().unwrap_or_default().to_string();
-            match codec::decode(queue, m, visible_at) {
-                Ok(r) => got.push((handle, r)),
-                Err(why) => {
-                    tracing::error!(queue = %queue, message = ?m.message_id(), %why, "an SQS message fnhost cannot read is moved to the dead letters");
-                    let dead = NewMessage {
-                        body: m.body().unwrap_or_default().as_bytes().to_vec(),
-                        ..NewMessage::default()
-                    };
-                    let reason = format!("fnhost cannot read this message: {why}");
-                    if self.bury(queue, dead, reason).await.is_ok() {
-                        let _ = self.deletes.delete(&url, &handle).await;
-                    }
-                }
-            }
+            got.push((handle, codec::decode(queue, m, visible_at)));
         }
         Ok(got)
     }

@@ -190,6 +190,23 @@ fn adversary(inv: Invocation, event: Event) -> Result<Output> {
             .unwrap_or_else(|| "ok".into()),
         other => String::from_utf8_lossy(other.payload()).trim().to_string(),
     };
+    // `attrs-show` (and `attrs-show-fail`, which then fails): print the
+    // queue message's attributes, sorted, as `attributes a=1;b=2`.
+    if let Event::Queue(m) = &event
+        && mode.starts_with("attrs-show")
+    {
+        let mut attributes: Vec<String> = m
+            .attributes
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
+        attributes.sort();
+        println!("attributes {}", attributes.join(";"));
+        if mode.ends_with("-fail") {
+            return Err(Error::fail("asked to fail after showing the attributes"));
+        }
+        return Ok(Output::text("shown"));
+    }
     match mode.as_str() {
         "ok" => Ok(Output::text("ok")),
         "authorization" => {
