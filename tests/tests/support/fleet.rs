@@ -24,6 +24,8 @@ pub struct Fleet {
     dirs: Vec<tempfile::TempDir>,
     /// More of the host config (a `[blobs]` section, say).
     pub extra: String,
+    /// More of its `[queues]` section (`fifo = [...]`, say).
+    pub queues: String,
 }
 
 impl Fleet {
@@ -32,6 +34,7 @@ impl Fleet {
             name: format!("{name}-{}", std::process::id()),
             dirs: Vec::new(),
             extra: String::new(),
+            queues: String::new(),
         }
     }
 
@@ -57,6 +60,23 @@ impl Fleet {
         .unwrap()
     }
 
+    /// An SQS client of the test's own, as any producer has, and the URL of
+    /// the fleet's SQS queue `<name>-<queue>` (`work.fifo`, say).
+    pub async fn sqs(&self, queue: &str) -> (aws_sdk_sqs::Client, String) {
+        let sdk = fnhost::backends::aws::sdk_config(moto_target(), "queues")
+            .await
+            .unwrap();
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        let url = sqs
+            .get_queue_url()
+            .queue_name(format!("{}-{queue}", self.name))
+            .send()
+            .await
+            .unwrap();
+        let url = url.queue_url().unwrap().to_string();
+        (sqs, url)
+    }
+
     /// Start one more host, with extra `serve` arguments.
     pub fn start(&mut self, args: &[&str]) -> Host {
         self.dirs.push(tempfile::tempdir().unwrap());
@@ -68,8 +88,8 @@ impl Fleet {
         let moto = moto();
         let dir = self.dirs[i].path();
         let state = format!(
-            "[state]\nbackend = \"s3\"\nbucket = \"{}\"\ncreate = true\n{}",
-            self.name, self.extra
+            "{}\n[state]\nbackend = \"s3\"\nbucket = \"{}\"\ncreate = true\n{}",
+            self.queues, self.name, self.extra
         );
         let config = moto.host_config(dir, &format!("{}-", self.name), &state);
         let mut all = vec!["--config", config.to_str().unwrap()];
