@@ -106,7 +106,8 @@ pub struct Dispatcher {
 /// Live figures of one trigger binding (function × queue), for the API.
 #[derive(Debug, Default)]
 pub struct BindingStats {
-    /// Invocations running now.
+    /// Instances taken now: invocations running, and messages leased
+    /// waiting for the one before them in their group.
     pub running: std::sync::atomic::AtomicUsize,
     /// Instances the scaler wants.
     pub desired: std::sync::atomic::AtomicUsize,

@@ -195,18 +195,9 @@ fn notification(fleet: &Fleet, event: &str, keys: impl Iterator<Item = String>) 
 /// Send `body` to the fleet's notification queue as any SQS client can.
 fn send_to_events_queue(rt: &tokio::runtime::Runtime, fleet: &Fleet, body: String) {
     rt.block_on(async {
-        let sdk = fnhost::backends::aws::sdk_config(moto_target(), "queues")
-            .await
-            .unwrap();
-        let sqs = aws_sdk_sqs::Client::new(&sdk);
-        let url = sqs
-            .get_queue_url()
-            .queue_name(format!("{}-s3-events", fleet.name))
-            .send()
-            .await
-            .unwrap();
+        let (sqs, url) = fleet.sqs("s3-events").await;
         sqs.send_message()
-            .queue_url(url.queue_url().unwrap())
+            .queue_url(url)
             .message_body(body)
             .send()
             .await

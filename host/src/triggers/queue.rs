@@ -22,12 +22,20 @@
 //! messages per receive (SQS: 10), a binding runs several receive loops
 //! (lanes), each for its share of the desired instances, so more than one
 //! receive is in flight when more than 10 instances are wanted.
+//!
+//! Group order is kept in two places: the store hands out a group's next
+//! message only once none before it is leased (the embedded store one per
+//! group at a time; SQS FIFO several, in order, in one receive), and the
+//! worker runs the messages of a group that one receive hands over one
+//! after another, holding the group through a retry ([`groups`]).
 
 mod checkpoints;
+mod groups;
 mod settle;
 
 use crate::dispatcher::{Deployed, Dispatcher};
 use crate::manifest::QueuePolicy;
+use crate::queue::Delivery;
 use settle::{Settle, Slot};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -264,12 +272,9 @@ impl Worker {
             refill_now = false;
             // Long polling: a message sent while this waits is leased to it
             // in the durable step that stores it.
-            let receive = backend.receive_waiting(
-                &self.queue,
-                want,
-                policy.visibility_timeout,
-                features.long_poll,
-            );
+            let visibility = policy.visibility_timeout;
+            let receive =
+                backend.receive_waiting(&self.queue, want, visibility, features.long_poll);
             tokio::pin!(receive);
             let received = tokio::select! {
                 r = &mut receive => r,
@@ -289,6 +294,7 @@ impl Worker {
                     break;
                 }
             };
+            let leased_at = tokio::time::Instant::now();
             let deliveries = match received {
                 Ok(d) => d,
                 Err(e) => {
@@ -316,21 +322,58 @@ impl Worker {
             if deliveries.len() == want && measured.is_some_and(|t| t.elapsed() >= STATS_SOON) {
                 measured = None; // a full batch: there may be more backlog; measure again soon
             }
-            for delivery in deliveries {
+            let settle = Settle {
+                dispatcher: self.dispatcher.clone(),
+                backend: backend.clone(),
+                deployed,
+                policy,
+            };
+            let slot = || {
                 stats.running.fetch_add(1, Ordering::Relaxed);
                 mine.fetch_add(1, Ordering::Relaxed);
-                let settle = Settle {
-                    dispatcher: self.dispatcher.clone(),
-                    backend: backend.clone(),
-                    deployed: deployed.clone(),
-                    policy: policy.clone(),
-                };
-                let slot = Slot {
+                Slot {
                     stats: stats.clone(),
                     lane: mine.clone(),
                     done: done.clone(),
-                };
-                self.tracker.spawn(settle.process(delivery, slot));
+                }
+            };
+            self.start(deliveries, &settle, slot, leased_at, visibility);
+        }
+    }
+
+    /// Start the deliveries of one receive, leased at `leased_at` for
+    /// `visibility`: each holds an instance (`slot`) from now, and the
+    /// messages of a group run one after another ([`groups`]).
+    fn start(
+        &self,
+        deliveries: Vec<Delivery>,
+        settle: &Settle,
+        slot: impl Fn() -> Slot,
+        leased_at: tokio::time::Instant,
+        visibility: Duration,
+    ) {
+        for chain in groups::chains(deliveries, |d| d.message.group.as_deref()) {
+            let members: Vec<_> = chain.into_iter().map(|d| (d, slot())).collect();
+            let settle = settle.clone();
+            match <[_; 1]>::try_from(members) {
+                Ok([(delivery, slot)]) => {
+                    self.tracker.spawn(async move {
+                        settle.process(delivery, slot).await;
+                    });
+                }
+                Err(members) => {
+                    let chain = groups::Chain {
+                        members,
+                        leased_at,
+                        visibility,
+                    };
+                    let shutdown = self.shutdown.clone();
+                    self.tracker.spawn(async move {
+                        let backend = settle.backend.clone();
+                        let process = |d, slot| settle.process(d, slot);
+                        groups::run(backend.as_ref(), chain, shutdown, process).await;
+                    });
+                }
             }
         }
     }

@@ -60,6 +60,23 @@ impl Fleet {
         .unwrap()
     }
 
+    /// An SQS client of the test's own, as any producer has, and the URL of
+    /// the fleet's SQS queue `<name>-<queue>` (`work.fifo`, say).
+    pub async fn sqs(&self, queue: &str) -> (aws_sdk_sqs::Client, String) {
+        let sdk = fnhost::backends::aws::sdk_config(moto_target(), "queues")
+            .await
+            .unwrap();
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        let url = sqs
+            .get_queue_url()
+            .queue_name(format!("{}-{queue}", self.name))
+            .send()
+            .await
+            .unwrap();
+        let url = url.queue_url().unwrap().to_string();
+        (sqs, url)
+    }
+
     /// Start one more host, with extra `serve` arguments.
     pub fn start(&mut self, args: &[&str]) -> Host {
         self.dirs.push(tempfile::tempdir().unwrap());

@@ -7,7 +7,9 @@
 //! **callback** (a finished job's record POSTed to its URL).
 //!
 //! The binding's instance ([`Slot`]) is given back as soon as the guest
-//! returns, once the settlement is handed to the store.
+//! returns, once the settlement is handed to the store. A delivery says how
+//! it ended ([`Ended`]): the next message of its group runs only after it
+//! is gone from the queue (see [`super::groups`], which keeps group order).
 
 use super::{backoff, random_unit};
 use crate::dispatcher::{Attempt, BindingStats, Deployed, Dispatcher};
@@ -74,7 +76,8 @@ fn event(source: &Source, m: &Message) -> Result<Event, String> {
     })
 }
 
-/// One of a binding's instances, taken while an invocation runs. It is
+/// One of a binding's instances, taken from the lease until the guest
+/// returns (a message waiting for its group's turn holds one too). It is
 /// given back (dropped) as soon as the guest returns, before the message is
 /// settled: waiting for the settlement's commit is the store's work, and an
 /// instance held through it would idle while other messages wait.
@@ -93,7 +96,27 @@ impl Drop for Slot {
     }
 }
 
+/// How a delivery ended, for the messages of its group behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ended {
+    /// Acknowledged or dead-lettered: gone from the queue, so the next
+    /// message of its group may run.
+    Gone,
+    /// Still on the queue (retried, its lease lost, or its settlement
+    /// failed): it will be delivered again, and nothing behind it in its
+    /// group may run first.
+    Again,
+}
+
+impl Ended {
+    /// Gone when a settlement took effect.
+    fn gone_if(settled: bool) -> Ended {
+        if settled { Ended::Gone } else { Ended::Again }
+    }
+}
+
 /// What one delivery is settled with: the binding as the worker found it.
+#[derive(Clone)]
 pub(super) struct Settle {
     pub(super) dispatcher: Arc<Dispatcher>,
     pub(super) backend: Arc<dyn QueueBackend>,
@@ -139,16 +162,18 @@ impl Reporter for DeliveryReporter {
 }
 
 impl Settle {
-    /// Process one delivery, step by step (see the module docs).
-    pub(super) async fn process(self, d: Delivery, slot: Slot) {
+    /// Process one delivery, step by step (see the module docs), and say
+    /// how it ended.
+    pub(super) async fn process(&self, d: Delivery, slot: Slot) -> Ended {
         let job: Job = matches!(self.policy.source, Source::Jobs).then(|| {
             (
                 self.dispatcher.jobs().clone(),
                 crate::jobs::job_id(&d.message),
             )
         });
-        let Some(event) = self.receive(&d, &job).await else {
-            return;
+        let event = match self.receive(&d, &job).await {
+            Ok(event) => event,
+            Err(ended) => return ended,
         };
         let outcome = self.invoke(&d, event, &job).await;
         let ends = match &outcome.result {
@@ -158,14 +183,18 @@ impl Settle {
         let settling = self.settle(&d, &job, outcome);
         drop(slot);
         if !self.settled(&d, &job, settling).await {
-            return;
+            return Ended::Again;
         }
         if let Some((jobs, id)) = &job {
             self.callback(jobs.as_ref(), id).await;
         }
-        if ends && matches!(self.policy.source, Source::Timer(_)) {
+        if !ends {
+            return Ended::Again;
+        }
+        if matches!(self.policy.source, Source::Timer(_)) {
             self.tick_over(&d.message).await;
         }
+        Ended::Gone
     }
 
     /// Is a failed delivery given up on (not retried)?
@@ -194,19 +223,20 @@ impl Settle {
     /// Receive: the event the message stands for, and the job marked
     /// running. A message the host cannot read (only the host writes these
     /// queues: a bug, or a store from another version) is dead-lettered
-    /// for a look.
-    async fn receive(&self, d: &Delivery, job: &Job) -> Option<Event> {
+    /// for a look. `Err` says how a delivery that ends here ended: such a
+    /// message, or a job whose end is already recorded (acknowledged).
+    async fn receive(&self, d: &Delivery, job: &Job) -> Result<Event, Ended> {
         let m = &d.message;
         let event = match event(&self.policy.source, m) {
             Ok(event) => event,
             Err(error) => {
                 tracing::error!(message = %m.id, queue = %m.queue, %error, "dead-lettering a message the host cannot read");
                 let who = self.deployed.profile.who();
-                let _ = self
+                let dead = self
                     .backend
                     .dead_letter(d.receipt.clone(), error, Some(who))
                     .await;
-                return None;
+                return Err(Ended::gone_if(matches!(dead, Ok(true))));
             }
         };
         if let Some((jobs, id)) = job {
@@ -218,15 +248,15 @@ impl Settle {
                 && record.state.is_final()
             {
                 tracing::info!(job = %id, "the job already ended; acknowledging its redelivered message");
-                let _ = self.backend.ack(d.receipt.clone()).await;
-                return None;
+                let acked = self.backend.ack(d.receipt.clone()).await;
+                return Err(Ended::gone_if(matches!(acked, Ok(true))));
             }
             let started = JobUpdate::Started {
                 attempt: m.dequeue_count,
             };
             let _ = jobs.update(id.clone(), started).await;
         }
-        Some(event)
+        Ok(event)
     }
 
     /// Invoke: run the event on the binding's version, renewing the lease

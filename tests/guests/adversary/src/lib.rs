@@ -23,7 +23,11 @@
 //! `headers-<n>` (an output with that many headers). `note-<i>`,
 //! `slow-note-<i>` (a second's work first) and `wait-note-<i>` (three
 //! seconds' wait first) print `processed <mode>`, so a test can see which
-//! host processed which message.
+//! host processed which message. `ordered-note-<i>` and `flaky-note-<i>`
+//! (a message of a queue group) spin for 200 ms and print `processed
+//! <mode> attempt <n> from <start ms> to <end ms>`; a `flaky-note-` asks
+//! for a retry the first time it runs (it leaves a checkpoint to tell),
+//! printing `retrying` instead.
 //!
 //! Blob and timer events are recorded instead, as JSON objects in bucket
 //! `events` (keys `timer/<due>-<attempt>` and `blob/<key>/<invocation>`)
@@ -436,6 +440,25 @@ fn adversary(inv: Invocation, event: Event) -> Result<Output> {
                 out = out.with_header(&format!("x-h{i}"), "v");
             }
             Ok(out)
+        }
+        m if m.starts_with("ordered-note-") || m.starts_with("flaky-note-") => {
+            // When each attempt ran, so a test can see a group's order.
+            let start = now_ms();
+            busy(200);
+            // Its first run, whatever the attempt count (a message given
+            // back unrun counts a receive on SQS): no checkpoint yet.
+            let failing = m.starts_with("flaky-") && inv.checkpoint.is_none();
+            let said = if failing { "retrying" } else { "processed" };
+            println!(
+                "{said} {m} attempt {} from {start} to {}",
+                inv.attempt,
+                now_ms()
+            );
+            if failing {
+                fnhost_sdk::checkpoint(&"failed once")?;
+                return Err(Error::retry("a flaky note fails its first run"));
+            }
+            Ok(Output::text(m.to_string()))
         }
         m if m.starts_with("note-")
             || m.starts_with("slow-note-")
