@@ -554,17 +554,40 @@ impl Moto {
     }
 }
 
+/// Run an `ensure-*` script (installing what the tests need into the test
+/// virtualenv, when missing) and return the path it prints; one at a
+/// time, so two tests never install into it at once.
+fn ensure(script: &str) -> PathBuf {
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    let out = Command::new("bash")
+        .arg(repo_root().join(script))
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    assert!(out.status.success(), "{script} failed");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// The AWS CLI (v1, from PyPI) in the test virtualenv, installed by
+/// `scripts/ensure-awscli` when missing: to drive moto as a user would.
+pub fn aws_cli() -> &'static Path {
+    static AWS: OnceLock<PathBuf> = OnceLock::new();
+    AWS.get_or_init(|| ensure("scripts/ensure-awscli"))
+}
+
 /// The test process's moto server, started on first use.
 pub fn moto() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
-    MOTO.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(repo_root().join("scripts/ensure-moto"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run scripts/ensure-moto");
-        assert!(out.status.success(), "installing moto failed");
-        let server = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    MOTO.get_or_init(Moto::start)
+}
+
+impl Moto {
+    /// A moto server of the caller's own, for a test that must know
+    /// everything on its server, or needs two (most share [`moto`]'s).
+    /// It stops within a second of the test process ending.
+    pub fn start() -> Moto {
+        let server = ensure("scripts/ensure-moto");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -579,7 +602,7 @@ pub fn moto() -> &'static Moto {
             me = std::process::id()
         );
         let watchdog = Command::new("sh")
-            .args(["-c", &script, &server])
+            .args(["-c", &script, server.to_str().unwrap()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -607,7 +630,7 @@ pub fn moto() -> &'static Moto {
             endpoint,
             _watchdog: std::sync::Mutex::new(watchdog),
         }
-    })
+    }
 }
 
 /// Recorded runs (`start_ms`, `end_ms`), in order of start: each starts

@@ -50,9 +50,22 @@ pub async fn s3_client(target: Target, section: &str) -> Result<aws_sdk_s3::Clie
     Ok(aws_sdk_s3::Client::from_conf(config))
 }
 
-/// Create `bucket` unless it exists (a dev convenience: `create = true`).
+/// Create `bucket` unless it exists (a dev convenience: `create = true`),
+/// in the client's region: S3 refuses a bucket whose location is left out
+/// anywhere but in us-east-1, where it refuses one that names it.
 pub async fn create_bucket(client: &aws_sdk_s3::Client, bucket: &str) -> Result<(), String> {
-    match client.create_bucket().bucket(bucket).send().await {
+    use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+    let mut create = client.create_bucket().bucket(bucket);
+    if let Some(region) = client.config().region().map(|r| r.as_ref())
+        && region != "us-east-1"
+    {
+        create = create.create_bucket_configuration(
+            CreateBucketConfiguration::builder()
+                .location_constraint(BucketLocationConstraint::from(region))
+                .build(),
+        );
+    }
+    match create.send().await {
         Ok(_) => Ok(()),
         Err(e)
             if e.as_service_error().is_some_and(|s| {

@@ -14,6 +14,8 @@
 //!   triggers follow the buckets' event notifications on an SQS queue
 //!   (`triggers::blob::s3`).
 
+pub mod queue_policy;
+
 use crate::blobs::{BlobBackend, BlobError, Object, ObjectMeta, Stored, validate, validate_put};
 use crate::task::BoxFuture;
 use aws_sdk_s3::error::ProvideErrorMetadata;
@@ -373,16 +375,13 @@ pub struct S3Events {
 }
 
 impl S3Events {
-    /// Create `bucket` if it is missing and send its object-created and
-    /// object-removed events to the notification queue.
+    /// Create `bucket` if it is missing, let S3 send the fleet's buckets'
+    /// events to the notification queue ([`queue_policy`]), and send the
+    /// bucket's object-created and object-removed events there.
     pub async fn set_up(&self, bucket: &str) -> Result<(), BlobError> {
         use aws_sdk_s3::types::{Event, NotificationConfiguration, QueueConfiguration};
         self.blobs.create_bucket(bucket).await?;
-        let arn = self
-            .sqs
-            .arn(&self.queue)
-            .await
-            .map_err(|e| BlobError::backend(e.to_string(), Some(Arc::new(e))))?;
+        let arn = self.let_buckets_send().await?;
         let target = QueueConfiguration::builder()
             .queue_arn(arn)
             .events(Event::S3ObjectCreated)

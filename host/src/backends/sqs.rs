@@ -118,21 +118,39 @@ impl SqsQueues {
     }
 
     /// The ARN of `queue` (created if missing and allowed), which an S3
-    /// bucket's notification configuration names.
-    pub async fn arn(&self, queue: &str) -> Result<String, QueueError> {
+    /// bucket's notification configuration names, and its access policy
+    /// (`Policy`), if it has one.
+    pub async fn arn_and_policy(
+        &self,
+        queue: &str,
+    ) -> Result<(String, Option<String>), QueueError> {
         let url = self.url(queue).await?;
         let out = self
             .client
             .get_queue_attributes()
             .queue_url(&url)
             .attribute_names(QueueAttributeName::QueueArn)
+            .attribute_names(QueueAttributeName::Policy)
             .send()
             .await
             .map_err(|e| sqs_error(&format!("cannot read the ARN of {queue:?}"), e))?;
-        out.attributes()
-            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
-            .cloned()
-            .ok_or_else(|| QueueError::backend(format!("SQS gave no ARN for {queue:?}")))
+        let attribute = |name| out.attributes().and_then(|a| a.get(&name)).cloned();
+        let arn = attribute(QueueAttributeName::QueueArn)
+            .ok_or_else(|| QueueError::backend(format!("SQS gave no ARN for {queue:?}")))?;
+        Ok((arn, attribute(QueueAttributeName::Policy)))
+    }
+
+    /// Make `policy` (an IAM policy document) `queue`'s access policy.
+    pub async fn set_policy(&self, queue: &str, policy: &str) -> Result<(), QueueError> {
+        let url = self.url(queue).await?;
+        self.client
+            .set_queue_attributes()
+            .queue_url(&url)
+            .attributes(QueueAttributeName::Policy, policy)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| sqs_error(&format!("cannot set the access policy of {queue:?}"), e))
     }
 
     /// Check that the endpoint answers and the credentials are accepted.

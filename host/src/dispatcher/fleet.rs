@@ -346,7 +346,7 @@ impl Dispatcher {
         for (i, t) in manifest.triggers.blob.iter().enumerate() {
             events.set_up(&t.bucket).await.map_err(|e| {
                 DeployError::Notifications(format!(
-                    "triggers.blob[{i}]: cannot set up the S3 event notifications of bucket {} ({e}); nothing was deployed. Check that the host's AWS credentials allow s3:CreateBucket, s3:PutBucketNotification and sqs:GetQueueAttributes, or set [blobs] create = false in the host config and set them up yourself (README, \"Setting up the notifications\"); then deploy again",
+                    "triggers.blob[{i}]: cannot set up the S3 event notifications of bucket {} ({e}); nothing was deployed. Check that the host's AWS credentials allow s3:CreateBucket, s3:PutBucketNotification, sqs:GetQueueAttributes and sqs:SetQueueAttributes, or set [blobs] create = false in the host config and set them up yourself (README, \"Setting up the notifications\"); then deploy again",
                     crate::text::quote(&t.bucket)
                 ))
             })?;

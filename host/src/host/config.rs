@@ -7,7 +7,7 @@
 //! ```toml
 //! [state]                              # job records shared by a fleet
 //! backend = "s3"                       # "embedded" (the default) or "s3"
-//! bucket = "my-fnhost-state"           # region and endpoint default to [queues]'s
+//! bucket = "my-fnhost-state"           # region defaults to [queues]'s
 //! prefix = "prod/"
 //!
 //! [blobs]                              # buckets on S3 (needs [state] on S3)
@@ -29,6 +29,13 @@
 //!
 //! Credentials come from the standard AWS chain (environment, profile,
 //! instance role); the file holds none.
+//!
+//! An endpoint belongs to one service: `[queues]`'s is SQS's, and S3's
+//! (`[state]`'s, which `[blobs]` takes unless it names its own) is never
+//! taken from it; without one, each client takes the AWS chain's for its
+//! service (`AWS_ENDPOINT_URL_SQS` or `AWS_ENDPOINT_URL_S3`, then
+//! `AWS_ENDPOINT_URL`). A region is the same for every service, so a
+//! section without one takes the section before it's.
 
 use crate::backends::Backends;
 use crate::backends::aws::Target;
@@ -151,10 +158,11 @@ pub struct BlobsConfig {
     /// The queue the buckets' event notifications arrive on.
     #[serde(default)]
     pub notifications: String,
-    /// The AWS region (else `[queues]`'s, else the AWS chain's).
+    /// The AWS region (else `[state]`'s, else `[queues]`'s, else the AWS chain's).
     #[serde(default)]
     pub region: Option<String>,
-    /// The S3 endpoint (else `[queues]`'s, else the AWS chain's).
+    /// The S3 endpoint (else `[state]`'s, else the AWS chain's for S3;
+    /// never `[queues]`'s, which is SQS's).
     #[serde(default)]
     pub endpoint: Option<String>,
     /// Create watched buckets that are missing, and point their event
@@ -190,7 +198,8 @@ pub struct StateConfig {
     /// The AWS region (else `[queues]`'s, else the AWS chain's).
     #[serde(default)]
     pub region: Option<String>,
-    /// The S3 endpoint (else `[queues]`'s host, else the AWS chain's).
+    /// The S3 endpoint (else the AWS chain's for S3: `AWS_ENDPOINT_URL_S3`,
+    /// `AWS_ENDPOINT_URL`; never `[queues]`'s, which is SQS's).
     #[serde(default)]
     pub endpoint: Option<String>,
     /// Create the bucket if it is missing.
@@ -363,16 +372,11 @@ impl HostFile {
 
     /// The buckets on S3, when `[blobs]` puts them there.
     pub async fn s3_blobs(&self) -> anyhow::Result<Option<S3Blobs>> {
-        let (b, q) = (&self.blobs, &self.queues);
+        let b = &self.blobs;
         if b.backend != BlobsKind::S3 {
             return Ok(None);
         }
-        let target = Target {
-            region: b.region.clone().or_else(|| q.region.clone()),
-            endpoint: b.endpoint.clone().or_else(|| q.endpoint.clone()),
-            keys: None,
-        };
-        let blobs = S3Blobs::connect(target, b.prefix.clone(), b.buckets.clone())
+        let blobs = S3Blobs::connect(self.blobs_target(), b.prefix.clone(), b.buckets.clone())
             .await
             .context("host.toml: [blobs]")?
             .creating_buckets(b.create);
@@ -393,6 +397,29 @@ impl HostFile {
             sqs,
             create: b.create,
         })
+    }
+
+    /// Where `[state]`'s bucket is: its own region, else `[queues]`'s; its
+    /// own endpoint, else the AWS chain's for S3 (never `[queues]`'s: an
+    /// SQS endpoint does not serve S3).
+    fn state_target(&self) -> Target {
+        let (st, q) = (&self.state, &self.queues);
+        Target {
+            region: st.region.clone().or_else(|| q.region.clone()),
+            endpoint: st.endpoint.clone(),
+            keys: None,
+        }
+    }
+
+    /// Where `[blobs]`'s buckets are: as `[state]`'s (the same service),
+    /// unless `[blobs]` names its own region or endpoint.
+    fn blobs_target(&self) -> Target {
+        let (b, state) = (&self.blobs, self.state_target());
+        Target {
+            region: b.region.clone().or(state.region),
+            endpoint: b.endpoint.clone().or(state.endpoint),
+            keys: None,
+        }
     }
 
     /// Are queues shared with other hosts (SQS)?
@@ -439,14 +466,10 @@ impl HostFile {
                     return Backends::embedded_with_sqs(data_dir, clock, sqs);
                 }
                 let st = &self.state;
-                let target = Target {
-                    region: st.region.clone().or_else(|| q.region.clone()),
-                    endpoint: st.endpoint.clone().or_else(|| q.endpoint.clone()),
-                    keys: None,
-                };
-                let state = S3State::connect(target, st.bucket.clone(), st.prefix.clone())
-                    .await
-                    .context("host.toml: [state]")?;
+                let state =
+                    S3State::connect(self.state_target(), st.bucket.clone(), st.prefix.clone())
+                        .await
+                        .context("host.toml: [state]")?;
                 let ready = match st.create {
                     true => state.create_bucket().await,
                     false => state.check().await,
@@ -515,6 +538,36 @@ mod tests {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains("host.toml") && e.contains(says), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn an_sqs_endpoint_is_never_s3s_but_a_region_is_every_services() {
+        let sqs = "[queues]\nbackend = \"sqs\"\nregion = \"eu-west-1\"\nendpoint = \"https://sqs.eu-west-1.amazonaws.com\"\n";
+        let s3 = "[state]\nbackend = \"s3\"\nbucket = \"b-1\"\n[blobs]\nbackend = \"s3\"\nnotifications = \"events\"\n";
+        let f = parse(&format!("{sqs}{s3}")).unwrap();
+        for target in [f.state_target(), f.blobs_target()] {
+            // S3 takes the AWS chain's endpoint for S3, not SQS's.
+            assert_eq!(target.endpoint, None);
+            assert_eq!(target.region.as_deref(), Some("eu-west-1"));
+        }
+        // [state]'s endpoint and region are [blobs]'s too (both are S3's)...
+        let state = "[state]\nbackend = \"s3\"\nbucket = \"b-1\"\nregion = \"us-west-2\"\nendpoint = \"http://127.0.0.1:9000\"\n";
+        let blobs = "[blobs]\nbackend = \"s3\"\nnotifications = \"events\"\n";
+        let f = parse(&format!("{sqs}{state}{blobs}")).unwrap();
+        for target in [f.state_target(), f.blobs_target()] {
+            assert_eq!(target.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+            assert_eq!(target.region.as_deref(), Some("us-west-2"));
+        }
+        // ...unless [blobs] names its own.
+        let own = "endpoint = \"http://127.0.0.1:9001\"\nregion = \"ap-south-1\"\n";
+        let f = parse(&format!("{sqs}{state}{blobs}{own}")).unwrap();
+        let target = f.blobs_target();
+        assert_eq!(target.endpoint.as_deref(), Some("http://127.0.0.1:9001"));
+        assert_eq!(target.region.as_deref(), Some("ap-south-1"));
+        assert_eq!(
+            f.state_target().endpoint.as_deref(),
+            Some("http://127.0.0.1:9000")
+        );
     }
 
     #[test]
