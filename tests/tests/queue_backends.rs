@@ -589,3 +589,58 @@ async fn an_sqs_queues_own_redrive_policy_is_honoured() {
     back.sort();
     assert_eq!(back, ["kills hosts", "poison"]);
 }
+
+/// With `create = false`, a missing queue is named as SQS must have it,
+/// and so is its dead-letter queue (`<name>__dlq.fifo` for a FIFO queue),
+/// never a dead-letter queue's own (`…__dlq__dlq`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_queue_and_its_dead_letter_queue_are_named_as_sqs_needs_them() {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let moto = tokio::task::spawn_blocking(fnhost_tests::moto)
+        .await
+        .unwrap();
+    let prefix = format!("t{}-", &uuid_like()[..12]);
+    let settings = SqsSettings {
+        prefix: prefix.clone(),
+        fifo: vec!["ordered".into()],
+        create: false,
+    };
+    let backend = SqsQueues::connect(target(moto), settings, Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let grouped = || NewMessage {
+        group: Some("g".into()),
+        ..msg("x")
+    };
+    let err = backend.send("ordered", grouped()).await.unwrap_err();
+    let err = err.to_string();
+    assert!(err.contains(&format!("\"{prefix}ordered.fifo\"")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "\"{prefix}ordered__dlq.fifo\" for its dead letters"
+        )),
+        "{err}"
+    );
+
+    let sdk = fnhost::backends::aws::sdk_config(target(moto), "queues")
+        .await
+        .unwrap();
+    aws_sdk_sqs::Client::new(&sdk)
+        .create_queue()
+        .queue_name(format!("{prefix}ordered.fifo"))
+        .attributes(QueueAttributeName::FifoQueue, "true")
+        .send()
+        .await
+        .unwrap();
+    let err = backend
+        .bury("ordered", grouped(), "undeliverable".into())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("\"{prefix}ordered__dlq.fifo\"")),
+        "{err}"
+    );
+    assert!(err.contains("the dead-letter queue of"), "{err}");
+    assert!(!err.contains("__dlq__dlq"), "{err}");
+}

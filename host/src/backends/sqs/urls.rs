@@ -29,10 +29,17 @@ impl SqsQueues {
         }
         let name = self.sqs_name(queue);
         if !self.settings.create {
+            // A dead-letter queue has none of its own to name.
+            let beside = match queue.strip_suffix(DLQ_SUFFIX) {
+                Some(of) => format!("the dead-letter queue of {}", crate::text::quote(of)),
+                None => format!(
+                    "and {:?} for its dead letters, or give it a redrive policy",
+                    self.sqs_name(&Self::dlq(queue))
+                ),
+            };
             return Err(QueueError::Invalid(format!(
-                "queue {} has no SQS queue {name:?}; create it (and {:?} for its dead letters, or give it a redrive policy), or set `create = true` under [queues] in the host config",
+                "queue {} has no SQS queue {name:?}; create it ({beside}), or set `create = true` under [queues] in the host config",
                 crate::text::quote(queue),
-                self.sqs_name(&Self::dlq(queue))
             )));
         }
         let mut create = self.client.create_queue().queue_name(&name);
