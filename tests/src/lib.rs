@@ -102,6 +102,21 @@ pub fn use_release_host() {
     unsafe { std::env::set_var("FNHOST_TEST_BIN", dir.join("release/fnhost")) };
 }
 
+/// The URL `fnhost serve` says it listens on (its stdout's `fnhost
+/// listening on <url>` line), within 120 s; its stdout is read to the end
+/// on a thread of its own, so the host never blocks on it.
+pub fn listening_url(stdout: std::process::ChildStdout) -> Result<String, mpsc::RecvTimeoutError> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("fnhost listening on ") {
+                let _ = tx.send(url.to_string());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(120))
+}
+
 /// Paths of the guest components.
 pub struct Guests {
     /// `functions/hello`.
@@ -261,16 +276,7 @@ impl Host {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("start fnhost serve");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("fnhost listening on ") {
-                    let _ = tx.send(url.to_string());
-                }
-            }
-        });
-        let url = match rx.recv_timeout(Duration::from_secs(120)) {
+        let url = match listening_url(child.stdout.take().unwrap()) {
             Ok(url) => url,
             Err(_) => {
                 let _ = child.kill();

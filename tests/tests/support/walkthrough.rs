@@ -243,17 +243,7 @@ impl Service {
             .stderr(log)
             .spawn()
             .expect("start bash");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            // Read to the end, so the service never blocks on its stdout.
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("fnhost listening on ") {
-                    let _ = tx.send(url.to_string());
-                }
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(120)) {
+        match fnhost_tests::listening_url(child.stdout.take().unwrap()) {
             Ok(url) => Service {
                 child,
                 url,
