@@ -364,6 +364,48 @@ fn fleet_runs(hosts: &[Host]) -> Vec<Value> {
     out
 }
 
+/// A timer deployed through an api host (which runs no timers) before any
+/// worker has it: the worker that takes it later runs the tick that fell
+/// due in between, once, past due; nothing a trigger owns is dropped
+/// because the hosts that run it are behind.
+#[test]
+fn a_timer_deployed_before_any_worker_has_it_runs_the_tick_due_in_between() {
+    let g = guests();
+    let mut fleet = Fleet::new("late-timer");
+    let api = fleet.start(&["--role", "api"]);
+    api.deploy_ok(&ticker("*/10 * * * * *", 0), &g.adversary);
+    let f = api.admin("GET", "/v1/functions/ticker", "").json();
+    let deployed_at = f["deployed_at_ms"].as_u64().expect("deployed_at_ms");
+    let first_due = (deployed_at / 10_000 + 1) * 10_000;
+    // The worker starts only once that tick is due (and 3 s more).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    std::thread::sleep(Duration::from_millis(
+        first_due + 3_000 - now.min(first_due),
+    ));
+    let worker = fleet.start(&["--role", "worker"]);
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(started > first_due, "the worker started before the tick");
+    let hosts = [worker];
+    let runs = hosts[0].wait_for(60, "the missed tick's run", |_| {
+        let r = fleet_runs(&hosts);
+        (!r.is_empty()).then_some(r)
+    });
+    assert_eq!(runs[0]["scheduled_at_ms"], first_due, "{runs:?}");
+    assert_eq!(runs[0]["attempt"], 1, "{runs:?}");
+    let due: Vec<_> = runs.iter().map(|r| &r["scheduled_at_ms"]).collect();
+    assert!(
+        !due[1..].contains(&&runs[0]["scheduled_at_ms"]),
+        "the missed tick ran twice: {runs:?}"
+    );
+    api.stop();
+}
+
 #[test]
 fn a_timer_on_three_hosts_fires_once_per_tick_never_overlapping() {
     let g = guests();

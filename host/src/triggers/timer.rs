@@ -8,6 +8,11 @@
 //! - **Past due**: the next due time is persisted; after downtime the
 //!   function runs once, with `past_due = true`, not once per missed tick.
 //! - **run_on_startup**: one extra tick whenever the scheduler starts.
+//! - **From its deploy**: a new or changed schedule starts from when its
+//!   version was deployed (at most [`CATCH_UP`] back), not from when this
+//!   host took it: on a fleet whose workers take a deploy seconds after it
+//!   answered, or start after it, a tick due in between runs (once, like
+//!   downtime) instead of being dropped.
 //!
 //! The decisions are pure functions of the saved state and the time
 //! ([`on_start`], [`next_after`]), tested without sleeping. On a fleet the
@@ -40,6 +45,10 @@ pub struct Tick {
 /// A tick that fires this much after it was due, while the host was up
 /// (a suspended machine, a stalled runtime), is flagged past due too.
 const LATE: Duration = Duration::from_secs(5);
+/// How far back a new schedule looks for a tick due since its version was
+/// deployed: far enough for any host that is behind, short enough that a
+/// rollback to a version deployed long ago does not fire an old tick.
+pub const CATCH_UP: Duration = Duration::from_secs(10 * 60);
 /// The longest sleep between checks, so a changed clock is noticed.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 
@@ -61,10 +70,13 @@ pub fn next_after(schedule: &cron::Schedule, tz: chrono_tz::Tz, after_ms: u64) -
 
 /// What a (re)starting scheduler does: the tick to fire now, if any, and
 /// the next due time. A saved due time in the past means the host was down
-/// then: run once, past due. A new or changed schedule starts from now.
+/// then: run once, past due. A new or changed schedule starts from when its
+/// version was deployed (`deployed_at_ms`, if at most [`CATCH_UP`] ago;
+/// else from now): a tick due since then runs once, at once.
 pub fn on_start(
     trigger: &TimerTrigger,
     saved: Option<&TimerState>,
+    deployed_at_ms: u64,
     now_ms: u64,
 ) -> (Option<Tick>, Option<u64>) {
     let Ok((schedule, tz)) = trigger.parse() else {
@@ -77,10 +89,19 @@ pub fn on_start(
         scheduled_at_ms: at,
         past_due,
     };
+    let late = |due: u64| now_ms.saturating_sub(due) > LATE.as_millis() as u64;
     match same.and_then(|s| s.next_run_ms) {
         Some(due) if due <= now_ms => (Some(tick(due, true)), next),
         Some(due) if !trigger.run_on_startup => (None, Some(due)),
         _ if trigger.run_on_startup => (Some(tick(now_ms, false)), next),
+        None if same.is_none()
+            && now_ms.saturating_sub(deployed_at_ms) <= CATCH_UP.as_millis() as u64 =>
+        {
+            match next_after(&schedule, tz, deployed_at_ms.min(now_ms)) {
+                Some(due) if due <= now_ms => (Some(tick(due, late(due))), next),
+                _ => (None, next),
+            }
+        }
         _ => (None, next),
     }
 }
@@ -127,7 +148,12 @@ impl Scheduler {
             }
         };
         let now = self.clock.now_ms();
-        let (tick, next) = on_start(&self.trigger, state.as_ref(), now);
+        // When the version was made, on whichever host deployed it.
+        let deployed_at = self
+            .dispatcher
+            .get(&self.function)
+            .map_or(now, |d| d.record.created_at_ms);
+        let (tick, next) = on_start(&self.trigger, state.as_ref(), deployed_at, now);
         let mut state = match state.take() {
             Some(s) if s.spec == spec(&self.trigger) => s,
             _ => TimerState {
@@ -138,7 +164,7 @@ impl Scheduler {
         state.next_run_ms = next;
         if let Some(tick) = tick {
             if tick.past_due {
-                tracing::info!(function = %self.function, due_at_ms = tick.scheduled_at_ms, "a timer run was missed while the host was down; running it once, past due");
+                tracing::info!(function = %self.function, due_at_ms = tick.scheduled_at_ms, "a timer run was missed (the host was down, or took the deploy late); running it once, past due");
             }
             self.fire(&mut state, tick, next).await;
             state.next_run_ms = next;
@@ -332,16 +358,44 @@ mod tests {
     #[test]
     fn a_new_schedule_starts_from_now() {
         let t = trigger("*/5 * * * * *", false);
-        assert_eq!(on_start(&t, None, T0), (None, Some(T0 + 5_000)));
+        assert_eq!(on_start(&t, None, T0, T0), (None, Some(T0 + 5_000)));
         let other = TimerState {
             spec: "0 0 * * * * UTC".into(),
             next_run_ms: Some(T0 - 60_000),
             ..TimerState::default()
         };
         assert_eq!(
-            on_start(&t, Some(&other), T0),
+            on_start(&t, Some(&other), T0, T0),
             (None, Some(T0 + 5_000)),
             "a changed schedule is not past due"
+        );
+    }
+
+    #[test]
+    fn a_new_schedule_taken_late_runs_the_tick_due_since_its_deploy_once() {
+        let t = trigger("*/5 * * * * *", false);
+        // Taken 12 s after the deploy: the ticks at +5 s and +10 s were
+        // missed; the first runs, once, past due; then on the schedule.
+        let (tick, next) = on_start(&t, None, T0 + 1, T0 + 12_000);
+        let tick = tick.expect("the missed tick");
+        assert_eq!((tick.scheduled_at_ms, tick.past_due), (T0 + 5_000, true));
+        assert_eq!(next, Some(T0 + 15_000));
+        // Taken 2 s late: the tick due 1 s ago runs, not flagged late.
+        let (tick, _) = on_start(&t, None, T0 + 3_000, T0 + 6_000);
+        assert_eq!(
+            tick.map(|t| (t.scheduled_at_ms, t.past_due)),
+            Some((T0 + 5_000, false))
+        );
+        // Nothing due yet since the deploy: nothing runs.
+        assert_eq!(
+            on_start(&t, None, T0 + 1, T0 + 4_000),
+            (None, Some(T0 + 5_000))
+        );
+        // A version deployed long ago (a rollback, say) starts from now.
+        let long_ago = T0 + 5_000 - CATCH_UP.as_millis() as u64 - 1_000;
+        assert_eq!(
+            on_start(&t, None, long_ago, T0 + 6_000),
+            (None, Some(T0 + 10_000))
         );
     }
 
@@ -354,7 +408,7 @@ mod tests {
             next_run_ms: Some(T0 - 3_595_000),
             ..TimerState::default()
         };
-        let (tick, next) = on_start(&t, Some(&saved), T0 + 1_000);
+        let (tick, next) = on_start(&t, Some(&saved), T0, T0 + 1_000);
         let tick = tick.expect("one run");
         assert!(tick.past_due);
         assert_eq!(tick.scheduled_at_ms, T0 - 3_595_000);
@@ -369,13 +423,13 @@ mod tests {
             next_run_ms: Some(T0 + 1_000),
             ..TimerState::default()
         };
-        assert_eq!(on_start(&t, Some(&saved), T0), (None, Some(T0 + 1_000)));
+        assert_eq!(on_start(&t, Some(&saved), T0, T0), (None, Some(T0 + 1_000)));
     }
 
     #[test]
     fn run_on_startup_runs_at_once_and_not_twice_when_also_past_due() {
         let t = trigger("*/5 * * * * *", true);
-        let (tick, next) = on_start(&t, None, T0 + 1);
+        let (tick, next) = on_start(&t, None, T0, T0 + 1);
         let tick = tick.unwrap();
         assert_eq!((tick.scheduled_at_ms, tick.past_due), (T0 + 1, false));
         assert_eq!(next, Some(T0 + 5_000));
@@ -384,7 +438,7 @@ mod tests {
             next_run_ms: Some(T0 - 10_000),
             ..TimerState::default()
         };
-        let (tick, _) = on_start(&t, Some(&saved), T0);
+        let (tick, _) = on_start(&t, Some(&saved), T0, T0);
         assert!(tick.unwrap().past_due, "one run, flagged past due");
     }
 }
