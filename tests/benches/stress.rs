@@ -26,23 +26,23 @@ const SHARDS: usize = 10;
 /// One line per run, so the runs can be counted.
 const LOG: &str = "warn,fnhost::dispatcher=debug";
 
-fn manifest() -> String {
-    let mut m = String::from(
-        "name = \"stress\"\n[grants]\nqueues = [\"outbox\"]\n[config]\nwho = \"stress\"\n",
-    );
-    for k in 0..SHARDS {
-        m.push_str(&format!(
-            "[[triggers.queue]]\nqueue = \"orders-{k}\"\nvisibility_timeout = \"10s\"\nmax_concurrency = 8\nbackoff_initial = \"1s\"\n"
-        ));
-    }
-    m
+/// Function `stress-<k>` takes the orders of queue `orders-<k>` and
+/// confirms them on FIFO queue `outbox-<k>`: moto scans a FIFO queue on
+/// every send (for its dedup ids), so one outbox of 10,000 would slow it
+/// down as it fills.
+fn manifest(k: usize) -> String {
+    format!(
+        "name = \"stress-{k}\"\n[grants]\nqueues = [\"outbox-{k}\"]\n[config]\nwho = \"stress\"\noutbox = \"outbox-{k}\"\n\
+         [[triggers.queue]]\nqueue = \"orders-{k}\"\nvisibility_timeout = \"10s\"\nmax_concurrency = 8\nbackoff_initial = \"1s\"\n"
+    )
 }
 
 fn start(dir: &Path, prefix: &str) -> Host {
     let moto = moto();
     let mut env = vec![("FNHOST_LOG".to_string(), LOG.to_string())];
     env.extend(moto.env());
-    let config = moto.host_config(dir, prefix, "fifo = [\"outbox\"]\n");
+    let fifo: Vec<String> = (0..SHARDS).map(|k| format!("\"outbox-{k}\"")).collect();
+    let config = moto.host_config(dir, prefix, &format!("fifo = [{}]\n", fifo.join(", ")));
     Host::start_env(
         dir,
         &["--config", config.to_str().unwrap(), "--role", "worker"],
@@ -55,7 +55,7 @@ fn start(dir: &Path, prefix: &str) -> Host {
 fn runs(host: &Host) -> usize {
     host.log()
         .lines()
-        .filter(|l| l.contains("invocation succeeded") && l.contains("function=stress"))
+        .filter(|l| l.contains("invocation succeeded") && l.contains("function=stress-"))
         .count()
 }
 
@@ -87,8 +87,10 @@ fn main() {
     }
     println!("sent in {:.1} s", sending.elapsed().as_secs_f64());
     let t0 = Instant::now();
-    // To one host: the others take it from the fleet's state within seconds.
-    hosts[0].deploy_ok(&manifest(), &guests().adversary);
+    // To one host: the others take them from the fleet's state within seconds.
+    for k in 0..SHARDS {
+        hosts[0].deploy_ok(&manifest(k), &guests().adversary);
+    }
     let sdk = tokio::runtime::Runtime::new().unwrap();
     let sqs = aws_sdk_sqs::Client::new(
         &sdk.block_on(fnhost::backends::aws::sdk_config(
@@ -101,10 +103,11 @@ fn main() {
         ))
         .unwrap(),
     );
-    let confirmed = || -> usize {
+    // Confirmations on one outbox (a queue not made yet holds none).
+    let confirmed_on = |k: usize| -> usize {
         let Ok(url) = sdk.block_on(
             sqs.get_queue_url()
-                .queue_name(format!("{prefix}outbox.fifo"))
+                .queue_name(format!("{prefix}outbox-{k}.fifo"))
                 .send(),
         ) else {
             return 0;
@@ -126,10 +129,11 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
+    let confirmed = || -> usize { (0..SHARDS).map(confirmed_on).sum() };
     // Kill host 1 when a fifth and again when three fifths are confirmed;
     // restart it a few seconds later each time.
     let mut kills = vec![n * 3 / 5, n / 5];
-    let deadline = Instant::now() + Duration::from_secs(40 * 60);
+    let deadline = Instant::now() + Duration::from_secs(90 * 60);
     let mut last = (0, Instant::now());
     loop {
         let done = confirmed();
@@ -147,13 +151,16 @@ fn main() {
             hosts[1] = start(dirs[1].path(), &prefix);
             println!("{:.1} s: host 1 restarted", t0.elapsed().as_secs_f64());
         }
+        if done / 500 != last.0 / 500 {
+            println!("{:.1} s: {done} confirmed", t0.elapsed().as_secs_f64());
+        }
         if done != last.0 {
             last = (done, Instant::now());
         } else if last.1.elapsed() > Duration::from_secs(120) {
             println!("no progress for 2 minutes at {done}; stopping");
             break;
         }
-        std::thread::sleep(Duration::from_secs(2));
+        std::thread::sleep(Duration::from_secs(5));
     }
     let wall = t0.elapsed().as_secs_f64();
     // Let runs in flight end before counting.

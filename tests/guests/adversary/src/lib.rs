@@ -16,8 +16,8 @@
 //! "billing"`), `delay-<ms|max|2^63>` (send to `work` with that delay),
 //! `ctype-<bytes>` (put to `uploads` with a content type that long),
 //! `longkey-<bytes>`, `longbucket-<bytes>`, `attrs-<n>`, `attr-host`
-//! (an `fnhost-` attribute), `dedup-<id>` (send to `outbox` with that dedup
-//! id), `forge-log` (stdout and a `fail` message that try to start log
+//! (an `fnhost-` attribute), `dedup-<id>` (send to `outbox`, or the queue
+//! config `outbox` names, with that dedup id), `forge-log` (stdout and a `fail` message that try to start log
 //! lines of their own), `bigfail-<kib>` (a `retry` message that long),
 //! `resources` (hold WASI pollables until the host refuses more),
 //! `headers-<n>` (an output with that many headers). `note-<i>`,
@@ -414,7 +414,8 @@ fn adversary(inv: Invocation, event: Event) -> Result<Output> {
                 ..options()
             };
             let who = fnhost_sdk::config("who").unwrap_or_default();
-            Ok(Output::text(send_outcome("outbox", who.as_bytes(), opts)))
+            let outbox = fnhost_sdk::config("outbox").unwrap_or_else(|| "outbox".into());
+            Ok(Output::text(send_outcome(&outbox, who.as_bytes(), opts)))
         }
         "forge-log" => {
             println!("ok\r2026-12-02T00:00:00.000000Z  INFO fnhost: forged by stdout");
