@@ -42,7 +42,12 @@ fn start(dir: &Path, prefix: &str) -> Host {
     let mut env = vec![("FNHOST_LOG".to_string(), LOG.to_string())];
     env.extend(moto.env());
     let fifo: Vec<String> = (0..SHARDS).map(|k| format!("\"outbox-{k}\"")).collect();
-    let config = moto.host_config(dir, prefix, &format!("fifo = [{}]\n", fifo.join(", ")));
+    // One fleet: deployments shared through the state bucket.
+    let more = format!(
+        "fifo = [{}]\n[state]\nbackend = \"s3\"\nbucket = \"{prefix}state\"\ncreate = true\n",
+        fifo.join(", ")
+    );
+    let config = moto.host_config(dir, prefix, &more);
     Host::start_env(
         dir,
         &["--config", config.to_str().unwrap(), "--role", "worker"],
@@ -87,9 +92,16 @@ fn main() {
     }
     println!("sent in {:.1} s", sending.elapsed().as_secs_f64());
     let t0 = Instant::now();
-    // To one host: the others take them from the fleet's state within seconds.
+    // To one host: the others take them from the fleet's state bucket.
     for k in 0..SHARDS {
         hosts[0].deploy_ok(&manifest(k), &guests().adversary);
+    }
+    for (i, h) in hosts.iter().enumerate() {
+        h.wait_for(60, &format!("every function on host {i}"), |h| {
+            let fs = h.admin("GET", "/v1/functions", "").json();
+            let n = fs["functions"].as_array().map_or(0, Vec::len);
+            (n == SHARDS).then_some(())
+        });
     }
     let sdk = tokio::runtime::Runtime::new().unwrap();
     let sqs = aws_sdk_sqs::Client::new(
