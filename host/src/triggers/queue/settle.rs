@@ -236,6 +236,15 @@ impl Settle {
                     .backend
                     .dead_letter(d.receipt.clone(), error, Some(who))
                     .await;
+                match &dead {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(message = %m.id, queue = %m.queue, "the unreadable message's lease ran out before it was dead-lettered; it comes back and is dead-lettered then");
+                    }
+                    Err(e) => {
+                        tracing::error!(message = %m.id, queue = %m.queue, error = %e, "cannot dead-letter the unreadable message; it comes back after its visibility timeout and is tried again");
+                    }
+                }
                 return Err(Ended::gone_if(matches!(dead, Ok(true))));
             }
         };
