@@ -81,7 +81,7 @@ async fn run(n: usize) {
     };
     let host = Host::builder(config).build().await.unwrap();
     let dispatcher = host.dispatcher().clone();
-    let backend: Arc<dyn QueueBackend> = dispatcher.queues().clone();
+    let backend: Arc<dyn QueueBackend> = host.services().queues().clone();
     let manifest = "name = \"sink\"\n[[triggers.queue]]\nqueue = \"bench\"\nbatch_size = 128\nmax_concurrency = 128\ntarget_backlog = 1\nmin_concurrency = 64\n";
     (dispatcher.deploy(manifest.into(), wasm, fnhost::dispatcher::Authority::Admin))
         .await

@@ -21,14 +21,14 @@ pub use routes::RouteTarget;
 use authority::{TrustedChange, is_trusted, vet_trusted};
 use routes::{build_routes, build_routes_with};
 
-use crate::backends::Backends;
 use crate::clock::now_ms;
 use crate::exec::{
     Busy, Event, Execution, Executor, Invocation, LoadError, Outcome, Profile, Wait,
 };
 use crate::manifest::{Isolation, Manifest};
-use crate::queue::QueueBackend;
 use crate::registry::{Registry, RegistryError, VersionRecord};
+use crate::services::Services;
+use crate::task::BoxFuture;
 use crate::task::blocking;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -82,35 +82,16 @@ pub struct Dispatcher {
     routes: RwLock<Arc<matchit::Router<RouteTarget>>>,
     /// Deploys, rollbacks and removals run one at a time.
     admin: Mutex<()>,
-    queues: Arc<dyn QueueBackend>,
-    jobs: Arc<dyn crate::jobs::JobStore>,
-    job_settings: crate::jobs::JobSettings,
-    blobs: Arc<dyn crate::blobs::BlobBackend>,
+    /// The stores deploys reach: the fleet's state, blob feeds and
+    /// notifications, the sensitive sets.
+    services: Arc<Services>,
     /// Bumped whenever the active set changes, so triggers can follow.
     changes: watch::Sender<u64>,
-    /// Where a fleet's deployments are shared (`None` on a host alone).
-    fleet: Option<Arc<dyn crate::state::StateStore>>,
     /// The version of each fleet record this host last applied.
     seen: std::sync::Mutex<HashMap<String, String>>,
     /// When the last follow of the fleet's deployments that applied them
     /// all started, ms since the epoch.
     followed_ms: std::sync::atomic::AtomicU64,
-    /// Where S3 buckets' events arrive (buckets on S3 only).
-    blob_events: Option<Arc<crate::backends::s3blobs::S3Events>>,
-    bindings: std::sync::Mutex<HashMap<(String, String), Arc<BindingStats>>>,
-    /// The host's sensitive buckets and queues: only trusted functions
-    /// reach them.
-    sensitive: Arc<crate::manifest::Sensitive>,
-}
-
-/// Live figures of one trigger binding (function × queue), for the API.
-#[derive(Debug, Default)]
-pub struct BindingStats {
-    /// Instances taken now: invocations running, and messages leased
-    /// waiting for the one before them in their group.
-    pub running: std::sync::atomic::AtomicUsize,
-    /// Instances the scaler wants.
-    pub desired: std::sync::atomic::AtomicUsize,
 }
 
 /// Which attempt an invocation is, what it resumes from, and where its
@@ -138,33 +119,81 @@ impl Default for Attempt {
     }
 }
 
+/// The seam between delivery and deployments: what the triggers need of
+/// the active functions (which version of each is active, word when that
+/// changes, and running an event on one), and nothing else. The
+/// [`Dispatcher`] is the one implementation a host runs; delivery's unit
+/// tests script their own.
+pub trait Functions: Send + Sync + 'static {
+    /// The active version of `function`.
+    fn get(&self, function: &str) -> Option<Arc<Deployed>>;
+
+    /// Every active function version.
+    fn active(&self) -> Vec<Arc<Deployed>>;
+
+    /// Changes whenever a function is deployed, rolled back or removed.
+    fn subscribe(&self) -> watch::Receiver<u64>;
+
+    /// Run `event` on `deployed` as `attempt`, waiting for a free slot
+    /// under the host-wide concurrency cap; the invocation's id and how it
+    /// ended.
+    fn invoke(
+        &self,
+        deployed: Arc<Deployed>,
+        event: Event,
+        attempt: Attempt,
+    ) -> BoxFuture<'_, (String, Outcome)>;
+
+    /// Wait until this host knows the deployments as of `at_ms` (on a
+    /// fleet: it has followed the shared state past then).
+    fn caught_up(&self, at_ms: u64) -> BoxFuture<'_, Result<(), DeployError>>;
+}
+
+impl Functions for Dispatcher {
+    fn get(&self, function: &str) -> Option<Arc<Deployed>> {
+        Dispatcher::get(self, function)
+    }
+
+    fn active(&self) -> Vec<Arc<Deployed>> {
+        Dispatcher::active(self)
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        Dispatcher::subscribe(self)
+    }
+
+    fn invoke(
+        &self,
+        deployed: Arc<Deployed>,
+        event: Event,
+        attempt: Attempt,
+    ) -> BoxFuture<'_, (String, Outcome)> {
+        Box::pin(Dispatcher::invoke(self, deployed, event, attempt))
+    }
+
+    fn caught_up(&self, at_ms: u64) -> BoxFuture<'_, Result<(), DeployError>> {
+        Box::pin(self.know_deployments_as_of(at_ms))
+    }
+}
+
 impl Dispatcher {
     /// Load every active version from the registry, with `executor` to
-    /// run them and `backends` for triggers and the API.
+    /// run them, deploying through `services`.
     pub async fn start(
         executor: Arc<dyn Executor>,
-        registry: Arc<Registry>,
-        backends: Backends,
-        job_settings: crate::jobs::JobSettings,
-        sensitive: Arc<crate::manifest::Sensitive>,
+        services: Arc<Services>,
     ) -> anyhow::Result<Arc<Dispatcher>> {
+        let registry = services.registry().clone();
         let dispatcher = Arc::new(Dispatcher {
-            sensitive,
             executor,
             registry: registry.clone(),
             active: RwLock::default(),
             routes: RwLock::new(Arc::new(matchit::Router::new())),
             admin: Mutex::new(()),
-            queues: backends.queues,
-            jobs: backends.jobs,
-            job_settings,
-            blobs: backends.blobs,
-            fleet: backends.fleet,
+            services,
             seen: Default::default(),
             followed_ms: Default::default(),
-            blob_events: backends.blob_events,
             changes: watch::Sender::new(0),
-            bindings: Default::default(),
         });
         let records = blocking(move || registry.active_versions()).await?;
         for record in records {
@@ -193,7 +222,7 @@ impl Dispatcher {
     async fn load(&self, record: VersionRecord) -> Result<Deployed, DeployError> {
         let file = format!("{} v{}", record.name, record.version);
         let manifest = Manifest::parse(&file, &record.manifest)?;
-        manifest.check_isolation(&file, &self.sensitive)?;
+        manifest.check_isolation(&file, self.services.sensitive())?;
         let registry = self.registry.clone();
         let digest = record.digest.clone();
         let wasm = blocking(move || registry.component(&digest)).await?;
@@ -215,7 +244,7 @@ impl Dispatcher {
         authority: Authority,
     ) -> Result<Arc<Deployed>, DeployError> {
         let manifest = Manifest::parse(crate::manifest::FILE_NAME, &manifest_text)?;
-        manifest.check_isolation(crate::manifest::FILE_NAME, &self.sensitive)?;
+        manifest.check_isolation(crate::manifest::FILE_NAME, self.services.sensitive())?;
         let name = manifest.name.clone();
         let trusted = manifest.isolation == Isolation::Trusted;
         vet_trusted(authority, &name, TrustedChange::Deploy, trusted)?;
@@ -233,7 +262,7 @@ impl Dispatcher {
         // Before anything is stored: no upload after the deploy answered
         // goes without its event.
         self.set_up_blob_events(&manifest).await?;
-        let record = match self.fleet.clone() {
+        let record = match self.services.fleet().cloned() {
             Some(fleet) => {
                 self.deploy_shared(fleet.as_ref(), &name, manifest_text, wasm, authority)
                     .await?
@@ -271,7 +300,7 @@ impl Dispatcher {
         authority: Authority,
     ) -> Result<Arc<Deployed>, DeployError> {
         let _admin = self.admin.lock().await;
-        if let Some(fleet) = self.fleet.clone() {
+        if let Some(fleet) = self.services.fleet().cloned() {
             self.sync_fleet_locked().await?;
             let record = self
                 .rollback_shared(fleet.as_ref(), name, to, authority)
@@ -358,7 +387,7 @@ impl Dispatcher {
         let (_, versions) = self.stored(name).await?;
         let trusted = versions.iter().any(is_trusted);
         vet_trusted(authority, name, TrustedChange::Remove, trusted)?;
-        let shared = match self.fleet.clone() {
+        let shared = match self.services.fleet().cloned() {
             Some(fleet) => self.remove_shared(fleet.as_ref(), name, authority).await?,
             None => false,
         };
@@ -382,7 +411,7 @@ impl Dispatcher {
         self.swap(name, None, None);
         // Its blob triggers' progress goes with it (the function is gone;
         // one deployed later under this name starts from the objects there).
-        if let Some(feed) = self.blobs.feed()
+        if let Some(feed) = self.services.blobs().feed()
             && let Err(e) = feed.forget_function(name).await
         {
             tracing::warn!(function = %name, error = %e, "removed, but cannot forget its blob trigger receipts");
@@ -421,57 +450,14 @@ impl Dispatcher {
         self.changes.subscribe()
     }
 
-    /// The queue backend.
-    pub fn queues(&self) -> &Arc<dyn QueueBackend> {
-        &self.queues
-    }
-
-    /// The blob store.
-    pub fn blobs(&self) -> &Arc<dyn crate::blobs::BlobBackend> {
-        &self.blobs
-    }
-
-    /// Where S3 buckets' event notifications arrive, if buckets are on S3.
-    pub fn blob_events(&self) -> Option<&Arc<crate::backends::s3blobs::S3Events>> {
-        self.blob_events.as_ref()
-    }
-
-    /// The job store.
-    pub fn jobs(&self) -> &Arc<dyn crate::jobs::JobStore> {
-        &self.jobs
-    }
-
-    /// How finished job records are kept and callbacks sent.
-    pub fn job_settings(&self) -> &crate::jobs::JobSettings {
-        &self.job_settings
-    }
-
-    /// The live figures of `function`'s binding of `queue` (created on first use).
-    pub fn worker_stats(&self, function: &str, queue: &str) -> Arc<BindingStats> {
-        let mut map = self.bindings.lock().unwrap();
-        map.entry((function.to_string(), queue.to_string()))
-            .or_default()
-            .clone()
-    }
-
     /// The active version of a function.
     pub fn get(&self, name: &str) -> Option<Arc<Deployed>> {
         self.active.read().unwrap().get(name).cloned()
     }
 
-    /// The host's sensitive buckets and queues.
-    pub fn sensitive(&self) -> &crate::manifest::Sensitive {
-        &self.sensitive
-    }
-
     /// The current route table.
     pub fn routes(&self) -> Arc<matchit::Router<RouteTarget>> {
         self.routes.read().unwrap().clone()
-    }
-
-    /// The registry behind this dispatcher.
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
     }
 
     /// Invocations running now.

@@ -1,6 +1,7 @@
 //! The composition root: the one place where a host is put together from
 //! its config and its [`Backends`] — the sandbox and the executor, the
-//! registry, the dispatcher, the triggers and the HTTP server. `fnhost
+//! registry, the [`Services`] (stores as delivery and the API use them),
+//! the dispatcher, the triggers and the HTTP server. `fnhost
 //! serve`, the benches and any embedding of fnhost build a [`Host`] here;
 //! nothing else wires stores to the dispatcher by hand.
 //!
@@ -20,6 +21,7 @@ use crate::jobs::callback::{CallbackPolicy, Callbacks};
 use crate::registry::Registry;
 use crate::sandbox::{LocalExecutor, Sandbox, SandboxConfig, Stores};
 use crate::server::{Access, ServerConfig};
+use crate::services::Services;
 use crate::tokens::Tokens;
 use crate::trusted::remote::HostStores;
 use crate::trusted::{RemoteWorker, Tiered};
@@ -113,6 +115,7 @@ impl HostConfig {
 pub struct Host {
     config: HostConfig,
     dispatcher: Arc<Dispatcher>,
+    services: Arc<Services>,
     pooling: bool,
     access: Access,
     trusted: Option<TrustedLaunch>,
@@ -255,8 +258,13 @@ impl HostBuilder {
             audit,
             trusted_worker,
         };
-        let dispatcher =
-            Dispatcher::start(executor, registry, backends, jobs, config.sensitive.clone()).await?;
+        let services = Arc::new(Services::new(
+            backends,
+            registry,
+            jobs,
+            config.sensitive.clone(),
+        ));
+        let dispatcher = Dispatcher::start(executor, services.clone()).await?;
         // A fleet host takes the fleet's deployments before it serves.
         if let Err(e) = dispatcher.sync_fleet().await {
             tracing::error!(error = %e, "cannot read the fleet's deployments now; serving what this host has, and trying again");
@@ -264,6 +272,7 @@ impl HostBuilder {
         Ok(Host {
             config,
             dispatcher,
+            services,
             pooling,
             access,
             trusted,
@@ -286,6 +295,11 @@ impl Host {
         &self.dispatcher
     }
 
+    /// The stores and settings triggers and the API work with.
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
+    }
+
     /// True when the sandbox uses the pooling allocator.
     pub fn pooling(&self) -> bool {
         self.pooling
@@ -300,7 +314,7 @@ impl Host {
             none.close();
             return none;
         }
-        crate::triggers::Supervisor::spawn(self.dispatcher.clone(), shutdown)
+        crate::triggers::Supervisor::spawn(self.dispatcher.clone(), self.services.clone(), shutdown)
     }
 
     /// Serve on `listener` (triggers and the HTTP server) until `shutdown`,
@@ -318,6 +332,7 @@ impl Host {
         let served = crate::server::serve(
             listener,
             self.dispatcher,
+            self.services,
             server,
             self.access,
             shutdown,

@@ -39,6 +39,7 @@ pub mod queue;
 pub mod registry;
 pub mod sandbox;
 pub mod server;
+pub mod services;
 pub mod state;
 pub mod task;
 pub mod text;

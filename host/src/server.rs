@@ -15,6 +15,7 @@ mod tokens;
 mod trigger;
 
 use crate::dispatcher::Dispatcher;
+use crate::services::Services;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -76,14 +77,21 @@ impl ServerConfig {
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub dispatcher: Arc<Dispatcher>,
+    pub services: Arc<Services>,
     pub config: Arc<ServerConfig>,
     pub access: Access,
 }
 
 /// Build the router: admin API, health, HTTP trigger.
-pub fn router(dispatcher: Arc<Dispatcher>, config: ServerConfig, access: Access) -> axum::Router {
+pub fn router(
+    dispatcher: Arc<Dispatcher>,
+    services: Arc<Services>,
+    config: ServerConfig,
+    access: Access,
+) -> axum::Router {
     let state = AppState {
         dispatcher,
+        services,
         config: Arc::new(config),
         access,
     };
@@ -120,6 +128,7 @@ async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     dispatcher: Arc<Dispatcher>,
+    services: Arc<Services>,
     config: ServerConfig,
     access: Access,
     shutdown: CancellationToken,
@@ -127,7 +136,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let wait = config.stopping_wait_time;
     let limits = conn::Limits::from(&config);
-    let app = router(dispatcher.clone(), config, access);
+    let app = router(dispatcher.clone(), services, config, access);
     let connections = TaskTracker::new();
     let accepting = conn::accept_loop(listener, app, limits, shutdown.clone(), connections.clone());
     accepting.await;

@@ -13,7 +13,8 @@ pub mod blob;
 pub mod queue;
 pub mod timer;
 
-use crate::dispatcher::Dispatcher;
+use crate::dispatcher::Functions;
+use crate::services::Services;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
@@ -22,7 +23,8 @@ use tokio_util::task::TaskTracker;
 
 /// Starts and stops trigger workers as functions come and go.
 pub struct Supervisor {
-    dispatcher: Arc<Dispatcher>,
+    functions: Arc<dyn Functions>,
+    services: Arc<Services>,
     shutdown: CancellationToken,
     /// In-flight invocations started by background triggers, drained on shutdown.
     tracker: TaskTracker,
@@ -31,19 +33,29 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Run until `shutdown`: reconcile workers on every change of the active set.
-    pub fn spawn(dispatcher: Arc<Dispatcher>, shutdown: CancellationToken) -> TaskTracker {
+    pub fn spawn(
+        functions: Arc<dyn Functions>,
+        services: Arc<Services>,
+        shutdown: CancellationToken,
+    ) -> TaskTracker {
         let tracker = TaskTracker::new();
         let mut sup = Supervisor {
-            dispatcher,
+            functions,
+            services,
             shutdown,
             tracker: tracker.clone(),
             workers: HashMap::new(),
         };
-        let feed = tokio::spawn(blob::run(sup.dispatcher.clone(), sup.shutdown.clone()));
+        let feed = tokio::spawn(blob::run(
+            sup.functions.clone(),
+            sup.services.clone(),
+            sup.shutdown.clone(),
+        ));
         // Buckets on S3: their changes arrive as event notifications.
-        let s3_events = sup.dispatcher.blob_events().cloned().map(|events| {
+        let s3_events = sup.services.blob_events().cloned().map(|events| {
             tokio::spawn(blob::s3::run(
-                sup.dispatcher.clone(),
+                sup.functions.clone(),
+                sup.services.clone(),
                 events,
                 sup.shutdown.clone(),
             ))
@@ -51,11 +63,11 @@ impl Supervisor {
         // Callbacks a crash cut off: tracked, so a shutdown waits for them
         // like any other in-flight work.
         tracker.spawn(crate::jobs::callback::resume(
-            sup.dispatcher.jobs().clone(),
-            sup.dispatcher.job_settings().callbacks.clone(),
+            sup.services.jobs().clone(),
+            sup.services.job_settings().callbacks.clone(),
         ));
         tokio::spawn(async move {
-            let mut changes = sup.dispatcher.subscribe();
+            let mut changes = sup.functions.subscribe();
             loop {
                 sup.reconcile();
                 tokio::select! {
@@ -77,14 +89,15 @@ impl Supervisor {
 
     fn reconcile(&mut self) {
         self.workers.retain(|_, w| !w.is_finished());
-        for deployed in self.dispatcher.active() {
+        for deployed in self.functions.active() {
             for policy in deployed.manifest.queue_policies() {
                 let key = (deployed.record.name.clone(), policy.queue);
                 if self.workers.contains_key(&key) {
                     continue;
                 }
                 let worker = queue::Worker::new(
-                    self.dispatcher.clone(),
+                    self.functions.clone(),
+                    self.services.clone(),
                     key.0.clone(),
                     key.1.clone(),
                     self.shutdown.clone(),
@@ -98,7 +111,8 @@ impl Supervisor {
                     continue;
                 }
                 let scheduler = timer::Scheduler::new(
-                    self.dispatcher.clone(),
+                    self.functions.clone(),
+                    self.services.clone(),
                     key.0.clone(),
                     t.clone(),
                     Arc::new(crate::clock::SystemClock),

@@ -24,6 +24,8 @@ const LAYERS: &[&[&str]] = &[
     &["exec"],
     // The manifest; the stores behind the seams; the sandbox.
     &["manifest", "backends", "sandbox"],
+    // The stores as delivery and the API use them, built once.
+    &["services"],
     // Which version answers an event; the trusted worker (an executor in
     // a process of its own).
     &["dispatcher", "trusted"],

@@ -69,8 +69,8 @@ fn component_key(digest: &str) -> String {
 
 impl Dispatcher {
     /// Where the fleet shares its state; `None` on a host alone.
-    pub fn fleet(&self) -> Option<&Arc<dyn StateStore>> {
-        self.fleet.as_ref()
+    fn fleet(&self) -> Option<&Arc<dyn StateStore>> {
+        self.services.fleet()
     }
 
     /// Forget the fleet's state of `name`'s timer (its version has no
@@ -317,7 +317,7 @@ impl Dispatcher {
     /// [`CLOCK_SKEW`] after it, look now. `Err` (say why) when this host
     /// may still not know them: the fleet's state cannot be read, or a
     /// deployment cannot be applied here.
-    pub async fn know_deployments_as_of(&self, at_ms: u64) -> Result<(), String> {
+    pub async fn know_deployments_as_of(&self, at_ms: u64) -> Result<(), DeployError> {
         if self.fleet().is_none() {
             return Ok(());
         }
@@ -328,11 +328,9 @@ impl Dispatcher {
         // A look that starts now sees whatever was deployed before the
         // event was even received, whatever the clocks say.
         let asked = crate::clock::now_ms();
-        self.sync_fleet()
-            .await
-            .map_err(|e| format!("cannot read the fleet's deployments: {e}"))?;
+        self.sync_fleet().await?;
         if self.followed_ms.load(Ordering::SeqCst) < asked {
-            return Err("a deployment of the fleet cannot be applied on this host (see the error logged for it)".into());
+            return Err(DeployError::Shared(StateError::Invalid("a deployment of the fleet cannot be applied on this host (see the error logged for it)".into())));
         }
         Ok(())
     }
@@ -340,7 +338,7 @@ impl Dispatcher {
     /// With `[blobs] create = true`, point each bucket `manifest`'s blob
     /// triggers watch at the event notification queue (idempotent).
     pub(super) async fn set_up_blob_events(&self, manifest: &Manifest) -> Result<(), DeployError> {
-        let Some(events) = self.blob_events().filter(|e| e.create) else {
+        let Some(events) = self.services.blob_events().filter(|e| e.create) else {
             return Ok(());
         };
         for (i, t) in manifest.triggers.blob.iter().enumerate() {

@@ -134,7 +134,7 @@ fn deploy_error(err: DeployError) -> Response {
 }
 
 async fn list(State(state): State<AppState>) -> Response {
-    let registry = state.dispatcher.registry().clone();
+    let registry = state.services.registry().clone();
     let functions = match tokio::task::spawn_blocking(move || registry.functions()).await {
         Ok(Ok(f)) => f,
         Ok(Err(e)) => return deploy_error(e.into()),
@@ -168,7 +168,7 @@ async fn show(State(state): State<AppState>, Path(name): Path<String>) -> Respon
             let mut v = describe(&d);
             v["manifest"] = json!(d.record.manifest);
             if d.manifest.triggers.timer.is_some() {
-                let registry = state.dispatcher.registry().clone();
+                let registry = state.services.registry().clone();
                 let timer = tokio::task::spawn_blocking(move || registry.timer(&name)).await;
                 if let Ok(Ok(Some(t))) = timer {
                     v["timer"] = json!(t);

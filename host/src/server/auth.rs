@@ -142,7 +142,7 @@ pub(crate) async fn require_token(
         Err(_) => (None, None),
     };
     let mut req = Request::from_parts(parts, body);
-    let sensitive = state.dispatcher.sensitive();
+    let sensitive = state.services.sensitive();
     // A sensitive queue's messages are sealed, and not for the API to read.
     if let Some(queue) = queue
         && action == Action::ReadData

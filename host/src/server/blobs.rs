@@ -80,7 +80,7 @@ async fn put(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     match state
-        .dispatcher
+        .services
         .blobs()
         .put(&bucket, &key, body.to_vec(), content_type)
         .await
@@ -101,7 +101,7 @@ async fn fetch(
     State(state): State<AppState>,
     Path((bucket, key)): Path<(String, String)>,
 ) -> Response {
-    match state.dispatcher.blobs().get(&bucket, &key).await {
+    match state.services.blobs().get(&bucket, &key).await {
         Ok(Some((meta, body))) => {
             let mut response = Body::from(body).into_response();
             meta_headers(&meta, response.headers_mut());
@@ -116,7 +116,7 @@ async fn head(
     State(state): State<AppState>,
     Path((bucket, key)): Path<(String, String)>,
 ) -> Response {
-    match state.dispatcher.blobs().head(&bucket, &key).await {
+    match state.services.blobs().head(&bucket, &key).await {
         Ok(Some(meta)) => {
             let mut response = StatusCode::OK.into_response();
             meta_headers(&meta, response.headers_mut());
@@ -134,7 +134,7 @@ async fn delete(
     State(state): State<AppState>,
     Path((bucket, key)): Path<(String, String)>,
 ) -> Response {
-    match state.dispatcher.blobs().delete(&bucket, &key).await {
+    match state.services.blobs().delete(&bucket, &key).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => not_found(&bucket, &key),
         Err(e) => blob_error(e),
@@ -158,7 +158,7 @@ async fn list(
 ) -> Response {
     let limit = q.limit.unwrap_or(1000).clamp(1, MAX_LIST);
     match state
-        .dispatcher
+        .services
         .blobs()
         .list(
             &bucket,
@@ -196,7 +196,7 @@ async fn changes(
         return blob_error(e);
     }
     let limit = q.limit.unwrap_or(1000).clamp(1, MAX_LIST);
-    let Some(feed) = state.dispatcher.blobs().feed() else {
+    let Some(feed) = state.services.blobs().feed() else {
         return super::error(
             StatusCode::NOT_IMPLEMENTED,
             "not_supported",

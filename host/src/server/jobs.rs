@@ -54,7 +54,7 @@ async fn submit(
             ),
         );
     }
-    let policy = state.dispatcher.job_settings().callbacks.policy();
+    let policy = state.services.job_settings().callbacks.policy();
     let mut job = match parse_submit(name, &body, crate::clock::now_ms(), policy) {
         Ok(job) => job,
         Err(message) => return bad(message),
@@ -79,7 +79,7 @@ async fn submit(
             Err(e) => return job_error(e),
         };
     }
-    match state.dispatcher.jobs().submit(job).await {
+    match state.services.jobs().submit(job).await {
         Ok(record) => {
             let location = format!("/v1/jobs/{}", record.id);
             (
@@ -169,7 +169,7 @@ pub(crate) fn parse_submit(
 }
 
 async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    match state.dispatcher.jobs().get(id.clone()).await {
+    match state.services.jobs().get(id.clone()).await {
         Ok(Some(record)) => Json(record.to_json()).into_response(),
         Ok(None) => error(
             StatusCode::NOT_FOUND,

@@ -155,7 +155,7 @@ async fn send(
         Ok(parsed) => parsed,
         Err(message) => return error(StatusCode::BAD_REQUEST, "invalid_message", message),
     };
-    match state.dispatcher.queues().send_batch(&queue, messages).await {
+    match state.services.queues().send_batch(&queue, messages).await {
         Ok(sent) if many => {
             (StatusCode::CREATED, Json(json!({ "messages": sent }))).into_response()
         }
@@ -206,7 +206,7 @@ pub(crate) fn parse_send(
 }
 
 async fn list(State(state): State<AppState>) -> Response {
-    let backend = state.dispatcher.queues();
+    let backend = state.services.queues();
     let mut names = match backend.queues().await {
         Ok(n) => n,
         Err(e) => return queue_error(e),
@@ -229,7 +229,7 @@ async fn list(State(state): State<AppState>) -> Response {
 
 /// A queue's counts plus the functions bound to it with their scaling figures.
 async fn describe(state: &AppState, queue: &str) -> Result<Value, QueueError> {
-    let stats = state.dispatcher.queues().stats(queue).await?;
+    let stats = state.services.queues().stats(queue).await?;
     let mut v = serde_json::to_value(&stats).unwrap_or_default();
     let bindings: Vec<Value> = state
         .dispatcher
@@ -244,7 +244,7 @@ async fn describe(state: &AppState, queue: &str) -> Result<Value, QueueError> {
             Some((d, policy))
         })
         .map(|(d, policy)| {
-            let live = state.dispatcher.worker_stats(&d.record.name, queue);
+            let live = state.services.binding_stats(&d.record.name, queue);
             json!({
                 "function": d.record.name,
                 "running": live.running.load(std::sync::atomic::Ordering::Relaxed),
@@ -283,7 +283,7 @@ async fn peek(
         return r.into_response();
     }
     match state
-        .dispatcher
+        .services
         .queues()
         .peek(&queue, q.max.unwrap_or(10).min(10_000))
         .await
@@ -303,7 +303,7 @@ async fn dead_letters(
         return r.into_response();
     }
     match state
-        .dispatcher
+        .services
         .queues()
         .dead_letters(&queue, q.max.unwrap_or(100).min(1000))
         .await
@@ -365,7 +365,7 @@ async fn redrive(
         Ok(ids) => ids,
         Err(r) => return r.into_response(),
     };
-    match state.dispatcher.queues().redrive(&queue, ids).await {
+    match state.services.queues().redrive(&queue, ids).await {
         Ok(n) => Json(json!({ "redriven": n })).into_response(),
         Err(e) => queue_error(e),
     }
@@ -381,7 +381,7 @@ async fn purge_dead_letters(
         Err(r) => return r.into_response(),
     };
     match state
-        .dispatcher
+        .services
         .queues()
         .purge_dead_letters(&queue, ids)
         .await
@@ -395,7 +395,7 @@ async fn purge(State(state): State<AppState>, Path(queue): Path<String>) -> Resp
     if let Err(r) = check_name(&queue) {
         return r.into_response();
     }
-    match state.dispatcher.queues().purge(&queue).await {
+    match state.services.queues().purge(&queue).await {
         Ok(n) => Json(json!({ "purged": n })).into_response(),
         Err(e) => queue_error(e),
     }

@@ -19,9 +19,11 @@
 pub mod s3;
 
 use crate::blobs::{BlobError, Change, ChangeFeed, ChangeKind, Cursor};
-use crate::dispatcher::Dispatcher;
+use crate::dispatcher::Functions;
 use crate::manifest::BlobTrigger;
+use crate::queue::QueueBackend;
 use crate::queue::{NewMessage, QueueError};
+use crate::services::Services;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -50,21 +52,26 @@ pub(crate) enum FeedError {
 }
 
 /// The feed's loop, until `shutdown`.
-pub async fn run(dispatcher: Arc<Dispatcher>, shutdown: CancellationToken) {
-    let Some(blobs) = dispatcher.blobs().feed() else {
+pub async fn run(
+    functions: Arc<dyn Functions>,
+    services: Arc<Services>,
+    shutdown: CancellationToken,
+) {
+    let Some(blobs) = services.blobs().feed() else {
         return; // changes arrive another way (S3 notifications)
     };
     let wake = blobs.notifier().unwrap_or_else(|| Arc::new(Notify::new()));
-    let mut changes = dispatcher.subscribe();
+    let mut changes = functions.subscribe();
+    let queues = services.queues().as_ref();
     // Not at once: a function that failed to load at start would lose its
     // cursor before it is fixed.
     let mut pruned = Instant::now();
     loop {
-        let consumers = consumers(&dispatcher);
+        let consumers = consumers(functions.as_ref());
         let mut more = false;
         let mut failed = false;
         for c in &consumers {
-            match pump(&dispatcher, blobs.as_ref(), c).await {
+            match pump(queues, blobs.as_ref(), c).await {
                 Ok(m) => more |= m,
                 Err(e) => {
                     tracing::error!(function = %c.function, bucket = %c.trigger.bucket, error = %e, "cannot feed blob changes to a trigger; retrying");
@@ -91,9 +98,9 @@ pub async fn run(dispatcher: Arc<Dispatcher>, shutdown: CancellationToken) {
     }
 }
 
-pub(crate) fn consumers(dispatcher: &Dispatcher) -> Vec<Consumer> {
+pub(crate) fn consumers(functions: &dyn Functions) -> Vec<Consumer> {
     let mut out = Vec::new();
-    for d in dispatcher.active() {
+    for d in functions.active() {
         for t in &d.manifest.triggers.blob {
             out.push(Consumer {
                 id: format!("{}/{}", d.record.name, t.bucket),
@@ -107,7 +114,7 @@ pub(crate) fn consumers(dispatcher: &Dispatcher) -> Vec<Consumer> {
 
 /// Move one consumer forward by a page; true when there may be more.
 async fn pump(
-    dispatcher: &Dispatcher,
+    queues: &dyn QueueBackend,
     blobs: &dyn ChangeFeed,
     c: &Consumer,
 ) -> Result<bool, FeedError> {
@@ -131,7 +138,7 @@ async fn pump(
             let kinds = c.trigger.kinds();
             let (wanted, other): (Vec<Change>, Vec<Change>) =
                 fresh.into_iter().partition(|ch| kinds.contains(&ch.kind));
-            deliver(dispatcher, c, &wanted).await?;
+            deliver(queues, c, &wanted).await?;
             let mut settled = wanted;
             settled.extend(
                 other
@@ -150,7 +157,7 @@ async fn pump(
             let resume = cursor
                 .filter(|k| k.spec == reconciling(&spec))
                 .map(|k| k.seq);
-            reconcile(dispatcher, blobs, c, spec, resume).await?;
+            reconcile(queues, blobs, c, spec, resume).await?;
             Ok(true)
         }
     }
@@ -159,7 +166,7 @@ async fn pump(
 /// Deliver every stored object the consumer matches and has no receipt
 /// for, then start it at the feed's current end.
 async fn reconcile(
-    dispatcher: &Dispatcher,
+    queues: &dyn QueueBackend,
     blobs: &dyn ChangeFeed,
     c: &Consumer,
     spec: String,
@@ -186,7 +193,7 @@ async fn reconcile(
                 .filter(|ch| c.trigger.matches(ch))
                 .collect();
             let fresh = blobs.undelivered(&c.id, found).await?;
-            deliver(dispatcher, c, &fresh).await?;
+            deliver(queues, c, &fresh).await?;
             delivered += fresh.len();
             // Receipts as we go; the cursor is not valid until the scan ends.
             let scanning = Cursor {
@@ -216,7 +223,7 @@ fn reconciling(spec: &str) -> String {
 /// goes straight to the queue's dead letters with the reason, so it never
 /// holds up the changes behind it.
 pub(crate) async fn deliver(
-    dispatcher: &Dispatcher,
+    queues: &dyn QueueBackend,
     c: &Consumer,
     changes: &[Change],
 ) -> Result<(), FeedError> {
@@ -225,7 +232,7 @@ pub(crate) async fn deliver(
     }
     let queue = c.trigger.queue(&c.function);
     let now = crate::clock::now_ms();
-    let features = dispatcher.queues().features(&queue);
+    let features = queues.features(&queue);
     let mut messages = Vec::with_capacity(changes.len());
     for ch in changes {
         let mut msg = message(c, ch);
@@ -252,15 +259,12 @@ pub(crate) async fn deliver(
                         .map(|t| crate::text::capped(t, crate::blobs::MAX_CONTENT_TYPE_BYTES)),
                     ..ch.clone()
                 };
-                dispatcher
-                    .queues()
-                    .bury(&queue, message(c, &kept), error)
-                    .await?;
+                queues.bury(&queue, message(c, &kept), error).await?;
             }
         }
     }
     if !messages.is_empty() {
-        dispatcher.queues().send_batch(&queue, messages).await?;
+        queues.send_batch(&queue, messages).await?;
     }
     tracing::debug!(function = %c.function, bucket = %c.trigger.bucket, n = changes.len(), "blob changes enqueued");
     Ok(())

@@ -33,9 +33,10 @@ mod checkpoints;
 mod groups;
 mod settle;
 
-use crate::dispatcher::{Deployed, Dispatcher};
+use crate::dispatcher::{Deployed, Functions};
 use crate::manifest::QueuePolicy;
 use crate::queue::Delivery;
+use crate::services::Services;
 use settle::{Settle, Slot};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -127,7 +128,8 @@ fn random_unit() -> f64 {
 /// One (function, queue) binding's loop.
 #[derive(Clone)]
 pub struct Worker {
-    dispatcher: Arc<Dispatcher>,
+    functions: Arc<dyn Functions>,
+    services: Arc<Services>,
     function: String,
     queue: String,
     shutdown: CancellationToken,
@@ -137,14 +139,16 @@ pub struct Worker {
 impl Worker {
     /// A worker for `function`'s binding of `queue`.
     pub fn new(
-        dispatcher: Arc<Dispatcher>,
+        functions: Arc<dyn Functions>,
+        services: Arc<Services>,
         function: String,
         queue: String,
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) -> Self {
         Worker {
-            dispatcher,
+            functions,
+            services,
             function,
             queue,
             shutdown,
@@ -155,7 +159,7 @@ impl Worker {
     /// The function's active version and this binding's policy in it, while
     /// both exist.
     fn binding(&self) -> Option<(Arc<Deployed>, QueuePolicy)> {
-        let deployed = self.dispatcher.get(&self.function)?;
+        let deployed = self.functions.get(&self.function)?;
         let policy = deployed
             .manifest
             .queue_policies()
@@ -174,7 +178,7 @@ impl Worker {
     /// the desired instances idle.
     pub async fn run(self) {
         let per_receive = self
-            .dispatcher
+            .services
             .queues()
             .features(&self.queue)
             .max_receive
@@ -196,9 +200,9 @@ impl Worker {
     /// (lane `i` of `n`: instances `i × max_receive` up to the next lane's,
     /// the last lane taking the rest).
     async fn lane(self, index: usize, lanes: usize) {
-        let backend = self.dispatcher.queues().clone();
+        let backend = self.services.queues().clone();
         let done = Arc::new(Notify::new());
-        let stats = self.dispatcher.worker_stats(&self.function, &self.queue);
+        let stats = self.services.binding_stats(&self.function, &self.queue);
         // This lane's instances running now (stats.running counts all lanes').
         let mine = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut scaler: Option<Scaler> = None;
@@ -323,7 +327,8 @@ impl Worker {
                 measured = None; // a full batch: there may be more backlog; measure again soon
             }
             let settle = Settle {
-                dispatcher: self.dispatcher.clone(),
+                functions: self.functions.clone(),
+                services: self.services.clone(),
                 backend: backend.clone(),
                 deployed,
                 policy,

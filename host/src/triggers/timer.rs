@@ -21,10 +21,11 @@
 pub mod fleet;
 
 use crate::clock::Clock;
-use crate::dispatcher::Dispatcher;
+use crate::dispatcher::Functions;
 use crate::manifest::TimerTrigger;
 use crate::queue::NewMessage;
 use crate::registry::TimerState;
+use crate::services::Services;
 use chrono::TimeZone;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -108,7 +109,8 @@ pub fn on_start(
 
 /// One function's schedule.
 pub struct Scheduler {
-    dispatcher: Arc<Dispatcher>,
+    functions: Arc<dyn Functions>,
+    services: Arc<Services>,
     function: String,
     trigger: TimerTrigger,
     clock: Arc<dyn Clock>,
@@ -118,14 +120,16 @@ pub struct Scheduler {
 impl Scheduler {
     /// A scheduler for `function`'s `trigger`.
     pub fn new(
-        dispatcher: Arc<Dispatcher>,
+        functions: Arc<dyn Functions>,
+        services: Arc<Services>,
         function: String,
         trigger: TimerTrigger,
         clock: Arc<dyn Clock>,
         shutdown: CancellationToken,
     ) -> Self {
         Scheduler {
-            dispatcher,
+            functions,
+            services,
             function,
             trigger,
             clock,
@@ -136,7 +140,7 @@ impl Scheduler {
     /// Fire ticks until the host stops or the function's timer changes.
     pub async fn run(self) {
         // Before anything else, so a redeploy during start-up is not missed.
-        let mut changes = self.dispatcher.subscribe();
+        let mut changes = self.functions.subscribe();
         let Ok((schedule, tz)) = self.trigger.parse() else {
             return; // validated at deploy; a stored manifest from elsewhere
         };
@@ -150,7 +154,7 @@ impl Scheduler {
         let now = self.clock.now_ms();
         // When the version was made, on whichever host deployed it.
         let deployed_at = self
-            .dispatcher
+            .functions
             .get(&self.function)
             .map_or(now, |d| d.record.created_at_ms);
         let (tick, next) = on_start(&self.trigger, state.as_ref(), deployed_at, now);
@@ -206,7 +210,7 @@ impl Scheduler {
 
     /// Is this still the function's timer?
     fn current(&self) -> bool {
-        self.dispatcher
+        self.functions
             .get(&self.function)
             .is_some_and(|d| d.manifest.triggers.timer.as_ref() == Some(&self.trigger))
     }
@@ -215,9 +219,9 @@ impl Scheduler {
     /// it. On a fleet, only once this host has claimed it; `next` is the
     /// due time after it.
     async fn fire(&self, state: &mut TimerState, tick: Tick, next: Option<u64>) {
-        let queues = self.dispatcher.queues();
+        let queues = self.services.queues();
         let queue = TimerTrigger::queue(&self.function);
-        let fleet = self.dispatcher.fleet().cloned();
+        let fleet = self.services.fleet().cloned();
         if let Some(fleet) = &fleet {
             let due = tick.scheduled_at_ms;
             let now = self.clock.now_ms();
@@ -266,7 +270,7 @@ impl Scheduler {
         tick: Tick,
         fleet: Option<&dyn crate::state::StateStore>,
     ) {
-        let queues = self.dispatcher.queues();
+        let queues = self.services.queues();
         let queue = TimerTrigger::queue(&self.function);
         let msg = NewMessage {
             body: serde_json::to_vec(&tick).expect("a tick serializes"),
@@ -296,12 +300,12 @@ impl Scheduler {
     }
 
     async fn load(&self) -> Result<Option<TimerState>, String> {
-        if let Some(fleet) = self.dispatcher.fleet() {
+        if let Some(fleet) = self.services.fleet() {
             return fleet::load(fleet.as_ref(), &self.function)
                 .await
                 .map_err(|e| e.to_string());
         }
-        let registry = self.dispatcher.registry().clone();
+        let registry = self.services.registry().clone();
         let function = self.function.clone();
         tokio::task::spawn_blocking(move || registry.timer(&function))
             .await
@@ -310,7 +314,7 @@ impl Scheduler {
     }
 
     async fn save(&self, state: &TimerState, create: bool) {
-        let registry = self.dispatcher.registry().clone();
+        let registry = self.services.registry().clone();
         let (function, state) = (self.function.clone(), state.clone());
         let saved =
             tokio::task::spawn_blocking(move || registry.save_timer(&function, &state, create))

@@ -9,7 +9,7 @@
 //! - **Never ahead of the deployments.** Before a batch of notifications
 //!   is handed to the triggers, the host makes sure it knows the fleet's
 //!   deployments as of the newest event in it
-//!   ([`Dispatcher::know_deployments_as_of`]); when it cannot, the batch
+//!   ([`Functions::caught_up`]); when it cannot, the batch
 //!   comes back later, so an event that arrives before its trigger is
 //!   known here waits instead of being dropped.
 //! - **Stale events** are dropped by asking S3 now: a created event whose
@@ -41,8 +41,10 @@ mod receipt;
 use super::{Consumer, FeedError, consumers, deliver};
 use crate::backends::s3blobs::{S3Event, S3Events, parse_notification};
 use crate::blobs::{Change, ChangeKind};
-use crate::dispatcher::Dispatcher;
+use crate::dispatcher::Functions;
+use crate::queue::QueueBackend;
 use crate::queue::{Delivery, Settlement};
+use crate::services::Services;
 use crate::state::{StateError, StateStore};
 use receipt::Turn;
 use std::collections::HashSet;
@@ -79,19 +81,24 @@ impl From<StateError> for Failure {
 }
 
 /// Read the notification queue until `shutdown`.
-pub async fn run(dispatcher: Arc<Dispatcher>, events: Arc<S3Events>, shutdown: CancellationToken) {
-    let Some(receipts) = dispatcher.fleet().cloned() else {
+pub async fn run(
+    functions: Arc<dyn Functions>,
+    services: Arc<Services>,
+    events: Arc<S3Events>,
+    shutdown: CancellationToken,
+) {
+    let Some(receipts) = services.fleet().cloned() else {
         // The host config refuses [blobs] on S3 without [state] on S3.
         tracing::error!(queue = %events.queue, "buckets on S3 keep their receipts in the fleet's state, and this host has none; not following their event notifications");
         return;
     };
-    let queues = dispatcher.queues().clone();
+    let queues = services.queues().clone();
     let features = queues.features(&events.queue);
     let mut set_up: HashSet<String> = HashSet::new();
     tracing::info!(queue = %events.queue, "following S3 event notifications");
     loop {
         if events.create {
-            for c in consumers(&dispatcher) {
+            for c in consumers(functions.as_ref()) {
                 let bucket = c.trigger.bucket.clone();
                 if set_up.contains(&bucket) {
                     continue;
@@ -120,8 +127,9 @@ pub async fn run(dispatcher: Arc<Dispatcher>, events: Arc<S3Events>, shutdown: C
                 // Let a long poll answer, and give back what it brought.
                 if let Ok(Ok(got)) = tokio::time::timeout(features.long_poll, receive).await
                     && !got.is_empty()
+                    && let Err(e) = queues.release(got.into_iter().map(|d| d.receipt).collect()).await
                 {
-                    let _ = queues.release(got.into_iter().map(|d| d.receipt).collect()).await;
+                    tracing::warn!(queue = %events.queue, error = %e, "cannot give back notifications received while stopping; they come back after their visibility timeout");
                 }
                 break;
             }
@@ -136,7 +144,14 @@ pub async fn run(dispatcher: Arc<Dispatcher>, events: Arc<S3Events>, shutdown: C
                 }
             }
         };
-        handle_batch(&dispatcher, &events, receipts.as_ref(), deliveries).await;
+        handle_batch(
+            functions.as_ref(),
+            &services,
+            &events,
+            receipts.as_ref(),
+            deliveries,
+        )
+        .await;
     }
     tracing::info!(queue = %events.queue, "stopped following S3 event notifications");
 }
@@ -144,7 +159,8 @@ pub async fn run(dispatcher: Arc<Dispatcher>, events: Arc<S3Events>, shutdown: C
 /// Hand a batch of notifications to the triggers, once this host knows
 /// the fleet's deployments as of the newest event in it, and settle each.
 async fn handle_batch(
-    dispatcher: &Dispatcher,
+    functions: &dyn Functions,
+    services: &Services,
     events: &S3Events,
     receipts: &dyn StateStore,
     deliveries: Vec<Delivery>,
@@ -163,17 +179,27 @@ async fn handle_batch(
         .map(|e| e.at_ms.unwrap_or_else(crate::clock::now_ms))
         .max();
     let known = match newest {
-        Some(at_ms) => dispatcher.know_deployments_as_of(at_ms).await,
+        Some(at_ms) => functions.caught_up(at_ms).await,
         None => Ok(()),
     };
-    let queues = dispatcher.queues();
+    let queues = services.queues();
     for (d, records) in read {
         let handled = match (records, &known) {
             (Err(e), _) => Err(Failure::Unreadable(e)),
             (Ok(records), Err(e)) if !records.is_empty() => Err(Failure::Retry(format!(
                 "this host may not know the triggers of the event yet: {e}"
             ))),
-            (Ok(records), _) => handle(dispatcher, events, receipts, &d.message.id, &records).await,
+            (Ok(records), _) => {
+                handle(
+                    functions,
+                    services,
+                    events,
+                    receipts,
+                    &d.message.id,
+                    &records,
+                )
+                .await
+            }
         };
         let settled = match handled {
             Ok(()) => queues.ack(d.receipt).await.map(drop),
@@ -211,19 +237,20 @@ fn read(body: &[u8]) -> Result<Vec<S3Event>, String> {
 /// Hand every object event of notification `message` to the triggers it
 /// concerns.
 async fn handle(
-    dispatcher: &Dispatcher,
+    functions: &dyn Functions,
+    services: &Services,
     events: &S3Events,
     receipts: &dyn StateStore,
     message: &str,
     records: &[S3Event],
 ) -> Result<(), Failure> {
-    let consumers = consumers(dispatcher);
+    let consumers = consumers(functions);
     for event in records {
-        let Some(change) = current(dispatcher, events, event).await? else {
+        let Some(change) = current(services, events, event).await? else {
             continue;
         };
         for c in consumers.iter().filter(|c| c.trigger.in_scope(&change)) {
-            hand_over(dispatcher, receipts, message, c, &change).await?;
+            hand_over(services.queues().as_ref(), receipts, message, c, &change).await?;
         }
     }
     Ok(())
@@ -232,7 +259,7 @@ async fn handle(
 /// The change an event stands for, if it is one of this host's buckets and
 /// still what S3 holds.
 async fn current(
-    dispatcher: &Dispatcher,
+    services: &Services,
     events: &S3Events,
     event: &S3Event,
 ) -> Result<Option<Change>, Failure> {
@@ -243,7 +270,7 @@ async fn current(
         tracing::warn!(bucket = %bucket, error = %e, "an S3 object whose key fnhost does not take is skipped");
         return Ok(None);
     }
-    let now = dispatcher
+    let now = services
         .blobs()
         .head(&bucket, &event.key)
         .await
@@ -277,7 +304,7 @@ async fn current(
 /// delivered (if `c` takes deletes) only when the receipt shows the object
 /// existed, once, and the receipt goes with it.
 async fn hand_over(
-    dispatcher: &Dispatcher,
+    queues: &dyn QueueBackend,
     receipts: &dyn StateStore,
     message: &str,
     c: &Consumer,
@@ -299,7 +326,7 @@ async fn hand_over(
         Turn::Later(why) => return Err(Failure::Retry(why)),
     };
     if c.trigger.matches(change) {
-        deliver(dispatcher, c, std::slice::from_ref(change)).await?;
+        deliver(queues, c, std::slice::from_ref(change)).await?;
     }
     receipt::settle(receipts, &key, version, etag).await?;
     Ok(())

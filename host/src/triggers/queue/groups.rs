@@ -190,8 +190,8 @@ mod tests {
     use super::*;
     use crate::backends::embedded::EmbeddedQueues;
     use crate::clock::ManualClock;
-    use crate::dispatcher::BindingStats;
     use crate::queue::NewMessage;
+    use crate::services::BindingStats;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
     use tokio::sync::Notify;

@@ -12,13 +12,14 @@
 //! is gone from the queue (see [`super::groups`], which keeps group order).
 
 use super::{backoff, random_unit};
-use crate::dispatcher::{Attempt, BindingStats, Deployed, Dispatcher};
+use crate::dispatcher::{Attempt, Deployed, Functions};
 use crate::exec::{
     BlobChange, ChangeKind, Event, Failure, Outcome, Output, QueueMessage, Reporter, TimerTick,
 };
 use crate::jobs::{JobOutput, JobState, JobStore, JobUpdate};
 use crate::manifest::{QueuePolicy, Source};
 use crate::queue::{Delivery, Message, NewMessage, QueueBackend, QueueError, Receipt, Settlement};
+use crate::services::{BindingStats, Services};
 use crate::task::BoxFuture;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -118,7 +119,8 @@ impl Ended {
 /// What one delivery is settled with: the binding as the worker found it.
 #[derive(Clone)]
 pub(super) struct Settle {
-    pub(super) dispatcher: Arc<Dispatcher>,
+    pub(super) functions: Arc<dyn Functions>,
+    pub(super) services: Arc<Services>,
     pub(super) backend: Arc<dyn QueueBackend>,
     pub(super) deployed: Arc<Deployed>,
     pub(super) policy: QueuePolicy,
@@ -167,7 +169,7 @@ impl Settle {
     pub(super) async fn process(&self, d: Delivery, slot: Slot) -> Ended {
         let job: Job = matches!(self.policy.source, Source::Jobs).then(|| {
             (
-                self.dispatcher.jobs().clone(),
+                self.services.jobs().clone(),
                 crate::jobs::job_id(&d.message),
             )
         });
@@ -204,7 +206,7 @@ impl Settle {
 
     /// A timer tick is over for good: on a fleet, the next may run.
     async fn tick_over(&self, m: &Message) {
-        let Some(fleet) = self.dispatcher.fleet() else {
+        let Some(fleet) = self.services.fleet() else {
             return;
         };
         let (Some(function), Ok(tick)) = (
@@ -293,11 +295,7 @@ impl Settle {
         let vis = self.policy.visibility_timeout;
         // Boxed: the invocation's future is large, and keeping it inline made
         // every spawn of this task copy it.
-        let mut invocation = Box::pin(self.dispatcher.invoke(
-            self.deployed.clone(),
-            event,
-            attempt,
-        ));
+        let mut invocation = self.functions.invoke(self.deployed.clone(), event, attempt);
         let mut renewing = true;
         loop {
             tokio::select! {
@@ -384,7 +382,7 @@ impl Settle {
                 body: o.body.clone(),
             }),
             error,
-            retention_ms: self.dispatcher.job_settings().retention.as_millis() as u64,
+            retention_ms: self.services.job_settings().retention.as_millis() as u64,
         }
     }
 
@@ -452,11 +450,7 @@ impl Settle {
 
     /// Callback: a finished job's record POSTed to its URL, if it has one.
     async fn callback(&self, jobs: &dyn JobStore, id: &str) {
-        self.dispatcher
-            .job_settings()
-            .callbacks
-            .send(jobs, id)
-            .await;
+        self.services.job_settings().callbacks.send(jobs, id).await;
     }
 
     /// The message to `reply_to`, if the message named one, telling how it
