@@ -40,8 +40,10 @@ use crate::services::Services;
 use settle::{Settle, Slot};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// Tokio's clock, so that tests on a paused runtime move it by hand.
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -397,85 +399,4 @@ fn lane_limit(limit: usize, index: usize, lanes: usize, per_receive: usize) -> u
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lanes_split_the_desired_instances_by_receive_size() {
-        let split = |limit| {
-            (0..4)
-                .map(|i| lane_limit(limit, i, 4, 10))
-                .collect::<Vec<_>>()
-        };
-        // SQS (10 a receive, 4 lanes): 16 wanted is one full receive and
-        // one of 6 in flight at once; past 40 the last lane takes the rest.
-        assert_eq!(split(16), [10, 6, 0, 0]);
-        assert_eq!(split(1), [1, 0, 0, 0]);
-        assert_eq!(split(64), [10, 10, 10, 34]);
-        // The embedded store: one lane takes everything.
-        assert_eq!(lane_limit(500, 0, 1, 1000), 500);
-    }
-
-    fn policy() -> QueuePolicy {
-        crate::manifest::QueueTrigger {
-            queue: "q".into(),
-            batch_size: None,
-            visibility_timeout: None,
-            max_attempts: None,
-            backoff_initial: Some("1s".into()),
-            backoff_max: Some("30s".into()),
-            min_concurrency: Some(0),
-            max_concurrency: Some(4),
-            target_backlog: Some(10),
-            scale_down_cooldown: None,
-        }
-        .policy()
-    }
-
-    #[test]
-    fn backoff_doubles_is_capped_and_jittered_into_the_upper_half() {
-        let p = policy();
-        assert_eq!(backoff(&p, 1, 1.0), Duration::from_secs(1));
-        assert_eq!(backoff(&p, 1, 0.0), Duration::from_millis(500));
-        assert_eq!(backoff(&p, 3, 1.0), Duration::from_secs(4));
-        assert_eq!(backoff(&p, 10, 1.0), Duration::from_secs(30));
-        assert_eq!(backoff(&p, 200, 0.0), Duration::from_secs(15));
-        let r = backoff(&p, 2, random_unit());
-        assert!(
-            r >= Duration::from_secs(1) && r <= Duration::from_secs(2),
-            "{r:?}"
-        );
-    }
-
-    #[test]
-    fn scaling_follows_the_backlog_up_at_once_and_down_after_the_cooldown() {
-        let p = policy();
-        let t0 = Instant::now();
-        let mut s = Scaler::new(0, Duration::from_secs(10));
-        assert_eq!(s.observe(0, &p, t0), 0, "zero when idle");
-        assert_eq!(s.observe(25, &p, t0), 3, "ceil(25 / 10)");
-        assert_eq!(s.observe(1000, &p, t0), 4, "capped at max");
-        assert_eq!(
-            s.observe(5, &p, t0 + Duration::from_secs(1)),
-            4,
-            "not down before the cooldown"
-        );
-        assert_eq!(s.observe(5, &p, t0 + Duration::from_secs(9)), 4);
-        assert_eq!(
-            s.observe(5, &p, t0 + Duration::from_secs(11)),
-            1,
-            "down after it"
-        );
-        assert_eq!(s.observe(0, &p, t0 + Duration::from_secs(12)), 1);
-        assert_eq!(
-            s.observe(0, &p, t0 + Duration::from_secs(22)),
-            0,
-            "back to zero"
-        );
-        assert_eq!(
-            s.observe(40, &p, t0 + Duration::from_secs(23)),
-            4,
-            "up again at once"
-        );
-    }
-}
+mod tests;
