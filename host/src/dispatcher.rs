@@ -11,6 +11,7 @@
 //! of wasm (that is the executor's).
 
 mod authority;
+pub mod events;
 mod fleet;
 mod routes;
 
@@ -30,8 +31,10 @@ use crate::registry::{Registry, RegistryError, VersionRecord};
 use crate::services::Services;
 use crate::task::BoxFuture;
 use crate::task::blocking;
+pub use events::{Delivered, InvocationEvent, InvocationInfo, InvocationSubscriber, TriggerKind};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 use tokio::sync::{Mutex, watch};
 use tracing::Instrument;
 
@@ -87,6 +90,8 @@ pub struct Dispatcher {
     services: Arc<Services>,
     /// Bumped whenever the active set changes, so triggers can follow.
     changes: watch::Sender<u64>,
+    /// Every invocation's start and end, to its subscribers.
+    events: events::Stream,
     /// The version of each fleet record this host last applied.
     seen: std::sync::Mutex<HashMap<String, String>>,
     /// When the last follow of the fleet's deployments that applied them
@@ -106,6 +111,8 @@ pub struct Attempt {
     pub checkpoint: Option<Vec<u8>>,
     /// Receives progress and checkpoints.
     pub reporter: Option<Arc<dyn crate::exec::Reporter>>,
+    /// The message it came from, when a queue delivered it.
+    pub delivered: Option<Delivered>,
 }
 
 impl Default for Attempt {
@@ -115,6 +122,7 @@ impl Default for Attempt {
             job_id: None,
             checkpoint: None,
             reporter: None,
+            delivered: None,
         }
     }
 }
@@ -194,6 +202,7 @@ impl Dispatcher {
             seen: Default::default(),
             followed_ms: Default::default(),
             changes: watch::Sender::new(0),
+            events: events::Stream::new(),
         });
         let records = blocking(move || registry.active_versions()).await?;
         for record in records {
@@ -460,6 +469,12 @@ impl Dispatcher {
         self.routes.read().unwrap().clone()
     }
 
+    /// Add a subscriber to the invocation event stream: it sees every
+    /// invocation's start and end from now on (see [`events`]).
+    pub fn subscribe_invocations(&self, subscriber: Arc<dyn InvocationSubscriber>) {
+        self.events.subscribe(subscriber);
+    }
+
     /// Invocations running now.
     pub fn in_flight(&self) -> usize {
         self.executor.in_flight()
@@ -510,6 +525,23 @@ impl Dispatcher {
             attempt = attempt.number,
         );
         let profile = deployed.profile.clone();
+        let now = now_ms();
+        let queued_since = match (&event, &attempt.delivered) {
+            (Event::Timer(tick), _) => Some(tick.scheduled_at_ms),
+            (_, Some(d)) => Some(d.enqueued_at_ms),
+            (Event::Queue(m), None) => Some(m.enqueued_at_ms),
+            _ => None,
+        };
+        let info = InvocationInfo {
+            id: id.clone(),
+            function: profile.function.clone(),
+            version: profile.version,
+            trigger: TriggerKind::of(&event, attempt.job_id.is_some()),
+            attempt: attempt.number,
+            job_id: attempt.job_id.clone(),
+            delivered: attempt.delivered,
+            queued: queued_since.map(|at| Duration::from_millis(now.saturating_sub(at))),
+        };
         let execution = Execution {
             invocation: Invocation {
                 id: id.clone(),
@@ -518,18 +550,18 @@ impl Dispatcher {
                 attempt: attempt.number,
                 job_id: attempt.job_id,
                 checkpoint: attempt.checkpoint,
-                deadline_ms: now_ms() + profile.limits.timeout.as_millis() as u64,
+                deadline_ms: now + profile.limits.timeout.as_millis() as u64,
             },
             profile,
             event,
         };
         let outcome = async {
-            let outcome = self.executor.execute(execution, attempt.reporter, wait).await?;
-            outcome.logs.emit();
-            match &outcome.result {
-                Ok(out) => tracing::debug!(status = out.status, fuel = outcome.fuel_used, elapsed_us = outcome.elapsed.as_micros() as u64, "invocation succeeded"),
-                Err(failure) => tracing::warn!(fuel = outcome.fuel_used, elapsed_us = outcome.elapsed.as_micros() as u64, reason = %crate::text::LogSafe(&failure.to_string()), "invocation failed"),
-            }
+            self.events.emit(InvocationEvent::Started(&info));
+            let outcome = self
+                .executor
+                .execute(execution, attempt.reporter, wait)
+                .await?;
+            self.events.emit(InvocationEvent::Ended(&info, &outcome));
             Ok(outcome)
         }
         .instrument(span)

@@ -296,6 +296,8 @@ pub struct Outcome {
     pub fuel_used: u64,
     /// Wall-clock time spent in the sandbox.
     pub elapsed: Duration,
+    /// The most linear memory the guest held at once, in bytes.
+    pub peak_memory_bytes: u64,
     /// The last progress the guest reported.
     pub progress: Option<(u8, String)>,
     /// What the guest wrote (capped).
@@ -418,6 +420,7 @@ mod tests {
                 limit: Duration::from_secs(3),
             })),
             fuel_used: 7,
+            peak_memory_bytes: 1 << 20,
             elapsed: Duration::from_millis(5),
             progress: Some((50, "half".into())),
             logs: Logs::default(),

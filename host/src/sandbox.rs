@@ -115,10 +115,7 @@ pub struct Stores {
     pub sensitive: Arc<std::collections::BTreeSet<String>>,
 }
 
-/// Denied guest calls recorded in the audit log per invocation; past it one
-/// more line says the rest were not, so a guest cannot flood the log and
-/// rotate others' entries away.
-pub const MAX_AUDITED_DENIALS: u32 = 8;
+pub use crate::exec::MAX_AUDITED_DENIALS;
 
 /// The per-invocation state the guest's imports see.
 pub struct HostState {
@@ -340,9 +337,11 @@ impl Sandbox {
         };
         let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
         let progress = store.data_mut().progress.take();
+        let peak_memory_bytes = store.data().limiter.memory_peak() as u64;
         Outcome {
             result,
             fuel_used,
+            peak_memory_bytes,
             elapsed: started.elapsed(),
             progress,
             logs: logs.into_logs(),

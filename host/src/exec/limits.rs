@@ -78,3 +78,8 @@ pub const MAX_LISTED: usize = 10_000;
 
 /// The most objects one guest `list-page` call returns.
 pub const MAX_PAGE: u32 = 1_000;
+
+/// Denied guest calls recorded in the audit log per invocation; past it one
+/// more line says the rest were not, so a guest cannot flood the log and
+/// rotate others' entries away.
+pub const MAX_AUDITED_DENIALS: u32 = 8;

@@ -117,6 +117,7 @@ impl Executor for LocalExecutor {
                     return Ok(Outcome {
                         result: Err(Failure::Trap(TrapReason::Host(e.to_string()))),
                         fuel_used: 0,
+                        peak_memory_bytes: 0,
                         elapsed: std::time::Duration::ZERO,
                         progress: None,
                         logs: Default::default(),

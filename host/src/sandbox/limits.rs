@@ -29,6 +29,12 @@ impl GuestLimiter {
         }
     }
 
+    /// The most linear memory the invocation held at once, in bytes (a
+    /// wasm memory only grows, so this is what it holds at the end).
+    pub(super) fn memory_peak(&self) -> usize {
+        self.memory_used
+    }
+
     /// The size of the refused growth, if growth was refused.
     pub(super) fn memory_refused(&self) -> Option<usize> {
         self.refused

@@ -95,6 +95,7 @@ pub fn ended(failure: Failure) -> Outcome {
     Outcome {
         result: Err(failure),
         fuel_used: 0,
+        peak_memory_bytes: 0,
         elapsed: Duration::ZERO,
         progress: None,
         logs: Default::default(),

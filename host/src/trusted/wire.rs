@@ -518,6 +518,7 @@ mod tests {
                     body: b"ok".to_vec(),
                 }),
                 fuel_used: 1,
+                peak_memory_bytes: 0,
                 elapsed: std::time::Duration::from_millis(2),
                 progress: None,
                 logs: Default::default(),

@@ -12,7 +12,7 @@
 //! is gone from the queue (see [`super::groups`], which keeps group order).
 
 use super::{backoff, random_unit};
-use crate::dispatcher::{Attempt, Deployed, Functions};
+use crate::dispatcher::{Attempt, Delivered, Deployed, Functions};
 use crate::exec::{
     BlobChange, ChangeKind, Event, Failure, Outcome, Output, QueueMessage, Reporter, TimerTick,
 };
@@ -265,7 +265,9 @@ impl Settle {
             let started = JobUpdate::Started {
                 attempt: m.dequeue_count,
             };
-            let _ = jobs.update(id.clone(), started).await;
+            if let Err(e) = jobs.update(id.clone(), started).await {
+                tracing::warn!(job = %id, error = %e, "cannot mark the job running; it runs, and its record catches up when it ends");
+            }
         }
         Ok(event)
     }
@@ -291,6 +293,11 @@ impl Settle {
             job_id: job.as_ref().map(|(_, id)| id.clone()),
             checkpoint,
             reporter: Some(Arc::new(reporter)),
+            delivered: Some(Delivered {
+                message_id: m.id.clone(),
+                correlation_id: m.correlation_id.clone(),
+                enqueued_at_ms: m.enqueued_at_ms,
+            }),
         };
         let vis = self.policy.visibility_timeout;
         // Boxed: the invocation's future is large, and keeping it inline made
@@ -356,9 +363,12 @@ impl Settle {
                     jobs.update(id.clone(), update)
                 });
                 let retry = self.backend.retry(receipt, delay, error);
+                let message = m.id.clone();
                 let pending: BoxFuture<'_, _> = Box::pin(async move {
-                    if let Some(update) = retrying {
-                        let _ = update.await;
+                    if let Some(update) = retrying
+                        && let Err(e) = update.await
+                    {
+                        tracing::warn!(message = %message, error = %e, "cannot mark the job retrying; its record catches up on the next attempt");
                     }
                     retry.await
                 });

@@ -210,6 +210,7 @@ impl Functions for Scripted {
             let outcome = Outcome {
                 result,
                 fuel_used: 0,
+                peak_memory_bytes: 0,
                 elapsed: started.elapsed(),
                 progress: None,
                 logs: Logs::default(),
