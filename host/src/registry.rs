@@ -375,7 +375,12 @@ impl Registry {
             digests
         };
         for digest in digests {
-            let _ = std::fs::remove_file(self.component_path(&digest));
+            let path = self.component_path(&digest);
+            if let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = ?path, error = %e, "the function is removed but its component file cannot be deleted; delete it by hand");
+            }
         }
         Ok(true)
     }

@@ -75,12 +75,20 @@ impl Supervisor {
                     () = sup.shutdown.cancelled() => break,
                 }
             }
-            for (_, worker) in sup.workers.drain() {
-                let _ = worker.await;
+            for ((function, what), worker) in sup.workers.drain() {
+                if let Err(e) = worker.await {
+                    tracing::error!(function = %function, trigger = %what, error = %e, "a trigger's loop ended abnormally");
+                }
             }
-            let _ = feed.await;
-            if let Some(s3_events) = s3_events {
-                let _ = s3_events.await;
+            for (what, task) in [
+                ("blob feed", Some(feed)),
+                ("S3 event notifications", s3_events),
+            ] {
+                if let Some(task) = task
+                    && let Err(e) = task.await
+                {
+                    tracing::error!(trigger = what, error = %e, "a trigger's loop ended abnormally");
+                }
             }
             sup.tracker.close();
         });

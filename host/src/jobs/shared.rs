@@ -224,7 +224,10 @@ impl JobStore for SharedJobs {
             };
             let queue = crate::names::job_queue(&job.function);
             if let Err(e) = self.queues.send(&queue, message).await {
-                let _ = self.state.delete(&record_key(&id)).await;
+                // The record without its message would say "queued" forever.
+                if let Err(forget) = self.state.delete(&record_key(&id)).await {
+                    tracing::error!(job = %id, error = %forget, "the job's message was not sent and its record cannot be removed; it stays queued until it expires");
+                }
                 return Err(e);
             }
             Ok(record)

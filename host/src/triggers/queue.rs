@@ -121,9 +121,15 @@ pub fn backoff(policy: &QueuePolicy, attempt: u32, jitter: f64) -> Duration {
     exp / 2 + exp.mul_f64(jitter.clamp(0.0, 1.0) / 2.0)
 }
 
+/// A uniform draw from [0, 1) for jitter. Without the OS's randomness
+/// (logged), the middle of the range: retries are then spread by their
+/// attempt times alone.
 fn random_unit() -> f64 {
     let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
+    if let Err(e) = getrandom::fill(&mut b) {
+        tracing::warn!(error = %e, "no randomness for retry jitter; using the middle of the range");
+        return 0.5;
+    }
     (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
 }
 

@@ -360,8 +360,11 @@ impl EmbeddedBlobs {
                 tx.commit().map_err(db)?;
                 // The old version's file, now unreferenced (a crash here
                 // leaves it for the next open's sweep).
-                if let Some(old) = old.filter(|o| *o != file) {
-                    let _ = std::fs::remove_file(inner.path(&bucket, &old));
+                if let Some(old) = old.filter(|o| *o != file)
+                    && let Err(e) = std::fs::remove_file(inner.path(&bucket, &old))
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(bucket = %bucket, error = %e, "cannot delete a replaced object's old file; the next open's sweep removes it");
                 }
                 drop(conn);
                 inner.notify.notify_one();

@@ -132,6 +132,7 @@ pub struct EmbeddedQueues {
 impl EmbeddedQueues {
     /// Open (or create) the store in `data_dir` and start its writer thread.
     pub fn open(data_dir: &Path, clock: Arc<dyn Clock>) -> Result<EmbeddedQueues, QueueError> {
+        messages::draw_lease_prefix()?;
         let mut conn = Connection::open(data_dir.join("queues.db")).map_err(db)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;

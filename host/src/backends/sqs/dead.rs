@@ -265,7 +265,9 @@ impl SqsQueues {
                         id: r.message.id.clone(),
                         lease: format!("{dlq}\n{handle}"),
                     };
-                    let _ = self.visibility(&back, Duration::ZERO).await;
+                    if let Err(e) = self.visibility(&back, Duration::ZERO).await {
+                        tracing::warn!(message = %r.message.id, error = %e, "a dead letter not redriven cannot be shown again at once; it reappears after its visibility timeout");
+                    }
                 }
             }
         }

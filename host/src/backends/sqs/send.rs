@@ -188,7 +188,9 @@ impl SqsQueues {
             .await;
         match sent {
             Ok(_) => {
-                let _ = self.deletes.delete(url, handle).await;
+                if let Err(e) = self.deletes.delete(url, handle).await {
+                    tracing::warn!(queue = %queue, error = %e, "a delayed message was sent again but its earlier copy cannot be deleted; that copy is delivered too (at least once)");
+                }
             }
             Err(e) => {
                 // Left to come back after its visibility timeout.

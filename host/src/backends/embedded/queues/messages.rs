@@ -175,22 +175,40 @@ const READY: &str = "FROM queue_messages m WHERE m.queue = ?1 AND m.visible_at_m
 static RECEIVE: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| format!("SELECT {MESSAGE_COLUMNS}, checkpoint, seq {READY}"));
 
+/// The random part of this process's lease tokens (see [`lease_token`]).
+static LEASE_PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Draw this process's lease prefix, once; a store opens only with one.
+/// Without the OS's randomness the prefix would be guessable (zeros), and
+/// a lease token must not be: refused, with the reason.
+pub(super) fn draw_lease_prefix() -> Result<(), QueueError> {
+    if LEASE_PREFIX.get().is_some() {
+        return Ok(());
+    }
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| {
+        QueueError::backend(format!(
+            "cannot draw the random part of lease tokens from the operating system ({e}); the queue store does not open without it"
+        ))
+    })?;
+    // Two stores opening at once: either draw serves.
+    let _ = LEASE_PREFIX.set(crate::files::hex(&b));
+    Ok(())
+}
+
 /// A fresh lease token for the row `seq`: the row number first, so a
 /// receipt finds its row by primary key (no index on message ids to keep up
 /// on every send and ack), then a token unguessable across restarts (a random
-/// prefix drawn once) and unique within the process (a counter), made
-/// without a syscall per message.
+/// prefix drawn when the store opened) and unique within the process (a
+/// counter), made without a syscall per message.
 fn lease_token(seq: i64) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
-    static PREFIX: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        let mut b = [0u8; 8];
-        let _ = getrandom::fill(&mut b);
-        crate::files::hex(&b)
-    });
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = LEASE_PREFIX
+        .get()
+        .expect("the lease prefix is drawn when the store opens");
     format!(
-        "{seq}.{}{:016x}",
-        *PREFIX,
+        "{seq}.{prefix}{:016x}",
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }
