@@ -1,16 +1,25 @@
-//! One suite of queue checks, run against every `QueueBackend`: the
-//! embedded store always, SQS against a local moto server. A new backend
-//! is proven by passing it. Where a backend lacks a feature (it says so in
+//! One suite of queue checks, run against every `QueueBackend` stack a
+//! host composes: the embedded store; the routed stack over it (users'
+//! queues on one store, the host's own on another); the sealed stack over
+//! it (sensitive queues sealed to the trusted worker; the suite's queues
+//! are not sensitive, so every call goes through the decorator to the
+//! store and back); SQS against a local moto server; and the routed stack
+//! over SQS (the host's own queues embedded, users' on SQS, as a host with
+//! `[queues] backend = "sqs"` runs). A new backend or decorator is proven
+//! by passing it. Where a backend lacks a feature (it says so in
 //! `features`), the check asserts the refusal and its message instead.
 //! Real time, short: leases of 1-2 s.
 
 use fnhost::backends::aws::Target;
 use fnhost::backends::embedded::EmbeddedQueues;
+use fnhost::backends::routed::RoutedQueues;
 use fnhost::backends::s3state::S3State;
+use fnhost::backends::sealed_queues::{Opener, SealedQueues, Sealer};
 use fnhost::backends::sqs::{SqsQueues, SqsSettings};
 use fnhost::clock::SystemClock;
 use fnhost::queue::{Delivery, NewMessage, QueueBackend, QueueError, Settlement};
 use fnhost::state::StateStore;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -66,6 +75,56 @@ async fn sqs(name: &str) -> Under {
         checkpoints: Some(state),
         _dir: None,
     }
+}
+
+/// Users' queues on one embedded store, the host's own on another.
+async fn routed_embedded(name: &str) -> Under {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |sub: &str| -> Arc<dyn QueueBackend> {
+        let path = dir.path().join(sub);
+        std::fs::create_dir(&path).unwrap();
+        Arc::new(EmbeddedQueues::open(&path, Arc::new(SystemClock)).unwrap())
+    };
+    let backend = RoutedQueues {
+        host: open("host"),
+        user: open("user"),
+        fleet: false,
+        blob_queues: false,
+    };
+    Under {
+        backend: Arc::new(backend),
+        queue: name.to_string(),
+        checkpoints: None,
+        _dir: Some(dir),
+    }
+}
+
+/// The embedded store behind the sealing decorator of a host with a
+/// sensitive queue (not the suite's).
+async fn sealed_embedded(name: &str) -> Under {
+    let mut u = embedded(name).await;
+    let keys = u._dir.as_ref().unwrap().path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let opener = Opener::open_or_create(&keys).unwrap();
+    let sealer = Sealer::new(opener.public_key()).unwrap();
+    let sensitive = Arc::new(BTreeSet::from(["vault".to_string()]));
+    u.backend = Arc::new(SealedQueues::new(u.backend, sensitive, sealer));
+    u
+}
+
+/// The host's own queues embedded, users' on SQS (moto).
+async fn routed_sqs(name: &str) -> Under {
+    let mut u = sqs(name).await;
+    let dir = tempfile::tempdir().unwrap();
+    let host = EmbeddedQueues::open(dir.path(), Arc::new(SystemClock)).unwrap();
+    u.backend = Arc::new(RoutedQueues {
+        host: Arc::new(host),
+        user: u.backend,
+        fleet: false,
+        blob_queues: false,
+    });
+    u._dir = Some(dir);
+    u
 }
 
 fn target(moto: &fnhost_tests::Moto) -> Target {
@@ -470,7 +529,7 @@ macro_rules! suites {
     };
 }
 
-suites!(embedded, sqs: [
+suites!(embedded, routed_embedded, sealed_embedded, sqs, routed_sqs: [
     a_message_round_trips_with_everything_it_carries,
     a_lease_hides_a_message_until_it_runs_out,
     renewing_keeps_a_message_hidden,
