@@ -2,11 +2,17 @@
 //! the queue API, with the delivery semantics users know from SQS and Azure
 //! queues (see `docs/architecture.md`, "Queues").
 //!
-//! [`QueueBackend`] is the seam: the embedded SQLite store
-//! (`backends::embedded::EmbeddedQueues`) is the default, Amazon SQS
-//! (`backends::sqs`) sits behind the same trait, and a caller asks
-//! [`QueueBackend::features`] what a backend has. Backends store and lease
-//! messages; they know
+//! [`QueueBackend`] is the seam, in two halves: [`QueueDelivery`] (send,
+//! receive, settle, renew, release, checkpoint, and the counts that
+//! scaling and timers follow), which is all the triggers are given, and
+//! [`QueueAdmin`] (stats, peek, dead letters, redrive, purge) for the admin
+//! API. The embedded SQLite store (`backends::embedded::EmbeddedQueues`) is
+//! the default, Amazon SQS (`backends::sqs`) implements the same traits,
+//! and a caller asks [`QueueDelivery::features`] what a backend has.
+//! Decorators (`backends::routed`, `backends::sealed_queues`) implement
+//! both halves under `#[deny(clippy::missing_trait_methods)]`, so a method
+//! they do not forward fails the lint (CI runs it) instead of silently
+//! falling back to a default. Backends store and lease messages; they know
 //! nothing of wasm, functions or HTTP. Retry policy (backoff, attempt limits)
 //! is the caller's; the backend only does what it is told.
 
@@ -252,11 +258,6 @@ pub struct QueueFeatures {
     pub peek: bool,
     /// Checkpoints can be saved on a leased message.
     pub checkpoints: bool,
-    /// `pending` is exact (not an estimate).
-    pub exact_pending: bool,
-    /// A settlement and its replies are one durable step (otherwise the
-    /// replies go first and may be sent again if the host dies in between).
-    pub atomic_replies: bool,
     /// The largest body, in bytes.
     pub max_body_bytes: usize,
     /// The most messages one receive hands over.
@@ -274,8 +275,6 @@ impl QueueFeatures {
         dedup: true,
         peek: true,
         checkpoints: true,
-        exact_pending: true,
-        atomic_replies: true,
         max_body_bytes: MAX_BODY_BYTES,
         max_receive: 1000,
         long_poll: Duration::from_millis(250),
@@ -310,8 +309,17 @@ impl QueueFeatures {
     }
 }
 
-/// A durable queue store. Every method's effect is durable when it returns `Ok`.
-pub trait QueueBackend: Send + Sync {
+/// A durable queue store: what delivery uses ([`QueueDelivery`]) and what
+/// the admin API uses ([`QueueAdmin`]), implemented by every backend and
+/// forwarded by every decorator. Every method's effect is durable when it
+/// returns `Ok`.
+pub trait QueueBackend: QueueDelivery + QueueAdmin {}
+
+impl<T: QueueDelivery + QueueAdmin + ?Sized> QueueBackend for T {}
+
+/// The half of a queue store that delivery uses: send, receive, settle,
+/// renew, release, checkpoint, and the counts scaling and timers follow.
+pub trait QueueDelivery: Send + Sync {
     /// What this backend can do for `queue`.
     fn features(&self, queue: &str) -> QueueFeatures {
         let _ = queue;
@@ -412,24 +420,23 @@ pub trait QueueBackend: Send + Sync {
             Vec::new(),
         )
     }
-    /// Counts for one queue.
-    fn stats(&self, queue: &str) -> BoxFuture<'_, Result<QueueStats, QueueError>>;
     /// The backlog that scaling follows (messages receivable now or leased),
     /// counted up to `cap`: a scaler never needs more than enough to reach
     /// its maximum, and counting further would cost a visit per message.
-    fn backlog(&self, queue: &str, cap: u64) -> BoxFuture<'_, Result<u64, QueueError>> {
-        let stats = self.stats(queue);
-        Box::pin(async move {
-            let s = stats.await?;
-            Ok((s.ready + s.in_flight).min(cap))
-        })
-    }
+    fn backlog(&self, queue: &str, cap: u64) -> BoxFuture<'_, Result<u64, QueueError>>;
     /// Every message of the queue (receivable, delayed or leased), counted
     /// up to `cap`, in step with the operations handed to the store before
     /// this call: a settlement already handed over is counted as done, even
     /// if its commit is still to come (`stats` may answer from a snapshot
     /// taken before it).
     fn pending(&self, queue: &str, cap: u64) -> BoxFuture<'_, Result<u64, QueueError>>;
+}
+
+/// The half of a queue store that the admin API uses: counts, a look at
+/// messages and dead letters, redrive and purge.
+pub trait QueueAdmin: Send + Sync {
+    /// Counts for one queue.
+    fn stats(&self, queue: &str) -> BoxFuture<'_, Result<QueueStats, QueueError>>;
     /// Names of queues that hold messages or dead letters.
     fn queues(&self) -> BoxFuture<'_, Result<Vec<String>, QueueError>>;
     /// Look at up to `max` messages without leasing them, in delivery order.

@@ -14,7 +14,7 @@ use crate::backends::s3blobs::S3Events;
 use crate::blobs::BlobBackend;
 use crate::jobs::{JobSettings, JobStore};
 use crate::manifest::Sensitive;
-use crate::queue::QueueBackend;
+use crate::queue::{QueueBackend, QueueDelivery};
 use crate::registry::Registry;
 use crate::state::StateStore;
 use std::collections::HashMap;
@@ -24,6 +24,7 @@ use std::sync::atomic::AtomicUsize;
 /// The host's stores and settings, shared by every trigger and handler.
 pub struct Services {
     queues: Arc<dyn QueueBackend>,
+    delivery: Arc<dyn QueueDelivery>,
     jobs: Arc<dyn JobStore>,
     job_settings: JobSettings,
     blobs: Arc<dyn BlobBackend>,
@@ -54,6 +55,7 @@ impl Services {
         sensitive: Arc<Sensitive>,
     ) -> Services {
         Services {
+            delivery: backends.queues.clone(),
             queues: backends.queues,
             jobs: backends.jobs,
             job_settings,
@@ -66,9 +68,15 @@ impl Services {
         }
     }
 
-    /// The queue backend.
+    /// The queues, both halves: delivery's and the admin API's.
     pub fn queues(&self) -> &Arc<dyn QueueBackend> {
         &self.queues
+    }
+
+    /// The queues as delivery uses them (send, receive, settle, renew,
+    /// release, checkpoint): what the triggers are given.
+    pub fn delivery(&self) -> &Arc<dyn QueueDelivery> {
+        &self.delivery
     }
 
     /// The job store.

@@ -17,7 +17,7 @@ use fnhost::backends::s3state::S3State;
 use fnhost::backends::sealed_queues::{Opener, SealedQueues, Sealer};
 use fnhost::backends::sqs::{SqsQueues, SqsSettings};
 use fnhost::clock::SystemClock;
-use fnhost::queue::{Delivery, NewMessage, QueueBackend, QueueError, Settlement};
+use fnhost::queue::{Delivery, NewMessage, QueueBackend, QueueDelivery, QueueError, Settlement};
 use fnhost::state::StateStore;
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -8,6 +8,7 @@ use crate::queue::{
     DeadLetter, Delivery, Message, NewMessage, QueueBackend, QueueError, QueueFeatures, QueueStats,
     Receipt, Sent, Settlement,
 };
+use crate::queue::{QueueAdmin, QueueDelivery};
 use crate::task::BoxFuture;
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,7 +74,22 @@ fn err<'a, T: Send + 'a>(e: QueueError) -> BoxFuture<'a, Result<T, QueueError>> 
     Box::pin(async move { Err(e) })
 }
 
-impl QueueBackend for RoutedQueues {
+/// A receive's deliveries, their receipts tagged with the backend they came from.
+fn tagged<'a>(
+    tag: &'static str,
+    receiving: BoxFuture<'a, Result<Vec<Delivery>, QueueError>>,
+) -> BoxFuture<'a, Result<Vec<Delivery>, QueueError>> {
+    Box::pin(async move {
+        let mut got = receiving.await?;
+        for d in &mut got {
+            d.receipt.lease = format!("{tag}{}", d.receipt.lease);
+        }
+        Ok(got)
+    })
+}
+
+#[deny(clippy::missing_trait_methods)]
+impl QueueDelivery for RoutedQueues {
     fn features(&self, queue: &str) -> QueueFeatures {
         self.of(queue).0.features(queue)
     }
@@ -90,6 +106,16 @@ impl QueueBackend for RoutedQueues {
         self.of(queue).0.send_batch(queue, msgs)
     }
 
+    fn receive(
+        &self,
+        queue: &str,
+        max: usize,
+        visibility: Duration,
+    ) -> BoxFuture<'_, Result<Vec<Delivery>, QueueError>> {
+        let (backend, tag) = self.of(queue);
+        tagged(tag, backend.receive(queue, max, visibility))
+    }
+
     fn receive_waiting(
         &self,
         queue: &str,
@@ -98,14 +124,26 @@ impl QueueBackend for RoutedQueues {
         wait: Duration,
     ) -> BoxFuture<'_, Result<Vec<Delivery>, QueueError>> {
         let (backend, tag) = self.of(queue);
-        let receiving = backend.receive_waiting(queue, max, visibility, wait);
-        Box::pin(async move {
-            let mut got = receiving.await?;
-            for d in &mut got {
-                d.receipt.lease = format!("{tag}{}", d.receipt.lease);
-            }
-            Ok(got)
-        })
+        tagged(tag, backend.receive_waiting(queue, max, visibility, wait))
+    }
+
+    fn ack(&self, receipt: Receipt) -> BoxFuture<'_, Result<bool, QueueError>> {
+        match self.unwrap(receipt) {
+            Ok((b, r)) => b.ack(r),
+            Err(e) => err(e),
+        }
+    }
+
+    fn dead_letter(
+        &self,
+        receipt: Receipt,
+        error: String,
+        function: Option<String>,
+    ) -> BoxFuture<'_, Result<bool, QueueError>> {
+        match self.unwrap(receipt) {
+            Ok((b, r)) => b.dead_letter(r, error, function),
+            Err(e) => err(e),
+        }
     }
 
     fn settle(
@@ -200,16 +238,19 @@ impl QueueBackend for RoutedQueues {
         self.of(queue).0.bury(queue, msg, error)
     }
 
-    fn stats(&self, queue: &str) -> BoxFuture<'_, Result<QueueStats, QueueError>> {
-        self.of(queue).0.stats(queue)
-    }
-
     fn backlog(&self, queue: &str, cap: u64) -> BoxFuture<'_, Result<u64, QueueError>> {
         self.of(queue).0.backlog(queue, cap)
     }
 
     fn pending(&self, queue: &str, cap: u64) -> BoxFuture<'_, Result<u64, QueueError>> {
         self.of(queue).0.pending(queue, cap)
+    }
+}
+
+#[deny(clippy::missing_trait_methods)]
+impl QueueAdmin for RoutedQueues {
+    fn stats(&self, queue: &str) -> BoxFuture<'_, Result<QueueStats, QueueError>> {
+        self.of(queue).0.stats(queue)
     }
 
     fn queues(&self) -> BoxFuture<'_, Result<Vec<String>, QueueError>> {

@@ -21,6 +21,7 @@ use crate::queue::{
     DeadLetter, Delivery, Message, NewMessage, QueueBackend, QueueError, QueueFeatures, QueueStats,
     Receipt, Sent, Settlement,
 };
+use crate::queue::{QueueAdmin, QueueDelivery};
 use crate::task::BoxFuture;
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::agreement::{self, PrivateKey, UnparsedPublicKey, X25519};
@@ -234,7 +235,8 @@ fn err<'a, T: Send + 'a>(e: QueueError) -> BoxFuture<'a, Result<T, QueueError>> 
     Box::pin(async move { Err(e) })
 }
 
-impl QueueBackend for SealedQueues {
+#[deny(clippy::missing_trait_methods)]
+impl QueueDelivery for SealedQueues {
     fn features(&self, queue: &str) -> QueueFeatures {
         self.inner.features(queue)
     }
@@ -292,6 +294,19 @@ impl QueueBackend for SealedQueues {
         }
     }
 
+    fn ack(&self, receipt: Receipt) -> BoxFuture<'_, Result<bool, QueueError>> {
+        self.inner.ack(receipt)
+    }
+
+    fn dead_letter(
+        &self,
+        receipt: Receipt,
+        error: String,
+        function: Option<String>,
+    ) -> BoxFuture<'_, Result<bool, QueueError>> {
+        self.inner.dead_letter(receipt, error, function)
+    }
+
     fn retry(
         &self,
         receipt: Receipt,
@@ -333,16 +348,19 @@ impl QueueBackend for SealedQueues {
         }
     }
 
-    fn stats(&self, queue: &str) -> BoxFuture<'_, Result<QueueStats, QueueError>> {
-        self.inner.stats(queue)
-    }
-
     fn backlog(&self, queue: &str, cap: u64) -> BoxFuture<'_, Result<u64, QueueError>> {
         self.inner.backlog(queue, cap)
     }
 
     fn pending(&self, queue: &str, cap: u64) -> BoxFuture<'_, Result<u64, QueueError>> {
         self.inner.pending(queue, cap)
+    }
+}
+
+#[deny(clippy::missing_trait_methods)]
+impl QueueAdmin for SealedQueues {
+    fn stats(&self, queue: &str) -> BoxFuture<'_, Result<QueueStats, QueueError>> {
+        self.inner.stats(queue)
     }
 
     fn queues(&self) -> BoxFuture<'_, Result<Vec<String>, QueueError>> {

@@ -31,9 +31,10 @@ mod urls;
 
 use crate::clock::Clock;
 use crate::queue::{
-    DeadLetter, Delivery, Message, NewMessage, QueueBackend, QueueError, QueueFeatures, QueueStats,
-    Receipt, Sent, Settlement,
+    DeadLetter, Delivery, Message, NewMessage, QueueError, QueueFeatures, QueueStats, Receipt,
+    Sent, Settlement,
 };
+use crate::queue::{QueueAdmin, QueueDelivery};
 use crate::task::BoxFuture;
 use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::{
@@ -229,7 +230,7 @@ where
     }
 }
 
-impl QueueBackend for SqsQueues {
+impl QueueDelivery for SqsQueues {
     fn features(&self, queue: &str) -> QueueFeatures {
         let fifo = self.is_fifo(queue);
         QueueFeatures {
@@ -238,8 +239,6 @@ impl QueueBackend for SqsQueues {
             dedup: fifo,
             peek: false,
             checkpoints: self.checkpoints.is_some(),
-            exact_pending: false,
-            atomic_replies: false,
             max_body_bytes: MAX_SQS_MESSAGE,
             max_receive: 10,
             long_poll: crate::queue::MAX_WAIT,
@@ -427,6 +426,24 @@ impl QueueBackend for SqsQueues {
         })
     }
 
+    fn backlog(&self, queue: &str, cap: u64) -> BoxFuture<'_, Result<u64, QueueError>> {
+        let queue = queue.to_string();
+        Box::pin(async move {
+            let (ready, _, in_flight) = self.counts(&queue).await?.unwrap_or_default();
+            Ok((ready + in_flight).min(cap))
+        })
+    }
+
+    fn pending(&self, queue: &str, cap: u64) -> BoxFuture<'_, Result<u64, QueueError>> {
+        let queue = queue.to_string();
+        Box::pin(async move {
+            let (ready, delayed, in_flight) = self.counts(&queue).await?.unwrap_or_default();
+            Ok((ready + delayed + in_flight).min(cap))
+        })
+    }
+}
+
+impl QueueAdmin for SqsQueues {
     fn stats(&self, queue: &str) -> BoxFuture<'_, Result<QueueStats, QueueError>> {
         let queue = queue.to_string();
         Box::pin(async move {
@@ -444,22 +461,6 @@ impl QueueBackend for SqsQueues {
                 dead_letters: dead,
                 oldest_ready_age_ms: None,
             })
-        })
-    }
-
-    fn backlog(&self, queue: &str, cap: u64) -> BoxFuture<'_, Result<u64, QueueError>> {
-        let queue = queue.to_string();
-        Box::pin(async move {
-            let (ready, _, in_flight) = self.counts(&queue).await?.unwrap_or_default();
-            Ok((ready + in_flight).min(cap))
-        })
-    }
-
-    fn pending(&self, queue: &str, cap: u64) -> BoxFuture<'_, Result<u64, QueueError>> {
-        let queue = queue.to_string();
-        Box::pin(async move {
-            let (ready, delayed, in_flight) = self.counts(&queue).await?.unwrap_or_default();
-            Ok((ready + delayed + in_flight).min(cap))
         })
     }
 

@@ -21,7 +21,7 @@ pub mod s3;
 use crate::blobs::{BlobError, Change, ChangeFeed, ChangeKind, Cursor};
 use crate::dispatcher::Functions;
 use crate::manifest::BlobTrigger;
-use crate::queue::QueueBackend;
+use crate::queue::QueueDelivery;
 use crate::queue::{NewMessage, QueueError};
 use crate::services::Services;
 use std::sync::Arc;
@@ -62,7 +62,7 @@ pub async fn run(
     };
     let wake = blobs.notifier().unwrap_or_else(|| Arc::new(Notify::new()));
     let mut changes = functions.subscribe();
-    let queues = services.queues().as_ref();
+    let queues = services.delivery().as_ref();
     // Not at once: a function that failed to load at start would lose its
     // cursor before it is fixed.
     let mut pruned = Instant::now();
@@ -114,7 +114,7 @@ pub(crate) fn consumers(functions: &dyn Functions) -> Vec<Consumer> {
 
 /// Move one consumer forward by a page; true when there may be more.
 async fn pump(
-    queues: &dyn QueueBackend,
+    queues: &dyn QueueDelivery,
     blobs: &dyn ChangeFeed,
     c: &Consumer,
 ) -> Result<bool, FeedError> {
@@ -166,7 +166,7 @@ async fn pump(
 /// Deliver every stored object the consumer matches and has no receipt
 /// for, then start it at the feed's current end.
 async fn reconcile(
-    queues: &dyn QueueBackend,
+    queues: &dyn QueueDelivery,
     blobs: &dyn ChangeFeed,
     c: &Consumer,
     spec: String,
@@ -223,7 +223,7 @@ fn reconciling(spec: &str) -> String {
 /// goes straight to the queue's dead letters with the reason, so it never
 /// holds up the changes behind it.
 pub(crate) async fn deliver(
-    queues: &dyn QueueBackend,
+    queues: &dyn QueueDelivery,
     c: &Consumer,
     changes: &[Change],
 ) -> Result<(), FeedError> {

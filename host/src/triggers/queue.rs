@@ -208,7 +208,7 @@ impl Worker {
     /// (lane `i` of `n`: instances `i × max_receive` up to the next lane's,
     /// the last lane taking the rest).
     async fn lane(self, index: usize, lanes: usize) {
-        let backend = self.services.queues().clone();
+        let backend = self.services.delivery().clone();
         let done = Arc::new(Notify::new());
         let stats = self.services.binding_stats(&self.function, &self.queue);
         // This lane's instances running now (stats.running counts all lanes').

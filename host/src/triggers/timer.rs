@@ -219,7 +219,7 @@ impl Scheduler {
     /// it. On a fleet, only once this host has claimed it; `next` is the
     /// due time after it.
     async fn fire(&self, state: &mut TimerState, tick: Tick, next: Option<u64>) {
-        let queues = self.services.queues();
+        let queues = self.services.delivery();
         let queue = TimerTrigger::queue(&self.function);
         let fleet = self.services.fleet().cloned();
         if let Some(fleet) = &fleet {
@@ -270,7 +270,7 @@ impl Scheduler {
         tick: Tick,
         fleet: Option<&dyn crate::state::StateStore>,
     ) {
-        let queues = self.services.queues();
+        let queues = self.services.delivery();
         let queue = TimerTrigger::queue(&self.function);
         let msg = NewMessage {
             body: serde_json::to_vec(&tick).expect("a tick serializes"),

@@ -34,9 +34,10 @@ mod writer;
 
 use crate::jobs::{JobRecord, JobStore, JobUpdate, NewJob};
 use crate::queue::{
-    Clock, DeadLetter, Delivery, Message, NewMessage, QueueBackend, QueueError, QueueStats,
-    Receipt, Sent, Settlement,
+    Clock, DeadLetter, Delivery, Message, NewMessage, QueueError, QueueStats, Receipt, Sent,
+    Settlement,
 };
+use crate::queue::{QueueAdmin, QueueDelivery};
 use crate::task::BoxFuture;
 use messages::MESSAGE_COLUMNS;
 use ops::{Answer, Op, Req};
@@ -330,7 +331,7 @@ fn db(e: rusqlite::Error) -> QueueError {
     QueueError::caused_by(e)
 }
 
-impl QueueBackend for EmbeddedQueues {
+impl QueueDelivery for EmbeddedQueues {
     fn send(&self, queue: &str, msg: NewMessage) -> BoxFuture<'_, Result<Sent, QueueError>> {
         let fut = self.send_batch(queue, vec![msg]);
         Box::pin(async move { Ok(fut.await?.remove(0)) })
@@ -442,19 +443,21 @@ impl QueueBackend for EmbeddedQueues {
         })
     }
 
-    fn stats(&self, queue: &str) -> BoxFuture<'_, Result<QueueStats, QueueError>> {
-        self.call(Req::Stats(queue.to_string()), |a| match a {
-            Answer::Stats(s) => Some(s),
-            _ => None,
-        })
-    }
-
     fn backlog(&self, queue: &str, cap: u64) -> BoxFuture<'_, Result<u64, QueueError>> {
         self.call(Req::Backlog(queue.to_string(), cap), count)
     }
 
     fn pending(&self, queue: &str, cap: u64) -> BoxFuture<'_, Result<u64, QueueError>> {
         self.call(Req::Pending(queue.to_string(), cap), count)
+    }
+}
+
+impl QueueAdmin for EmbeddedQueues {
+    fn stats(&self, queue: &str) -> BoxFuture<'_, Result<QueueStats, QueueError>> {
+        self.call(Req::Stats(queue.to_string()), |a| match a {
+            Answer::Stats(s) => Some(s),
+            _ => None,
+        })
     }
 
     fn queues(&self) -> BoxFuture<'_, Result<Vec<String>, QueueError>> {

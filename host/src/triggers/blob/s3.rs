@@ -42,7 +42,7 @@ use super::{Consumer, FeedError, consumers, deliver};
 use crate::backends::s3blobs::{S3Event, S3Events, parse_notification};
 use crate::blobs::{Change, ChangeKind};
 use crate::dispatcher::Functions;
-use crate::queue::QueueBackend;
+use crate::queue::QueueDelivery;
 use crate::queue::{Delivery, Settlement};
 use crate::services::Services;
 use crate::state::{StateError, StateStore};
@@ -92,7 +92,7 @@ pub async fn run(
         tracing::error!(queue = %events.queue, "buckets on S3 keep their receipts in the fleet's state, and this host has none; not following their event notifications");
         return;
     };
-    let queues = services.queues().clone();
+    let queues = services.delivery().clone();
     let features = queues.features(&events.queue);
     let mut set_up: HashSet<String> = HashSet::new();
     tracing::info!(queue = %events.queue, "following S3 event notifications");
@@ -182,7 +182,7 @@ async fn handle_batch(
         Some(at_ms) => functions.caught_up(at_ms).await,
         None => Ok(()),
     };
-    let queues = services.queues();
+    let queues = services.delivery();
     for (d, records) in read {
         let handled = match (records, &known) {
             (Err(e), _) => Err(Failure::Unreadable(e)),
@@ -250,7 +250,7 @@ async fn handle(
             continue;
         };
         for c in consumers.iter().filter(|c| c.trigger.in_scope(&change)) {
-            hand_over(services.queues().as_ref(), receipts, message, c, &change).await?;
+            hand_over(services.delivery().as_ref(), receipts, message, c, &change).await?;
         }
     }
     Ok(())
@@ -304,7 +304,7 @@ async fn current(
 /// delivered (if `c` takes deletes) only when the receipt shows the object
 /// existed, once, and the receipt goes with it.
 async fn hand_over(
-    queues: &dyn QueueBackend,
+    queues: &dyn QueueDelivery,
     receipts: &dyn StateStore,
     message: &str,
     c: &Consumer,

@@ -13,7 +13,7 @@
 //! and it runs only while this host is sure to hold it. When a message
 //! does not end gone (a retry, a lost lease, a failed settlement) or the
 //! host stops, the rest of the chain is given back unrun
-//! (`QueueBackend::release`). On SQS FIFO they stay behind it: no message
+//! (`QueueDelivery::release`). On SQS FIFO they stay behind it: no message
 //! of a group is handed out while one of it is in flight. The embedded
 //! store hands out one message per group at a time, so its chains are
 //! single messages.
@@ -21,7 +21,7 @@
 //! Knows nothing of what a delivery does ([`super::settle`] does it).
 
 use super::settle::{Ended, Slot};
-use crate::queue::{Delivery, QueueBackend};
+use crate::queue::{Delivery, QueueDelivery};
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -71,7 +71,7 @@ pub(super) struct Chain {
 /// message once the one before it is gone from the queue; the rest given
 /// back when one comes back or `shutdown` is cancelled.
 pub(super) async fn run<F, Run>(
-    backend: &dyn QueueBackend,
+    backend: &dyn QueueDelivery,
     chain: Chain,
     shutdown: CancellationToken,
     mut process: F,
@@ -122,7 +122,11 @@ pub(super) async fn run<F, Run>(
 /// Renew a waiting message's lease before it runs, so this host holds it
 /// for a whole visibility timeout from now; else why not. A lease that may
 /// have run out is not renewed: SQS may accept a stale receipt.
-async fn confirm(backend: &dyn QueueBackend, w: &mut Waiting, vis: Duration) -> Result<(), String> {
+async fn confirm(
+    backend: &dyn QueueDelivery,
+    w: &mut Waiting,
+    vis: Duration,
+) -> Result<(), String> {
     let asked = Instant::now();
     if asked >= w.held_until {
         return Err("its lease may have run out".into());
@@ -144,7 +148,7 @@ async fn confirm(backend: &dyn QueueBackend, w: &mut Waiting, vis: Duration) -> 
 /// visibility timeout, for as long as the message before them runs (never
 /// returns).
 async fn keep_leased(
-    backend: &dyn QueueBackend,
+    backend: &dyn QueueDelivery,
     waiting: &mut VecDeque<Waiting>,
     renew_at: &mut Instant,
     vis: Duration,
@@ -170,7 +174,7 @@ async fn keep_leased(
 
 /// Give back the messages of a chain that will not run now, unrun; each
 /// gives back its instance. Leases that may have run out are left alone.
-async fn give_back(backend: &dyn QueueBackend, rest: VecDeque<Waiting>) {
+async fn give_back(backend: &dyn QueueDelivery, rest: VecDeque<Waiting>) {
     let now = Instant::now();
     let receipts: Vec<_> = rest
         .into_iter()

@@ -18,7 +18,7 @@ use crate::exec::{
 };
 use crate::jobs::{JobOutput, JobState, JobStore, JobUpdate};
 use crate::manifest::{QueuePolicy, Source};
-use crate::queue::{Delivery, Message, NewMessage, QueueBackend, QueueError, Receipt, Settlement};
+use crate::queue::{Delivery, Message, NewMessage, QueueDelivery, QueueError, Receipt, Settlement};
 use crate::services::{BindingStats, Services};
 use crate::task::BoxFuture;
 use std::sync::Arc;
@@ -121,7 +121,7 @@ impl Ended {
 pub(super) struct Settle {
     pub(super) functions: Arc<dyn Functions>,
     pub(super) services: Arc<Services>,
-    pub(super) backend: Arc<dyn QueueBackend>,
+    pub(super) backend: Arc<dyn QueueDelivery>,
     pub(super) deployed: Arc<Deployed>,
     pub(super) policy: QueuePolicy,
 }
@@ -130,7 +130,7 @@ pub(super) struct Settle {
 /// (the next delivery carries them, to this function only), progress on
 /// the job record for jobs.
 struct DeliveryReporter {
-    backend: Arc<dyn QueueBackend>,
+    backend: Arc<dyn QueueDelivery>,
     receipt: crate::queue::Receipt,
     job: Option<(Arc<dyn JobStore>, String)>,
     /// The function that runs: its checkpoints are its own.
@@ -433,7 +433,7 @@ impl Settle {
     /// Wait for the settlement; true when it took effect. A reply the store
     /// refuses (a message stored by an older version, say) must not keep
     /// the message forever: it is settled again without the reply (nothing
-    /// was applied, see `QueueBackend::settle`).
+    /// was applied, see `QueueDelivery::settle`).
     async fn settled(&self, d: &Delivery, job: &Job, settling: Settling<'_>) -> bool {
         let m = &d.message;
         let (pending, fallback) = settling;
