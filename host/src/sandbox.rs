@@ -28,7 +28,7 @@ use crate::queue::QueueSender;
 use outcome::{check_output, classify, error_chain, guest_error, is_hostcall_overflow};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -75,7 +75,9 @@ pub enum WallClock {
     FuelYield,
     /// Epoch interruption: a ticker thread bumps the engine's epoch every
     /// 10 ms and the guest yields at each tick. Adds epoch checks to the
-    /// compiled code on top of fuel; kept to measure against (BENCHMARKS.md).
+    /// compiled code on top of fuel; kept to measure against (BENCHMARKS.md),
+    /// in the bench build only (feature `bench-epoch`).
+    #[cfg(feature = "bench-epoch")]
     Epoch,
 }
 
@@ -150,12 +152,15 @@ pub struct Sandbox {
     linker: Linker<HostState>,
     config: SandboxConfig,
     pooling: bool,
-    /// Stops the epoch ticker thread (with [`WallClock::Epoch`]) when dropped.
+    /// Stops the epoch ticker thread (with `WallClock::Epoch`) when dropped.
+    #[cfg(feature = "bench-epoch")]
     _ticker: Option<EpochTicker>,
 }
 
+#[cfg(feature = "bench-epoch")]
 struct EpochTicker(Arc<std::sync::atomic::AtomicBool>);
 
+#[cfg(feature = "bench-epoch")]
 impl EpochTicker {
     fn start(engine: Engine) -> Self {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -164,7 +169,7 @@ impl EpochTicker {
             .name("fnhost-epoch".into())
             .spawn(move || {
                 while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(10));
+                    std::thread::sleep(std::time::Duration::from_millis(10));
                     engine.increment_epoch();
                 }
             })
@@ -173,6 +178,7 @@ impl EpochTicker {
     }
 }
 
+#[cfg(feature = "bench-epoch")]
 impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.0.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -205,13 +211,14 @@ impl Sandbox {
                 config.cache_dir
             )
         })?;
-        let _ticker =
-            (config.wall_clock == WallClock::Epoch).then(|| EpochTicker::start(engine.clone()));
+        #[cfg(feature = "bench-epoch")]
+        let _ticker = epoch(&config).then(|| EpochTicker::start(engine.clone()));
         Ok(Sandbox {
             engine,
             linker,
             config,
             pooling,
+            #[cfg(feature = "bench-epoch")]
             _ticker,
         })
     }
@@ -368,6 +375,7 @@ impl Sandbox {
                     return Ok(Err(err));
                 }
             }
+            #[cfg(feature = "bench-epoch")]
             WallClock::Epoch => store.epoch_deadline_async_yield_and_update(1),
         }
         tokio::time::timeout(limits.timeout, async {
@@ -378,11 +386,17 @@ impl Sandbox {
     }
 }
 
+/// Is the sandbox in the bench-only epoch mode? (Without the feature,
+/// fuel yields are the only mode.)
+fn epoch(config: &SandboxConfig) -> bool {
+    config.wall_clock != WallClock::FuelYield
+}
+
 fn engine_config(config: &SandboxConfig, pooling: bool) -> Config {
     let mut c = Config::new();
     c.wasm_component_model(true);
     c.consume_fuel(true);
-    c.epoch_interruption(config.wall_clock == WallClock::Epoch);
+    c.epoch_interruption(epoch(config));
     c.parallel_compilation(true);
     if pooling {
         let n = config.max_instances;
