@@ -20,7 +20,7 @@ use crate::jobs::JobSettings;
 use crate::jobs::callback::{CallbackPolicy, Callbacks};
 use crate::registry::Registry;
 use crate::sandbox::{LocalExecutor, Sandbox, SandboxConfig, Stores};
-use crate::server::{Access, ServerConfig};
+use crate::server::{Guard, ServerConfig};
 use crate::services::Services;
 use crate::tokens::Tokens;
 use crate::trusted::remote::HostStores;
@@ -117,7 +117,7 @@ pub struct Host {
     dispatcher: Arc<Dispatcher>,
     services: Arc<Services>,
     pooling: bool,
-    access: Access,
+    guard: Guard,
     trusted: Option<TrustedLaunch>,
 }
 
@@ -253,7 +253,7 @@ impl HostBuilder {
                     .with_context(|| format!("failed to open the state store in {data_dir:?}"))?,
             ),
         };
-        let access = Access {
+        let guard = Guard {
             tokens: Arc::new(Tokens::new(token_state, config.server.token.clone())),
             audit,
             trusted_worker,
@@ -274,7 +274,7 @@ impl HostBuilder {
             dispatcher,
             services,
             pooling,
-            access,
+            guard,
             trusted,
         })
     }
@@ -305,7 +305,7 @@ impl Host {
         self.pooling
     }
 
-    /// Start the background triggers (queue workers, the blob feed, timers)
+    /// Start the background triggers (queue binding loops, the blob feed, timers)
     /// until `shutdown`; the tracker holds their in-flight invocations.
     /// A host in the api role starts none: the tracker is empty.
     pub fn start_triggers(&self, shutdown: CancellationToken) -> TaskTracker {
@@ -314,7 +314,7 @@ impl Host {
             none.close();
             return none;
         }
-        crate::triggers::Supervisor::spawn(self.dispatcher.clone(), self.services.clone(), shutdown)
+        crate::triggers::Background::spawn(self.dispatcher.clone(), self.services.clone(), shutdown)
     }
 
     /// Serve on `listener` (triggers and the HTTP server) until `shutdown`,
@@ -328,13 +328,13 @@ impl Host {
         tokio::spawn(self.dispatcher.clone().follow_fleet(shutdown.clone()));
         let mut server = self.config.server;
         server.http_triggers = self.config.role.serves_http();
-        let audit = self.access.audit.clone();
+        let audit = self.guard.audit.clone();
         let served = crate::server::serve(
             listener,
             self.dispatcher,
             self.services,
             server,
-            self.access,
+            self.guard,
             shutdown,
             background,
         )

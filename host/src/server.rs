@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use auth::{Access, load_or_create_token, token_path};
+pub use auth::{Guard, load_or_create_token, token_path};
 #[cfg(test)]
 pub(crate) use jobs::parse_submit;
 #[cfg(test)]
@@ -79,7 +79,7 @@ pub(crate) struct AppState {
     pub dispatcher: Arc<Dispatcher>,
     pub services: Arc<Services>,
     pub config: Arc<ServerConfig>,
-    pub access: Access,
+    pub guard: Guard,
 }
 
 /// Build the router: admin API, health, HTTP trigger.
@@ -87,13 +87,13 @@ pub fn router(
     dispatcher: Arc<Dispatcher>,
     services: Arc<Services>,
     config: ServerConfig,
-    access: Access,
+    guard: Guard,
 ) -> axum::Router {
     let state = AppState {
         dispatcher,
         services,
         config: Arc::new(config),
-        access,
+        guard,
     };
     axum::Router::new()
         .route("/healthz", axum::routing::get(healthz))
@@ -106,7 +106,7 @@ pub fn router(
 /// worker's pid (none while it is down: `"status": "degraded"`) and how
 /// often the host lost it.
 async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let Some(worker) = &state.access.trusted_worker else {
+    let Some(worker) = &state.guard.trusted_worker else {
         return Json(serde_json::json!({ "status": "ok" }));
     };
     let pid = worker.pid();
@@ -130,13 +130,13 @@ pub async fn serve(
     dispatcher: Arc<Dispatcher>,
     services: Arc<Services>,
     config: ServerConfig,
-    access: Access,
+    guard: Guard,
     shutdown: CancellationToken,
     background: TaskTracker,
 ) -> anyhow::Result<()> {
     let wait = config.stopping_wait_time;
     let limits = conn::Limits::from(&config);
-    let app = router(dispatcher.clone(), services, config, access);
+    let app = router(dispatcher.clone(), services, config, guard);
     let connections = TaskTracker::new();
     let accepting = conn::accept_loop(listener, app, limits, shutdown.clone(), connections.clone());
     accepting.await;

@@ -5,8 +5,8 @@
 //! Everything is delivered through queues: a function's own queue bindings,
 //! its async jobs, and host-owned queues that the blob feed ([`blob`]) and
 //! the timer schedulers ([`timer`]) fill, so retries, dead letters and
-//! scaling work the same for every trigger. [`Supervisor`] follows the
-//! dispatcher's active set and keeps one queue worker per binding and one
+//! scaling work the same for every trigger. [`Background`] follows the
+//! dispatcher's active set and keeps one queue binding loop per binding and one
 //! scheduler per timer, plus the one blob feed. Triggers know nothing of wasm.
 
 pub mod blob;
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Starts and stops trigger workers as functions come and go.
-pub struct Supervisor {
+pub struct Background {
     functions: Arc<dyn Functions>,
     services: Arc<Services>,
     shutdown: CancellationToken,
@@ -31,7 +31,7 @@ pub struct Supervisor {
     workers: HashMap<(String, String), JoinHandle<()>>,
 }
 
-impl Supervisor {
+impl Background {
     /// Run until `shutdown`: reconcile workers on every change of the active set.
     pub fn spawn(
         functions: Arc<dyn Functions>,
@@ -39,7 +39,7 @@ impl Supervisor {
         shutdown: CancellationToken,
     ) -> TaskTracker {
         let tracker = TaskTracker::new();
-        let mut sup = Supervisor {
+        let mut sup = Background {
             functions,
             services,
             shutdown,
@@ -103,7 +103,7 @@ impl Supervisor {
                 if self.workers.contains_key(&key) {
                     continue;
                 }
-                let worker = queue::Worker::new(
+                let worker = queue::BindingLoop::new(
                     self.functions.clone(),
                     self.services.clone(),
                     key.0.clone(),

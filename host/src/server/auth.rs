@@ -43,10 +43,12 @@ pub fn load_or_create_token(
     Ok((token, true))
 }
 
-/// What the token store and the audit log give the admin API (and the
-/// trusted worker's state, for `/healthz`).
+/// What guards the admin API and the HTTP trigger: the token store (who a
+/// bearer is), the audit log (where refusals and changes go), and the
+/// trusted worker's state, for `/healthz`. (A storage grant's reach is
+/// `capabilities::Access`, another thing.)
 #[derive(Clone)]
-pub struct Access {
+pub struct Guard {
     /// Who a bearer is.
     pub tokens: Arc<Tokens>,
     /// Where refusals and changes are recorded.
@@ -114,7 +116,7 @@ pub(crate) async fn require_token(
     let target = format!("{method} {path}");
     let source = source(req.extensions());
     let bearer = match authorize(
-        &state.access,
+        &state.guard,
         req.headers(),
         source.clone(),
         action,
@@ -148,7 +150,7 @@ pub(crate) async fn require_token(
         && action == Action::ReadData
         && sensitive.queues.contains(&queue)
     {
-        state.access.audit.record(Entry {
+        state.guard.audit.record(Entry {
             event: "admin.denied".into(),
             outcome: "denied".into(),
             token: Some(bearer.id.clone()),
@@ -169,7 +171,7 @@ pub(crate) async fn require_token(
     if let Some(bucket) = bucket
         && sensitive.buckets.contains(&bucket)
     {
-        state.access.audit.record(Entry {
+        state.guard.audit.record(Entry {
             event: "admin.denied".into(),
             outcome: "denied".into(),
             token: Some(bearer.id.clone()),
@@ -204,7 +206,7 @@ pub(crate) async fn require_token(
         ..Entry::default()
     };
     if let Err(e) = state
-        .access
+        .guard
         .audit
         .record_required(entry("started", None))
         .await
@@ -223,7 +225,7 @@ pub(crate) async fn require_token(
         .map(|n| n.0.clone())
         .or_else(|| (!ok).then(|| response.status().to_string()));
     state
-        .access
+        .guard
         .audit
         .record(entry(if ok { "ok" } else { "failed" }, detail));
     response
@@ -240,7 +242,7 @@ pub(crate) fn source(extensions: &axum::http::Extensions) -> Option<String> {
 /// the answer to give (`401`, `403`, or `503` when the token store is
 /// down), with the refusal audited as `event` on `target`.
 pub(crate) async fn authorize(
-    access: &Access,
+    guard: &Guard,
     headers: &HeaderMap,
     source: Option<String>,
     action: Action,
@@ -258,7 +260,7 @@ pub(crate) async fn authorize(
     };
     // Without a token of ours: counted per source and window, so a flood
     // of them costs the log a line or two.
-    let anonymous = |why: &str| access.audit.refused(entry(None, why));
+    let anonymous = |why: &str| guard.audit.refused(entry(None, why));
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -272,7 +274,7 @@ pub(crate) async fn authorize(
             "this needs `Authorization: Bearer <token>`; the host's own token is in its data dir (file `token`) or FNHOST_TOKEN, others are made by `fnhost tokens create`",
         ));
     };
-    let bearer = match access.tokens.check(given).await {
+    let bearer = match guard.tokens.check(given).await {
         Ok(Ok(bearer)) => bearer,
         Ok(Err(Refused::Unknown)) => {
             anonymous("not a token of this host, or revoked");
@@ -303,7 +305,7 @@ pub(crate) async fn authorize(
         }
     };
     if !bearer.scope.allows(action) {
-        access.audit.record(entry(
+        guard.audit.record(entry(
             Some(&bearer.id),
             &format!("scope {} does not allow {action:?}", bearer.scope.as_str()),
         ));

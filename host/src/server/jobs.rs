@@ -62,7 +62,7 @@ async fn submit(
     // A trusted function's input is sealed for the trusted worker: the
     // job's message holds ciphertext only it opens.
     if let (Some(worker), Some(d)) = (
-        &state.access.trusted_worker,
+        &state.guard.trusted_worker,
         state.dispatcher.get(&job.function),
     ) && d.profile.trusted
     {

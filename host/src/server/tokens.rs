@@ -64,7 +64,7 @@ async fn create(State(state): State<AppState>, body: Bytes) -> Response {
         }
     };
     match state
-        .access
+        .guard
         .tokens
         .create(&req.name, req.scope, expires)
         .await
@@ -94,7 +94,7 @@ async fn create(State(state): State<AppState>, body: Bytes) -> Response {
 }
 
 async fn list(State(state): State<AppState>) -> Response {
-    match state.access.tokens.list().await {
+    match state.guard.tokens.list().await {
         Ok(records) => {
             let tokens: Vec<_> = records
                 .into_iter()
@@ -115,7 +115,7 @@ async fn list(State(state): State<AppState>) -> Response {
 }
 
 async fn revoke(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    match state.access.tokens.revoke(&id).await {
+    match state.guard.tokens.revoke(&id).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => error(
             StatusCode::NOT_FOUND,

@@ -63,7 +63,7 @@ pub(crate) async fn handle(State(state): State<AppState>, req: Request) -> Respo
         let what = format!("{method} {path}");
         let source = super::auth::source(&parts.extensions);
         let bearer = super::auth::authorize(
-            &state.access,
+            &state.guard,
             &parts.headers,
             source,
             crate::tokens::Action::Invoke,
@@ -78,7 +78,7 @@ pub(crate) async fn handle(State(state): State<AppState>, req: Request) -> Respo
         parts.headers.remove(header::AUTHORIZATION);
     }
     // Nor, on any route, anyone's fnhost token.
-    strip_fnhost_tokens(&mut parts.headers, &state.access.tokens);
+    strip_fnhost_tokens(&mut parts.headers, &state.guard.tokens);
     let body = match axum::body::to_bytes(body, state.config.max_body_bytes).await {
         Ok(b) => b,
         Err(e) if timed_out(&e) => {

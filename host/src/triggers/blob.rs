@@ -1,6 +1,6 @@
 //! The blob trigger's feed: reads the blob store's change feed and hands
 //! every change a blob trigger matches to that trigger's host-owned queue
-//! (`fnhost-blob-<function>.<bucket>`), where the queue worker delivers it
+//! (`fnhost-blob-<function>.<bucket>`), where its queue binding loop delivers it
 //! with the usual leases, retries and dead letters. Changes to one object
 //! share a queue group, so they run one at a time, in the order they
 //! happened (a delete never overtakes the upload before it).

@@ -1,4 +1,4 @@
-//! The queue trigger: one [`Worker`] per (function, queue) binding leases
+//! The queue trigger: one [`BindingLoop`] per (function, queue) binding leases
 //! messages, invokes the function for each, and settles each message by its
 //! outcome: success → ack (and a reply to `reply_to`), `fail` → dead letter,
 //! anything else → retry with exponential backoff and jitter until
@@ -135,7 +135,7 @@ fn random_unit() -> f64 {
 
 /// One (function, queue) binding's loop.
 #[derive(Clone)]
-pub struct Worker {
+pub struct BindingLoop {
     functions: Arc<dyn Functions>,
     services: Arc<Services>,
     function: String,
@@ -144,7 +144,7 @@ pub struct Worker {
     tracker: TaskTracker,
 }
 
-impl Worker {
+impl BindingLoop {
     /// A worker for `function`'s binding of `queue`.
     pub fn new(
         functions: Arc<dyn Functions>,
@@ -154,7 +154,7 @@ impl Worker {
         shutdown: CancellationToken,
         tracker: TaskTracker,
     ) -> Self {
-        Worker {
+        BindingLoop {
             functions,
             services,
             function,
@@ -194,14 +194,14 @@ impl Worker {
         let lanes = MAX_LANES
             .min(MAX_LANE_INSTANCES.div_ceil(per_receive))
             .max(1);
-        tracing::info!(function = %self.function, queue = %self.queue, lanes, "queue worker started");
+        tracing::info!(function = %self.function, queue = %self.queue, lanes, "queue binding started");
         let mut others = tokio::task::JoinSet::new();
         for lane in 1..lanes {
             others.spawn(self.clone().lane(lane, lanes));
         }
         self.clone().lane(0, lanes).await;
         while others.join_next().await.is_some() {}
-        tracing::info!(function = %self.function, queue = %self.queue, "queue worker stopped");
+        tracing::info!(function = %self.function, queue = %self.queue, "queue binding stopped");
     }
 
     /// One lane's loop: it leases for its share of the desired instances

@@ -1,6 +1,6 @@
 //! The timer trigger: one [`Scheduler`] per function with a
 //! `[triggers.timer]` turns its cron schedule into ticks on the host-owned
-//! queue `fnhost-timer-<function>`, where the queue worker delivers them
+//! queue `fnhost-timer-<function>`, where its queue binding loop delivers them
 //! with the usual retries and dead letters.
 //!
 //! - **Singleton**: a due tick is skipped (and counted) while the previous

@@ -711,7 +711,7 @@ async fn the_binding_scales_with_the_backlog_up_at_once_and_down_after_the_coold
     }
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let worker = Worker::new(
+    let binding = BindingLoop::new(
         h.functions.clone(),
         h.services.clone(),
         "job".into(),
@@ -719,7 +719,7 @@ async fn the_binding_scales_with_the_backlog_up_at_once_and_down_after_the_coold
         shutdown.clone(),
         tracker.clone(),
     );
-    let running = tokio::spawn(worker.run());
+    let running = tokio::spawn(binding.run());
     // 30 waiting at a target of 10 each: 3 instances.
     wait_for(|| figures() == (3, 3), "3 desired and running").await;
     pass(Duration::from_secs(2)).await;
