@@ -65,6 +65,27 @@ fn new_and_build_make_a_deployable_job() {
     for f in ["Cargo.toml", "src/lib.rs", "fnhost.toml"] {
         assert!(job.join(f).is_file(), "{f} missing");
     }
+    // The SDK comes with the crate, from the binary: nothing points back
+    // into this checkout, so a copied binary scaffolds crates that build.
+    let manifest = std::fs::read_to_string(job.join("Cargo.toml")).unwrap();
+    assert!(manifest.contains("path = \"fnhost-sdk/sdk\""), "{manifest}");
+    let root = repo_root().canonicalize().unwrap();
+    for f in [
+        "Cargo.toml",
+        "fnhost-sdk/sdk/Cargo.toml",
+        "fnhost-sdk/macro/Cargo.toml",
+    ] {
+        let text = std::fs::read_to_string(job.join(f)).unwrap();
+        assert!(
+            !text.contains(root.to_str().unwrap()),
+            "{f} names the checkout: {text}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(job.join("fnhost-sdk/wit/job.wit")).unwrap(),
+        std::fs::read_to_string(root.join("wit/job.wit")).unwrap(),
+        "the WIT the host speaks"
+    );
     // Reuse the test guests' build cache so this does not rebuild the SDK from scratch.
     let target = repo_root().join("tests/guests/target");
     let cargo_target = ("CARGO_TARGET_DIR", target.as_os_str());

@@ -1,6 +1,9 @@
 //! Job crates on the local disk: find a function's manifest and component,
 //! build a crate for `wasm32-wasip2` (adding the target when missing), and
-//! scaffold a new one.
+//! scaffold a new one. A new crate gets the guest SDK this binary was built
+//! with, written into it (`fnhost-sdk/`): the binary carries the SDK that
+//! matches its WIT, so a crate made by a copy of `fnhost` on another
+//! machine builds there, with nothing of this checkout.
 
 use crate::manifest::{FILE_NAME, Manifest};
 use anyhow::{Context as _, anyhow, bail};
@@ -156,8 +159,13 @@ pub fn new(name: &str, dir: Option<PathBuf>) -> anyhow::Result<()> {
         bail!("{dir:?} already exists and is not empty; choose another --dir");
     }
     std::fs::create_dir_all(dir.join("src"))?;
-    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk");
-    let sdk = std::fs::canonicalize(&sdk).unwrap_or(sdk);
+    for (file, text) in sdk::files()? {
+        let path = dir.join(SDK_DIR).join(file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("failed to write {path:?}"))?;
+    }
     let files = [
         (
             "Cargo.toml",
@@ -171,13 +179,13 @@ edition = "2024"
 crate-type = ["cdylib"]
 
 [dependencies]
-fnhost-sdk = {{ path = {sdk:?} }}
+# The guest SDK of the fnhost that made this crate, kept beside it.
+fnhost-sdk = {{ path = "{SDK_DIR}/sdk" }}
 serde = {{ version = "1", features = ["derive"] }}
 
 # A job crate stands alone; delete this line to add it to a workspace.
 [workspace]
-"#,
-                sdk = sdk.display().to_string()
+"#
             ),
         ),
         (
@@ -228,4 +236,112 @@ timeout = "10s"
         dir.display()
     );
     Ok(())
+}
+
+/// Where a new job crate keeps its copy of the guest SDK.
+const SDK_DIR: &str = "fnhost-sdk";
+
+/// The guest SDK this binary was built from: its sources, the WIT, and
+/// manifests whose dependencies are the workspace's own pins.
+mod sdk {
+    use anyhow::{Context as _, anyhow};
+
+    const WORKSPACE: &str = include_str!("../../../Cargo.toml");
+    const SDK: &str = include_str!("../../../guest-sdk/src/lib.rs");
+    const MACRO: &str = include_str!("../../../guest-sdk/macro/src/lib.rs");
+    const WIT: &str = include_str!("../../../wit/job.wit");
+
+    /// The SDK's files, by path under the crate's SDK directory (the SDK
+    /// generates its bindings from `../wit`, so the WIT sits beside it).
+    pub(super) fn files() -> anyhow::Result<Vec<(&'static str, String)>> {
+        let sdk = manifest(
+            "fnhost-sdk",
+            false,
+            &["wit-bindgen", "serde", "serde_json"],
+            Some(("fnhost-sdk-macro", "../macro")),
+        )?;
+        let r#macro = manifest(
+            "fnhost-sdk-macro",
+            true,
+            &["proc-macro2", "quote", "syn"],
+            None,
+        )?;
+        Ok(vec![
+            ("sdk/Cargo.toml", sdk),
+            ("sdk/src/lib.rs", SDK.to_string()),
+            ("macro/Cargo.toml", r#macro),
+            ("macro/src/lib.rs", MACRO.to_string()),
+            ("wit/job.wit", WIT.to_string()),
+        ])
+    }
+
+    /// A manifest for `name`, its dependencies as pinned in the workspace.
+    fn manifest(
+        name: &str,
+        proc_macro: bool,
+        pinned: &[&str],
+        path_dep: Option<(&str, &str)>,
+    ) -> anyhow::Result<String> {
+        let workspace: toml::Table =
+            toml::from_str(WORKSPACE).context("the SDK's workspace manifest")?;
+        let all = workspace
+            .get("workspace")
+            .and_then(|w| w.get("dependencies"))
+            .and_then(|d| d.as_table())
+            .ok_or_else(|| anyhow!("the workspace manifest has no [workspace.dependencies]"))?;
+        let mut deps = toml::Table::new();
+        for dep in pinned {
+            let spec = all
+                .get(*dep)
+                .ok_or_else(|| anyhow!("the workspace does not pin {dep}"))?;
+            deps.insert(dep.to_string(), spec.clone());
+        }
+        if let Some((dep, path)) = path_dep {
+            let mut spec = toml::Table::new();
+            spec.insert("path".into(), path.into());
+            deps.insert(dep.into(), spec.into());
+        }
+        let mut package = toml::Table::new();
+        package.insert("name".into(), name.into());
+        package.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+        package.insert("edition".into(), "2024".into());
+        let mut manifest = toml::Table::new();
+        manifest.insert("package".into(), package.into());
+        if proc_macro {
+            let mut lib = toml::Table::new();
+            lib.insert("proc-macro".into(), true.into());
+            manifest.insert("lib".into(), lib.into());
+        }
+        manifest.insert("dependencies".into(), deps.into());
+        toml::to_string(&manifest).context("the SDK's manifest")
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_carried_sdk_is_this_checkouts_with_the_workspaces_pins() {
+            let files = files().unwrap();
+            let get = |p: &str| &files.iter().find(|(f, _)| *f == p).unwrap().1;
+            let sdk: toml::Table = toml::from_str(get("sdk/Cargo.toml")).unwrap();
+            let deps = sdk["dependencies"].as_table().unwrap();
+            let workspace: toml::Table = toml::from_str(WORKSPACE).unwrap();
+            let pins = &workspace["workspace"]["dependencies"];
+            for dep in ["wit-bindgen", "serde", "serde_json"] {
+                assert_eq!(deps[dep], pins[dep], "{dep} as the workspace pins it");
+            }
+            assert_eq!(deps["fnhost-sdk-macro"]["path"].as_str(), Some("../macro"));
+            let r#macro: toml::Table = toml::from_str(get("macro/Cargo.toml")).unwrap();
+            assert_eq!(r#macro["lib"]["proc-macro"].as_bool(), Some(true));
+            assert!(
+                r#macro["dependencies"]
+                    .as_table()
+                    .unwrap()
+                    .contains_key("syn")
+            );
+            assert!(get("wit/job.wit").contains("package fnhost:job"));
+            assert!(get("sdk/src/lib.rs").contains("path: \"../wit\""));
+        }
+    }
 }
