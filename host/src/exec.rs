@@ -318,14 +318,64 @@ pub struct Execution {
     pub event: Event,
 }
 
+/// Why a call across the execution seam did not take effect: progress or a
+/// checkpoint not kept, a component not found. Says whether trying again
+/// can help, and keeps the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum SeamError {
+    /// The message's lease was lost before the checkpoint was saved:
+    /// another delivery of it may be running. Retrying cannot help.
+    #[error("the message's lease was lost; the checkpoint was not saved")]
+    LeaseLost,
+    /// Nothing here can keep it (an invocation with no next attempt, say).
+    /// Retrying cannot help.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The store, a file or the other process failed; a retry may succeed.
+    #[error("{message}")]
+    Failed {
+        /// What failed, for the log and the guest.
+        message: String,
+        /// The underlying error, when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+impl SeamError {
+    /// A failure described by `message`, with no underlying error.
+    pub fn failed(message: impl Into<String>) -> SeamError {
+        SeamError::Failed {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A failure caused by `source`: `what` failed, because of it.
+    pub fn caused_by(
+        what: impl std::fmt::Display,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> SeamError {
+        SeamError::Failed {
+            message: format!("{what}: {source}"),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// True when another try may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SeamError::Failed { .. })
+    }
+}
+
 /// Where a running invocation's progress and checkpoints go (the job
 /// record, the queue message). Invocations without one (synchronous HTTP
 /// calls) keep progress on the outcome and refuse checkpoints.
 pub trait Reporter: Send + Sync {
     /// Record progress.
-    fn progress(&self, percent: u8, message: String) -> BoxFuture<'_, Result<(), String>>;
+    fn progress(&self, percent: u8, message: String) -> BoxFuture<'_, Result<(), SeamError>>;
     /// Save a checkpoint for the next attempt.
-    fn checkpoint(&self, state: Vec<u8>) -> BoxFuture<'_, Result<(), String>>;
+    fn checkpoint(&self, state: Vec<u8>) -> BoxFuture<'_, Result<(), SeamError>>;
 }
 
 /// How long a caller may wait for a free instance.
@@ -371,7 +421,7 @@ pub enum LoadError {
 /// worker.
 pub trait Components: Send + Sync {
     /// The component whose SHA-256 is `digest`.
-    fn component(&self, digest: &str) -> BoxFuture<'_, Result<Vec<u8>, String>>;
+    fn component(&self, digest: &str) -> BoxFuture<'_, Result<Vec<u8>, SeamError>>;
 }
 
 /// Runs events in fresh sandboxes. The host-wide cap on invocations at

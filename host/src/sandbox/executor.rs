@@ -7,7 +7,8 @@
 use super::{Loaded, Sandbox, Stores};
 use crate::exec::slots::Slots;
 use crate::exec::{
-    Busy, Components, Execution, Executor, Failure, LoadError, Outcome, Reporter, TrapReason, Wait,
+    Busy, Components, Execution, Executor, Failure, LoadError, Outcome, Reporter, SeamError,
+    TrapReason, Wait,
 };
 use crate::task::{BoxFuture, blocking};
 use std::collections::HashMap;
@@ -57,7 +58,7 @@ impl LocalExecutor {
             .components
             .component(digest)
             .await
-            .map_err(LoadError::Store)?;
+            .map_err(|e| LoadError::Store(e.to_string()))?;
         let sandbox = self.sandbox.clone();
         let expected = digest.to_string();
         // What runs under a digest is what hashes to it, whoever handed the
@@ -145,12 +146,12 @@ impl Executor for LocalExecutor {
 
 /// The registry keeps the components this process runs.
 impl Components for crate::registry::Registry {
-    fn component(&self, digest: &str) -> BoxFuture<'_, Result<Vec<u8>, String>> {
+    fn component(&self, digest: &str) -> BoxFuture<'_, Result<Vec<u8>, SeamError>> {
         let path = self.component_path(digest);
         Box::pin(async move {
-            tokio::fs::read(&path)
-                .await
-                .map_err(|e| format!("cannot read the component {path:?}: {e}"))
+            tokio::fs::read(&path).await.map_err(|e| {
+                SeamError::caused_by(format_args!("cannot read the component {path:?}"), e)
+            })
         })
     }
 }

@@ -375,7 +375,7 @@ impl context::Host for HostState {
             reporter
                 .progress(percent, message.clone())
                 .await
-                .map_err(context::ContextError::Unavailable)?;
+                .map_err(|e| context::ContextError::Unavailable(e.to_string()))?;
         }
         self.progress = Some((percent, message));
         Ok(())
@@ -389,7 +389,8 @@ impl context::Host for HostState {
             )));
         }
         match &self.reporter {
-            Some(reporter) => reporter.checkpoint(state).await.map_err(context::ContextError::Unavailable),
+            Some(reporter) => (reporter.checkpoint(state).await)
+                .map_err(|e| context::ContextError::Unavailable(e.to_string())),
             None => Err(context::ContextError::Unavailable(
                 "checkpoints are kept for queue messages and async jobs; a synchronous invocation has no next attempt to resume"
                     .into(),

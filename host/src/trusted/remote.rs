@@ -326,7 +326,7 @@ impl RemoteWorker {
         match request {
             Request::Component { digest } => match s.components.component(&digest).await {
                 Ok(bytes) => Reply::Component(bytes),
-                Err(e) => Reply::Failed(wire::Fault::Backend(e)),
+                Err(e) => Reply::Failed((&e).into()),
             },
             Request::Send {
                 queue,
@@ -407,7 +407,7 @@ impl RemoteWorker {
             } => match self.reporter(invoke) {
                 Some(r) => match r.progress(percent, message).await {
                     Ok(()) => Reply::Done,
-                    Err(e) => Reply::Failed(wire::Fault::Backend(e)),
+                    Err(e) => Reply::Failed((&e).into()),
                 },
                 None => Reply::Done,
             },
@@ -418,7 +418,7 @@ impl RemoteWorker {
             Request::Checkpoint { invoke, state } => match self.reporter(invoke) {
                 Some(r) => match r.checkpoint(state).await {
                     Ok(()) => Reply::Done,
-                    Err(e) => Reply::Failed(wire::Fault::Backend(e)),
+                    Err(e) => Reply::Failed((&e).into()),
                 },
                 None => Reply::Failed(wire::Fault::Unsupported(
                     "this invocation has nowhere to keep a checkpoint".into(),

@@ -260,6 +260,26 @@ impl From<&BlobError> for Fault {
     }
 }
 
+impl From<&crate::exec::SeamError> for Fault {
+    fn from(e: &crate::exec::SeamError) -> Fault {
+        match e {
+            crate::exec::SeamError::Failed { .. } => Fault::Backend(e.to_string()),
+            _ => Fault::Unsupported(e.to_string()),
+        }
+    }
+}
+
+impl From<Fault> for crate::exec::SeamError {
+    fn from(f: Fault) -> crate::exec::SeamError {
+        match f {
+            Fault::Unsupported(m) | Fault::Invalid(m) | Fault::TooLarge(m) => {
+                crate::exec::SeamError::Unsupported(m)
+            }
+            Fault::Throttled(m) | Fault::Backend(m) => crate::exec::SeamError::failed(m),
+        }
+    }
+}
+
 impl From<&QueueError> for Fault {
     fn from(e: &QueueError) -> Fault {
         match e {

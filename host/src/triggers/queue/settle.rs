@@ -14,7 +14,8 @@
 use super::{backoff, random_unit};
 use crate::dispatcher::{Attempt, Delivered, Deployed, Functions};
 use crate::exec::{
-    BlobChange, ChangeKind, Event, Failure, Outcome, Output, QueueMessage, Reporter, TimerTick,
+    BlobChange, ChangeKind, Event, Failure, Outcome, Output, QueueMessage, Reporter, SeamError,
+    TimerTick,
 };
 use crate::jobs::{JobOutput, JobState, JobStore, JobUpdate};
 use crate::manifest::{QueuePolicy, Source};
@@ -138,26 +139,24 @@ struct DeliveryReporter {
 }
 
 impl Reporter for DeliveryReporter {
-    fn progress(&self, percent: u8, message: String) -> BoxFuture<'_, Result<(), String>> {
+    fn progress(&self, percent: u8, message: String) -> BoxFuture<'_, Result<(), SeamError>> {
         Box::pin(async move {
             if let Some((jobs, id)) = &self.job {
-                jobs.update(id.clone(), JobUpdate::Progress { percent, message })
+                (jobs.update(id.clone(), JobUpdate::Progress { percent, message }))
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| SeamError::caused_by("cannot record the job's progress", e))?;
             }
             Ok(())
         })
     }
 
-    fn checkpoint(&self, state: Vec<u8>) -> BoxFuture<'_, Result<(), String>> {
+    fn checkpoint(&self, state: Vec<u8>) -> BoxFuture<'_, Result<(), SeamError>> {
         Box::pin(async move {
             let stored = super::checkpoints::frame(&self.function, &state);
             match self.backend.checkpoint(self.receipt.clone(), stored).await {
                 Ok(true) => Ok(()),
-                Ok(false) => {
-                    Err("the message's lease was lost; the checkpoint was not saved".into())
-                }
-                Err(e) => Err(e.to_string()),
+                Ok(false) => Err(SeamError::LeaseLost),
+                Err(e) => Err(SeamError::caused_by("cannot save the checkpoint", e)),
             }
         })
     }

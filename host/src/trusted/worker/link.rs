@@ -7,7 +7,7 @@
 
 use crate::backends::sealed_queues::Sealer;
 use crate::blobs::{BlobBackend, BlobError, Object, ObjectMeta, Stored};
-use crate::exec::{Components, Reporter};
+use crate::exec::{Components, Reporter, SeamError};
 use crate::queue::{NewMessage, QueueError, QueueSender, Sent};
 use crate::task::BoxFuture;
 use crate::trusted::wire::{self, Fault, FromWorker, Reply, Request};
@@ -151,13 +151,13 @@ impl QueueSender for Remote {
 }
 
 impl Components for Remote {
-    fn component(&self, digest: &str) -> BoxFuture<'_, Result<Vec<u8>, String>> {
+    fn component(&self, digest: &str) -> BoxFuture<'_, Result<Vec<u8>, SeamError>> {
         let digest = digest.to_string();
         Box::pin(async move {
             match self.link.call(Request::Component { digest }).await {
                 Ok(Reply::Component(bytes)) => Ok(bytes),
-                Ok(other) => Err(format!("{:?}", unexpected(&other))),
-                Err(f) => Err(format!("{f:?}")),
+                Ok(other) => Err(unexpected(&other).into()),
+                Err(f) => Err(f.into()),
             }
         })
     }
@@ -322,7 +322,7 @@ pub(super) struct RemoteReporter {
 }
 
 impl Reporter for RemoteReporter {
-    fn progress(&self, percent: u8, message: String) -> BoxFuture<'_, Result<(), String>> {
+    fn progress(&self, percent: u8, message: String) -> BoxFuture<'_, Result<(), SeamError>> {
         Box::pin(async move {
             let request = Request::Progress {
                 invoke: self.invoke,
@@ -333,16 +333,16 @@ impl Reporter for RemoteReporter {
                 .call(request)
                 .await
                 .map(drop)
-                .map_err(|f| format!("{f:?}"))
+                .map_err(SeamError::from)
         })
     }
 
-    fn checkpoint(&self, state: Vec<u8>) -> BoxFuture<'_, Result<(), String>> {
+    fn checkpoint(&self, state: Vec<u8>) -> BoxFuture<'_, Result<(), SeamError>> {
         Box::pin(async move {
             let state = self
                 .sealer
                 .seal(&crate::trusted::checkpoint_aad(&self.function), &state)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| SeamError::caused_by("cannot seal the checkpoint", e))?;
             let request = Request::Checkpoint {
                 invoke: self.invoke,
                 state,
@@ -351,7 +351,7 @@ impl Reporter for RemoteReporter {
                 .call(request)
                 .await
                 .map(drop)
-                .map_err(|f| format!("{f:?}"))
+                .map_err(SeamError::from)
         })
     }
 }
