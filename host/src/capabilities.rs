@@ -63,10 +63,16 @@ pub struct Grants {
     pub queues: Vec<String>,
 }
 
+/// A call no grant allows: what was asked, and which grant in
+/// `fnhost.toml` would allow it. Trying again cannot help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Denied(String);
+
 impl Grants {
     /// May the function do `wanted` on `key` in `bucket`? The error names
     /// what was asked, for the guest to report.
-    pub fn check_storage(&self, bucket: &str, key: &str, wanted: Access) -> Result<(), String> {
+    pub fn check_storage(&self, bucket: &str, key: &str, wanted: Access) -> Result<(), Denied> {
         let granted = self.storage.iter().any(|g| {
             g.bucket == bucket
                 && g.access.allows(wanted)
@@ -79,11 +85,11 @@ impl Grants {
                 Access::Read | Access::ReadEvent => "read",
                 Access::Write | Access::ReadWrite => "write",
             };
-            Err(format!(
+            Err(Denied(format!(
                 "no storage grant allows {what} of key {} in bucket {}; add one under [[grants.storage]] in fnhost.toml",
                 crate::text::quote(key),
                 crate::text::quote(bucket)
-            ))
+            )))
         }
     }
 
@@ -100,14 +106,14 @@ impl Grants {
     }
 
     /// May the function send to `queue`?
-    pub fn check_queue_send(&self, queue: &str) -> Result<(), String> {
+    pub fn check_queue_send(&self, queue: &str) -> Result<(), Denied> {
         if self.queues.iter().any(|q| q == queue) {
             Ok(())
         } else {
-            Err(format!(
+            Err(Denied(format!(
                 "no grant allows sending to queue {}; add it to grants.queues in fnhost.toml",
                 crate::text::quote(queue)
-            ))
+            )))
         }
     }
 }
@@ -144,7 +150,10 @@ mod tests {
                 .is_ok()
         );
         assert!(g.check_storage("out", "a.png", Access::Read).is_err());
-        let err = g.check_storage("secrets", "k", Access::Read).unwrap_err();
+        let err = g
+            .check_storage("secrets", "k", Access::Read)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("\"secrets\"") && err.contains("[[grants.storage]]"),
             "{err}"

@@ -37,8 +37,8 @@ impl HostState {
             } else {
                 "write"
             };
-            self.audit_denial(format!("storage {call} {bucket}/{key}"), &why);
-            return Err(storage::StorageError::Denied(why));
+            self.audit_denial(format!("storage {call} {bucket}/{key}"), &why.to_string());
+            return Err(storage::StorageError::Denied(why.to_string()));
         }
         self.granted(bucket, key, access)
     }
@@ -308,15 +308,18 @@ impl queue::Host for HostState {
     ) -> Result<String, queue::QueueError> {
         let grants = &self.profile.grants;
         if let Err(why) = grants.check_queue_send(&queue) {
-            self.audit_denial(format!("queue send {queue}"), &why);
-            return Err(queue::QueueError::Denied(why));
+            self.audit_denial(format!("queue send {queue}"), &why.to_string());
+            return Err(queue::QueueError::Denied(why.to_string()));
         }
         // A reply goes where the sender says: it must be a queue the sender
         // may send to itself, or `reply_to` would reach any queue.
         if let Some(reply_to) = &options.reply_to
             && let Err(why) = grants.check_queue_send(reply_to)
         {
-            self.audit_denial(format!("queue send {queue} reply_to {reply_to}"), &why);
+            self.audit_denial(
+                format!("queue send {queue} reply_to {reply_to}"),
+                &why.to_string(),
+            );
             return Err(queue::QueueError::Denied(format!("reply_to: {why}")));
         }
         let Some(backend) = self.stores.queues.clone() else {
