@@ -42,7 +42,7 @@ pub struct ObjectMeta {
 }
 
 /// What a put stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stored {
     /// The new object's metadata.
     pub meta: ObjectMeta,

@@ -147,7 +147,7 @@ pub enum Settlement {
 }
 
 /// What a send did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sent {
     /// The message id (the first message's, for a duplicate).
     pub id: String,

@@ -309,122 +309,24 @@ impl RemoteWorker {
 
     /// Answer one of the worker's calls from this process's stores.
     async fn answer(&self, request: Request) -> Reply {
-        let Some(s) = self.stores.get() else {
-            return Reply::Failed(wire::Fault::Backend("the host is still starting".into()));
-        };
-        let blob = |bucket: &str| {
-            if s.sensitive.contains(bucket) {
-                Err(Reply::Failed(wire::Fault::Invalid(format!(
-                    "{bucket} is a sensitive bucket: the trusted worker holds it"
-                ))))
-            } else {
-                Ok(())
-            }
-        };
-        let fault_b = |e: crate::blobs::BlobError| Reply::Failed((&e).into());
-        let fault_q = |e: crate::queue::QueueError| Reply::Failed((&e).into());
-        match request {
-            Request::Component { digest } => match s.components.component(&digest).await {
-                Ok(bytes) => Reply::Component(bytes),
-                Err(e) => Reply::Failed((&e).into()),
-            },
-            Request::Send {
-                queue,
-                mut message,
-                dedup_scope,
-                sealed,
-            } => {
-                message.dedup_scope = dedup_scope;
-                let queues = if sealed {
-                    &s.unsealed_queues
-                } else {
-                    &s.queues
-                };
-                match queues.send(&queue, message).await {
-                    Ok(sent) => Reply::Sent {
-                        id: sent.id,
-                        duplicate: sent.duplicate,
-                    },
-                    Err(e) => fault_q(e),
-                }
-            }
-            Request::Put {
-                bucket,
-                key,
-                body,
-                content_type,
-            } => match blob(&bucket) {
-                Err(r) => r,
-                Ok(()) => match s.blobs.put(&bucket, &key, body, content_type).await {
-                    Ok(stored) => Reply::Stored {
-                        meta: stored.meta,
-                        replaced: stored.replaced,
-                    },
-                    Err(e) => fault_b(e),
-                },
-            },
-            Request::Get { bucket, key } => match blob(&bucket) {
-                Err(r) => r,
-                Ok(()) => s
-                    .blobs
-                    .get(&bucket, &key)
-                    .await
-                    .map_or_else(fault_b, Reply::Object),
-            },
-            Request::Head { bucket, key } => match blob(&bucket) {
-                Err(r) => r,
-                Ok(()) => s
-                    .blobs
-                    .head(&bucket, &key)
-                    .await
-                    .map_or_else(fault_b, Reply::Meta),
-            },
-            Request::Delete { bucket, key } => match blob(&bucket) {
-                Err(r) => r,
-                Ok(()) => s
-                    .blobs
-                    .delete(&bucket, &key)
-                    .await
-                    .map_or_else(fault_b, Reply::Deleted),
-            },
-            Request::List {
-                bucket,
-                prefix,
-                start_after,
-                max,
-            } => match blob(&bucket) {
-                Err(r) => r,
-                Ok(()) => s
-                    .blobs
-                    .list(&bucket, &prefix, start_after, max as usize)
-                    .await
-                    .map_or_else(fault_b, Reply::Listing),
-            },
-            Request::Progress {
-                invoke,
-                percent,
-                message,
-            } => match self.reporter(invoke) {
-                Some(r) => match r.progress(percent, message).await {
-                    Ok(()) => Reply::Done,
-                    Err(e) => Reply::Failed((&e).into()),
-                },
-                None => Reply::Done,
-            },
-            Request::Audit(line) => match s.audit.take_forwarded(&line, true).await {
-                Ok(()) => Reply::Done,
-                Err(e) => Reply::Failed(wire::Fault::Backend(e.to_string())),
-            },
-            Request::Checkpoint { invoke, state } => match self.reporter(invoke) {
-                Some(r) => match r.checkpoint(state).await {
-                    Ok(()) => Reply::Done,
-                    Err(e) => Reply::Failed((&e).into()),
-                },
-                None => Reply::Failed(wire::Fault::Unsupported(
-                    "this invocation has nowhere to keep a checkpoint".into(),
-                )),
-            },
+        wire::answer(self, request).await
+    }
+
+    /// The stores, once the host has handed them over.
+    fn stores(&self) -> Result<&HostStores, wire::Fault> {
+        (self.stores.get()).ok_or_else(|| wire::Fault::Backend("the host is still starting".into()))
+    }
+
+    /// The stores, for a call on `bucket`: never a sensitive one, which the
+    /// trusted worker holds.
+    fn blobs_for(&self, bucket: &str) -> Result<&HostStores, wire::Fault> {
+        let s = self.stores()?;
+        if s.sensitive.contains(bucket) {
+            return Err(wire::Fault::Invalid(format!(
+                "{bucket} is a sensitive bucket: the trusted worker holds it"
+            )));
         }
+        Ok(s)
     }
 
     fn reporter(&self, invoke: u64) -> Option<Arc<dyn Reporter>> {
@@ -530,6 +432,133 @@ impl RemoteWorker {
     /// Executions in the worker now.
     pub fn in_flight(&self) -> usize {
         self.pending.lock().unwrap().len()
+    }
+}
+
+/// The host's answers to the trusted worker's calls (see [`wire::Answer`]).
+impl wire::Answer for RemoteWorker {
+    fn component(&self, digest: String) -> BoxFuture<'_, Result<Vec<u8>, wire::Fault>> {
+        Box::pin(async move {
+            let s = self.stores()?;
+            s.components
+                .component(&digest)
+                .await
+                .map_err(|e| (&e).into())
+        })
+    }
+
+    fn send(
+        &self,
+        queue: String,
+        mut message: crate::queue::NewMessage,
+        dedup_scope: Option<String>,
+        sealed: bool,
+    ) -> BoxFuture<'_, Result<crate::queue::Sent, wire::Fault>> {
+        Box::pin(async move {
+            let s = self.stores()?;
+            message.dedup_scope = dedup_scope;
+            let queues = if sealed {
+                &s.unsealed_queues
+            } else {
+                &s.queues
+            };
+            queues.send(&queue, message).await.map_err(|e| (&e).into())
+        })
+    }
+
+    fn put(
+        &self,
+        bucket: String,
+        key: String,
+        body: Vec<u8>,
+        content_type: Option<String>,
+    ) -> BoxFuture<'_, Result<crate::blobs::Stored, wire::Fault>> {
+        Box::pin(async move {
+            let s = self.blobs_for(&bucket)?;
+            (s.blobs.put(&bucket, &key, body, content_type))
+                .await
+                .map_err(|e| (&e).into())
+        })
+    }
+
+    fn get(
+        &self,
+        bucket: String,
+        key: String,
+    ) -> BoxFuture<'_, Result<Option<crate::blobs::Object>, wire::Fault>> {
+        Box::pin(async move {
+            let s = self.blobs_for(&bucket)?;
+            s.blobs.get(&bucket, &key).await.map_err(|e| (&e).into())
+        })
+    }
+
+    fn head(
+        &self,
+        bucket: String,
+        key: String,
+    ) -> BoxFuture<'_, Result<Option<crate::blobs::ObjectMeta>, wire::Fault>> {
+        Box::pin(async move {
+            let s = self.blobs_for(&bucket)?;
+            s.blobs.head(&bucket, &key).await.map_err(|e| (&e).into())
+        })
+    }
+
+    fn delete(&self, bucket: String, key: String) -> BoxFuture<'_, Result<bool, wire::Fault>> {
+        Box::pin(async move {
+            let s = self.blobs_for(&bucket)?;
+            s.blobs.delete(&bucket, &key).await.map_err(|e| (&e).into())
+        })
+    }
+
+    fn list(
+        &self,
+        bucket: String,
+        prefix: String,
+        start_after: Option<String>,
+        max: u32,
+    ) -> BoxFuture<'_, Result<Vec<crate::blobs::ObjectMeta>, wire::Fault>> {
+        Box::pin(async move {
+            let s = self.blobs_for(&bucket)?;
+            (s.blobs.list(&bucket, &prefix, start_after, max as usize))
+                .await
+                .map_err(|e| (&e).into())
+        })
+    }
+
+    fn progress(
+        &self,
+        invoke: u64,
+        percent: u8,
+        message: String,
+    ) -> BoxFuture<'_, Result<(), wire::Fault>> {
+        Box::pin(async move {
+            self.stores()?;
+            match self.reporter(invoke) {
+                Some(r) => r.progress(percent, message).await.map_err(|e| (&e).into()),
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn checkpoint(&self, invoke: u64, state: Vec<u8>) -> BoxFuture<'_, Result<(), wire::Fault>> {
+        Box::pin(async move {
+            self.stores()?;
+            match self.reporter(invoke) {
+                Some(r) => r.checkpoint(state).await.map_err(|e| (&e).into()),
+                None => Err(wire::Fault::Unsupported(
+                    "this invocation has nowhere to keep a checkpoint".into(),
+                )),
+            }
+        })
+    }
+
+    fn audit(&self, line: String) -> BoxFuture<'_, Result<(), wire::Fault>> {
+        Box::pin(async move {
+            let s = self.stores()?;
+            (s.audit.take_forwarded(&line, true))
+                .await
+                .map_err(|e| wire::Fault::Backend(e.to_string()))
+        })
     }
 }
 

@@ -20,16 +20,17 @@
 //!
 //! The sensitive store itself never crosses: the worker holds it.
 
-use crate::blobs::{BlobError, ObjectMeta};
+use crate::blobs::{BlobError, ObjectMeta, Stored};
 use crate::exec::{Busy, Event, Invocation, Outcome};
-use crate::queue::{NewMessage, QueueError};
+use crate::queue::{NewMessage, QueueError, Sent};
+use crate::task::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The protocol's version: the worker says it in its hello, and a host
 /// speaking another (a restarted worker from an upgraded binary) refuses
 /// the connection.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// The largest body a client may send the host, and the largest component
 /// it may upload (`--max-body-bytes`, `--max-upload-bytes`): 1 GiB. The
@@ -114,122 +115,115 @@ pub enum FromWorker {
     Audit(String),
 }
 
-/// What the worker asks of the host.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum Request {
-    /// A deployed component's bytes.
-    Component {
-        /// Its SHA-256, hex.
-        digest: String,
-    },
-    /// Send a message (already checked against the function's grants).
-    Send {
-        /// The queue.
-        queue: String,
-        /// The message.
-        message: NewMessage,
-        /// Whose dedup ids it shares a window with (the sending function).
-        dedup_scope: Option<String>,
-        /// The body is sealed already (by the worker, for a sensitive
-        /// queue): the host stores it as it is.
-        sealed: bool,
-    },
-    /// Store an object in a non-sensitive bucket.
-    Put {
-        /// The bucket.
-        bucket: String,
-        /// The key.
-        key: String,
-        /// The content.
-        body: Vec<u8>,
-        /// Its type.
-        content_type: Option<String>,
-    },
-    /// Read an object.
-    Get {
-        /// The bucket.
-        bucket: String,
-        /// The key.
-        key: String,
-    },
-    /// Read an object's metadata.
-    Head {
-        /// The bucket.
-        bucket: String,
-        /// The key.
-        key: String,
-    },
-    /// Delete an object.
-    Delete {
-        /// The bucket.
-        bucket: String,
-        /// The key.
-        key: String,
-    },
-    /// List objects.
-    List {
-        /// The bucket.
-        bucket: String,
-        /// Keys start with this.
-        prefix: String,
-        /// Keys sort after this.
-        start_after: Option<String>,
-        /// At most this many.
-        max: u32,
-    },
-    /// Progress of the host's execution `invoke`.
-    Progress {
-        /// The host's number for the execution.
-        invoke: u64,
-        /// Percent done.
-        percent: u8,
-        /// What it is doing.
-        message: String,
-    },
-    /// A checkpoint of the host's execution `invoke`.
-    Checkpoint {
-        /// The host's number for the execution.
-        invoke: u64,
-        /// The state to resume from.
-        state: Vec<u8>,
-    },
-    /// An audit line (an [`crate::audit::Entry`] as JSON) that must be
-    /// written before the access it records goes ahead: answered
-    /// [`Reply::Done`] once it is, [`Reply::Failed`] when it cannot be.
-    Audit(String),
+/// Writes the protocol's forwarded calls from one list: for each call its
+/// [`Request`] variant (the arguments), its [`Reply`] variant (what it
+/// answers), the host's [`Answer`] method that answers it, and the
+/// worker's [`Calls`] method that asks it. A new call is a line here, an
+/// answer on the host and a use in the worker; the compiler asks for both.
+macro_rules! protocol {
+    ($(
+        $(#[$doc:meta])*
+        $Call:ident => fn $call:ident($($arg:ident: $ty:ty),* $(,)?) -> $Out:ty;
+    )*) => {
+        /// What the worker asks of the host.
+        #[derive(Debug, Serialize, Deserialize)]
+        pub enum Request {
+            $( $(#[$doc])* $Call { $(#[allow(missing_docs)] $arg: $ty),* }, )*
+        }
+
+        /// The host's answer to a [`Request`]: the call's own answer, or
+        /// why it failed.
+        #[derive(Debug, Serialize, Deserialize)]
+        pub enum Reply {
+            $( #[allow(missing_docs)] $Call($Out), )*
+            /// It failed.
+            Failed(Fault),
+        }
+
+        /// The host's side: an answer for every call.
+        pub trait Answer: Send + Sync {
+            $( $(#[$doc])* fn $call(&self, $($arg: $ty),*) -> BoxFuture<'_, Result<$Out, Fault>>; )*
+        }
+
+        /// Answer `request` with `host`'s method for it.
+        pub async fn answer(host: &(impl Answer + ?Sized), request: Request) -> Reply {
+            match request {
+                $( Request::$Call { $($arg),* } => match host.$call($($arg),*).await {
+                    Ok(out) => Reply::$Call(out),
+                    Err(fault) => Reply::Failed(fault),
+                }, )*
+            }
+        }
+
+        /// The worker's side: a way to send a request and wait for its reply.
+        pub trait Ask: Send + Sync {
+            /// Send `request`; its reply, or why there is none.
+            fn ask(&self, request: Request) -> BoxFuture<'_, Result<Reply, Fault>>;
+        }
+
+        /// Every call, as a method that asks it over an [`Ask`] and takes
+        /// its own reply (any other is a fault).
+        pub struct Calls<'a, A: Ask + ?Sized>(pub &'a A);
+
+        impl<A: Ask + ?Sized> Calls<'_, A> {
+            $(
+                $(#[$doc])*
+                pub async fn $call(&self, $($arg: $ty),*) -> Result<$Out, Fault> {
+                    match self.0.ask(Request::$Call { $($arg),* }).await? {
+                        Reply::$Call(out) => Ok(out),
+                        Reply::Failed(fault) => Err(fault),
+                        other => Err(Fault::Backend(format!(
+                            "the host answered out of turn: {other:?}"
+                        ))),
+                    }
+                }
+            )*
+        }
+    };
 }
 
-/// The host's answer to a [`Request`].
-#[derive(Debug, Serialize, Deserialize)]
-pub enum Reply {
-    /// A component's bytes.
-    Component(Vec<u8>),
-    /// A message was sent (or was a duplicate).
-    Sent {
-        /// Its id.
-        id: String,
-        /// True for a duplicate.
-        duplicate: bool,
-    },
-    /// An object was stored.
-    Stored {
-        /// Its metadata.
-        meta: ObjectMeta,
-        /// True when it replaced another.
-        replaced: bool,
-    },
-    /// An object, if there is one.
-    Object(Option<(ObjectMeta, Vec<u8>)>),
-    /// An object's metadata, if there is one.
-    Meta(Option<ObjectMeta>),
-    /// Whether a delete found an object.
-    Deleted(bool),
-    /// A page of a listing.
-    Listing(Vec<ObjectMeta>),
-    /// Done, nothing to say.
-    Done,
-    /// It failed.
-    Failed(Fault),
+protocol! {
+    /// A deployed component's bytes, by its SHA-256 (hex).
+    Component => fn component(digest: String) -> Vec<u8>;
+    /// Send a message (already checked against the function's grants),
+    /// sharing a dedup window with `dedup_scope` (the sending function);
+    /// `sealed` when the worker sealed its body already (for a sensitive
+    /// queue): the host stores it as it is.
+    Send => fn send(
+        queue: String,
+        message: NewMessage,
+        dedup_scope: Option<String>,
+        sealed: bool,
+    ) -> Sent;
+    /// Store an object in a non-sensitive bucket.
+    Put => fn put(
+        bucket: String,
+        key: String,
+        body: Vec<u8>,
+        content_type: Option<String>,
+    ) -> Stored;
+    /// Read an object, if there is one.
+    Get => fn get(bucket: String, key: String) -> Option<(ObjectMeta, Vec<u8>)>;
+    /// Read an object's metadata, if there is one.
+    Head => fn head(bucket: String, key: String) -> Option<ObjectMeta>;
+    /// Delete an object; whether there was one.
+    Delete => fn delete(bucket: String, key: String) -> bool;
+    /// List at most `max` objects whose keys start with `prefix`, after
+    /// `start_after`.
+    List => fn list(
+        bucket: String,
+        prefix: String,
+        start_after: Option<String>,
+        max: u32,
+    ) -> Vec<ObjectMeta>;
+    /// Progress of the host's execution `invoke`.
+    Progress => fn progress(invoke: u64, percent: u8, message: String) -> ();
+    /// A checkpoint of the host's execution `invoke`.
+    Checkpoint => fn checkpoint(invoke: u64, state: Vec<u8>) -> ();
+    /// An audit line (an [`crate::audit::Entry`] as JSON) that must be
+    /// written before the access it records goes ahead: answered once it
+    /// is, failed when it cannot be.
+    Audit => fn audit(line: String) -> ();
 }
 
 /// A failure as it crosses the socket: its kind and its message.

@@ -82,6 +82,19 @@ impl Link {
     }
 }
 
+impl wire::Ask for Link {
+    fn ask(&self, request: Request) -> BoxFuture<'_, Result<Reply, Fault>> {
+        Box::pin(self.call(request))
+    }
+}
+
+impl Link {
+    /// The protocol's calls, asked over this link.
+    pub(super) fn calls(&self) -> wire::Calls<'_, Link> {
+        wire::Calls(self)
+    }
+}
+
 /// Removes a call's entry when dropped.
 struct ForgetCall<'a>(&'a Link, u64);
 
@@ -103,16 +116,10 @@ impl crate::audit::Forward for LinkAudit {
 
     fn required(&self, line: String) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            match self.0.call(Request::Audit(line)).await {
-                Ok(_) => Ok(()),
-                Err(f) => Err(format!("the host did not write the line: {f:?}")),
-            }
+            (self.0.calls().audit(line).await)
+                .map_err(|f| format!("the host did not write the line: {f:?}"))
         })
     }
-}
-
-fn unexpected(reply: &Reply) -> Fault {
-    Fault::Backend(format!("the host answered out of turn: {reply:?}"))
 }
 
 /// The public process's stores, as a trusted function reaches them; its
@@ -135,17 +142,9 @@ impl QueueSender for Remote {
                 &queue,
                 msg,
             )?;
-            let request = Request::Send {
-                queue,
-                message,
-                dedup_scope,
-                sealed,
-            };
-            match self.link.call(request).await {
-                Ok(Reply::Sent { id, duplicate }) => Ok(Sent { id, duplicate }),
-                Ok(other) => Err(unexpected(&other).into_queue()),
-                Err(f) => Err(f.into_queue()),
-            }
+            (self.link.calls().send(queue, message, dedup_scope, sealed))
+                .await
+                .map_err(Fault::into_queue)
         })
     }
 }
@@ -154,25 +153,11 @@ impl Components for Remote {
     fn component(&self, digest: &str) -> BoxFuture<'_, Result<Vec<u8>, SeamError>> {
         let digest = digest.to_string();
         Box::pin(async move {
-            match self.link.call(Request::Component { digest }).await {
-                Ok(Reply::Component(bytes)) => Ok(bytes),
-                Ok(other) => Err(unexpected(&other).into()),
-                Err(f) => Err(f.into()),
-            }
-        })
-    }
-}
-
-impl Remote {
-    /// Ask the host `request` and take the reply `pick` accepts.
-    fn ask<T: Send + 'static>(
-        &self,
-        request: Request,
-        pick: fn(Reply) -> Result<T, Reply>,
-    ) -> BoxFuture<'_, Result<T, BlobError>> {
-        Box::pin(async move {
-            let reply = self.link.call(request).await.map_err(Fault::into_blob)?;
-            pick(reply).map_err(|other| unexpected(&other).into_blob())
+            self.link
+                .calls()
+                .component(digest)
+                .await
+                .map_err(Into::into)
         })
     }
 }
@@ -185,23 +170,20 @@ impl BlobBackend for Remote {
         body: Vec<u8>,
         content_type: Option<String>,
     ) -> BoxFuture<'_, Result<Stored, BlobError>> {
-        let request = Request::Put {
-            bucket: bucket.into(),
-            key: key.into(),
-            body,
-            content_type,
-        };
-        self.ask(request, |r| match r {
-            Reply::Stored { meta, replaced } => Ok(Stored { meta, replaced }),
-            r => Err(r),
+        let (bucket, key) = (bucket.to_string(), key.to_string());
+        Box::pin(async move {
+            (self.link.calls().put(bucket, key, body, content_type))
+                .await
+                .map_err(Fault::into_blob)
         })
     }
 
     fn get(&self, bucket: &str, key: &str) -> BoxFuture<'_, Result<Option<Object>, BlobError>> {
-        let (bucket, key) = (bucket.into(), key.into());
-        self.ask(Request::Get { bucket, key }, |r| match r {
-            Reply::Object(o) => Ok(o),
-            r => Err(r),
+        let (bucket, key) = (bucket.to_string(), key.to_string());
+        Box::pin(async move {
+            (self.link.calls().get(bucket, key))
+                .await
+                .map_err(Fault::into_blob)
         })
     }
 
@@ -210,18 +192,20 @@ impl BlobBackend for Remote {
         bucket: &str,
         key: &str,
     ) -> BoxFuture<'_, Result<Option<ObjectMeta>, BlobError>> {
-        let (bucket, key) = (bucket.into(), key.into());
-        self.ask(Request::Head { bucket, key }, |r| match r {
-            Reply::Meta(m) => Ok(m),
-            r => Err(r),
+        let (bucket, key) = (bucket.to_string(), key.to_string());
+        Box::pin(async move {
+            (self.link.calls().head(bucket, key))
+                .await
+                .map_err(Fault::into_blob)
         })
     }
 
     fn delete(&self, bucket: &str, key: &str) -> BoxFuture<'_, Result<bool, BlobError>> {
-        let (bucket, key) = (bucket.into(), key.into());
-        self.ask(Request::Delete { bucket, key }, |r| match r {
-            Reply::Deleted(d) => Ok(d),
-            r => Err(r),
+        let (bucket, key) = (bucket.to_string(), key.to_string());
+        Box::pin(async move {
+            (self.link.calls().delete(bucket, key))
+                .await
+                .map_err(Fault::into_blob)
         })
     }
 
@@ -232,15 +216,12 @@ impl BlobBackend for Remote {
         start_after: Option<String>,
         max: usize,
     ) -> BoxFuture<'_, Result<Vec<ObjectMeta>, BlobError>> {
-        let request = Request::List {
-            bucket: bucket.into(),
-            prefix: prefix.into(),
-            start_after,
-            max: max.min(u32::MAX as usize) as u32,
-        };
-        self.ask(request, |r| match r {
-            Reply::Listing(l) => Ok(l),
-            r => Err(r),
+        let (bucket, prefix) = (bucket.to_string(), prefix.to_string());
+        let max = max.min(u32::MAX as usize) as u32;
+        Box::pin(async move {
+            (self.link.calls().list(bucket, prefix, start_after, max))
+                .await
+                .map_err(Fault::into_blob)
         })
     }
 }
@@ -324,15 +305,8 @@ pub(super) struct RemoteReporter {
 impl Reporter for RemoteReporter {
     fn progress(&self, percent: u8, message: String) -> BoxFuture<'_, Result<(), SeamError>> {
         Box::pin(async move {
-            let request = Request::Progress {
-                invoke: self.invoke,
-                percent,
-                message,
-            };
-            self.link
-                .call(request)
+            (self.link.calls().progress(self.invoke, percent, message))
                 .await
-                .map(drop)
                 .map_err(SeamError::from)
         })
     }
@@ -343,14 +317,8 @@ impl Reporter for RemoteReporter {
                 .sealer
                 .seal(&crate::trusted::checkpoint_aad(&self.function), &state)
                 .map_err(|e| SeamError::caused_by("cannot seal the checkpoint", e))?;
-            let request = Request::Checkpoint {
-                invoke: self.invoke,
-                state,
-            };
-            self.link
-                .call(request)
+            (self.link.calls().checkpoint(self.invoke, state))
                 .await
-                .map(drop)
                 .map_err(SeamError::from)
         })
     }
