@@ -55,11 +55,17 @@ impl std::fmt::Display for Confinement {
     }
 }
 
+/// Landlock refused the rules (the kernel has it, and said no): the
+/// process is not confined. Retrying cannot help.
+#[derive(Debug, thiserror::Error)]
+#[error("Landlock refused the rules: {0}")]
+pub struct Refused(#[source] landlock::RulesetError);
+
 /// Confine the calling thread (and every thread and process it creates
 /// afterwards) to `read_write` and `read_only` plus the system's read-only
 /// directories. Paths that do not exist are skipped. Call it before any
 /// other thread starts.
-pub fn restrict(read_write: &[PathBuf], read_only: &[PathBuf]) -> Result<Confinement, String> {
+pub fn restrict(read_write: &[PathBuf], read_only: &[PathBuf]) -> Result<Confinement, Refused> {
     // For the tests of the weaker mode: a kernel without Landlock, as debug
     // builds can pretend (release builds cannot).
     #[cfg(debug_assertions)]
@@ -85,7 +91,7 @@ pub fn restrict(read_write: &[PathBuf], read_only: &[PathBuf]) -> Result<Confine
             ))
         })
         .and_then(|r| r.restrict_self())
-        .map_err(|e| format!("Landlock refused the rules: {e}"))?;
+        .map_err(Refused)?;
     Ok(match status.ruleset {
         RulesetStatus::FullyEnforced => Confinement::Full,
         RulesetStatus::PartiallyEnforced => Confinement::Partial,
@@ -138,13 +144,13 @@ pub fn reachable_by_public(trusted_dir: &Path, data_dir: &Path) -> Option<PathBu
 
 /// Confine the public process of a host with sensitive buckets: its data
 /// dir read-write, nothing of `trusted_dir`.
-pub fn public_process(data_dir: &Path) -> Result<Confinement, String> {
+pub fn public_process(data_dir: &Path) -> Result<Confinement, Refused> {
     restrict(&[data_dir.to_path_buf()], &credentials())
 }
 
 /// Confine the trusted worker: its trusted dir read-write, nothing of the
 /// public data dir.
-pub fn trusted_worker(trusted_dir: &Path) -> Result<Confinement, String> {
+pub fn trusted_worker(trusted_dir: &Path) -> Result<Confinement, Refused> {
     restrict(&[trusted_dir.to_path_buf()], &credentials())
 }
 

@@ -52,6 +52,34 @@ fn message_key(shared: &[u8], ephemeral: &[u8], recipient: &[u8]) -> Option<Less
 }
 
 /// Seals messages to the worker's public key (the host process's half).
+/// Why the queue key or a sealed message could not be used. Retrying
+/// cannot help, except for a file the operating system refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The key file could not be read or written.
+    #[error("cannot {what} {path:?}: {source}")]
+    File {
+        /// What was being done ("read", "create", "write").
+        what: &'static str,
+        /// The key file.
+        path: std::path::PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not a key of the right kind, or the crypto library refused it.
+    #[error("{0}")]
+    Invalid(String),
+    /// A sealed message that does not open with this key.
+    #[error(
+        "a sealed message of {queue} does not open with this worker's key (sealed for another queue or key, or altered)"
+    )]
+    Refused {
+        /// The queue it came from.
+        queue: String,
+    },
+}
+
 #[derive(Clone)]
 pub struct Sealer {
     recipient: Vec<u8>,
@@ -59,12 +87,12 @@ pub struct Sealer {
 
 impl Sealer {
     /// A sealer to `public_key` (32 bytes of X25519).
-    pub fn new(public_key: Vec<u8>) -> Result<Sealer, String> {
+    pub fn new(public_key: Vec<u8>) -> Result<Sealer, KeyError> {
         if public_key.len() != KEY_LEN {
-            return Err(format!(
+            return Err(KeyError::Invalid(format!(
                 "the trusted worker's queue key is {} bytes, not {KEY_LEN}",
                 public_key.len()
-            ));
+            )));
         }
         Ok(Sealer {
             recipient: public_key,
@@ -110,33 +138,36 @@ pub struct Opener {
 
 impl Opener {
     /// The key in `dir/queue.x25519`, made (0600) when missing.
-    pub fn open_or_create(dir: &Path) -> Result<Opener, String> {
+    pub fn open_or_create(dir: &Path) -> Result<Opener, KeyError> {
         let path = dir.join("queue.x25519");
+        let file = |what, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| KeyError::File { what, path, source }
+        };
+        let invalid = |what: &str| KeyError::Invalid(what.to_string());
         let private = match std::fs::read(&path) {
             Ok(bytes) => PrivateKey::from_private_key(&X25519, &bytes)
-                .map_err(|_| format!("{path:?} is not an X25519 private key"))?,
+                .map_err(|_| KeyError::Invalid(format!("{path:?} is not an X25519 private key")))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = PrivateKey::generate(&X25519)
-                    .map_err(|_| "cannot make the queue key".to_string())?;
+                    .map_err(|_| invalid("cannot make the queue key"))?;
                 let seed: aws_lc_rs::encoding::Curve25519SeedBin<'static> = key
                     .as_be_bytes()
-                    .map_err(|_| "cannot serialise the queue key".to_string())?;
+                    .map_err(|_| invalid("cannot serialise the queue key"))?;
                 let mut options = std::fs::OpenOptions::new();
                 options.write(true).create_new(true);
                 std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-                let mut file = options
-                    .open(&path)
-                    .map_err(|e| format!("cannot create {path:?}: {e}"))?;
-                std::io::Write::write_all(&mut file, seed.as_ref())
-                    .and_then(|()| file.sync_all())
-                    .map_err(|e| format!("cannot write {path:?}: {e}"))?;
+                let mut out = options.open(&path).map_err(file("create", &path))?;
+                std::io::Write::write_all(&mut out, seed.as_ref())
+                    .and_then(|()| out.sync_all())
+                    .map_err(file("write", &path))?;
                 key
             }
-            Err(e) => return Err(format!("cannot read {path:?}: {e}")),
+            Err(e) => return Err(file("read", &path)(e)),
         };
         let public = private
             .compute_public_key()
-            .map_err(|_| "cannot derive the queue key's public half".to_string())?
+            .map_err(|_| invalid("cannot derive the queue key's public half"))?
             .as_ref()
             .to_vec();
         Ok(Opener { private, public })
@@ -154,11 +185,9 @@ impl Opener {
 
     /// The body sealed for `queue`; an error when it was sealed to another
     /// key, for another queue, or altered.
-    pub fn open(&self, queue: &str, body: &[u8]) -> Result<Vec<u8>, String> {
-        let refused = || {
-            format!(
-                "a sealed message of {queue} does not open with this worker's key (sealed for another queue or key, or altered)"
-            )
+    pub fn open(&self, queue: &str, body: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let refused = || KeyError::Refused {
+            queue: queue.to_string(),
         };
         if body.len() < OVERHEAD || !Opener::is_sealed(body) {
             return Err(refused());

@@ -83,7 +83,7 @@ pub fn prepare(args: &WorkerArgs) -> anyhow::Result<Prepared> {
     let listener = std::os::unix::net::UnixListener::bind(&socket)
         .with_context(|| format!("cannot listen on {socket:?}"))?;
     listener.set_nonblocking(true)?;
-    let confinement = crate::confine::trusted_worker(dir).map_err(anyhow::Error::msg)?;
+    let confinement = crate::confine::trusted_worker(dir)?;
     if confinement != crate::confine::Confinement::Full && !args.accept_without_landlock {
         anyhow::bail!(
             "the trusted worker cannot confine itself: Landlock is {confinement}; \
