@@ -3,6 +3,8 @@
 //! chain (environment, profile, instance role, `AWS_ENDPOINT_URL*`) for
 //! the rest.
 
+use crate::task::ErrorSource;
+
 /// What a host config says about reaching one AWS service.
 #[derive(Debug, Clone, Default)]
 pub struct Target {
@@ -18,7 +20,38 @@ pub struct Target {
 
 /// The SDK config for `target`; an error, naming `section` of the host
 /// config, when no region can be found.
-pub async fn sdk_config(target: Target, section: &str) -> Result<aws_config::SdkConfig, String> {
+/// Why an AWS client could not be set up, or a bucket made.
+#[derive(Debug, thiserror::Error)]
+pub enum AwsError {
+    /// No region is configured for the host config's `section`: set one
+    /// and try again.
+    #[error("no AWS region: set `region` under [{section}] in the host config, or AWS_REGION")]
+    NoRegion {
+        /// The host config's section.
+        section: String,
+    },
+    /// The service refused or failed: what was tried and what it said.
+    #[error("{message}")]
+    Service {
+        /// What was tried, and the service's answer in a line.
+        message: String,
+        /// The SDK's error.
+        #[source]
+        source: ErrorSource,
+    },
+}
+
+impl AwsError {
+    /// The SDK's error, for a store error's source.
+    pub fn source_of(&self) -> Option<ErrorSource> {
+        match self {
+            AwsError::Service { source, .. } => Some(source.clone()),
+            AwsError::NoRegion { .. } => None,
+        }
+    }
+}
+
+pub async fn sdk_config(target: Target, section: &str) -> Result<aws_config::SdkConfig, AwsError> {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
     if let Some((id, secret)) = target.keys {
         let keys = aws_sdk_sqs::config::Credentials::new(id, secret, None, None, "fnhost");
@@ -32,9 +65,9 @@ pub async fn sdk_config(target: Target, section: &str) -> Result<aws_config::Sdk
     }
     let sdk = loader.load().await;
     if sdk.region().is_none() {
-        return Err(format!(
-            "no AWS region: set `region` under [{section}] in the host config, or AWS_REGION"
-        ));
+        return Err(AwsError::NoRegion {
+            section: section.to_string(),
+        });
     }
     Ok(sdk)
 }
@@ -42,7 +75,7 @@ pub async fn sdk_config(target: Target, section: &str) -> Result<aws_config::Sdk
 /// An S3 client for `target`, with path-style addressing (which every
 /// S3-compatible server understands); `section` names the host config's
 /// section in errors.
-pub async fn s3_client(target: Target, section: &str) -> Result<aws_sdk_s3::Client, String> {
+pub async fn s3_client(target: Target, section: &str) -> Result<aws_sdk_s3::Client, AwsError> {
     let sdk = sdk_config(target, section).await?;
     let config = aws_sdk_s3::config::Builder::from(&sdk)
         .force_path_style(true)
@@ -53,7 +86,7 @@ pub async fn s3_client(target: Target, section: &str) -> Result<aws_sdk_s3::Clie
 /// Create `bucket` unless it exists (a dev convenience: `create = true`),
 /// in the client's region: S3 refuses a bucket whose location is left out
 /// anywhere but in us-east-1, where it refuses one that names it.
-pub async fn create_bucket(client: &aws_sdk_s3::Client, bucket: &str) -> Result<(), String> {
+pub async fn create_bucket(client: &aws_sdk_s3::Client, bucket: &str) -> Result<(), AwsError> {
     use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
     let mut create = client.create_bucket().bucket(bucket);
     if let Some(region) = client.config().region().map(|r| r.as_ref())
@@ -74,7 +107,10 @@ pub async fn create_bucket(client: &aws_sdk_s3::Client, bucket: &str) -> Result<
         {
             Ok(())
         }
-        Err(e) => Err(describe(&format!("cannot create bucket {bucket:?}"), &e)),
+        Err(e) => Err(AwsError::Service {
+            message: describe(&format!("cannot create bucket {bucket:?}"), &e),
+            source: std::sync::Arc::new(e),
+        }),
     }
 }
 

@@ -41,7 +41,7 @@ impl S3Blobs {
     ) -> Result<S3Blobs, BlobError> {
         let client = super::aws::s3_client(target, "blobs")
             .await
-            .map_err(BlobError::InvalidBucket)?;
+            .map_err(|e| BlobError::InvalidBucket(e.to_string()))?;
         Ok(S3Blobs {
             client,
             prefix,
@@ -87,7 +87,7 @@ impl S3Blobs {
     pub async fn create_bucket(&self, bucket: &str) -> Result<(), BlobError> {
         super::aws::create_bucket(&self.client, &self.s3_bucket(bucket))
             .await
-            .map_err(|m| BlobError::backend(m, None))
+            .map_err(|e| BlobError::backend(e.to_string(), e.source_of()))
     }
 }
 
@@ -160,7 +160,7 @@ impl BlobBackend for S3Blobs {
                 Err(e) if self.create && e.code() == Some("NoSuchBucket") => {
                     super::aws::create_bucket(&self.client, &s3)
                         .await
-                        .map_err(|m| BlobError::backend(m, None))?;
+                        .map_err(|e| BlobError::backend(e.to_string(), e.source_of()))?;
                     put().await
                 }
                 other => other,

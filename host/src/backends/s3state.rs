@@ -29,7 +29,7 @@ impl S3State {
     ) -> Result<S3State, StateError> {
         let client = super::aws::s3_client(target, "state")
             .await
-            .map_err(StateError::Invalid)?;
+            .map_err(|e| StateError::Invalid(e.to_string()))?;
         Ok(S3State {
             client,
             bucket,
@@ -41,7 +41,7 @@ impl S3State {
     pub async fn create_bucket(&self) -> Result<(), StateError> {
         super::aws::create_bucket(&self.client, &self.bucket)
             .await
-            .map_err(|m| StateError::backend(m, None))
+            .map_err(|e| StateError::backend(e.to_string(), e.source_of()))
     }
 
     /// Check that the bucket answers.

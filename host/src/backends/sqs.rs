@@ -114,7 +114,7 @@ impl SqsQueues {
     ) -> Result<SqsQueues, QueueError> {
         let sdk = super::aws::sdk_config(target, "queues")
             .await
-            .map_err(QueueError::Invalid)?;
+            .map_err(|e| QueueError::Invalid(e.to_string()))?;
         Ok(SqsQueues::new(&sdk, settings, clock))
     }
 
