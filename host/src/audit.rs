@@ -156,7 +156,7 @@ pub trait Forward: Send + Sync {
     /// Hand over a line to write when it can (a refusal).
     fn line(&self, line: String);
     /// Hand over a line and wait until it is written; `Err` when it was not.
-    fn required(&self, line: String) -> BoxFuture<'_, Result<(), String>>;
+    fn required(&self, line: String) -> BoxFuture<'_, Result<(), AuditError>>;
 }
 
 enum Sink {
@@ -236,7 +236,7 @@ impl Audit {
         let line = entry.to_line();
         Box::pin(async move {
             match &self.sink {
-                Sink::Forward(f) => f.required(line).await.map_err(AuditError),
+                Sink::Forward(f) => f.required(line).await,
                 Sink::Files { changes, denied } => {
                     let file = if refusal { denied } else { changes };
                     write(file, line).map_err(|e| {
@@ -447,7 +447,7 @@ mod tests {
             fn line(&self, line: String) {
                 self.0.lock().unwrap().push((line, false));
             }
-            fn required(&self, line: String) -> BoxFuture<'_, Result<(), String>> {
+            fn required(&self, line: String) -> BoxFuture<'_, Result<(), AuditError>> {
                 self.0.lock().unwrap().push((line, true));
                 Box::pin(std::future::ready(Ok(())))
             }

@@ -456,18 +456,27 @@ struct ObjectEntity {
     e_tag: Option<String>,
 }
 
+/// A message on the notification queue that is not an S3 event
+/// notification (what it lacks, in its message): it will never read as
+/// one, so it is dead-lettered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotANotification(String);
+
 /// The object events in an S3 event notification (the body of a message
 /// S3 sent to SQS). S3's test event, sent when notifications are set up,
 /// has none. Keys arrive form-encoded (`+` for a space, `%XX` bytes).
-pub fn parse_notification(body: &[u8]) -> Result<Vec<S3Event>, String> {
+pub fn parse_notification(body: &[u8]) -> Result<Vec<S3Event>, NotANotification> {
     let n: Notification = serde_json::from_slice(body).map_err(|e| {
-        format!(
+        NotANotification(format!(
             "not an S3 event notification: {}",
             crate::text::cut(&e.to_string(), 256)
-        )
+        ))
     })?;
     if n.records.is_empty() && n.event.is_none() {
-        return Err("not an S3 event notification: it has no Records".into());
+        return Err(NotANotification(
+            "not an S3 event notification: it has no Records".into(),
+        ));
     }
     Ok(n.records
         .into_iter()
@@ -531,7 +540,7 @@ mod tests {
         let test = br#"{"Service":"Amazon S3","Event":"s3:TestEvent","Bucket":"b"}"#;
         assert!(parse_notification(test).unwrap().is_empty());
         for bad in [&b"hello"[..], b"{}", br#"{"Records":"x"}"#] {
-            let e = parse_notification(bad).unwrap_err();
+            let e = parse_notification(bad).unwrap_err().to_string();
             assert!(e.starts_with("not an S3 event notification"), "{e}");
         }
     }

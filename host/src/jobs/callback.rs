@@ -117,23 +117,23 @@ impl CallbackPolicy {
 
     /// Check a callback URL at submission: an http(s) URL of at most
     /// [`MAX_URL_BYTES`], and not naming a refused address.
-    pub fn check_url(&self, url: &str) -> Result<(), String> {
+    pub fn check_url(&self, url: &str) -> Result<(), BadCallbackUrl> {
         if url.len() > MAX_URL_BYTES {
-            return Err(format!(
+            return Err(BadCallbackUrl(format!(
                 "callback_url is {} bytes, over the limit of {MAX_URL_BYTES}",
                 url.len()
-            ));
+            )));
         }
         let quoted = crate::text::quote(url);
         let parsed = reqwest::Url::parse(url)
-            .map_err(|e| format!("callback_url {quoted} is not a URL ({e})"))?;
+            .map_err(|e| BadCallbackUrl(format!("callback_url {quoted} is not a URL ({e})")))?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(format!(
+            return Err(BadCallbackUrl(format!(
                 "callback_url {quoted} must be an http:// or https:// URL"
-            ));
+            )));
         }
         let Some(host) = parsed.host_str() else {
-            return Err(format!("callback_url {quoted} has no host"));
+            return Err(BadCallbackUrl(format!("callback_url {quoted} has no host")));
         };
         // An address in the URL is checked now; a name when it is resolved.
         match host
@@ -141,11 +141,19 @@ impl CallbackPolicy {
             .trim_end_matches(']')
             .parse::<IpAddr>()
         {
-            Ok(ip) => self.refuses(ip).map_or(Ok(()), Err),
+            Ok(ip) => self
+                .refuses(ip)
+                .map_or(Ok(()), |why| Err(BadCallbackUrl(why))),
             Err(_) => Ok(()),
         }
     }
 }
+
+/// A callback URL refused at submission: what is wrong with it (its size,
+/// its form, or an address the policy refuses). Resending it cannot help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadCallbackUrl(String);
 
 /// Resolves callback host names, keeping only the addresses the policy
 /// allows: a name that resolves to 127.0.0.1 is refused like the address.
@@ -255,7 +263,7 @@ impl Callbacks {
     /// A URL whose host is an address the policy refuses (names are
     /// checked by the resolver, at connect time).
     fn refused_literal(&self, url: &str) -> Option<String> {
-        self.policy.check_url(url).err()
+        self.policy.check_url(url).err().map(|e| e.to_string())
     }
 }
 
@@ -342,15 +350,22 @@ mod tests {
         );
         let e = p
             .check_url("http://169.254.169.254/latest/meta-data")
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("link-local"), "{e}");
         assert!(p.check_url("http://[::1]:80/").is_err());
         assert!(
             p.check_url("ftp://example.com/")
                 .unwrap_err()
+                .to_string()
                 .contains("http://")
         );
         let long = format!("https://example.com/{}", "a".repeat(MAX_URL_BYTES));
-        assert!(p.check_url(&long).unwrap_err().contains("over the limit"));
+        assert!(
+            p.check_url(&long)
+                .unwrap_err()
+                .to_string()
+                .contains("over the limit")
+        );
     }
 }

@@ -115,7 +115,7 @@ pub(crate) fn parse_submit(
         }
     };
     if let Some(url) = &req.callback_url {
-        policy.check_url(url)?;
+        policy.check_url(url).map_err(|e| e.to_string())?;
     }
     if let Some(q) = &req.reply_to {
         crate::names::QueueName::parse_user(q).map_err(|e| format!("reply_to: {e}"))?;

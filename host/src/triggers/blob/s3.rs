@@ -224,7 +224,7 @@ async fn handle_batch(
 
 /// The object events of one notification, at most [`MAX_RECORDS`].
 fn read(body: &[u8]) -> Result<Vec<S3Event>, String> {
-    let records = parse_notification(body)?;
+    let records = parse_notification(body).map_err(|e| e.to_string())?;
     if records.len() > MAX_RECORDS {
         return Err(format!(
             "the notification carries {} object records, over the cap of {MAX_RECORDS} a message (S3 sends one a message): none of them was handed to a trigger",

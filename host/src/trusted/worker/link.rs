@@ -114,10 +114,11 @@ impl crate::audit::Forward for LinkAudit {
         self.0.audit.lock().unwrap().push(line);
     }
 
-    fn required(&self, line: String) -> BoxFuture<'_, Result<(), String>> {
+    fn required(&self, line: String) -> BoxFuture<'_, Result<(), crate::audit::AuditError>> {
         Box::pin(async move {
-            (self.0.calls().audit(line).await)
-                .map_err(|f| format!("the host did not write the line: {f:?}"))
+            (self.0.calls().audit(line).await).map_err(|f| {
+                crate::audit::AuditError(format!("the host did not write the line: {f:?}"))
+            })
         })
     }
 }
