@@ -27,7 +27,7 @@ use crate::exec::{
     Busy, Event, Execution, Executor, Invocation, LoadError, Outcome, Profile, Wait,
 };
 use crate::manifest::{Isolation, Manifest};
-use crate::registry::{Registry, RegistryError, VersionRecord};
+use crate::registry::{RegistryError, VersionRecord};
 use crate::services::Services;
 use crate::task::BoxFuture;
 use crate::task::blocking;
@@ -80,7 +80,6 @@ pub enum DeployError {
 /// Active functions, routes and the concurrency cap.
 pub struct Dispatcher {
     executor: Arc<dyn Executor>,
-    registry: Arc<Registry>,
     active: RwLock<HashMap<String, Arc<Deployed>>>,
     routes: RwLock<Arc<matchit::Router<RouteTarget>>>,
     /// Deploys, rollbacks and removals run one at a time.
@@ -194,7 +193,6 @@ impl Dispatcher {
         let registry = services.registry().clone();
         let dispatcher = Arc::new(Dispatcher {
             executor,
-            registry: registry.clone(),
             active: RwLock::default(),
             routes: RwLock::new(Arc::new(matchit::Router::new())),
             admin: Mutex::new(()),
@@ -232,7 +230,7 @@ impl Dispatcher {
         let file = format!("{} v{}", record.name, record.version);
         let manifest = Manifest::parse(&file, &record.manifest)?;
         manifest.check_isolation(&file, self.services.sensitive())?;
-        let registry = self.registry.clone();
+        let registry = self.services.registry().clone();
         let digest = record.digest.clone();
         let wasm = blocking(move || registry.component(&digest)).await?;
         self.executor.prepare(wasm).await?;
@@ -277,7 +275,7 @@ impl Dispatcher {
                     .await?
             }
             None => {
-                let registry = self.registry.clone();
+                let registry = self.services.registry().clone();
                 let size = wasm.len() as u64;
                 let (n, text) = (name.clone(), manifest_text);
                 blocking(move || -> Result<VersionRecord, RegistryError> {
@@ -329,7 +327,7 @@ impl Dispatcher {
         let target = match to {
             Some(v) => v,
             None => {
-                let registry = self.registry.clone();
+                let registry = self.services.registry().clone();
                 let n = name.to_string();
                 let fns = blocking(move || registry.functions()).await?;
                 let versions = fns
@@ -349,7 +347,7 @@ impl Dispatcher {
                     })?
             }
         };
-        let registry = self.registry.clone();
+        let registry = self.services.registry().clone();
         let n = name.to_string();
         let record = blocking(move || registry.version(&n, target))
             .await?
@@ -370,7 +368,7 @@ impl Dispatcher {
         let target = record.version;
         let deployed = Arc::new(self.load(record).await?);
         let routes = self.routes_with(authority, &name, &deployed.manifest.triggers.http)?;
-        let registry = self.registry.clone();
+        let registry = self.services.registry().clone();
         let n = name.clone();
         blocking(move || registry.activate(&n, target)).await?;
         self.swap(&name, Some(deployed.clone()), Some(routes));
@@ -383,7 +381,7 @@ impl Dispatcher {
         if deployed.manifest.triggers.timer.is_some() {
             return Ok(());
         }
-        let registry = self.registry.clone();
+        let registry = self.services.registry().clone();
         let name = deployed.record.name.clone();
         blocking(move || registry.forget_timer(&name)).await?;
         Ok(())
@@ -412,7 +410,7 @@ impl Dispatcher {
     /// Remove a function and all its versions from this host; false when
     /// it has none.
     async fn remove_here(&self, name: &str) -> Result<bool, DeployError> {
-        let registry = self.registry.clone();
+        let registry = self.services.registry().clone();
         let n = name.to_string();
         if !blocking(move || registry.remove(&n)).await? {
             return Ok(false);

@@ -80,7 +80,7 @@ impl Dispatcher {
         &self,
         name: &str,
     ) -> Result<(Option<u32>, Vec<VersionRecord>), DeployError> {
-        let registry = self.registry.clone();
+        let registry = self.services.registry().clone();
         let name = name.to_string();
         let stored = blocking(move || {
             let functions = registry.functions()?;

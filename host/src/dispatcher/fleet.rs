@@ -132,7 +132,7 @@ impl Dispatcher {
         fleet: &dyn StateStore,
         digest: &str,
     ) -> Result<(), DeployError> {
-        if self.registry.has_component(digest) {
+        if self.services.registry().has_component(digest) {
             return Ok(());
         }
         let Some(doc) = fleet.get(&component_key(digest)).await? else {
@@ -146,7 +146,7 @@ impl Dispatcher {
                 "the fleet's component {digest} has the SHA-256 {got}; redeploy the function"
             ))));
         }
-        let registry = self.registry.clone();
+        let registry = self.services.registry().clone();
         blocking(move || registry.store_component(&doc.bytes)).await?;
         Ok(())
     }
@@ -170,7 +170,7 @@ impl Dispatcher {
                 crate::state::MAX_DOCUMENT_BYTES
             ))));
         }
-        let registry = self.registry.clone();
+        let registry = self.services.registry().clone();
         let size = wasm.len() as u64;
         let (digest, wasm) =
             blocking(move || registry.store_component(&wasm).map(|d| (d, wasm))).await?;
@@ -288,7 +288,7 @@ impl Dispatcher {
     }
 
     async fn mirror(&self, name: &str, shared: &SharedFunction) -> Result<(), DeployError> {
-        let registry = self.registry.clone();
+        let registry = self.services.registry().clone();
         let (name, shared) = (name.to_string(), shared.clone());
         blocking(move || registry.mirror(&name, &shared.versions, shared.active)).await?;
         Ok(())
@@ -389,7 +389,7 @@ impl Dispatcher {
                 Some((name.to_string(), l.version))
             })
             .collect();
-        let registry = self.registry.clone();
+        let registry = self.services.registry().clone();
         let here = blocking(move || registry.functions()).await?;
         for gone in here
             .iter()

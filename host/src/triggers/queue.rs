@@ -337,7 +337,6 @@ impl BindingLoop {
             let settle = Settle {
                 functions: self.functions.clone(),
                 services: self.services.clone(),
-                backend: backend.clone(),
                 deployed,
                 policy,
             };
@@ -382,7 +381,7 @@ impl BindingLoop {
                     };
                     let shutdown = self.shutdown.clone();
                     self.tracker.spawn(async move {
-                        let backend = settle.backend.clone();
+                        let backend = settle.services.delivery().clone();
                         let process = |d, slot| settle.process(d, slot);
                         groups::run(backend.as_ref(), chain, shutdown, process).await;
                     });

@@ -122,7 +122,6 @@ impl Ended {
 pub(super) struct Settle {
     pub(super) functions: Arc<dyn Functions>,
     pub(super) services: Arc<Services>,
-    pub(super) backend: Arc<dyn QueueDelivery>,
     pub(super) deployed: Arc<Deployed>,
     pub(super) policy: QueuePolicy,
 }
@@ -234,7 +233,8 @@ impl Settle {
                 tracing::error!(message = %m.id, queue = %m.queue, %error, "dead-lettering a message the host cannot read");
                 let who = self.deployed.profile.who();
                 let dead = self
-                    .backend
+                    .services
+                    .delivery()
                     .dead_letter(d.receipt.clone(), error, Some(who))
                     .await;
                 match &dead {
@@ -258,7 +258,7 @@ impl Settle {
                 && record.state.is_final()
             {
                 tracing::info!(job = %id, "the job already ended; acknowledging its redelivered message");
-                let acked = self.backend.ack(d.receipt.clone()).await;
+                let acked = self.services.delivery().ack(d.receipt.clone()).await;
                 return Err(Ended::gone_if(matches!(acked, Ok(true))));
             }
             let started = JobUpdate::Started {
@@ -282,7 +282,7 @@ impl Settle {
         let checkpoint = (m.checkpoint.as_deref())
             .and_then(|stored| super::checkpoints::open(stored, &function));
         let reporter = DeliveryReporter {
-            backend: self.backend.clone(),
+            backend: self.services.delivery().clone(),
             receipt: d.receipt.clone(),
             job: job.clone(),
             function,
@@ -307,7 +307,7 @@ impl Settle {
             tokio::select! {
                 (_, outcome) = &mut invocation => return outcome,
                 () = tokio::time::sleep(vis / 2), if renewing => {
-                    match self.backend.renew(d.receipt.clone(), vis).await {
+                    match self.services.delivery().renew(d.receipt.clone(), vis).await {
                         Ok(true) => {}
                         Ok(false) => {
                             tracing::warn!(message = %m.id, "the lease was lost; another worker may process this message too");
@@ -361,7 +361,7 @@ impl Settle {
                     };
                     jobs.update(id.clone(), update)
                 });
-                let retry = self.backend.retry(receipt, delay, error);
+                let retry = self.services.delivery().retry(receipt, delay, error);
                 let message = m.id.clone();
                 let pending: BoxFuture<'_, _> = Box::pin(async move {
                     if let Some(update) = retrying
@@ -425,7 +425,7 @@ impl Settle {
     ) -> BoxFuture<'a, Result<bool, QueueError>> {
         match job {
             Some((jobs, id)) => jobs.settle_job(receipt, how, reply, id.clone(), done),
-            None => self.backend.settle(receipt, how, reply),
+            None => self.services.delivery().settle(receipt, how, reply),
         }
     }
 

@@ -345,7 +345,6 @@ impl Harness {
         let settle = Settle {
             functions: self.functions.clone(),
             services: self.services.clone(),
-            backend: self.queues().clone(),
             deployed: self.functions.deployed.clone(),
             policy: self.policy(queue),
         };
