@@ -79,6 +79,11 @@ enum Command {
         #[command(flatten)]
         conn: client::Connection,
     },
+    /// What ran on the host, newest first: trigger, attempt, outcome and
+    /// reason, queue time, duration, fuel, peak memory.
+    Invocations(client::InvocationsArgs),
+    /// What a function's invocations wrote, oldest first; --follow keeps printing.
+    Logs(client::LogsArgs),
     /// Activate an earlier version (the previous one unless --to is given).
     Rollback {
         /// The function's name.
@@ -278,6 +283,8 @@ impl Cli {
             }
             Command::Jobs { id, wait, conn } => client::jobs(&conn, &id, wait).await,
             Command::Status { conn } => client::status(&conn).await,
+            Command::Invocations(args) => client::invocations(args).await,
+            Command::Logs(args) => client::logs(args).await,
             Command::Rollback { name, to, conn } => client::rollback(&conn, &name, to).await,
             Command::Remove { name, conn } => client::remove(&conn, &name).await,
             Command::Queue { command } => client::queue(command).await,

@@ -539,6 +539,7 @@ impl Dispatcher {
             job_id: attempt.job_id.clone(),
             delivered: attempt.delivered,
             queued: queued_since.map(|at| Duration::from_millis(now.saturating_sub(at))),
+            trusted: profile.trusted,
         };
         let execution = Execution {
             invocation: Invocation {

@@ -18,6 +18,7 @@ use crate::dispatcher::Dispatcher;
 use crate::exec::Executor;
 use crate::jobs::JobSettings;
 use crate::jobs::callback::{CallbackPolicy, Callbacks};
+use crate::records::{Records, RecordsConfig};
 use crate::registry::Registry;
 use crate::sandbox::{LocalExecutor, Sandbox, SandboxConfig, Stores};
 use crate::server::{Guard, ServerConfig};
@@ -54,6 +55,11 @@ pub struct HostConfig {
     /// them (the host config's `[sensitive]`): the admin API answers 403
     /// for them, and a trusted worker holds them.
     pub sensitive: Arc<crate::manifest::Sensitive>,
+    /// This host's name in its invocation records (on a fleet, which host
+    /// ran what).
+    pub host_id: String,
+    /// How much invocation history the host keeps.
+    pub records: RecordsConfig,
 }
 
 /// The trusted worker of a host with sensitive data, as `fnhost serve`
@@ -107,7 +113,22 @@ impl HostConfig {
             server: ServerConfig::new(token),
             role: Role::Both,
             sensitive: Arc::default(),
+            host_id: hostname(),
+            records: RecordsConfig::default(),
         }
+    }
+}
+
+/// This machine's host name (`localhost` when the system has none to give).
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at
+    // most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    match (rc, std::str::from_utf8(&buf[..end])) {
+        (0, Ok(name)) if !name.is_empty() => name.to_string(),
+        _ => "localhost".into(),
     }
 }
 
@@ -116,6 +137,7 @@ pub struct Host {
     config: HostConfig,
     dispatcher: Arc<Dispatcher>,
     services: Arc<Services>,
+    records: Arc<Records>,
     pooling: bool,
     guard: Guard,
     trusted: Option<TrustedLaunch>,
@@ -265,6 +287,13 @@ impl HostBuilder {
             config.sensitive.clone(),
         ));
         let dispatcher = Dispatcher::start(executor, services.clone()).await?;
+        let records = Records::open(data_dir, config.host_id.clone(), config.records).context(
+            "failed to open the invocation records; check the data dir's disk and permissions",
+        )?;
+        // None to keep: no records taken, at no cost.
+        if config.records.max_records > 0 {
+            dispatcher.subscribe_invocations(records.clone());
+        }
         // A fleet host takes the fleet's deployments before it serves.
         if let Err(e) = dispatcher.sync_fleet().await {
             tracing::error!(error = %e, "cannot read the fleet's deployments now; serving what this host has, and trying again");
@@ -273,6 +302,7 @@ impl HostBuilder {
             config,
             dispatcher,
             services,
+            records,
             pooling,
             guard,
             trusted,
@@ -298,6 +328,11 @@ impl Host {
     /// The stores and settings triggers and the API work with.
     pub fn services(&self) -> &Arc<Services> {
         &self.services
+    }
+
+    /// The invocation records.
+    pub fn records(&self) -> &Arc<Records> {
+        &self.records
     }
 
     /// True when the sandbox uses the pooling allocator.
@@ -329,17 +364,22 @@ impl Host {
         let mut server = self.config.server;
         server.http_triggers = self.config.role.serves_http();
         let audit = self.guard.audit.clone();
+        let records = self.records.clone();
         let served = crate::server::serve(
             listener,
-            self.dispatcher,
-            self.services,
+            crate::server::Served {
+                dispatcher: self.dispatcher,
+                services: self.services,
+                guard: self.guard,
+                records: self.records,
+            },
             server,
-            self.guard,
             shutdown,
             background,
         )
         .await;
         audit.flush_all();
+        records.flush().await;
         // Drained: now the worker may go (closing the supervisor's stdin
         // stops it, and it stops the worker).
         if let Some(mut launch) = self.trusted {

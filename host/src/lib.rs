@@ -6,6 +6,7 @@
 //! - [`host`]: the composition root, where a host is put together;
 //! - [`server`]: the admin API and the HTTP trigger;
 //! - [`triggers`]: background triggers (queues, blob changes, timers) that invoke through the dispatcher;
+//! - [`records`]: the invocation history, kept from the dispatcher's event stream;
 //! - [`dispatcher`]: deployments: active versions and routes; hands events to the executor;
 //! - [`manifest`]: `fnhost.toml`, parsed and checked;
 //! - [`backends`]: the stores behind the seams (embedded: SQLite + files);
@@ -36,6 +37,7 @@ pub mod jobs;
 pub mod manifest;
 pub mod names;
 pub mod queue;
+pub mod records;
 pub mod registry;
 pub mod sandbox;
 pub mod server;

@@ -9,12 +9,14 @@ mod admin;
 mod auth;
 mod blobs;
 mod conn;
+mod invocations;
 mod jobs;
 mod queues;
 mod tokens;
 mod trigger;
 
 use crate::dispatcher::Dispatcher;
+use crate::records::Records;
 use crate::services::Services;
 use axum::Json;
 use axum::extract::State;
@@ -73,6 +75,19 @@ impl ServerConfig {
     }
 }
 
+/// What the server serves: the host's functions, its stores, who may do
+/// what, and its history.
+pub struct Served {
+    /// Deployments, routes and invocations.
+    pub dispatcher: Arc<Dispatcher>,
+    /// The stores the API reads and changes.
+    pub services: Arc<Services>,
+    /// Tokens, the audit log, the trusted worker.
+    pub guard: Guard,
+    /// The invocation records.
+    pub records: Arc<Records>,
+}
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -80,20 +95,17 @@ pub(crate) struct AppState {
     pub services: Arc<Services>,
     pub config: Arc<ServerConfig>,
     pub guard: Guard,
+    pub records: Arc<Records>,
 }
 
 /// Build the router: admin API, health, HTTP trigger.
-pub fn router(
-    dispatcher: Arc<Dispatcher>,
-    services: Arc<Services>,
-    config: ServerConfig,
-    guard: Guard,
-) -> axum::Router {
+pub fn router(served: Served, config: ServerConfig) -> axum::Router {
     let state = AppState {
-        dispatcher,
-        services,
+        dispatcher: served.dispatcher,
+        services: served.services,
         config: Arc::new(config),
-        guard,
+        guard: served.guard,
+        records: served.records,
     };
     axum::Router::new()
         .route("/healthz", axum::routing::get(healthz))
@@ -127,16 +139,15 @@ async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
 /// headers, and `body_read_timeout` between pieces of a body.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    dispatcher: Arc<Dispatcher>,
-    services: Arc<Services>,
+    served: Served,
     config: ServerConfig,
-    guard: Guard,
     shutdown: CancellationToken,
     background: TaskTracker,
 ) -> anyhow::Result<()> {
     let wait = config.stopping_wait_time;
     let limits = conn::Limits::from(&config);
-    let app = router(dispatcher.clone(), services, config, guard);
+    let dispatcher = served.dispatcher.clone();
+    let app = router(served, config);
     let connections = TaskTracker::new();
     let accepting = conn::accept_loop(listener, app, limits, shutdown.clone(), connections.clone());
     accepting.await;

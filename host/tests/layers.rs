@@ -30,7 +30,7 @@ const LAYERS: &[&[&str]] = &[
     // a process of its own).
     &["dispatcher", "trusted"],
     // Events in: background triggers; the HTTP server.
-    &["triggers"],
+    &["triggers", "records"],
     &["server"],
     // The composition root, then the command line.
     &["host"],

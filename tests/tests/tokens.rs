@@ -133,6 +133,7 @@ fn every_scope_is_let_in_where_it_may_and_refused_elsewhere() {
         403
     );
     assert_eq!(call(&deploy, "GET", "/v1/tokens", ""), 403);
+    assert_eq!(call(&deploy, "GET", "/v1/invocations", ""), 403);
 
     // invoke: invokes, sends, submits jobs and reads them; no deploys, no data.
     let ada = r#"{"name":"Ada"}"#;
@@ -153,6 +154,7 @@ fn every_scope_is_let_in_where_it_may_and_refused_elsewhere() {
     assert_eq!(call(&invoke, "POST", "/v1/queues/q/messages", &send), 201);
     assert_eq!(call(&invoke, "GET", "/v1/queues/q/messages", ""), 403);
     assert_eq!(call(&invoke, "DELETE", "/v1/functions/hello", ""), 403);
+    assert_eq!(call(&invoke, "GET", "/v1/invocations", ""), 403);
     let out = deploy_with(&host, &invoke);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("403"));
@@ -161,6 +163,10 @@ fn every_scope_is_let_in_where_it_may_and_refused_elsewhere() {
     assert_eq!(call(&read, "GET", "/v1/buckets/b/objects/k", ""), 200);
     assert_eq!(call(&read, "GET", "/v1/queues/q/messages", ""), 200);
     assert_eq!(call(&read, "GET", &format!("/v1/jobs/{id}"), ""), 200);
+    assert_eq!(
+        call(&read, "GET", "/v1/invocations?function=hello", ""),
+        200
+    );
     assert_eq!(call(&read, "PUT", "/v1/buckets/b/objects/k", "x"), 403);
     assert_eq!(call(&read, "DELETE", "/v1/queues/q/messages", ""), 403);
     assert_eq!(call(&read, "POST", "/v1/functions/hello/rollback", ""), 403);
@@ -184,7 +190,7 @@ fn every_scope_is_let_in_where_it_may_and_refused_elsewhere() {
         .iter()
         .filter(|e| e["event"] == "admin.denied")
         .collect();
-    assert_eq!(denied.len(), 11, "{log:#?}");
+    assert_eq!(denied.len(), 13, "{log:#?}");
     assert!(
         denied
             .iter()

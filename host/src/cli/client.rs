@@ -7,11 +7,13 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 mod blob;
+mod invocations;
 mod jobs;
 mod queue;
 mod tokens;
 
 pub use blob::{BlobCommand, blob};
+pub use invocations::{InvocationsArgs, LogsArgs, invocations, logs};
 pub use jobs::{JobRequest, jobs, submit};
 pub use queue::{QueueCommand, queue};
 pub use tokens::{TokensCommand, audit, tokens};

@@ -85,6 +85,20 @@ pub(super) struct ServeArgs {
     /// Use on-demand instance allocation instead of the pooling allocator.
     #[arg(long, env = "FNHOST_NO_POOLING")]
     no_pooling: bool,
+    /// This host's name in its invocation records (default: the machine's
+    /// host name and the listen port, or the process id with port 0).
+    #[arg(long, env = "FNHOST_HOST_ID")]
+    host_id: Option<String>,
+    /// How long invocation records and their logs are kept, e.g. 7d.
+    #[arg(long, env = "FNHOST_INVOCATION_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    invocation_retention: Duration,
+    /// The most invocation records kept; the oldest go first (0: none are
+    /// taken).
+    #[arg(long, env = "FNHOST_INVOCATION_RECORDS", default_value_t = crate::records::DEFAULT_MAX_RECORDS)]
+    invocation_records: u64,
+    /// For how many of the newest invocations their logs are kept.
+    #[arg(long, env = "FNHOST_INVOCATION_LOGS", default_value_t = crate::records::DEFAULT_MAX_LOGS)]
+    invocation_logs: u64,
 }
 
 /// A cap on what the host accepts from a client, in bytes: at most
@@ -319,6 +333,15 @@ pub(super) async fn serve(args: ServeArgs, setup: ServeSetup) -> anyhow::Result<
         },
         role: args.role,
         sensitive: Arc::new(sensitive),
+        host_id: args.host_id.unwrap_or_else(|| match args.listen.port() {
+            0 => format!("{}:pid{}", crate::host::hostname(), std::process::id()),
+            port => format!("{}:{port}", crate::host::hostname()),
+        }),
+        records: crate::records::RecordsConfig {
+            max_age: args.invocation_retention,
+            max_records: args.invocation_records,
+            max_logs: args.invocation_logs,
+        },
     };
     if args.role == crate::host::Role::Api && !file.shares_queues() {
         anyhow::bail!(

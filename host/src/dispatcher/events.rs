@@ -89,6 +89,8 @@ pub struct InvocationInfo {
     /// How long it waited before it was handed to run: since its message
     /// was sent (or, for a timer, since its tick was due).
     pub queued: Option<Duration>,
+    /// Is it a trusted function's (run by the trusted worker)?
+    pub trusted: bool,
 }
 
 /// How an invocation ended, in a word.

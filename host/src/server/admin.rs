@@ -42,6 +42,7 @@ pub(crate) fn routes(state: AppState) -> axum::Router<AppState> {
         .merge(super::jobs::routes().layer(DefaultBodyLimit::max(body)))
         .merge(super::blobs::routes().layer(DefaultBodyLimit::max(upload)))
         .merge(super::tokens::routes().layer(DefaultBodyLimit::max(64 << 10)))
+        .merge(super::invocations::routes())
         .layer(axum::middleware::from_fn_with_state(
             state,
             auth::require_token,

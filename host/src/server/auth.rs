@@ -72,6 +72,8 @@ fn action(method: &Method, route: &str) -> Action {
         "/functions/{name}/invoke" | "/functions/{name}/jobs" => Action::Invoke,
         "/jobs/{id}" => Action::ReadJob,
         "/queues" | "/queues/{queue}" => Action::Status,
+        // Records carry reasons and the guest's output: data.
+        "/invocations" | "/invocations/{id}" if read => Action::ReadData,
         "/queues/{queue}/messages" if *method == Method::POST => Action::Invoke,
         r if (r.starts_with("/queues/") || r.starts_with("/buckets/")) && read => Action::ReadData,
         r if r.starts_with("/queues/") || r.starts_with("/buckets/") => Action::WriteData,
