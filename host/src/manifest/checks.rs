@@ -35,7 +35,7 @@ pub(super) fn routes(http: &[HttpTrigger]) -> Result<(), Bad> {
                 format!("{} must start with '/'", crate::text::quote(path)),
             ));
         }
-        super::routes::check(path).map_err(|why| bad(&field, why))?;
+        super::routes::check(path).map_err(|why| bad(&field, why.to_string()))?;
         if let Some(reserved) = super::RESERVED_PREFIXES.iter().find(|p| {
             path == *p || path.starts_with(&format!("{p}/")) || path.starts_with(&format!("{p}{{"))
         }) {

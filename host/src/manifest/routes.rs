@@ -7,25 +7,42 @@
 use icu_properties::props::{BidiControl, DefaultIgnorableCodePoint, GeneralCategory};
 use icu_properties::{CodePointMapData, CodePointSetData};
 
+/// What is wrong with a route pattern beyond matchit's syntax (the same
+/// pattern is refused again: fix the manifest).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum BadRoute {
+    /// It holds a character a reader cannot see.
+    #[error(
+        "{path} holds U+{code_point:04X}, {kind}; a route may hold only visible characters, so that what you read is what the host routes: remove it"
+    )]
+    Invisible {
+        path: String,
+        code_point: u32,
+        kind: &'static str,
+    },
+    /// It names a parameter twice.
+    #[error("{path} names the parameter {name} twice; give each parameter its own name")]
+    ParameterTwice { path: String, name: String },
+}
+
 /// What is wrong with `path` beyond matchit's syntax, if anything: a
 /// control, format or otherwise invisible character (what an operator
 /// reads must be what the host routes), or a parameter name used twice.
-pub(super) fn check(path: &str) -> Result<(), String> {
+pub(super) fn check(path: &str) -> Result<(), BadRoute> {
     if let Some((c, kind)) = path.chars().find_map(|c| invisible(c).map(|k| (c, k))) {
-        return Err(format!(
-            "{} holds U+{:04X}, {kind}; a route may hold only visible characters, so that what you read is what the host routes: remove it",
-            crate::text::quote(path),
-            c as u32
-        ));
+        return Err(BadRoute::Invisible {
+            path: crate::text::quote(path),
+            code_point: c as u32,
+            kind,
+        });
     }
     let names = parameter_names(path);
     let twice = (names.iter().enumerate()).find_map(|(i, n)| names[..i].contains(n).then_some(n));
     if let Some(name) = twice {
-        return Err(format!(
-            "{} names the parameter {} twice; give each parameter its own name",
-            crate::text::quote(path),
-            crate::text::quote(name)
-        ));
+        return Err(BadRoute::ParameterTwice {
+            path: crate::text::quote(path),
+            name: crate::text::quote(name),
+        });
     }
     Ok(())
 }

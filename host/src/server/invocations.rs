@@ -62,7 +62,7 @@ fn number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, String> {
 }
 
 /// The query a request's query string asks for, or why it cannot be run.
-pub(crate) fn parse_query(raw: Option<&str>, now_ms: u64) -> Result<Query, String> {
+fn parse_query(raw: Option<&str>, now_ms: u64) -> Result<Query, String> {
     let mut query = Query {
         filter: Filter::default(),
         cursor: Cursor::Before(None),

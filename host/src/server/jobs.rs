@@ -132,7 +132,7 @@ pub(crate) fn parse_submit(
     let delay_ms = match req.delay.as_deref().map(super::queues::parse_delay) {
         None => None,
         Some(Ok(ms)) => Some(ms),
-        Some(Err(e)) => return Err(e),
+        Some(Err(e)) => return Err(e.to_string()),
     };
     let not_before_ms = match (&req.not_before, req.not_before_ms) {
         (Some(_), Some(_)) => {

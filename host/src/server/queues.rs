@@ -55,7 +55,8 @@ enum SendRequest {
 
 impl SendMessage {
     fn into_message(self) -> Result<NewMessage, String> {
-        let delay_ms = self.delay.as_deref().map(parse_delay).transpose()?;
+        let delay_ms =
+            (self.delay.as_deref().map(parse_delay).transpose()).map_err(|e| e.to_string())?;
         Ok(NewMessage {
             body: body_bytes(self.body),
             attributes: self.attributes.into_iter().collect(),
@@ -71,16 +72,23 @@ impl SendMessage {
     }
 }
 
+/// A `delay` that is not a duration (the same text is refused again).
+#[derive(Debug, thiserror::Error)]
+#[error("delay {text} is not a duration ({}); write e.g. \"5s\"", crate::text::capped(.source.to_string(), 128))]
+pub(crate) struct BadDelay {
+    /// The delay as given, quoted and cut.
+    text: String,
+    #[source]
+    source: humantime::DurationError,
+}
+
 /// A `delay` as milliseconds (saturated: the caller's range check names the limit).
-pub(crate) fn parse_delay(d: &str) -> Result<u64, String> {
+pub(crate) fn parse_delay(d: &str) -> Result<u64, BadDelay> {
     humantime::parse_duration(d)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .map_err(|e| {
-            format!(
-                "delay {} is not a duration ({}); write e.g. \"5s\"",
-                crate::text::quote(d),
-                crate::text::capped(e.to_string(), 128)
-            )
+        .map_err(|source| BadDelay {
+            text: crate::text::quote(d),
+            source,
         })
 }
 

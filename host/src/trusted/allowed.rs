@@ -39,31 +39,22 @@ impl Allowed {
     }
 
     /// May the component `digest` run? An error says why not.
-    pub fn check(&self, digest: &str) -> Result<(), String> {
+    pub fn check(&self, digest: &str) -> Result<(), NotAllowed> {
+        let unreadable = |source| NotAllowed::Unreadable {
+            path: self.path.clone(),
+            source,
+        };
         let modified = match std::fs::metadata(&self.path) {
             Ok(m) if m.len() > MAX_FILE_BYTES => {
-                return Err(format!(
-                    "{:?} is over {MAX_FILE_BYTES} bytes: the trusted worker runs nothing until it is fixed",
-                    self.path
-                ));
+                return Err(NotAllowed::TooLarge(self.path.clone()));
             }
             Ok(m) => m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => {
-                return Err(format!(
-                    "cannot read {:?} ({e}): the trusted worker runs nothing until it can",
-                    self.path
-                ));
-            }
+            Err(e) => return Err(unreadable(e)),
         };
         let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
         if cached.as_ref().map(|(t, _)| *t) != Some(modified) {
-            let text = std::fs::read_to_string(&self.path).map_err(|e| {
-                format!(
-                    "cannot read {:?} ({e}): the trusted worker runs nothing until it can",
-                    self.path
-                )
-            })?;
+            let text = std::fs::read_to_string(&self.path).map_err(unreadable)?;
             let digests = text
                 .lines()
                 .map(|l| {
@@ -81,12 +72,42 @@ impl Allowed {
         if digests.contains(digest) {
             Ok(())
         } else {
-            Err(format!(
-                "the component {digest} is not in {:?}: an operator must add it (one digest a line) before the trusted worker runs it",
-                self.path
-            ))
+            Err(NotAllowed::NotListed {
+                digest: digest.to_string(),
+                path: self.path.clone(),
+            })
         }
     }
+}
+
+/// Why the trusted worker will not run a component. Each clears when an
+/// operator fixes the list, so a later attempt can succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum NotAllowed {
+    /// The list is over its size cap.
+    #[error(
+        "{0:?} is over {MAX_FILE_BYTES} bytes: the trusted worker runs nothing until it is fixed"
+    )]
+    TooLarge(std::path::PathBuf),
+    /// The list is there but cannot be read.
+    #[error("cannot read {path:?} ({source}): the trusted worker runs nothing until it can")]
+    Unreadable {
+        /// The list.
+        path: std::path::PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The list does not name the component.
+    #[error(
+        "the component {digest} is not in {path:?}: an operator must add it (one digest a line) before the trusted worker runs it"
+    )]
+    NotListed {
+        /// The component's SHA-256.
+        digest: String,
+        /// The list.
+        path: std::path::PathBuf,
+    },
 }
 
 #[cfg(test)]
@@ -99,7 +120,7 @@ mod tests {
         let allowed = Allowed::new(dir.path());
         allowed.check("aa").unwrap();
         std::fs::write(dir.path().join(FILE), "# the vault\nBB  # v3\n\n").unwrap();
-        let err = allowed.check("aa").unwrap_err();
+        let err = allowed.check("aa").unwrap_err().to_string();
         assert!(err.contains("not in") && err.contains(FILE), "{err}");
         allowed.check("bb").unwrap();
         // An edit takes effect (a later modification time).
