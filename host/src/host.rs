@@ -23,6 +23,7 @@ use crate::registry::Registry;
 use crate::sandbox::{LocalExecutor, Sandbox, SandboxConfig, Stores};
 use crate::server::{Guard, ServerConfig};
 use crate::services::Services;
+use crate::telemetry::Telemetry;
 use crate::tokens::Tokens;
 use crate::trusted::remote::HostStores;
 use crate::trusted::{RemoteWorker, Tiered};
@@ -138,6 +139,7 @@ pub struct Host {
     dispatcher: Arc<Dispatcher>,
     services: Arc<Services>,
     records: Arc<Records>,
+    telemetry: Arc<Telemetry>,
     pooling: bool,
     guard: Guard,
     trusted: Option<TrustedLaunch>,
@@ -294,6 +296,12 @@ impl HostBuilder {
         if config.records.max_records > 0 {
             dispatcher.subscribe_invocations(records.clone());
         }
+        let sources = crate::telemetry::Sources {
+            records: Some(records.clone()),
+            trusted_worker: guard.trusted_worker.clone(),
+        };
+        let telemetry = Telemetry::new(services.clone(), dispatcher.clone(), sources);
+        dispatcher.subscribe_invocations(telemetry.clone());
         // A fleet host takes the fleet's deployments before it serves.
         if let Err(e) = dispatcher.sync_fleet().await {
             tracing::error!(error = %e, "cannot read the fleet's deployments now; serving what this host has, and trying again");
@@ -303,6 +311,7 @@ impl HostBuilder {
             dispatcher,
             services,
             records,
+            telemetry,
             pooling,
             guard,
             trusted,
@@ -372,6 +381,7 @@ impl Host {
                 services: self.services,
                 guard: self.guard,
                 records: self.records,
+                telemetry: self.telemetry,
             },
             server,
             shutdown,

@@ -7,6 +7,7 @@
 //! - [`server`]: the admin API and the HTTP trigger;
 //! - [`triggers`]: background triggers (queues, blob changes, timers) that invoke through the dispatcher;
 //! - [`records`]: the invocation history, kept from the dispatcher's event stream;
+//! - [`telemetry`]: metrics for Prometheus, from the same stream and the stores;
 //! - [`dispatcher`]: deployments: active versions and routes; hands events to the executor;
 //! - [`manifest`]: `fnhost.toml`, parsed and checked;
 //! - [`backends`]: the stores behind the seams (embedded: SQLite + files);
@@ -44,6 +45,7 @@ pub mod server;
 pub mod services;
 pub mod state;
 pub mod task;
+pub mod telemetry;
 pub mod text;
 pub mod tokens;
 pub mod triggers;

@@ -18,6 +18,7 @@ mod trigger;
 use crate::dispatcher::Dispatcher;
 use crate::records::Records;
 use crate::services::Services;
+use crate::telemetry::Telemetry;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -86,6 +87,8 @@ pub struct Served {
     pub guard: Guard,
     /// The invocation records.
     pub records: Arc<Records>,
+    /// The metrics.
+    pub telemetry: Arc<Telemetry>,
 }
 
 /// What every handler can reach.
@@ -96,6 +99,7 @@ pub(crate) struct AppState {
     pub config: Arc<ServerConfig>,
     pub guard: Guard,
     pub records: Arc<Records>,
+    pub telemetry: Arc<Telemetry>,
 }
 
 /// Build the router: admin API, health, HTTP trigger.
@@ -106,12 +110,53 @@ pub fn router(served: Served, config: ServerConfig) -> axum::Router {
         config: Arc::new(config),
         guard: served.guard,
         records: served.records,
+        telemetry: served.telemetry,
     };
+    let scraped = axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
     axum::Router::new()
         .route("/healthz", axum::routing::get(healthz))
+        .merge(scraped)
         .nest("/v1", admin::routes(state.clone()))
         .fallback(trigger::handle)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_responses,
+        ))
         .with_state(state)
+}
+
+/// Count every response by its kind and status, for `/metrics`.
+async fn count_responses(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let kind = match req.uri().path() {
+        p if p.starts_with("/v1/") => "api",
+        "/healthz" | "/metrics" => "health",
+        _ => "trigger",
+    };
+    let response = next.run(req).await;
+    state.telemetry.answered(kind, response.status().as_u16());
+    response
+}
+
+/// `GET /metrics`: the host's figures in Prometheus' text format.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let text = state.telemetry.render().await;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// `{"status": "ok"}`; on a host with sensitive data, also the trusted

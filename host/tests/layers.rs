@@ -31,6 +31,8 @@ const LAYERS: &[&[&str]] = &[
     &["dispatcher", "trusted"],
     // Events in: background triggers; the HTTP server.
     &["triggers", "records"],
+    // Metrics: from the event stream, the stores and the records.
+    &["telemetry"],
     &["server"],
     // The composition root, then the command line.
     &["host"],

@@ -256,6 +256,7 @@ async fn deploy(
     let deployed = (state.dispatcher)
         .deploy(manifest, component.to_vec(), authority(&bearer))
         .await;
+    state.telemetry.deployed("deploy", deployed.is_ok());
     match deployed {
         Ok(d) => {
             tracing::info!(function = %d.record.name, version = d.record.version, digest = %d.record.digest, "deployed");
@@ -293,6 +294,7 @@ async fn rollback(
     let rolled = (state.dispatcher)
         .rollback(&name, req.version, authority(&bearer))
         .await;
+    state.telemetry.deployed("rollback", rolled.is_ok());
     match rolled {
         Ok(d) => {
             tracing::info!(function = %name, version = d.record.version, "rolled back");
@@ -311,7 +313,9 @@ async fn remove(
     Extension(bearer): Extension<Bearer>,
     Path(name): Path<String>,
 ) -> Response {
-    match state.dispatcher.remove(&name, authority(&bearer)).await {
+    let removed = state.dispatcher.remove(&name, authority(&bearer)).await;
+    state.telemetry.deployed("remove", removed.is_ok());
+    match removed {
         Ok(()) => {
             tracing::info!(function = %name, "removed");
             StatusCode::NO_CONTENT.into_response()

@@ -72,6 +72,8 @@ fn action(method: &Method, route: &str) -> Action {
         "/functions/{name}/invoke" | "/functions/{name}/jobs" => Action::Invoke,
         "/jobs/{id}" => Action::ReadJob,
         "/queues" | "/queues/{queue}" => Action::Status,
+        // Counts and names, no data: what any token may read.
+        "/metrics" => Action::Status,
         // Records carry reasons and the guest's output: data.
         "/invocations" | "/invocations/{id}" if read => Action::ReadData,
         "/queues/{queue}/messages" if *method == Method::POST => Action::Invoke,
@@ -110,9 +112,10 @@ pub(crate) async fn require_token(
         .unwrap_or_default();
     let method = req.method().clone();
     let action = action(&method, &route);
-    // Inside `/v1`'s nest the URI has lost its prefix.
+    // Inside `/v1`'s nest the URI has lost its prefix (`/metrics` is
+    // outside it).
     let path = match req.uri().path() {
-        p if p.starts_with("/v1/") => p.to_string(),
+        p if p.starts_with("/v1/") || route == "/metrics" => p.to_string(),
         p => format!("/v1{p}"),
     };
     let target = format!("{method} {path}");
