@@ -382,6 +382,7 @@ impl Host {
                 guard: self.guard,
                 records: self.records,
                 telemetry: self.telemetry,
+                stopping: shutdown.clone(),
             },
             server,
             shutdown,

@@ -89,6 +89,8 @@ pub struct Served {
     pub records: Arc<Records>,
     /// The metrics.
     pub telemetry: Arc<Telemetry>,
+    /// Cancelled when the host begins to stop (`/readyz` says `draining`).
+    pub stopping: CancellationToken,
 }
 
 /// What every handler can reach.
@@ -100,6 +102,7 @@ pub(crate) struct AppState {
     pub guard: Guard,
     pub records: Arc<Records>,
     pub telemetry: Arc<Telemetry>,
+    pub stopping: CancellationToken,
 }
 
 /// Build the router: admin API, health, HTTP trigger.
@@ -111,6 +114,7 @@ pub fn router(served: Served, config: ServerConfig) -> axum::Router {
         guard: served.guard,
         records: served.records,
         telemetry: served.telemetry,
+        stopping: served.stopping,
     };
     let scraped = axum::Router::new()
         .route("/metrics", axum::routing::get(metrics))
@@ -120,6 +124,7 @@ pub fn router(served: Served, config: ServerConfig) -> axum::Router {
         ));
     axum::Router::new()
         .route("/healthz", axum::routing::get(healthz))
+        .route("/readyz", axum::routing::get(readyz))
         .merge(scraped)
         .nest("/v1", admin::routes(state.clone()))
         .fallback(trigger::handle)
@@ -138,7 +143,7 @@ async fn count_responses(
 ) -> Response {
     let kind = match req.uri().path() {
         p if p.starts_with("/v1/") => "api",
-        "/healthz" | "/metrics" => "health",
+        "/healthz" | "/readyz" | "/metrics" => "health",
         _ => "trigger",
     };
     let response = next.run(req).await;
@@ -171,6 +176,45 @@ async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
         "status": if pid.is_some() { "ok" } else { "degraded" },
         "trusted_worker": { "pid": pid, "lost": worker.lost() },
     }))
+}
+
+/// Whether this host should be sent work: `200 {"status": "ready"}` once
+/// it is serving (its registry loaded and its triggers started, both
+/// before it listens); `503` with `"status": "draining"` once it has begun
+/// to stop, and `"status": "degraded"` while the trusted worker of a host
+/// with sensitive data is down (its supervisor restarts it). A load
+/// balancer or Kubernetes readiness probe takes it out of rotation on a
+/// 503; `/healthz` says whether the process is alive at all.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let (status, why) = if state.stopping.is_cancelled() {
+        (
+            "draining",
+            Some("the host is stopping: it finishes what it runs and takes no new work"),
+        )
+    } else if state
+        .guard
+        .trusted_worker
+        .as_ref()
+        .is_some_and(|w| w.pid().is_none())
+    {
+        (
+            "degraded",
+            Some(
+                "the trusted worker is down and being restarted: trusted functions cannot run now",
+            ),
+        )
+    } else {
+        ("ready", None)
+    };
+    let body = Json(serde_json::json!({
+        "status": status,
+        "reason": why,
+        "functions": state.dispatcher.active().len(),
+    }));
+    match why {
+        None => (StatusCode::OK, body).into_response(),
+        Some(_) => (StatusCode::SERVICE_UNAVAILABLE, body).into_response(),
+    }
 }
 
 /// Serve on `listener` until `shutdown` is cancelled, then drain in-flight

@@ -103,6 +103,11 @@ fn the_admin_api_requires_the_token() {
     assert_eq!(r.json()["functions"], serde_json::json!([]));
     let r = host.get("/healthz");
     assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("ok")));
+    let r = host.get("/readyz");
+    assert_eq!(
+        (r.status, r.json()["status"].as_str()),
+        (200, Some("ready"))
+    );
 
     // The CLI with a wrong token says so.
     let out = std::process::Command::new(fnhost_tests::fnhost_bin())

@@ -221,6 +221,12 @@ fn a_process_that_takes_the_workers_socket_is_not_taken_for_the_worker() {
     host.wait_for(30, "the host to lose the worker", |h| {
         (h.get("/healthz").json()["status"] == "degraded").then_some(())
     });
+    // Alive, but not ready for work: a load balancer takes it out.
+    let ready = host.get("/readyz");
+    assert_eq!(
+        (ready.status, ready.json()["status"].as_str()),
+        (503, Some("degraded"))
+    );
     let socket = trusted_dir.path().join("run/worker.sock");
     let _ = std::fs::remove_file(&socket);
     let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
