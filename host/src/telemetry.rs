@@ -57,8 +57,13 @@ struct PerTrigger {
     memory: Histogram,
 }
 
-/// One series of `fnhost_invocations_total`: function, version, trigger, outcome.
-type CounterKey = (String, u32, &'static str, &'static str);
+/// A function's series, looked up by name without making a key.
+#[derive(Default)]
+struct PerFunction {
+    triggers: HashMap<&'static str, PerTrigger>,
+    /// `fnhost_invocations_total` by version, trigger and outcome.
+    counters: HashMap<(u32, &'static str, &'static str), IntCounter>,
+}
 
 /// What else the page reads when scraped: counts kept where they happen.
 #[derive(Default)]
@@ -94,8 +99,7 @@ pub struct Telemetry {
     http: IntCounterVec,
     worker_restarts: IntCounter,
     records_dropped: IntCounter,
-    per_trigger: RwLock<HashMap<(String, &'static str), Arc<PerTrigger>>>,
-    counters: RwLock<HashMap<CounterKey, IntCounter>>,
+    by_function: RwLock<HashMap<String, PerFunction>>,
 }
 
 /// Make a metric and register it.
@@ -234,8 +238,7 @@ impl Telemetry {
             services,
             functions,
             sources,
-            per_trigger: RwLock::default(),
-            counters: RwLock::default(),
+            by_function: RwLock::default(),
         })
     }
 
@@ -252,52 +255,66 @@ impl Telemetry {
             .inc();
     }
 
-    fn per_trigger(&self, info: &InvocationInfo) -> Arc<PerTrigger> {
+    /// Run `f` on the series of `info`'s function and trigger and, with an
+    /// `outcome`, its invocation counter: found under a read lock without
+    /// allocating; made (once) under the write lock.
+    fn with_series(
+        &self,
+        info: &InvocationInfo,
+        outcome: Option<&'static str>,
+        f: impl Fn(&PerTrigger, Option<&IntCounter>),
+    ) {
         let trigger = info.trigger.as_str();
-        let key = (info.function.clone(), trigger);
-        let known = self.per_trigger.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(h) = known.get(&key) {
-            return h.clone();
+        {
+            let all = self.by_function.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(series) = all.get(info.function.as_str())
+                && let Some(t) = series.triggers.get(trigger)
+            {
+                match outcome {
+                    None => return f(t, None),
+                    Some(o) => {
+                        if let Some(c) = series.counters.get(&(info.version, trigger, o)) {
+                            return f(t, Some(c));
+                        }
+                    }
+                }
+            }
         }
-        drop(known);
-        let f = info.function.as_str();
-        let made = Arc::new(PerTrigger {
-            running: self.running.with_label_values(&[f]),
-            duration: self.duration.with_label_values(&[f, trigger]),
-            queued: self.queued.with_label_values(&[f, trigger]),
-            fuel: self.fuel.with_label_values(&[f]),
-            memory: self.memory.with_label_values(&[f]),
+        let mut all = self.by_function.write().unwrap_or_else(|e| e.into_inner());
+        let PerFunction { triggers, counters } = all.entry(info.function.clone()).or_default();
+        let name = info.function.as_str();
+        let t = triggers.entry(trigger).or_insert_with(|| PerTrigger {
+            running: self.running.with_label_values(&[name]),
+            duration: self.duration.with_label_values(&[name, trigger]),
+            queued: self.queued.with_label_values(&[name, trigger]),
+            fuel: self.fuel.with_label_values(&[name]),
+            memory: self.memory.with_label_values(&[name]),
         });
-        let mut all = self.per_trigger.write().unwrap_or_else(|e| e.into_inner());
-        all.entry(key).or_insert(made).clone()
+        let c = outcome.map(|o| {
+            &*counters
+                .entry((info.version, trigger, o))
+                .or_insert_with(|| {
+                    let version = info.version.to_string();
+                    (self.invocations).with_label_values(&[name, &version, trigger, o])
+                })
+        });
+        f(t, c)
     }
 
     fn ended(&self, info: &InvocationInfo, outcome: &Outcome) {
-        let h = self.per_trigger(info);
-        h.running.dec();
-        h.duration.observe(outcome.elapsed.as_secs_f64());
-        if let Some(queued) = info.queued {
-            h.queued.observe(queued.as_secs_f64());
-        }
-        h.fuel.observe(outcome.fuel_used as f64);
-        h.memory.observe(outcome.peak_memory_bytes as f64);
         let kind = OutcomeKind::of(outcome).as_str();
-        let key = (
-            info.function.clone(),
-            info.version,
-            info.trigger.as_str(),
-            kind,
-        );
-        let known = (self.counters.read().unwrap_or_else(|e| e.into_inner()))
-            .get(&key)
-            .cloned();
-        let counter = known.unwrap_or_else(|| {
-            let version = key.1.to_string();
-            let made = (self.invocations).with_label_values(&[&key.0, &version, key.2, key.3]);
-            let mut counters = self.counters.write().unwrap_or_else(|e| e.into_inner());
-            counters.entry(key).or_insert(made).clone()
+        self.with_series(info, Some(kind), |h, counter| {
+            h.running.dec();
+            h.duration.observe(outcome.elapsed.as_secs_f64());
+            if let Some(queued) = info.queued {
+                h.queued.observe(queued.as_secs_f64());
+            }
+            h.fuel.observe(outcome.fuel_used as f64);
+            h.memory.observe(outcome.peak_memory_bytes as f64);
+            if let Some(c) = counter {
+                c.inc();
+            }
         });
-        counter.inc();
     }
 
     /// The page Prometheus scrapes: the stores' figures read now, then
@@ -419,7 +436,7 @@ fn status_label(status: u16) -> &'static str {
 impl InvocationSubscriber for Telemetry {
     fn on_event(&self, event: &InvocationEvent<'_>) {
         match event {
-            InvocationEvent::Started(info) => self.per_trigger(info).running.inc(),
+            InvocationEvent::Started(info) => self.with_series(info, None, |h, _| h.running.inc()),
             InvocationEvent::Ended(info, outcome) => self.ended(info, outcome),
         }
     }
