@@ -37,6 +37,8 @@ enum Command {
     /// List deployed functions.
     List {
         #[command(flatten)]
+        listing: client::Listing,
+        #[command(flatten)]
         conn: client::Connection,
     },
     /// Invoke a function directly and print its output.
@@ -66,6 +68,8 @@ enum Command {
     },
     /// Backlog, desired and running instances of every queue binding (job queues included).
     Status {
+        #[command(flatten)]
+        listing: client::Listing,
         #[command(flatten)]
         conn: client::Connection,
     },
@@ -151,6 +155,12 @@ enum Command {
         /// The crate's directory.
         #[arg(default_value = ".")]
         dir: PathBuf,
+    },
+    /// Print a completion script for a shell, e.g.
+    /// `source <(fnhost completions bash)`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
     },
     /// Internal: keeps the trusted worker running (started by `serve`).
     #[command(hide = true)]
@@ -251,7 +261,7 @@ impl Cli {
                 _ => unreachable!("the worker is set up early"),
             },
             Command::Deploy { path, conn } => client::deploy(&conn, &path).await,
-            Command::List { conn } => client::list(&conn).await,
+            Command::List { conn, listing } => client::list(&conn, listing).await,
             Command::Invoke {
                 name,
                 data,
@@ -282,7 +292,7 @@ impl Cli {
                 client::submit(&conn, &name, data.as_deref(), job).await
             }
             Command::Jobs { id, wait, conn } => client::jobs(&conn, &id, wait).await,
-            Command::Status { conn } => client::status(&conn).await,
+            Command::Status { conn, listing } => client::status(&conn, listing).await,
             Command::Invocations(args) => client::invocations(args).await,
             Command::Logs(args) => client::logs(args).await,
             Command::Rollback { name, to, conn } => client::rollback(&conn, &name, to).await,
@@ -329,6 +339,12 @@ impl Cli {
                     .context("the audit reader stopped")?
             }
             Command::New { name, dir } => project::new(&name, dir),
+            Command::Completions { shell } => {
+                use clap::CommandFactory as _;
+                let mut command = Cli::command();
+                clap_complete::generate(shell, &mut command, "fnhost", &mut std::io::stdout());
+                Ok(())
+            }
             Command::Build { dir } => project::build(&dir).map(|_| ()),
         }
     }

@@ -72,6 +72,9 @@ fn objects_are_put_read_listed_and_removed() {
     assert_eq!(keys, ["img/cat.txt", "img/dog.json"]);
     let ls = host.cli_ok(&["blob", "ls", "uploads"]);
     assert_eq!(ls.lines().count(), 3, "{ls}");
+    let json: serde_json::Value =
+        serde_json::from_str(&host.cli_ok(&["blob", "ls", "uploads", "--output", "json"])).unwrap();
+    assert_eq!(json["objects"].as_array().unwrap().len(), 3, "{json}");
 
     // Long listings come in pages, with where to continue.
     let page = host

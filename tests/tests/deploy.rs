@@ -40,6 +40,11 @@ fn deploy_invoke_redeploy_rollback_and_remove() {
     assert_eq!(host.get("/hello?name=Ada").json()["message"], "Howdy, Ada!");
     let list = host.cli_ok(&["list"]);
     assert!(list.contains("hello") && list.contains("v2"), "{list}");
+    // The same listing for a script: the API's JSON.
+    let json: serde_json::Value =
+        serde_json::from_str(&host.cli_ok(&["list", "--output", "json"])).unwrap();
+    assert_eq!(json["functions"][0]["name"], "hello");
+    assert_eq!(json["functions"][0]["active_version"], 2);
 
     // Rollback goes to v1, and --to picks a version.
     let out = host.cli_ok(&["rollback", "hello"]);
@@ -273,4 +278,46 @@ fn in_flight_invocations_finish_on_the_version_they_started_on() {
         "the slow invocation should still be running"
     );
     assert_eq!(slow.join().unwrap().text(), "busy for 3000 ms (one)");
+}
+
+#[test]
+fn bash_loads_the_cli_completions_and_they_know_every_command() {
+    let out = std::process::Command::new(fnhost_tests::fnhost_bin())
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let script = String::from_utf8(out.stdout).unwrap();
+    for command in ["deploy", "invocations", "logs", "queue", "tokens"] {
+        assert!(
+            script.contains(command),
+            "{command} missing from the script"
+        );
+    }
+    // Bash itself takes the script and registers it for `fnhost`.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fnhost.bash");
+    std::fs::write(&file, &script).unwrap();
+    let loaded = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("source {:?} && complete -p fnhost", file))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&loaded.stdout);
+    assert!(
+        loaded.status.success() && said.contains("fnhost"),
+        "{said} {}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    // An unknown shell is refused with the ones there are.
+    let out = std::process::Command::new(fnhost_tests::fnhost_bin())
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bash"));
 }

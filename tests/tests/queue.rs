@@ -146,6 +146,22 @@ fn messages_are_processed_retried_dead_lettered_and_redriven() {
     assert!(out.contains("purged 3"), "{out}");
     let out = host.cli_ok(&["queue", "stats"]);
     assert!(out.contains("work") && out.contains("worker ("), "{out}");
+    let json: Value =
+        serde_json::from_str(&host.cli_ok(&["queue", "stats", "work", "--output", "json"]))
+            .unwrap();
+    assert_eq!(
+        (json["queue"].as_str(), json["dead_letters"].as_u64()),
+        (Some("work"), Some(0))
+    );
+    let json: Value = serde_json::from_str(&host.cli_ok(&["status", "--output", "json"])).unwrap();
+    assert!(
+        json["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|q| q["queue"] == "work"),
+        "{json}"
+    );
 }
 
 #[test]

@@ -275,6 +275,17 @@ fn revoked_and_expired_tokens_are_refused_and_the_cli_manages_tokens() {
         "a listing never shows a secret"
     );
     let id = line.split_whitespace().next().unwrap();
+    let json = host.cli_ok(&["tokens", "list", "--output", "json"]);
+    let json: Value = serde_json::from_str(&json).unwrap();
+    let listed = json["tokens"].as_array().unwrap();
+    assert!(
+        listed.iter().any(|t| t["id"] == id && t["scope"] == "read"),
+        "{json}"
+    );
+    assert!(
+        !json.to_string().contains(&token[21..]),
+        "nor does its JSON"
+    );
     host.cli_ok(&["tokens", "revoke", id]);
     let r = host.request("GET", "/v1/functions", Vec::new(), Some(token));
     assert_eq!(r.status, 401);

@@ -18,6 +18,35 @@ pub use jobs::{JobRequest, jobs, submit};
 pub use queue::{QueueCommand, queue};
 pub use tokens::{TokensCommand, audit, tokens};
 
+/// How a listing is printed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// A table for people.
+    #[default]
+    Table,
+    /// The API's JSON, as the host answered it.
+    Json,
+}
+
+/// `--output` of a listing command.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct Listing {
+    /// table, or json: the API's answer as it is.
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+impl Listing {
+    /// Print `v` and say so when JSON was asked for.
+    fn printed_json(self, v: &Value) -> anyhow::Result<bool> {
+        if self.output != Output::Json {
+            return Ok(false);
+        }
+        println!("{}", serde_json::to_string_pretty(v)?);
+        Ok(true)
+    }
+}
+
 /// Where the host is and how to authenticate.
 #[derive(Args, Debug, Clone)]
 pub struct Connection {
@@ -130,7 +159,7 @@ pub async fn deploy(conn: &Connection, path: &Path) -> anyhow::Result<()> {
 }
 
 /// `fnhost list`.
-pub async fn list(conn: &Connection) -> anyhow::Result<()> {
+pub async fn list(conn: &Connection, listing: Listing) -> anyhow::Result<()> {
     let resp = check(
         "listing functions",
         conn.send(reqwest::Client::new().get(conn.url("/functions")))
@@ -138,6 +167,9 @@ pub async fn list(conn: &Connection) -> anyhow::Result<()> {
     )
     .await?;
     let v: Value = resp.json().await?;
+    if listing.printed_json(&v)? {
+        return Ok(());
+    }
     let functions = v["functions"].as_array().cloned().unwrap_or_default();
     if functions.is_empty() {
         println!("no functions deployed; deploy one with `fnhost deploy DIR`");
@@ -223,11 +255,14 @@ pub(super) fn n(v: &Value) -> u64 {
 }
 
 /// `fnhost status`: one line per (function, queue) binding.
-pub async fn status(conn: &Connection) -> anyhow::Result<()> {
+pub async fn status(conn: &Connection, listing: Listing) -> anyhow::Result<()> {
     let resp = conn
         .send(reqwest::Client::new().get(conn.url("/queues")))
         .await?;
     let v: Value = check("reading the status", resp).await?.json().await?;
+    if listing.printed_json(&v)? {
+        return Ok(());
+    }
     println!(
         "{:<20} {:<28} {:>8} {:>9} {:>7} {:>7} {:>8}",
         "FUNCTION", "QUEUE", "BACKLOG", "IN-FLIGHT", "RUNNING", "DESIRED", "MIN..MAX"

@@ -1,6 +1,6 @@
 //! `fnhost blob …`: put, get, list and remove objects.
 
-use super::{Connection, check, n};
+use super::{Connection, Listing, Output, check, n};
 use anyhow::Context as _;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -41,6 +41,8 @@ pub enum BlobCommand {
         /// Only keys starting with this.
         #[arg(long, default_value = "")]
         prefix: String,
+        #[command(flatten)]
+        listing: Listing,
         #[command(flatten)]
         conn: Connection,
     },
@@ -129,10 +131,12 @@ pub async fn blob(command: BlobCommand) -> anyhow::Result<()> {
         BlobCommand::Ls {
             bucket,
             prefix,
+            listing,
             conn,
         } => {
             // Page through the whole listing.
             let mut after: Option<String> = None;
+            let mut all = Vec::new();
             loop {
                 let mut params = vec![("prefix", prefix.clone())];
                 if let Some(a) = after.take() {
@@ -149,6 +153,10 @@ pub async fn blob(command: BlobCommand) -> anyhow::Result<()> {
                     .json()
                     .await?;
                 for o in v["objects"].as_array().into_iter().flatten() {
+                    if listing.output == Output::Json {
+                        all.push(o.clone());
+                        continue;
+                    }
                     println!(
                         "{:>10}  {}  {}",
                         n(&o["size"]),
@@ -162,6 +170,7 @@ pub async fn blob(command: BlobCommand) -> anyhow::Result<()> {
                     None => break,
                 }
             }
+            listing.printed_json(&serde_json::json!({ "objects": all }))?;
         }
         BlobCommand::Rm { bucket, key, conn } => {
             let resp = conn.send(http.delete(object(&conn, &bucket, &key))).await?;

@@ -4,21 +4,11 @@
 //! control characters escaped, so it cannot move the terminal's cursor or
 //! forge a line of its own.
 
-use super::{Connection, check};
+use super::{Connection, Output, check};
 use crate::records::{Page, Record};
 use crate::text::LogSafe;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use std::time::Duration;
-
-/// How a listing is printed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    /// A table for people.
-    #[default]
-    Table,
-    /// The API's JSON, one page object (`invocations`, `next`).
-    Json,
-}
 
 /// `fnhost invocations`' filters.
 #[derive(Args, Debug)]
@@ -56,7 +46,7 @@ pub struct InvocationsArgs {
     /// How many, newest first (at most 1000).
     #[arg(long, default_value_t = 50)]
     limit: usize,
-    /// table or json.
+    /// table, or json: the API's page (`invocations`, `next`).
     #[arg(long, value_enum, default_value_t = Output::Table)]
     output: Output,
     #[command(flatten)]

@@ -1,6 +1,6 @@
 //! `fnhost queue …`: send messages, and look at queues and dead letters.
 
-use super::{Connection, check, n};
+use super::{Connection, Listing, check, n};
 use anyhow::Context as _;
 use serde_json::Value;
 
@@ -39,6 +39,8 @@ pub enum QueueCommand {
     Stats {
         /// The queue (all when absent).
         queue: Option<String>,
+        #[command(flatten)]
+        listing: Listing,
         #[command(flatten)]
         conn: Connection,
     },
@@ -123,13 +125,20 @@ pub async fn queue(command: QueueCommand) -> anyhow::Result<()> {
             };
             println!("{}{dup}", v["id"].as_str().unwrap_or("?"));
         }
-        QueueCommand::Stats { queue, conn } => {
+        QueueCommand::Stats {
+            queue,
+            listing,
+            conn,
+        } => {
             let path = queue
                 .as_ref()
                 .map(|q| format!("/queues/{q}"))
                 .unwrap_or_else(|| "/queues".into());
             let resp = conn.send(http.get(conn.url(&path))).await?;
             let v: Value = check("reading queue stats", resp).await?.json().await?;
+            if listing.printed_json(&v)? {
+                return Ok(());
+            }
             let rows = if queue.is_some() {
                 vec![v]
             } else {

@@ -1,7 +1,7 @@
 //! `fnhost tokens …`: make, list and revoke scoped admin tokens; and
 //! `fnhost audit`: print (and follow) a local host's audit log.
 
-use super::{Connection, check};
+use super::{Connection, Listing, check};
 use crate::tokens::Scope;
 use anyhow::Context as _;
 use serde_json::{Value, json};
@@ -30,6 +30,8 @@ pub enum TokensCommand {
     },
     /// List tokens (ids, names, scopes; never the secrets).
     List {
+        #[command(flatten)]
+        listing: Listing,
         #[command(flatten)]
         conn: Connection,
     },
@@ -68,9 +70,12 @@ pub async fn tokens(command: TokensCommand) -> anyhow::Result<()> {
             );
             println!("{}", v["token"].as_str().unwrap_or(""));
         }
-        TokensCommand::List { conn } => {
+        TokensCommand::List { listing, conn } => {
             let resp = conn.send(client.get(conn.url("/tokens"))).await?;
             let v: Value = check("listing tokens", resp).await?.json().await?;
+            if listing.printed_json(&v)? {
+                return Ok(());
+            }
             println!("{:<18} {:<8} {:<26} NAME", "ID", "SCOPE", "EXPIRES");
             for t in v["tokens"].as_array().into_iter().flatten() {
                 println!(
