@@ -233,11 +233,19 @@ pub struct Page {
 
 /// Why the records could not be opened or read.
 #[derive(Debug, thiserror::Error)]
-#[error("invocation records in {path}: {source}")]
-pub struct RecordsError {
-    path: String,
-    #[source]
-    source: rusqlite::Error,
+pub enum RecordsError {
+    /// The database said no (a full disk, a locked or damaged file).
+    #[error("invocation records in {path}: {source}")]
+    Store {
+        /// The database file.
+        path: String,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The writer thread could not be started.
+    #[error("the invocation records' writer thread could not start: {0}")]
+    Writer(#[source] std::io::Error),
 }
 
 /// A host's invocation records: the stream's subscriber that keeps them
@@ -266,7 +274,7 @@ impl Records {
     ) -> Result<Arc<Records>, RecordsError> {
         let path = data_dir.join("invocations.db");
         let shown = path.display().to_string();
-        let fail = |source| RecordsError {
+        let fail = |source| RecordsError::Store {
             path: shown.clone(),
             source,
         };
@@ -276,7 +284,7 @@ impl Records {
         std::thread::Builder::new()
             .name("fnhost-records".into())
             .spawn(move || write(writer, host_id, rx, config))
-            .map_err(|e| fail(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+            .map_err(RecordsError::Writer)?;
         Ok(Arc::new(Records {
             host,
             tx,
@@ -316,7 +324,7 @@ impl Records {
         let path = self.path.clone();
         crate::task::blocking(move || {
             let conn = reader.lock().unwrap_or_else(|e| e.into_inner());
-            store::query(&conn, &query).map_err(|source| RecordsError { path, source })
+            store::query(&conn, &query).map_err(|source| RecordsError::Store { path, source })
         })
         .await
     }
