@@ -339,11 +339,6 @@ impl Host {
         &self.services
     }
 
-    /// The invocation records.
-    pub fn records(&self) -> &Arc<Records> {
-        &self.records
-    }
-
     /// True when the sandbox uses the pooling allocator.
     pub fn pooling(&self) -> bool {
         self.pooling

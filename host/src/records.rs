@@ -333,7 +333,15 @@ impl Records {
         let record = Record::of(info, outcome, &self.host);
         match self.tx.try_send(Msg::Record(Box::new(record))) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            Err(refused) => {
+                let why = match refused {
+                    TrySendError::Full(_) => {
+                        "invocation records are written slower than invocations end"
+                    }
+                    TrySendError::Disconnected(_) => {
+                        "the invocation records' writer has stopped (see the log for why)"
+                    }
+                };
                 let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 let mut last = self
                     .last_drop_warning
@@ -344,7 +352,7 @@ impl Records {
                     tracing::warn!(
                         dropped,
                         invocation = %info.id,
-                        "invocation records are written slower than invocations end: records dropped (the invocations themselves are unaffected)"
+                        "{why}: records dropped (the invocations themselves are unaffected)"
                     );
                 }
             }
